@@ -1,0 +1,24 @@
+//! Verge's wire protocol: the one crate that defines what travels between the
+//! controller, the agents and third-party consumers.
+//!
+//! It has no Tokio and no I/O. Everything here is plain data plus the pure
+//! functions that build, check and sign it:
+//!
+//! - [`id`]: validated identifiers that can never contain MQTT wildcards or `/`;
+//! - [`topic`]: the MQTT topic tree, built only by constructors and inverted by a router;
+//! - [`messages`]: desired state, status, heartbeat and presence documents;
+//! - [`dsse`]: signed envelopes (DSSE over Ed25519) — verify the bytes, then parse;
+//! - [`limits`]: every size bound as a named constant.
+
+pub mod dsse;
+pub mod id;
+pub mod limits;
+pub mod messages;
+pub mod time;
+pub mod topic;
+
+pub use dsse::{Envelope, KeyId, PublicKey, SigningKey, VerifyError};
+pub use id::{AgentId, IdError, RegionId, ServiceName};
+pub use messages::{Generation, Sha256Digest};
+pub use time::Timestamp;
+pub use topic::{Route, Topics};

@@ -1,0 +1,43 @@
+//! Size bounds for everything read from the network, as named constants.
+//!
+//! Both sides check these before parsing; a payload over its bound is rejected
+//! without being decoded. The MQTT clients and the embedded broker are
+//! configured with [`MAX_MQTT_PACKET_BYTES`], which is larger than every
+//! single-message bound below, so an oversized message still reaches the
+//! application and is rejected there with a reason.
+
+/// Largest MQTT packet either side sends or accepts.
+pub const MAX_MQTT_PACKET_BYTES: usize = 512 * 1024;
+
+/// Largest signed desired-state envelope an agent accepts.
+pub const MAX_DESIRED_STATE_BYTES: usize = 256 * 1024;
+
+/// Largest signed status envelope the controller accepts.
+pub const MAX_STATUS_BYTES: usize = 64 * 1024;
+
+/// Largest signed heartbeat envelope the controller accepts.
+pub const MAX_HEARTBEAT_BYTES: usize = 2 * 1024;
+
+/// Largest signed presence envelope the controller accepts.
+pub const MAX_PRESENCE_BYTES: usize = 8 * 1024;
+
+/// Most workloads one desired state may carry.
+pub const MAX_WORKLOADS_PER_AGENT: usize = 256;
+
+/// Most arguments one workload may have, and the longest one.
+pub const MAX_ARGS: usize = 64;
+pub const MAX_ARG_BYTES: usize = 4096;
+
+/// Most environment variables one workload may have, and the longest value.
+pub const MAX_ENV_VARS: usize = 64;
+pub const MAX_ENV_VALUE_BYTES: usize = 4096;
+
+/// Most named ports one workload may have.
+pub const MAX_PORTS: usize = 16;
+
+/// Most labels a node may report, and the longest key and value.
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_BYTES: usize = 128;
+
+/// Longest free-text message (status details, rejection reasons) on the wire.
+pub const MAX_MESSAGE_BYTES: usize = 1024;

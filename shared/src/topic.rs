@@ -1,0 +1,189 @@
+//! The MQTT topic tree, built only by constructors and inverted by [`Topics::route`].
+//!
+//! All topics live under a configurable prefix (default `verge/v1`):
+//!
+//! | topic | direction | QoS | retained |
+//! |---|---|---|---|
+//! | `{prefix}/agents/{id}/desired` | controller → agent | 1 | yes |
+//! | `{prefix}/agents/{id}/status` | agent → controller | 1 | no |
+//! | `{prefix}/agents/{id}/presence` | agent → controller (Last Will: offline) | 1 | yes |
+//! | `{prefix}/agents/{id}/heartbeat` | agent → controller | 0 | no |
+
+use std::fmt;
+
+use crate::id::AgentId;
+
+/// The default topic prefix.
+pub const DEFAULT_PREFIX: &str = "verge/v1";
+
+/// Which per-agent channel a topic names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Desired,
+    Status,
+    Presence,
+    Heartbeat,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 4] = [
+        Channel::Desired,
+        Channel::Status,
+        Channel::Presence,
+        Channel::Heartbeat,
+    ];
+
+    fn segment(self) -> &'static str {
+        match self {
+            Channel::Desired => "desired",
+            Channel::Status => "status",
+            Channel::Presence => "presence",
+            Channel::Heartbeat => "heartbeat",
+        }
+    }
+
+    fn from_segment(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.segment() == s)
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.segment())
+    }
+}
+
+/// A topic, understood: which agent and which channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub agent: AgentId,
+    pub channel: Channel,
+}
+
+/// Why a topic prefix is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid topic prefix {0:?}: segments must be non-empty and free of '+', '#' and NUL")]
+pub struct PrefixError(pub String);
+
+/// Builds and parses topics under one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+impl Topics {
+    /// A topic tree under `prefix`, which must be one or more non-empty
+    /// segments without wildcards (for example `verge/v1` or `site-7/verge/v1`).
+    pub fn new(prefix: &str) -> Result<Self, PrefixError> {
+        let ok = !prefix.is_empty()
+            && prefix
+                .split('/')
+                .all(|s| !s.is_empty() && !s.contains(['+', '#', '\0']));
+        if ok {
+            Ok(Self {
+                prefix: prefix.to_owned(),
+            })
+        } else {
+            Err(PrefixError(prefix.to_owned()))
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The topic of one agent's channel.
+    pub fn agent(&self, agent: &AgentId, channel: Channel) -> String {
+        format!("{}/agents/{}/{}", self.prefix, agent, channel)
+    }
+
+    pub fn desired(&self, agent: &AgentId) -> String {
+        self.agent(agent, Channel::Desired)
+    }
+
+    pub fn status(&self, agent: &AgentId) -> String {
+        self.agent(agent, Channel::Status)
+    }
+
+    pub fn presence(&self, agent: &AgentId) -> String {
+        self.agent(agent, Channel::Presence)
+    }
+
+    pub fn heartbeat(&self, agent: &AgentId) -> String {
+        self.agent(agent, Channel::Heartbeat)
+    }
+
+    /// The subscription filter matching one channel of every agent.
+    pub fn all_agents(&self, channel: Channel) -> String {
+        format!("{}/agents/+/{}", self.prefix, channel)
+    }
+
+    /// Inverts the constructors: `None` for any topic they cannot have built.
+    pub fn route(&self, topic: &str) -> Option<Route> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/agents/")?;
+        let (agent, channel) = rest.split_once('/')?;
+        Some(Route {
+            agent: AgentId::new(agent).ok()?,
+            channel: Channel::from_segment(channel)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn builds_documented_topics() {
+        let t = Topics::default();
+        let a = AgentId::new("edge-1").expect("valid");
+        assert_eq!(t.desired(&a), "verge/v1/agents/edge-1/desired");
+        assert_eq!(t.all_agents(Channel::Status), "verge/v1/agents/+/status");
+    }
+
+    #[test]
+    fn rejects_foreign_and_malformed_topics() {
+        let t = Topics::default();
+        for bad in [
+            "verge/v1/agents/edge-1/desired/extra",
+            "verge/v1/agents/edge-1/unknown",
+            "verge/v1/agents//status",
+            "verge/v2/agents/edge-1/status",
+            "verge/v1/nodes/edge-1/status",
+            "verge/v1/agents/a+b/status",
+        ] {
+            assert_eq!(t.route(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefix_is_validated() {
+        assert!(Topics::new("site-7/verge/v1").is_ok());
+        for bad in ["", "a//b", "a/+/b", "#", "/lead"] {
+            assert!(Topics::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn route_inverts_every_constructor(
+            agent in "[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}",
+            prefix in "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}",
+            channel in prop::sample::select(Channel::ALL.to_vec()),
+        ) {
+            let topics = Topics::new(&prefix).expect("valid prefix");
+            let agent = AgentId::new(agent).expect("valid agent");
+            let topic = topics.agent(&agent, channel);
+            prop_assert_eq!(topics.route(&topic), Some(Route { agent, channel }));
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! The agent's configuration: one TOML file, then environment overrides, then
+//! validation that reports every problem at once, each naming its field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use verge_shared::limits;
+use verge_shared::messages::Resources;
+use verge_shared::topic::DEFAULT_PREFIX;
+use verge_shared::{AgentId, PublicKey, RegionId, Topics};
+
+/// sysexits(3) `EX_CONFIG`: the exit code for an unusable configuration.
+pub const EX_CONFIG: u8 = 78;
+
+/// The file as written, before validation. Every field is optional here so
+/// that a missing one is reported alongside every other problem.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    id: Option<String>,
+    region: Option<String>,
+    data_dir: Option<PathBuf>,
+    broker_url: Option<String>,
+    controller_url: Option<String>,
+    controller_public_key: Option<String>,
+    topic_prefix: Option<String>,
+    heartbeat_interval_secs: Option<u64>,
+    keep_alive_secs: Option<u64>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    capacity: CapacityConfig,
+}
+
+/// Capacity the node offers; a field left out is detected from the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityConfig {
+    pub cpu_millis: Option<u32>,
+    pub memory_mb: Option<u32>,
+}
+
+impl CapacityConfig {
+    /// The configured values, with absent ones detected: CPU from the
+    /// available parallelism, memory from `MemTotal` in `/proc/meminfo`
+    /// (0 when it cannot be read, which the scheduler treats as "no room").
+    pub fn resolve(&self) -> Resources {
+        let cpu_millis = self.cpu_millis.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            u32::try_from(cores.saturating_mul(1000)).unwrap_or(u32::MAX)
+        });
+        let memory_mb = self.memory_mb.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|text| mem_total_mb(&text))
+                .unwrap_or(0)
+        });
+        Resources {
+            cpu_millis,
+            memory_mb,
+        }
+    }
+}
+
+/// `MemTotal` from the text of `/proc/meminfo`, in MiB.
+fn mem_total_mb(meminfo: &str) -> Option<u32> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(u32::try_from(kib / 1024).unwrap_or(u32::MAX))
+}
+
+/// Where the MQTT broker listens (`mqtt://host:port`; TLS comes later).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+/// A validated agent configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: AgentId,
+    pub region: RegionId,
+    pub data_dir: PathBuf,
+    pub broker: BrokerAddr,
+    /// Base URL of the controller's HTTP API, without a trailing slash.
+    pub controller_url: String,
+    pub controller_public_key: PublicKey,
+    pub topics: Topics,
+    pub heartbeat_interval: Duration,
+    pub keep_alive: Duration,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: CapacityConfig,
+}
+
+/// Environment variables that override file fields, applied after the file.
+const ENV_OVERRIDES: [(&str, &str); 6] = [
+    ("VERGE_AGENT_ID", "id"),
+    ("VERGE_AGENT_REGION", "region"),
+    ("VERGE_AGENT_DATA_DIR", "data_dir"),
+    ("VERGE_AGENT_BROKER_URL", "broker_url"),
+    ("VERGE_AGENT_CONTROLLER_URL", "controller_url"),
+    ("VERGE_AGENT_CONTROLLER_PUBLIC_KEY", "controller_public_key"),
+];
+
+impl Config {
+    /// Reads `path`, applies overrides from the process environment and
+    /// validates. Every problem is returned, each prefixed with its field.
+    pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("{}: cannot read: {e}", path.display())])?;
+        Self::from_toml(&text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses `text`, applies overrides from `env` (a lookup by variable
+    /// name) and validates. Pure apart from `env`, so tests inject it.
+    pub fn from_toml(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<String>> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        for (var, field) in ENV_OVERRIDES {
+            if let Some(value) = env(var) {
+                raw.set(field, value);
+            }
+        }
+        raw.validate()
+    }
+}
+
+impl RawConfig {
+    fn set(&mut self, field: &str, value: String) {
+        match field {
+            "id" => self.id = Some(value),
+            "region" => self.region = Some(value),
+            "data_dir" => self.data_dir = Some(PathBuf::from(value)),
+            "broker_url" => self.broker_url = Some(value),
+            "controller_url" => self.controller_url = Some(value),
+            _ => self.controller_public_key = Some(value),
+        }
+    }
+
+    fn validate(self) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let e = &mut errors;
+        let id = take(
+            e,
+            "id",
+            required(self.id).and_then(|v| AgentId::new(v).map_err(|e| e.to_string())),
+        );
+        let region = take(
+            e,
+            "region",
+            required(self.region).and_then(|v| RegionId::new(v).map_err(|e| e.to_string())),
+        );
+        let data_dir = take(
+            e,
+            "data_dir",
+            required(self.data_dir).and_then(|d| {
+                if d.as_os_str().is_empty() {
+                    Err("must not be empty".to_owned())
+                } else {
+                    Ok(d)
+                }
+            }),
+        );
+        let broker = take(
+            e,
+            "broker_url",
+            required(self.broker_url).and_then(|u| parse_broker_url(&u)),
+        );
+        let controller_url = take(
+            e,
+            "controller_url",
+            required(self.controller_url).and_then(|u| parse_controller_url(&u)),
+        );
+        let controller_public_key = take(
+            e,
+            "controller_public_key",
+            required(self.controller_public_key).and_then(|k| PublicKey::from_base64(&k)),
+        );
+        let topics = take(
+            e,
+            "topic_prefix",
+            Topics::new(self.topic_prefix.as_deref().unwrap_or(DEFAULT_PREFIX))
+                .map_err(|e| e.to_string()),
+        );
+        let heartbeat = take(
+            e,
+            "heartbeat_interval_secs",
+            in_range(self.heartbeat_interval_secs.unwrap_or(10), 1, 3600),
+        );
+        let keep_alive = take(
+            e,
+            "keep_alive_secs",
+            in_range(self.keep_alive_secs.unwrap_or(15), 2, 600),
+        );
+        take(e, "labels", check_labels(&self.labels));
+        match (
+            id,
+            region,
+            data_dir,
+            broker,
+            controller_url,
+            controller_public_key,
+            topics,
+            heartbeat,
+            keep_alive,
+        ) {
+            (
+                Some(id),
+                Some(region),
+                Some(data_dir),
+                Some(broker),
+                Some(controller_url),
+                Some(controller_public_key),
+                Some(topics),
+                Some(heartbeat),
+                Some(keep_alive),
+            ) if errors.is_empty() => Ok(Config {
+                id,
+                region,
+                data_dir,
+                broker,
+                controller_url,
+                controller_public_key,
+                topics,
+                heartbeat_interval: Duration::from_secs(heartbeat),
+                keep_alive: Duration::from_secs(keep_alive),
+                labels: self.labels,
+                capacity: self.capacity,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// The value, or `None` after recording the problem under `field`.
+fn take<T>(errors: &mut Vec<String>, field: &str, result: Result<T, String>) -> Option<T> {
+    result
+        .map_err(|e| errors.push(format!("{field}: {e}")))
+        .ok()
+}
+
+fn required<T>(value: Option<T>) -> Result<T, String> {
+    value.ok_or_else(|| "is required".to_owned())
+}
+
+fn in_range(value: u64, min: u64, max: u64) -> Result<u64, String> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is outside {min}..={max}"))
+    }
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > limits::MAX_LABELS {
+        return Err(format!("at most {} labels", limits::MAX_LABELS));
+    }
+    match labels.iter().find(|(k, v)| {
+        k.is_empty() || k.len() > limits::MAX_LABEL_BYTES || v.len() > limits::MAX_LABEL_BYTES
+    }) {
+        Some((k, _)) => Err(format!(
+            "{k:?}: keys must be 1-{max} bytes and values at most {max}",
+            max = limits::MAX_LABEL_BYTES
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Parses `mqtt://host:port`; IPv6 hosts go in brackets.
+fn parse_broker_url(url: &str) -> Result<BrokerAddr, String> {
+    let expected = || format!("expected mqtt://host:port, got {url:?}");
+    let rest = url.strip_prefix("mqtt://").ok_or_else(expected)?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(expected)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().map_err(|_| expected())?;
+    if host.is_empty() || port == 0 || host.contains(['/', '@', '?', '#']) {
+        return Err(expected());
+    }
+    Ok(BrokerAddr {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// Accepts `http://host[:port][/path]`, returned without a trailing slash.
+fn parse_controller_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("expected http://host[:port], got {url:?}"))?;
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(['?', '#', ' ']) {
+        return Err(format!("expected http://host[:port], got {url:?}"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    fn good() -> String {
+        format!(
+            r#"
+id = "edge-1"
+region = "local"
+data_dir = "/tmp/verge"
+broker_url = "mqtt://127.0.0.1:7883"
+controller_url = "http://127.0.0.1:7700/"
+controller_public_key = "{KEY}"
+[labels]
+site = "lab"
+[capacity]
+cpu_millis = 2000
+"#
+        )
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn a_good_file_loads_with_defaults() {
+        let c = Config::from_toml(&good(), no_env).expect("valid");
+        assert_eq!(c.id.as_str(), "edge-1");
+        assert_eq!(
+            c.broker,
+            BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: 7883
+            }
+        );
+        assert_eq!(c.controller_url, "http://127.0.0.1:7700");
+        assert_eq!(c.topics.prefix(), "verge/v1");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.keep_alive, Duration::from_secs(15));
+        assert_eq!(c.labels.get("site").map(String::as_str), Some("lab"));
+        assert_eq!(c.capacity.cpu_millis, Some(2000));
+        assert_eq!(c.capacity.resolve().cpu_millis, 2000);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+id = "a/b"
+region = "EU"
+broker_url = "tcp://x"
+controller_url = "https://x"
+controller_public_key = "AAAA"
+heartbeat_interval_secs = 0
+keep_alive_secs = 1
+"#;
+        let errors = Config::from_toml(text, no_env).expect_err("invalid");
+        for field in [
+            "id: invalid agent id \"a/b\"",
+            "region:",
+            "data_dir: is required",
+            "broker_url: expected mqtt://host:port",
+            "controller_url:",
+            "controller_public_key:",
+            "heartbeat_interval_secs:",
+            "keep_alive_secs:",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(field)),
+                "{field} missing from {errors:?}"
+            );
+        }
+        assert_eq!(errors.len(), 8, "{errors:?}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = format!(
+            "{}\nbogus = 1\n",
+            good().replace("[labels]", "bogus2 = 2\n[labels]")
+        );
+        let errors = Config::from_toml(&text, no_env).expect_err("unknown field");
+        assert!(errors[0].contains("bogus"), "{errors:?}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = |name: &str| match name {
+            "VERGE_AGENT_ID" => Some("edge-9".to_owned()),
+            "VERGE_AGENT_BROKER_URL" => Some("mqtt://[::1]:1883".to_owned()),
+            "VERGE_AGENT_DATA_DIR" => Some("/var/tmp/x".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_toml(&good(), env).expect("valid");
+        assert_eq!(c.id.as_str(), "edge-9");
+        assert_eq!(c.broker.host, "::1");
+        assert_eq!(c.data_dir, PathBuf::from("/var/tmp/x"));
+        // An override is validated like the file value it replaces.
+        let bad = |name: &str| (name == "VERGE_AGENT_REGION").then(|| "No Way".to_owned());
+        let errors = Config::from_toml(&good(), bad).expect_err("invalid region");
+        assert!(errors[0].starts_with("region:"), "{errors:?}");
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        let text = good().replace("site = \"lab\"", &format!("site = \"{}\"", "x".repeat(200)));
+        let errors = Config::from_toml(&text, no_env).expect_err("long label");
+        assert!(errors[0].starts_with("labels:"), "{errors:?}");
+    }
+
+    #[test]
+    fn meminfo_is_read_in_mib() {
+        let text = "MemTotal:        2048000 kB\nMemFree: 1 kB\n";
+        assert_eq!(mem_total_mb(text), Some(2000));
+        assert_eq!(mem_total_mb("garbage"), None);
+    }
+}

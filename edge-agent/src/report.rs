@@ -1,0 +1,278 @@
+//! What the agent reports: a [`Board`] that the runtime, the reconciler and
+//! intake write into, and a [`Reporter`] that turns it into signed Status,
+//! Heartbeat and Presence envelopes.
+//!
+//! Building an envelope is synchronous and cheap, so the MQTT adapter can
+//! build a fresh Status on every ConnAck without awaiting anything.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+use verge_shared::messages::{
+    Heartbeat, Presence, Rejection, Resources, SCHEMA_VERSION, Status, WorkloadState,
+    WorkloadStatus, payload_type,
+};
+use verge_shared::{AgentId, Generation, RegionId, ServiceName, SigningKey, Timestamp};
+
+/// The agent's current view of itself, shared by every task.
+#[derive(Default)]
+pub struct Board {
+    inner: Mutex<BoardState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct BoardState {
+    applied: Option<Generation>,
+    last_rejection: Option<Rejection>,
+    /// Workloads the runtime owns (started, possibly backing off).
+    running: BTreeMap<ServiceName, WorkloadStatus>,
+    /// Desired workloads the runtime does not run yet (pending, fetching,
+    /// failed to fetch); written by the reconciler.
+    waiting: BTreeMap<ServiceName, WorkloadStatus>,
+}
+
+impl Board {
+    pub fn new(applied: Option<Generation>) -> Self {
+        let board = Self::default();
+        board.lock().applied = applied;
+        board
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BoardState> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut BoardState)) {
+        change(&mut self.lock());
+        // One waiter (the status debouncer); a stored permit means no change is lost.
+        self.changed.notify_one();
+    }
+
+    /// Resolves after the next change (or at once if one happened unobserved).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    pub fn applied(&self) -> Option<Generation> {
+        self.lock().applied
+    }
+
+    pub fn set_applied(&self, generation: Generation) {
+        self.update(|s| s.applied = Some(generation));
+    }
+
+    pub fn set_rejection(&self, rejection: Rejection) {
+        self.update(|s| s.last_rejection = Some(rejection));
+    }
+
+    /// Records the runtime's view of one workload; it supersedes any
+    /// reconciler note for the same service.
+    pub fn set_running(&self, status: WorkloadStatus) {
+        self.update(|s| {
+            s.waiting.remove(&status.service);
+            s.running.insert(status.service.clone(), status);
+        });
+    }
+
+    pub fn remove_running(&self, service: &ServiceName) {
+        self.update(|s| {
+            s.running.remove(service);
+        });
+    }
+
+    /// Replaces all reconciler notes at once (one per desired workload the
+    /// runtime does not run yet).
+    pub fn set_waiting(&self, waiting: BTreeMap<ServiceName, WorkloadStatus>) {
+        self.update(|s| s.waiting = waiting);
+    }
+
+    /// The runtime's view of one workload.
+    pub fn running(&self, service: &ServiceName) -> Option<WorkloadStatus> {
+        self.lock().running.get(service).cloned()
+    }
+
+    /// Every workload, the runtime's entries taking precedence, sorted by service.
+    pub fn workloads(&self) -> Vec<WorkloadStatus> {
+        let s = self.lock();
+        let mut all = s.waiting.clone();
+        all.extend(s.running.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all.into_values().collect()
+    }
+
+    fn snapshot(&self) -> (Option<Generation>, Option<Rejection>) {
+        let s = self.lock();
+        (s.applied, s.last_rejection.clone())
+    }
+}
+
+/// A workload that is not running, in `state`, with an optional reason.
+pub fn waiting_status(
+    workload: &verge_shared::messages::Workload,
+    state: WorkloadState,
+    message: Option<String>,
+) -> WorkloadStatus {
+    WorkloadStatus {
+        service: workload.service.clone(),
+        replica: workload.replica,
+        artifact: workload.artifact.sha256,
+        state,
+        pid: None,
+        restarts: 0,
+        ports: BTreeMap::new(),
+        message,
+    }
+}
+
+/// Who this node is, as announced in Presence.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub agent: AgentId,
+    pub region: RegionId,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+}
+
+/// Signs the agent's documents with its node key.
+pub struct Reporter {
+    key: SigningKey,
+    identity: Identity,
+    board: std::sync::Arc<Board>,
+    started: Instant,
+}
+
+impl Reporter {
+    pub fn new(key: SigningKey, identity: Identity, board: std::sync::Arc<Board>) -> Self {
+        Self {
+            key,
+            identity,
+            board,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn agent(&self) -> &AgentId {
+        &self.identity.agent
+    }
+
+    /// A signed Presence envelope; `online: false` is the Last Will and the
+    /// goodbye before a clean disconnect.
+    pub fn presence(&self, online: bool) -> Vec<u8> {
+        let doc = Presence {
+            schema_version: SCHEMA_VERSION,
+            agent: self.identity.agent.clone(),
+            online,
+            at: Timestamp::now(),
+            region: self.identity.region.clone(),
+            labels: self.identity.labels.clone(),
+            capacity: self.identity.capacity,
+            public_key: self.key.public_key(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        self.key.sign_json(payload_type::PRESENCE, &doc)
+    }
+
+    /// A signed Status envelope with every workload.
+    pub fn status(&self) -> Vec<u8> {
+        self.key
+            .sign_json(payload_type::STATUS, &self.status_document())
+    }
+
+    pub fn status_document(&self) -> Status {
+        let (applied_generation, last_rejection) = self.board.snapshot();
+        Status {
+            schema_version: SCHEMA_VERSION,
+            agent: self.identity.agent.clone(),
+            at: Timestamp::now(),
+            applied_generation,
+            workloads: self.board.workloads(),
+            last_rejection,
+        }
+    }
+
+    /// A signed Heartbeat envelope.
+    pub fn heartbeat(&self) -> Vec<u8> {
+        let doc = Heartbeat {
+            schema_version: SCHEMA_VERSION,
+            agent: self.identity.agent.clone(),
+            at: Timestamp::now(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            applied_generation: self.board.applied(),
+        };
+        self.key.sign_json(payload_type::HEARTBEAT, &doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use verge_shared::messages::{ArtifactRef, Workload};
+    use verge_shared::{Envelope, Sha256Digest, limits};
+
+    fn workload(service: &str) -> Workload {
+        Workload {
+            service: ServiceName::new(service).expect("valid"),
+            replica: 0,
+            artifact: ArtifactRef {
+                sha256: Sha256Digest::of(service.as_bytes()),
+                size: 1,
+            },
+            run: Default::default(),
+            resources: Default::default(),
+        }
+    }
+
+    #[test]
+    fn status_merges_runtime_and_reconciler_views_and_verifies() {
+        let board = Arc::new(Board::new(Some(Generation::new(4))));
+        let (key, _) = SigningKey::generate().expect("key");
+        let public = key.public_key();
+        let identity = Identity {
+            agent: AgentId::new("edge-1").expect("valid"),
+            region: RegionId::new("local").expect("valid"),
+            labels: BTreeMap::new(),
+            capacity: Resources::default(),
+        };
+        let reporter = Reporter::new(key, identity, board.clone());
+        let (a, b) = (workload("a"), workload("b"));
+        board.set_waiting(
+            [
+                (
+                    a.service.clone(),
+                    waiting_status(&a, WorkloadState::Fetching, None),
+                ),
+                (
+                    b.service.clone(),
+                    waiting_status(&b, WorkloadState::Pending, None),
+                ),
+            ]
+            .into(),
+        );
+        let mut running = waiting_status(&b, WorkloadState::Running, None);
+        running.pid = Some(42);
+        board.set_running(running);
+
+        let envelope =
+            Envelope::parse(&reporter.status(), limits::MAX_STATUS_BYTES).expect("parse");
+        let status: Status = envelope
+            .open(payload_type::STATUS, &public)
+            .expect("signed by the node key");
+        assert_eq!(status.applied_generation, Some(Generation::new(4)));
+        let states: Vec<_> = status.workloads.iter().map(|w| w.state).collect();
+        assert_eq!(states, [WorkloadState::Fetching, WorkloadState::Running]);
+
+        let presence = Envelope::parse(&reporter.presence(false), limits::MAX_PRESENCE_BYTES)
+            .expect("parse")
+            .open::<Presence>(payload_type::PRESENCE, &public)
+            .expect("verify");
+        assert!(!presence.online);
+        assert_eq!(presence.public_key, public);
+        assert!(reporter.heartbeat().len() <= limits::MAX_HEARTBEAT_BYTES);
+    }
+}

@@ -219,7 +219,7 @@ async fn intake_loop(
             &bytes,
             &config.controller_public_key,
             &config.id,
-            board.applied(),
+            board.accepted(),
             verge_shared::Timestamp::now(),
         );
         match decision {
@@ -237,7 +237,7 @@ async fn intake_loop(
                 match saved {
                     Ok(Ok(accepted)) => {
                         info!(agent = %config.id, generation = %generation, "Accepted desired state.");
-                        board.set_applied(generation);
+                        board.set_accepted(generation);
                         desired_tx.send_replace(Some(Arc::new(accepted.desired)));
                     }
                     Ok(Err(e)) => {

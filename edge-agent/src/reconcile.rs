@@ -149,6 +149,7 @@ impl<R: Runtime> Reconciler<R> {
             .collect();
         self.board.set_waiting(waiting.clone());
         if plan.is_empty() {
+            self.board.set_applied(desired.generation);
             return Ok(());
         }
         let mut executables = BTreeMap::new();
@@ -184,6 +185,7 @@ impl<R: Runtime> Reconciler<R> {
             }
         }
         info!(generation = %desired.generation, n_stopped = plan.stop.len(), n_replaced = plan.replace.len(), n_started = plan.start.len(), "Applied desired state.");
+        self.board.set_applied(desired.generation);
         Ok(())
     }
 }

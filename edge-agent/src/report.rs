@@ -25,6 +25,10 @@ pub struct Board {
 
 #[derive(Default)]
 struct BoardState {
+    /// The last desired state intake accepted (and persisted).
+    accepted: Option<Generation>,
+    /// The last desired state a reconcile pass fully applied; what Status
+    /// and Heartbeat report, so "applied" means the workloads match it.
     applied: Option<Generation>,
     last_rejection: Option<Rejection>,
     /// Workloads the runtime owns (started, possibly backing off).
@@ -35,9 +39,11 @@ struct BoardState {
 }
 
 impl Board {
-    pub fn new(applied: Option<Generation>) -> Self {
+    /// A board for an agent whose store holds `accepted`; nothing is
+    /// applied until the first reconcile pass succeeds.
+    pub fn new(accepted: Option<Generation>) -> Self {
         let board = Self::default();
-        board.lock().applied = applied;
+        board.lock().accepted = accepted;
         board
     }
 
@@ -59,12 +65,23 @@ impl Board {
         self.changed.notified().await;
     }
 
+    pub fn accepted(&self) -> Option<Generation> {
+        self.lock().accepted
+    }
+
+    pub fn set_accepted(&self, generation: Generation) {
+        self.lock().accepted = Some(generation);
+    }
+
     pub fn applied(&self) -> Option<Generation> {
         self.lock().applied
     }
 
+    /// Records a fully applied generation; a repeat is no change.
     pub fn set_applied(&self, generation: Generation) {
-        self.update(|s| s.applied = Some(generation));
+        if self.applied() != Some(generation) {
+            self.update(|s| s.applied = Some(generation));
+        }
     }
 
     pub fn set_rejection(&self, rejection: Rejection) {
@@ -231,6 +248,7 @@ mod tests {
     #[test]
     fn status_merges_runtime_and_reconciler_views_and_verifies() {
         let board = Arc::new(Board::new(Some(Generation::new(4))));
+        board.set_applied(Generation::new(4));
         let (key, _) = SigningKey::generate().expect("key");
         let public = key.public_key();
         let identity = Identity {

@@ -1,0 +1,119 @@
+//! The API's error body, `{"error":{"code","message","field"?}}`, with stable
+//! codes, and the one mapping from application errors to HTTP statuses.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tracing::error;
+
+use crate::app::AppError;
+use crate::artifacts::UploadError;
+
+/// An error as the API reports it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the admin token as 'Authorization: Bearer <token>'",
+        )
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message)
+        }
+    }
+
+    /// A body that is not the expected JSON. serde names an unknown field in
+    /// its message (``unknown field `x`, expected ...``); that name becomes `field`.
+    pub fn invalid_json(error: &serde_json::Error) -> Self {
+        let message = error.to_string();
+        let field = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_owned());
+        Self {
+            field,
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+        }
+    }
+
+    pub fn internal(detail: &dyn std::fmt::Display) -> Self {
+        error!(error = %detail, "A request failed inside the controller.");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the controller log",
+        )
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            AppError::InvalidField { field, message } => ApiError::invalid_field(field, message),
+            AppError::Upload(UploadError::TooLarge { .. }) => ApiError::too_large(e.to_string()),
+            AppError::Upload(UploadError::Body(detail)) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", detail)
+            }
+            AppError::Upload(UploadError::Io(_)) | AppError::Store(_) | AppError::Sign(_) => {
+                ApiError::internal(&e)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Detail {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

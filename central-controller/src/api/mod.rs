@@ -1,0 +1,188 @@
+//! The HTTP API (axum): thin handlers over [`App`], bearer-token auth, bounded
+//! bodies and JSON errors.
+//!
+//! Every `/api/v1/*` route needs `Authorization: Bearer <admin token>` except
+//! `GET /api/v1/artifacts/{sha256}`: artifacts are content-addressed and every
+//! agent verifies the digest of what it downloads, so reading them reveals
+//! only what a desired state already names. Per-node access control arrives
+//! with enrollment.
+
+mod error;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use http_body_util::BodyExt as _;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tower::ServiceExt as _;
+use verge_shared::Sha256Digest;
+
+pub use error::ApiError;
+
+use crate::app::{App, ServiceRequest};
+use crate::keys::TokenCheck;
+
+/// Largest JSON request body.
+pub const MAX_JSON_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+struct ApiState {
+    app: Arc<App>,
+    token: TokenCheck,
+}
+
+/// Builds the router. `token` checks the admin bearer token.
+pub fn router(app: Arc<App>, token: TokenCheck) -> Router {
+    let state = ApiState { app, token };
+    let protected = Router::new()
+        .route("/api/v1/services", get(list_services))
+        .route(
+            "/api/v1/services/{name}",
+            get(get_service).put(put_service).delete(delete_service),
+        )
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{id}", get(get_node))
+        .route("/api/v1/artifacts", axum::routing::post(upload_artifact))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/api/v1/artifacts/{sha256}", get(download_artifact))
+        .merge(protected)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if state.token.matches(token.trim()) => next.run(request).await,
+        _ => ApiError::unauthorized().into_response(),
+    }
+}
+
+/// Reads a JSON body of at most [`MAX_JSON_BYTES`].
+async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let limited = http_body_util::Limited::new(body, MAX_JSON_BYTES);
+    let bytes = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::too_large(format!(
+                "JSON bodies are limited to {MAX_JSON_BYTES} bytes"
+            )));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                e.to_string(),
+            ));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(&e))
+}
+
+async fn list_services(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    Ok(Json(json!({ "services": state.app.services()? })).into_response())
+}
+
+async fn get_service(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.app.service(&name)?).into_response())
+}
+
+async fn put_service(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: ServiceRequest = read_json(body).await?;
+    let (view, created) = state.app.put_service(&name, request).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+async fn delete_service(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.app.delete_service(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_nodes(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    Ok(Json(json!({ "nodes": state.app.nodes()? })).into_response())
+}
+
+async fn get_node(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.app.node(&id)?).into_response())
+}
+
+async fn upload_artifact(
+    State(state): State<ApiState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let limit = state.app.settings().max_artifact_bytes;
+    // Refuse a declared oversize body before reading any of it.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::too_large(format!(
+            "artifacts are limited to {limit} bytes"
+        )));
+    }
+    let stream = request.into_body().into_data_stream();
+    let (record, created) = state.app.upload_artifact(stream).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "sha256": record.sha256, "size": record.size })),
+    )
+        .into_response())
+}
+
+async fn download_artifact(
+    State(state): State<ApiState>,
+    Path(digest): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let digest: Sha256Digest = digest
+        .parse()
+        .map_err(|e: String| ApiError::invalid_field("sha256", e))?;
+    let path = state.app.artifact_path(&digest)?;
+    // ServeFile answers Range requests (206, 416) and sets the length.
+    let response = tower_http::services::ServeFile::new(path)
+        .oneshot(request)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(response.map(Body::new))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! Handler tests through the real router and a sled store in a temp dir.
+
+use axum::http::{Method, Request as HttpRequest, StatusCode, header};
+use serde_json::Value;
+
+use super::*;
+use crate::testing::{Fixture, fixture};
+
+const TOKEN: &str = "test-token";
+
+fn api(fx: &Fixture) -> Router {
+    router(Arc::clone(&fx.app), TokenCheck::new(TOKEN))
+}
+
+fn request(method: Method, uri: &str, body: impl Into<Body>) -> HttpRequest<Body> {
+    HttpRequest::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .expect("request")
+}
+
+async fn send(router: &Router, request: HttpRequest<Body>) -> (StatusCode, bytes::Bytes) {
+    let response = router.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, body)
+}
+
+fn json(body: &[u8]) -> Value {
+    serde_json::from_slice(body).expect("JSON body")
+}
+
+async fn upload(router: &Router, bytes: &'static [u8]) -> (StatusCode, Value) {
+    let (status, body) = send(router, request(Method::POST, "/api/v1/artifacts", bytes)).await;
+    (status, json(&body))
+}
+
+#[tokio::test]
+async fn health_is_public_and_everything_else_needs_the_token() {
+    let fx = fixture();
+    let router = api(&fx);
+    let mut anonymous = request(Method::GET, "/healthz", Body::empty());
+    anonymous.headers_mut().remove(header::AUTHORIZATION);
+    let (status, body) = send(&router, anonymous).await;
+    assert_eq!(
+        (status, json(&body)),
+        (StatusCode::OK, serde_json::json!({"status": "ok"}))
+    );
+
+    for token in [None, Some("Bearer wrong"), Some(TOKEN)] {
+        let mut r = request(Method::GET, "/api/v1/services", Body::empty());
+        r.headers_mut().remove(header::AUTHORIZATION);
+        if let Some(t) = token {
+            r.headers_mut()
+                .insert(header::AUTHORIZATION, t.parse().expect("header"));
+        }
+        let (status, body) = send(&router, r).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(json(&body)["error"]["code"], "unauthorized");
+    }
+    let (status, body) = send(
+        &router,
+        request(Method::GET, "/api/v1/services", Body::empty()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body), serde_json::json!({"services": []}));
+}
+
+#[tokio::test]
+async fn service_errors_name_their_fields() {
+    let fx = fixture();
+    let router = api(&fx);
+    let (_, artifact) = upload(&router, b"#!/bin/true\n").await;
+    let digest = artifact["sha256"].as_str().expect("digest").to_owned();
+
+    let put = |body: Value| request(Method::PUT, "/api/v1/services/web", body.to_string());
+    let (status, body) = send(
+        &router,
+        put(serde_json::json!({"artifact": digest, "replicas": 1, "colour": "red"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = &json(&body)["error"];
+    assert_eq!(error["code"], "invalid_json");
+    assert_eq!(error["field"], "colour");
+    assert!(
+        error["message"]
+            .as_str()
+            .expect("message")
+            .contains("colour")
+    );
+
+    let (status, body) = send(
+        &router,
+        put(serde_json::json!({"artifact": digest, "replicas": 1, "env": {"bad-name": "x"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json(&body)["error"]["code"], "invalid_field");
+    assert_eq!(json(&body)["error"]["field"], "env.bad-name");
+
+    let (status, body) = send(
+        &router,
+        put(serde_json::json!({"artifact": "abc", "replicas": 1})),
+    )
+    .await;
+    assert_eq!(
+        (status, json(&body)["error"]["field"].clone()),
+        (StatusCode::BAD_REQUEST, Value::from("artifact"))
+    );
+
+    let huge = format!("{{\"artifact\":\"{}\"}}", "a".repeat(MAX_JSON_BYTES));
+    let (status, body) = send(&router, request(Method::PUT, "/api/v1/services/web", huge)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(json(&body)["error"]["code"], "payload_too_large");
+
+    let (status, body) = send(
+        &router,
+        put(serde_json::json!({"artifact": digest, "replicas": 2, "regions": ["eu"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let view = json(&body);
+    assert_eq!(view["name"], "web");
+    assert_eq!(view["revision"], 1);
+    assert_eq!(view["spec"]["regions"], serde_json::json!(["eu"]));
+    assert_eq!(view["replicas"][1]["state"], "unplaced");
+    assert!(view["replicas"][1]["reason"].as_str().is_some());
+
+    let (status, _) = send(
+        &router,
+        put(serde_json::json!({"artifact": digest, "replicas": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = send(
+        &router,
+        request(Method::GET, "/api/v1/services/web", Body::empty()),
+    )
+    .await;
+    assert_eq!(
+        (status, json(&body)["revision"].clone()),
+        (StatusCode::OK, Value::from(2))
+    );
+
+    let (status, _) = send(
+        &router,
+        request(Method::DELETE, "/api/v1/services/web", Body::empty()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = send(
+        &router,
+        request(Method::DELETE, "/api/v1/services/web", Body::empty()),
+    )
+    .await;
+    assert_eq!(
+        (status, json(&body)["error"]["code"].clone()),
+        (StatusCode::NOT_FOUND, Value::from("not_found"))
+    );
+    let (status, _) = send(
+        &router,
+        request(Method::GET, "/api/v1/nodes/nobody", Body::empty()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn artifacts_upload_once_and_download_with_ranges() {
+    let fx = fixture();
+    let router = api(&fx);
+    let (status, first) = upload(&router, b"0123456789").await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(first["size"], 10);
+    let (status, again) = upload(&router, b"0123456789").await;
+    assert_eq!((status, &again), (StatusCode::OK, &first));
+
+    // The fixture allows 1024 bytes.
+    let (status, body) = send(
+        &router,
+        request(Method::POST, "/api/v1/artifacts", vec![0u8; 2000]),
+    )
+    .await;
+    assert_eq!(
+        (status, json(&body)["error"]["code"].clone()),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Value::from("payload_too_large")
+        )
+    );
+
+    let digest = first["sha256"].as_str().expect("digest");
+    let mut ranged = HttpRequest::builder()
+        .uri(format!("/api/v1/artifacts/{digest}"))
+        .header(header::RANGE, "bytes=2-5")
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = send(&router, ranged).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::PARTIAL_CONTENT, &b"2345"[..])
+    );
+    ranged = HttpRequest::builder()
+        .uri(format!("/api/v1/artifacts/{digest}"))
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = send(&router, ranged).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"0123456789"[..]));
+
+    let unknown = Sha256Digest::of(b"nope");
+    let r = HttpRequest::builder()
+        .uri(format!("/api/v1/artifacts/{unknown}"))
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = send(&router, r).await;
+    assert_eq!(
+        (status, json(&body)["error"]["code"].clone()),
+        (StatusCode::NOT_FOUND, Value::from("not_found"))
+    );
+    let r = HttpRequest::builder()
+        .uri("/api/v1/artifacts/not-a-digest")
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = send(&router, r).await;
+    assert_eq!(
+        (status, json(&body)["error"]["code"].clone()),
+        (StatusCode::BAD_REQUEST, Value::from("invalid_field"))
+    );
+}

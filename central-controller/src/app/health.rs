@@ -1,0 +1,128 @@
+//! Node health from the controller's clock: healthy, schedulable, or why not.
+//!
+//! Healthy = online AND heard from within the heartbeat timeout. Schedulable =
+//! healthy, or unhealthy for less than the failover grace, so that a quick
+//! agent restart does not move its replicas.
+
+use std::time::Duration;
+
+use verge_shared::Timestamp;
+
+use crate::scheduler::Unschedulable;
+use crate::store::NodeRecord;
+
+/// One evaluation of a node's health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub healthy: bool,
+    pub schedulable: Result<(), Unschedulable>,
+}
+
+/// Evaluates `node` at `now`. `heard_from` is when the controller last heard
+/// from it (never earlier than the controller's own start, so that a
+/// controller restart gives every node a fresh timeout).
+pub fn evaluate(
+    node: &NodeRecord,
+    heard_from: Timestamp,
+    now: Timestamp,
+    heartbeat_timeout: Duration,
+    failover_grace: Duration,
+) -> Health {
+    let stale_at = heard_from.saturating_add(heartbeat_timeout);
+    let healthy = node.online && now < stale_at;
+    if healthy {
+        return Health {
+            healthy,
+            schedulable: Ok(()),
+        };
+    }
+    let (since, why) = if node.online {
+        (stale_at, Unschedulable::NotResponding)
+    } else {
+        (
+            node.offline_since.unwrap_or(heard_from),
+            Unschedulable::Offline,
+        )
+    };
+    let in_grace = now < since.saturating_add(failover_grace);
+    Health {
+        healthy,
+        schedulable: if in_grace { Ok(()) } else { Err(why) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use verge_shared::messages::Resources;
+    use verge_shared::{AgentId, RegionId, SigningKey};
+
+    fn node(online: bool, offline_since: Option<u64>) -> NodeRecord {
+        NodeRecord {
+            id: AgentId::new("n").expect("id"),
+            region: RegionId::new("r").expect("region"),
+            labels: BTreeMap::new(),
+            capacity: Resources::default(),
+            public_key: SigningKey::generate().expect("key").0.public_key(),
+            version: "t".into(),
+            online,
+            offline_since: offline_since.map(Timestamp::from_unix_millis),
+            last_seen: None,
+            applied_generation: None,
+            last_status: None,
+        }
+    }
+
+    const SEC: u64 = 1_000;
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_unix_millis(ms)
+    }
+
+    #[test]
+    fn silence_then_grace_then_unschedulable() {
+        let timeout = Duration::from_secs(30);
+        let grace = Duration::from_secs(30);
+        let n = node(true, None);
+        let h = evaluate(&n, at(0), at(10 * SEC), timeout, grace);
+        assert_eq!(
+            h,
+            Health {
+                healthy: true,
+                schedulable: Ok(())
+            }
+        );
+        let h = evaluate(&n, at(0), at(40 * SEC), timeout, grace);
+        assert_eq!(
+            h,
+            Health {
+                healthy: false,
+                schedulable: Ok(())
+            }
+        );
+        let h = evaluate(&n, at(0), at(61 * SEC), timeout, grace);
+        assert_eq!(h.schedulable, Err(Unschedulable::NotResponding));
+    }
+
+    #[test]
+    fn offline_counts_from_the_offline_report() {
+        let timeout = Duration::from_secs(30);
+        let grace = Duration::from_secs(10);
+        let n = node(false, Some(100 * SEC));
+        assert_eq!(
+            evaluate(&n, at(100 * SEC), at(105 * SEC), timeout, grace).schedulable,
+            Ok(())
+        );
+        assert_eq!(
+            evaluate(&n, at(100 * SEC), at(111 * SEC), timeout, grace).schedulable,
+            Err(Unschedulable::Offline)
+        );
+        // Never seen online: no grace at all.
+        let n = node(false, Some(0));
+        assert_eq!(
+            evaluate(&n, at(100 * SEC), at(100 * SEC), timeout, grace).schedulable,
+            Err(Unschedulable::Offline)
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! Intake of agent messages: presence (pins the node key at first contact),
+//! heartbeat and status. Anything unverifiable is logged, counted and ignored.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use tracing::{info, warn};
+use verge_shared::messages::{Heartbeat, Presence, SCHEMA_VERSION, Status, payload_type};
+use verge_shared::topic::Channel;
+use verge_shared::{AgentId, Envelope, PublicKey, Timestamp, VerifyError, limits};
+
+use super::{App, lock};
+use crate::store::{Durability, NodeRecord, StoreError};
+
+/// Why an agent message was ignored.
+#[derive(Debug, thiserror::Error)]
+enum IngestError {
+    #[error("topic is not an agent topic of this controller")]
+    UnknownTopic,
+    #[error("controllers do not read desired-state topics")]
+    NotForUs,
+    #[error(transparent)]
+    Envelope(#[from] VerifyError),
+    #[error("payload names agent {0}, not the topic's agent")]
+    AgentMismatch(AgentId),
+    #[error("schema_version {0} is not supported")]
+    Schema(u32),
+    #[error("no presence has been seen from this agent, so its key is unknown")]
+    UnknownAgent,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn check_header(
+    topic_agent: &AgentId,
+    agent: &AgentId,
+    schema_version: u32,
+) -> Result<(), IngestError> {
+    if agent != topic_agent {
+        return Err(IngestError::AgentMismatch(agent.clone()));
+    }
+    if schema_version != SCHEMA_VERSION {
+        return Err(IngestError::Schema(schema_version));
+    }
+    Ok(())
+}
+
+impl App {
+    /// Handles one message from the broker. Never fails: problems are logged
+    /// at warn and counted.
+    pub fn ingest(&self, topic: &str, payload: &[u8], now: Timestamp) {
+        let route = self.settings.topics.route(topic);
+        let result = match &route {
+            None => Err(IngestError::UnknownTopic),
+            Some(route) => match route.channel {
+                Channel::Presence => self.ingest_presence(&route.agent, payload, now),
+                Channel::Heartbeat => self.ingest_heartbeat(&route.agent, payload, now),
+                Channel::Status => self.ingest_status(&route.agent, payload, now),
+                Channel::Desired => Err(IngestError::NotForUs),
+            },
+        };
+        if let Err(e) = result {
+            self.n_rejected.fetch_add(1, Ordering::Relaxed);
+            let agent = route.as_ref().map(|r| r.agent.as_str()).unwrap_or("?");
+            let topic: String = topic.chars().take(200).collect();
+            warn!(agent, topic, bytes = payload.len(), error = %e, "Ignored an agent message.");
+        }
+    }
+
+    fn pinned_key(&self, agent: &AgentId) -> Option<PublicKey> {
+        lock(&self.nodes).get(agent).map(|n| n.public_key)
+    }
+
+    fn ingest_presence(
+        &self,
+        agent: &AgentId,
+        payload: &[u8],
+        now: Timestamp,
+    ) -> Result<(), IngestError> {
+        let envelope = Envelope::parse(payload, limits::MAX_PRESENCE_BYTES)?;
+        // First contact: the envelope must verify with the key it carries,
+        // which is then pinned. Afterwards only the pinned key counts.
+        let key = match self.pinned_key(agent) {
+            Some(key) => key,
+            None => envelope.peek_unverified::<Presence>()?.public_key,
+        };
+        let presence: Presence = envelope.open(payload_type::PRESENCE, &key)?;
+        check_header(agent, &presence.agent, presence.schema_version)?;
+
+        let (record, changed, pinned) = {
+            let mut nodes = lock(&self.nodes);
+            let pinned = !nodes.contains_key(agent);
+            let node = nodes.entry(agent.clone()).or_insert_with(|| NodeRecord {
+                id: agent.clone(),
+                region: presence.region.clone(),
+                labels: BTreeMap::new(),
+                capacity: presence.capacity,
+                public_key: key,
+                version: presence.version.clone(),
+                online: false,
+                // Never seen online: no failover grace to give.
+                offline_since: Some(Timestamp::from_unix_millis(0)),
+                last_seen: None,
+                applied_generation: None,
+                last_status: None,
+            });
+            let changed = pinned
+                || node.region != presence.region
+                || node.labels != presence.labels
+                || node.capacity != presence.capacity
+                || node.online != presence.online;
+            node.region = presence.region.clone();
+            node.labels = presence.labels.clone();
+            node.capacity = presence.capacity;
+            node.version = presence.version.clone();
+            if presence.online {
+                node.online = true;
+                node.offline_since = None;
+                node.last_seen = Some(now);
+            } else if node.online {
+                node.online = false;
+                node.offline_since = Some(now);
+            }
+            (node.clone(), changed, pinned)
+        };
+        if pinned {
+            info!(agent = %agent, key_id = %key.key_id(), region = %record.region, "Pinned the key of a new agent.");
+        }
+        if changed {
+            info!(agent = %agent, online = record.online, region = %record.region, "Node registry changed.");
+            self.store.put_node(&record, Durability::Flush)?;
+            self.replan.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Verifies a heartbeat or status with the agent's pinned key.
+    fn open_pinned<T: serde::de::DeserializeOwned>(
+        &self,
+        agent: &AgentId,
+        payload: &[u8],
+        limit: usize,
+        payload_type: &str,
+    ) -> Result<T, IngestError> {
+        let envelope = Envelope::parse(payload, limit)?;
+        let key = self.pinned_key(agent).ok_or(IngestError::UnknownAgent)?;
+        Ok(envelope.open(payload_type, &key)?)
+    }
+
+    fn ingest_heartbeat(
+        &self,
+        agent: &AgentId,
+        payload: &[u8],
+        now: Timestamp,
+    ) -> Result<(), IngestError> {
+        let heartbeat: Heartbeat = self.open_pinned(
+            agent,
+            payload,
+            limits::MAX_HEARTBEAT_BYTES,
+            payload_type::HEARTBEAT,
+        )?;
+        check_header(agent, &heartbeat.agent, heartbeat.schema_version)?;
+        // Health changes are noticed by the periodic health check; a heartbeat
+        // alone never triggers a re-plan.
+        if let Some(node) = lock(&self.nodes).get_mut(agent) {
+            node.last_seen = Some(now);
+            if heartbeat.applied_generation.is_some() {
+                node.applied_generation = heartbeat.applied_generation;
+            }
+        }
+        Ok(())
+    }
+
+    fn ingest_status(
+        &self,
+        agent: &AgentId,
+        payload: &[u8],
+        now: Timestamp,
+    ) -> Result<(), IngestError> {
+        let status: Status = self.open_pinned(
+            agent,
+            payload,
+            limits::MAX_STATUS_BYTES,
+            payload_type::STATUS,
+        )?;
+        check_header(agent, &status.agent, status.schema_version)?;
+        let record = lock(&self.nodes).get_mut(agent).map(|node| {
+            // Every status repeats the last rejection; report each one once.
+            let previous = node.last_status.as_ref().and_then(|s| s.last_rejection.as_ref());
+            if let Some(rejection) = &status.last_rejection
+                && previous != Some(rejection)
+            {
+                warn!(agent = %agent, reason = ?rejection.reason, detail = %rejection.detail, "The agent reports a rejected desired state.");
+            }
+            node.last_seen = Some(now);
+            if status.applied_generation.is_some() {
+                node.applied_generation = status.applied_generation;
+            }
+            node.last_status = Some(status);
+            node.clone()
+        });
+        if let Some(record) = record {
+            // Kept for the API across restarts; losing the latest one is harmless.
+            self.store.put_node(&record, Durability::Lazy)?;
+        }
+        Ok(())
+    }
+}

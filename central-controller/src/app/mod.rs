@@ -1,0 +1,531 @@
+//! Use cases: services, artifacts, nodes and the deployment loop.
+//!
+//! The app owns the invariant "an agent's generation grows exactly when its
+//! workloads change": every plan → sign → store → publish step runs under one
+//! async mutex, and a desired state is stored before it is published.
+
+mod deployer;
+mod health;
+mod ingest;
+mod views;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Deserialize;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use verge_shared::messages::{PortSpec, Resources, RunSpec};
+use verge_shared::{
+    AgentId, PublicKey, RegionId, ServiceName, Sha256Digest, SigningKey, Timestamp, Topics,
+};
+
+use crate::artifacts::{ArtifactFiles, UploadError};
+use crate::config::{DeployConfig, NodesConfig};
+use crate::scheduler::{self, NodeInput, Placement, Plan, ServiceInput};
+use crate::store::{
+    ArtifactRecord, DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec, Store, StoreError,
+};
+
+pub use health::Health;
+pub use views::{NodeView, ReplicaView, ServiceView};
+
+/// How often node health is re-evaluated against the clock.
+const HEALTH_TICK: Duration = Duration::from_secs(1);
+
+/// Most replicas one service may ask for.
+pub const MAX_REPLICAS: i64 = 100;
+
+/// What the app needs to know from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub topics: Topics,
+    pub deploy: DeployConfig,
+    pub nodes: NodesConfig,
+    pub max_artifact_bytes: u64,
+}
+
+/// A message for the MQTT adapter to publish (retained, QoS 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// A message the MQTT adapter received.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: Bytes,
+}
+
+/// Why a use case failed; the API maps each kind to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{what} {name:?} does not exist")]
+    NotFound { what: &'static str, name: String },
+    #[error("{field}: {message}")]
+    InvalidField { field: String, message: String },
+    #[error(transparent)]
+    Upload(#[from] UploadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sign(#[from] deployer::SignError),
+}
+
+impl AppError {
+    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        AppError::InvalidField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `PUT /api/v1/services/{name}` body.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRequest {
+    pub artifact: String,
+    pub replicas: i64,
+    #[serde(default)]
+    pub regions: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// State that only the deployment step touches, guarded by its mutex.
+#[derive(Default)]
+struct DeployState {
+    /// Node health as of the last plan, to notice changes.
+    last_health: BTreeMap<AgentId, Health>,
+}
+
+/// The controller's use cases over one store and one signing key.
+pub struct App {
+    store: Arc<dyn Store>,
+    files: ArtifactFiles,
+    key: SigningKey,
+    settings: Settings,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    started_at: Timestamp,
+    nodes: Mutex<BTreeMap<AgentId, NodeRecord>>,
+    deploy: tokio::sync::Mutex<DeployState>,
+    plan: RwLock<Plan>,
+    replan: Notify,
+    republish: Notify,
+    n_rejected: AtomicU64,
+}
+
+/// Locks a std mutex; a panic elsewhere must not take the controller down with it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A plan plus what it was computed from.
+struct Planned {
+    plan: Plan,
+    desired: BTreeMap<AgentId, DesiredRecord>,
+    health: BTreeMap<AgentId, Health>,
+}
+
+impl App {
+    /// Loads the node registry; publishing goes to `outbox`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        files: ArtifactFiles,
+        key: SigningKey,
+        settings: Settings,
+        outbox: mpsc::UnboundedSender<Outgoing>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let nodes = store
+            .nodes()?
+            .into_iter()
+            .map(|n| (n.id.clone(), n))
+            .collect();
+        Ok(Arc::new(Self {
+            store,
+            files,
+            key,
+            settings,
+            outbox,
+            started_at: Timestamp::now(),
+            nodes: Mutex::new(nodes),
+            deploy: tokio::sync::Mutex::new(DeployState::default()),
+            plan: RwLock::new(Plan::default()),
+            replan: Notify::new(),
+            republish: Notify::new(),
+            n_rejected: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// How many agent messages were ignored (unsigned, oversize, malformed, ...).
+    pub fn rejected_messages(&self) -> u64 {
+        self.n_rejected.load(Ordering::Relaxed)
+    }
+
+    /// Asks the background loop to republish every desired state (on ConnAck).
+    pub fn request_republish(&self) {
+        self.republish.notify_one();
+    }
+
+    /// The background loop: re-plans on node and health changes and
+    /// republishes on an interval, until `cancel`.
+    pub async fn run_background(self: Arc<Self>, cancel: CancellationToken) {
+        let mut health_tick = tokio::time::interval(HEALTH_TICK);
+        health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick fires at once: publish whatever is stored at start.
+        let mut republish_tick = tokio::time::interval(self.settings.deploy.republish_interval);
+        republish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.log_failure("plan", self.reconcile(Timestamp::now(), true).await);
+        loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                () = self.replan.notified() => {
+                    self.log_failure("plan", self.reconcile(Timestamp::now(), true).await);
+                }
+                () = self.republish.notified() => {
+                    self.log_failure("republish", self.republish_all(Timestamp::now()).await);
+                }
+                _ = health_tick.tick() => {
+                    self.log_failure("plan", self.reconcile(Timestamp::now(), false).await);
+                }
+                _ = republish_tick.tick() => {
+                    self.log_failure("republish", self.republish_all(Timestamp::now()).await);
+                }
+            }
+        }
+    }
+
+    fn log_failure(&self, step: &'static str, result: Result<(), AppError>) {
+        if let Err(e) = result {
+            error!(step, error = %e, "A deployment step failed; it is retried on the next trigger.");
+        }
+    }
+
+    fn node_health(&self, node: &NodeRecord, now: Timestamp) -> Health {
+        let heard_from = node
+            .last_seen
+            .map_or(self.started_at, |t| t.max(self.started_at));
+        health::evaluate(
+            node,
+            heard_from,
+            now,
+            self.settings.nodes.heartbeat_timeout,
+            self.settings.nodes.failover_grace,
+        )
+    }
+
+    fn plan_with(&self, services: &[ServiceRecord], now: Timestamp) -> Result<Planned, AppError> {
+        let desired: BTreeMap<AgentId, DesiredRecord> = self
+            .store
+            .desired_states()?
+            .into_iter()
+            .map(|d| (d.agent.clone(), d))
+            .collect();
+        // What agents were last told to run is the previous placement.
+        let previous: Placement = desired
+            .values()
+            .flat_map(|d| {
+                d.workloads
+                    .iter()
+                    .map(|w| ((w.service.clone(), w.replica), d.agent.clone()))
+            })
+            .collect();
+        let mut health = BTreeMap::new();
+        let nodes: Vec<NodeInput> = lock(&self.nodes)
+            .values()
+            .map(|n| {
+                let h = self.node_health(n, now);
+                health.insert(n.id.clone(), h);
+                NodeInput {
+                    id: n.id.clone(),
+                    region: n.region.clone(),
+                    capacity: n.capacity,
+                    schedulable: h.schedulable,
+                }
+            })
+            .collect();
+        let inputs: Vec<ServiceInput> = services
+            .iter()
+            .map(|s| ServiceInput {
+                name: s.name.clone(),
+                replicas: s.spec.replicas,
+                regions: s.spec.regions.clone(),
+                resources: s.spec.resources,
+            })
+            .collect();
+        Ok(Planned {
+            plan: scheduler::plan(&nodes, &inputs, &previous),
+            desired,
+            health,
+        })
+    }
+
+    /// Issues a new desired state to every agent whose workloads changed.
+    fn apply(
+        &self,
+        state: &mut DeployState,
+        services: &[ServiceRecord],
+        planned: Planned,
+        now: Timestamp,
+    ) -> Result<(), AppError> {
+        let mut lists = deployer::workloads_by_agent(&planned.plan, services);
+        let agents: BTreeSet<AgentId> = planned
+            .desired
+            .keys()
+            .chain(lists.keys())
+            .cloned()
+            .collect();
+        for agent in agents {
+            let workloads = lists.remove(&agent).unwrap_or_default();
+            let stored = planned.desired.get(&agent);
+            let Some(generation) = deployer::next_generation(stored, &workloads) else {
+                continue;
+            };
+            let n_workloads = workloads.len();
+            let record = deployer::sign(
+                &self.key,
+                &agent,
+                generation,
+                workloads,
+                now,
+                self.settings.deploy.desired_state_ttl,
+            )?;
+            self.store.put_desired(&record)?;
+            info!(agent = %agent, generation = %generation, workloads = n_workloads, "Issued a new desired state.");
+            self.publish(&record);
+        }
+        state.last_health = planned.health;
+        *self.plan.write().unwrap_or_else(PoisonError::into_inner) = planned.plan;
+        Ok(())
+    }
+
+    fn publish(&self, record: &DesiredRecord) {
+        let message = Outgoing {
+            topic: self.settings.topics.desired(&record.agent),
+            payload: record.envelope.clone(),
+        };
+        if self.outbox.send(message).is_err() {
+            warn!(agent = %record.agent, "The MQTT client is gone; the desired state will be republished later.");
+        }
+    }
+
+    /// Re-plans and deploys. Without `force`, only when node health changed.
+    async fn reconcile(&self, now: Timestamp, force: bool) -> Result<(), AppError> {
+        let mut state = self.deploy.lock().await;
+        let services = self.store.services()?;
+        let planned = self.plan_with(&services, now)?;
+        if !force && planned.health == state.last_health {
+            return Ok(());
+        }
+        self.apply(&mut state, &services, planned, now)
+    }
+
+    /// Publishes every stored desired state again (retained), re-signing with
+    /// the same generation and fresh times when less than half the TTL remains.
+    async fn republish_all(&self, now: Timestamp) -> Result<(), AppError> {
+        let _state = self.deploy.lock().await;
+        let ttl = self.settings.deploy.desired_state_ttl;
+        for record in self.store.desired_states()? {
+            let record = if deployer::needs_resign(&record, now, ttl) {
+                let fresh = deployer::sign(
+                    &self.key,
+                    &record.agent,
+                    record.generation,
+                    record.workloads,
+                    now,
+                    ttl,
+                )?;
+                self.store.put_desired(&fresh)?;
+                info!(agent = %fresh.agent, generation = %fresh.generation, "Re-signed a desired state with fresh times.");
+                fresh
+            } else {
+                record
+            };
+            self.publish(&record);
+        }
+        Ok(())
+    }
+
+    fn validate(
+        &self,
+        name: &str,
+        request: ServiceRequest,
+    ) -> Result<(ServiceName, ServiceSpec, u64), AppError> {
+        let name = ServiceName::new(name).map_err(|e| AppError::invalid("name", e.to_string()))?;
+        let artifact: Sha256Digest = request
+            .artifact
+            .parse()
+            .map_err(|e: String| AppError::invalid("artifact", e))?;
+        let size = self
+            .store
+            .artifact(&artifact)?
+            .ok_or_else(|| {
+                AppError::invalid(
+                    "artifact",
+                    format!("no artifact {artifact} has been uploaded"),
+                )
+            })?
+            .size;
+        if !(0..=MAX_REPLICAS).contains(&request.replicas) {
+            return Err(AppError::invalid(
+                "replicas",
+                format!("must be 0 to {MAX_REPLICAS}"),
+            ));
+        }
+        let regions = request
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                RegionId::new(r.as_str())
+                    .map_err(|e| AppError::invalid(format!("regions[{i}]"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let run = RunSpec {
+            args: request.args,
+            env: request.env,
+            ports: request.ports,
+        };
+        run.validate().map_err(|e| match e.split_once(": ") {
+            Some((field, message)) => AppError::invalid(field, message),
+            None => AppError::invalid("run", e),
+        })?;
+        let spec = ServiceSpec {
+            artifact,
+            replicas: u32::try_from(request.replicas).unwrap_or_default(),
+            regions,
+            args: run.args,
+            env: run.env,
+            ports: run.ports,
+            resources: request.resources,
+        };
+        Ok((name, spec, size))
+    }
+
+    /// Creates or replaces a service: validated, placed, stored, deployed.
+    /// Returns the view and whether it was created.
+    pub async fn put_service(
+        &self,
+        name: &str,
+        request: ServiceRequest,
+    ) -> Result<(ServiceView, bool), AppError> {
+        let (name, spec, artifact_size) = self.validate(name, request)?;
+        let now = Timestamp::now();
+        let mut state = self.deploy.lock().await;
+        let existing = self.store.service(&name)?;
+        let created = existing.is_none();
+        let record = match existing {
+            Some(old) if old.spec == spec => old,
+            Some(old) => ServiceRecord {
+                name: name.clone(),
+                spec,
+                artifact_size,
+                revision: old.revision + 1,
+                created_at: old.created_at,
+                updated_at: now,
+            },
+            None => ServiceRecord {
+                name: name.clone(),
+                spec,
+                artifact_size,
+                revision: 1,
+                created_at: now,
+                updated_at: now,
+            },
+        };
+        let mut services: Vec<ServiceRecord> = self
+            .store
+            .services()?
+            .into_iter()
+            .filter(|s| s.name != name)
+            .collect();
+        services.push(record.clone());
+        // Placed before stored: a failure here leaves everything as it was.
+        let planned = self.plan_with(&services, now)?;
+        self.store.put_service(&record)?;
+        info!(service = %name, revision = record.revision, "Stored a service.");
+        self.apply(&mut state, &services, planned, now)?;
+        drop(state);
+        Ok((self.view_of(&record)?, created))
+    }
+
+    /// Deletes a service; its agents get desired states without it.
+    pub async fn delete_service(&self, name: &str) -> Result<(), AppError> {
+        let not_found = || AppError::NotFound {
+            what: "service",
+            name: name.to_owned(),
+        };
+        let name = ServiceName::new(name).map_err(|_| not_found())?;
+        let now = Timestamp::now();
+        let mut state = self.deploy.lock().await;
+        if !self.store.delete_service(&name)? {
+            return Err(not_found());
+        }
+        info!(service = %name, "Deleted a service.");
+        let services = self.store.services()?;
+        let planned = self.plan_with(&services, now)?;
+        self.apply(&mut state, &services, planned, now)
+    }
+
+    /// Streams an upload into the content-addressed store.
+    /// Returns the record and whether it was new.
+    pub async fn upload_artifact<S, E>(&self, body: S) -> Result<(ArtifactRecord, bool), AppError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let stored = self
+            .files
+            .store(body, self.settings.max_artifact_bytes)
+            .await?;
+        if let Some(existing) = self.store.artifact(&stored.sha256)? {
+            return Ok((existing, false));
+        }
+        let record = ArtifactRecord {
+            sha256: stored.sha256,
+            size: stored.size,
+            created_at: Timestamp::now(),
+        };
+        self.store.put_artifact(&record)?;
+        info!(sha256 = %record.sha256, size = record.size, "Stored an artifact.");
+        Ok((record, true))
+    }
+
+    /// The file holding a known artifact.
+    pub fn artifact_path(&self, digest: &Sha256Digest) -> Result<PathBuf, AppError> {
+        match self.store.artifact(digest)? {
+            Some(_) => Ok(self.files.path_of(digest)),
+            None => Err(AppError::NotFound {
+                what: "artifact",
+                name: digest.to_string(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! Read models for the HTTP API: services with their replicas' live state, and
+//! nodes. Separate from store records so that the API shape can evolve alone.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use verge_shared::messages::{Rejection, Resources, WorkloadState, WorkloadStatus};
+use verge_shared::{AgentId, Generation, KeyId, RegionId, ServiceName, Timestamp};
+
+use super::{App, AppError, lock};
+use crate::store::{DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec};
+
+/// A replica's state as shown to operators: the agent's states plus `unplaced`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    Pending,
+    Fetching,
+    Running,
+    Backoff,
+    Failed,
+    Unplaced,
+}
+
+impl From<WorkloadState> for ReplicaState {
+    fn from(state: WorkloadState) -> Self {
+        match state {
+            WorkloadState::Pending => ReplicaState::Pending,
+            WorkloadState::Fetching => ReplicaState::Fetching,
+            WorkloadState::Running => ReplicaState::Running,
+            WorkloadState::Backoff => ReplicaState::Backoff,
+            WorkloadState::Failed => ReplicaState::Failed,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicaView {
+    pub index: u32,
+    pub node: Option<AgentId>,
+    pub region: Option<RegionId>,
+    pub state: ReplicaState,
+    pub reason: Option<String>,
+    pub pid: Option<u32>,
+    pub ports: BTreeMap<String, u16>,
+    pub restarts: u32,
+    pub desired_generation: Option<Generation>,
+    pub applied_generation: Option<Generation>,
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceView {
+    pub name: ServiceName,
+    pub spec: ServiceSpec,
+    pub revision: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub replicas: Vec<ReplicaView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeView {
+    pub id: AgentId,
+    pub region: RegionId,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    pub online: bool,
+    pub healthy: bool,
+    pub last_seen: Option<Timestamp>,
+    pub key_id: KeyId,
+    pub desired_generation: Option<Generation>,
+    pub applied_generation: Option<Generation>,
+    pub workloads: Vec<WorkloadStatus>,
+    pub last_rejection: Option<Rejection>,
+}
+
+/// One replica's view from its node's latest report. The report counts only
+/// once the node has applied the desired state that carries this replica,
+/// and only for the artifact the service now names; until then it is pending.
+fn replica_view(
+    service: &ServiceRecord,
+    index: u32,
+    node: Option<&NodeRecord>,
+    desired: Option<&DesiredRecord>,
+) -> ReplicaView {
+    let desired_generation = desired.map(|d| d.generation);
+    let status = node.and_then(|n| n.last_status.as_ref());
+    let applied_generation = status.and_then(|s| s.applied_generation);
+    let current = match (status, desired_generation) {
+        (Some(s), Some(wanted)) if s.applied_generation.is_some_and(|g| g >= wanted) => s
+            .workloads
+            .iter()
+            .find(|w| w.service == service.name && w.artifact == service.spec.artifact),
+        _ => None,
+    };
+    ReplicaView {
+        index,
+        node: node.map(|n| n.id.clone()),
+        region: node.map(|n| n.region.clone()),
+        state: current.map_or(ReplicaState::Pending, |w| w.state.into()),
+        reason: None,
+        pid: current.and_then(|w| w.pid),
+        ports: current.map(|w| w.ports.clone()).unwrap_or_default(),
+        restarts: current.map_or(0, |w| w.restarts),
+        desired_generation,
+        applied_generation,
+        message: current.and_then(|w| w.message.clone()),
+    }
+}
+
+fn unplaced(index: u32, reason: String) -> ReplicaView {
+    ReplicaView {
+        index,
+        node: None,
+        region: None,
+        state: ReplicaState::Unplaced,
+        reason: Some(reason),
+        pid: None,
+        ports: BTreeMap::new(),
+        restarts: 0,
+        desired_generation: None,
+        applied_generation: None,
+        message: None,
+    }
+}
+
+impl App {
+    pub(super) fn view_of(&self, service: &ServiceRecord) -> Result<ServiceView, AppError> {
+        let plan = self
+            .plan
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let planned = plan.services.get(&service.name);
+        let nodes = lock(&self.nodes);
+        let mut replicas = Vec::with_capacity(service.spec.replicas as usize);
+        for index in 0..service.spec.replicas {
+            let decision = planned.and_then(|p| p.iter().find(|r| r.index == index));
+            let view = match decision.and_then(|d| d.node.as_ref()) {
+                Some(node_id) => {
+                    let desired = self.store.desired_state(node_id)?;
+                    replica_view(service, index, nodes.get(node_id), desired.as_ref())
+                }
+                None => unplaced(
+                    index,
+                    decision
+                        .and_then(|d| d.reason.clone())
+                        .unwrap_or_else(|| "not planned yet".to_owned()),
+                ),
+            };
+            replicas.push(view);
+        }
+        Ok(ServiceView {
+            name: service.name.clone(),
+            spec: service.spec.clone(),
+            revision: service.revision,
+            created_at: service.created_at,
+            updated_at: service.updated_at,
+            replicas,
+        })
+    }
+
+    pub fn service(&self, name: &str) -> Result<ServiceView, AppError> {
+        let not_found = || AppError::NotFound {
+            what: "service",
+            name: name.to_owned(),
+        };
+        let name = ServiceName::new(name).map_err(|_| not_found())?;
+        let record = self.store.service(&name)?.ok_or_else(not_found)?;
+        self.view_of(&record)
+    }
+
+    pub fn services(&self) -> Result<Vec<ServiceView>, AppError> {
+        self.store
+            .services()?
+            .iter()
+            .map(|s| self.view_of(s))
+            .collect()
+    }
+
+    fn node_view(&self, node: &NodeRecord, now: Timestamp) -> Result<NodeView, AppError> {
+        let status = node.last_status.as_ref();
+        Ok(NodeView {
+            id: node.id.clone(),
+            region: node.region.clone(),
+            labels: node.labels.clone(),
+            capacity: node.capacity,
+            online: node.online,
+            healthy: self.node_health(node, now).healthy,
+            last_seen: node.last_seen,
+            key_id: node.public_key.key_id(),
+            desired_generation: self.store.desired_state(&node.id)?.map(|d| d.generation),
+            applied_generation: node.applied_generation,
+            workloads: status.map(|s| s.workloads.clone()).unwrap_or_default(),
+            last_rejection: status.and_then(|s| s.last_rejection.clone()),
+        })
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeView>, AppError> {
+        let now = Timestamp::now();
+        let nodes: Vec<NodeRecord> = lock(&self.nodes).values().cloned().collect();
+        nodes.iter().map(|n| self.node_view(n, now)).collect()
+    }
+
+    pub fn node(&self, id: &str) -> Result<NodeView, AppError> {
+        let node = AgentId::new(id)
+            .ok()
+            .and_then(|id| lock(&self.nodes).get(&id).cloned())
+            .ok_or_else(|| AppError::NotFound {
+                what: "node",
+                name: id.to_owned(),
+            })?;
+        self.node_view(&node, Timestamp::now())
+    }
+}

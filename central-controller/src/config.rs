@@ -1,0 +1,460 @@
+//! The controller's configuration file (`controller.toml`): parsing, environment
+//! overrides and validation that reports every problem at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use verge_shared::Topics;
+use verge_shared::topic::DEFAULT_PREFIX;
+
+/// Where the API listens when `api.listen` is not set.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7700";
+/// Where the embedded broker listens when neither `broker.listen` nor `broker.url` is set.
+pub const DEFAULT_BROKER_LISTEN: &str = "127.0.0.1:7883";
+
+/// Default bound on one uploaded artifact: 1 GiB.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+
+/// A validated controller configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub api: ApiConfig,
+    pub broker: BrokerConfig,
+    pub deploy: DeployConfig,
+    pub nodes: NodesConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub max_artifact_bytes: u64,
+}
+
+/// Where the MQTT broker is, and the topic tree under it.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub endpoint: BrokerEndpoint,
+    pub topics: Topics,
+}
+
+/// Exactly one of: run the embedded broker on an address, or use an external one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrokerEndpoint {
+    Embedded(SocketAddr),
+    External(BrokerUrl),
+}
+
+impl BrokerEndpoint {
+    /// The URL the controller's own client connects to. The embedded broker is
+    /// reached through TCP like any other, so both cases share one code path.
+    pub fn client_url(&self) -> BrokerUrl {
+        match self {
+            BrokerEndpoint::External(url) => url.clone(),
+            BrokerEndpoint::Embedded(addr) => {
+                let host = if addr.ip().is_unspecified() {
+                    "127.0.0.1".to_owned()
+                } else {
+                    addr.ip().to_string()
+                };
+                BrokerUrl {
+                    host,
+                    port: addr.port(),
+                }
+            }
+        }
+    }
+}
+
+/// A plain-TCP MQTT broker address, written `mqtt://host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    /// Parses `mqtt://host[:port]` (port 1883 when absent).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = text.strip_prefix("mqtt://").ok_or_else(|| {
+            format!("{text:?} must start with mqtt:// (TLS is not supported yet)")
+        })?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("{text:?} has an invalid port"))?,
+            ),
+            None => (rest, 1883),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', '@', ' ']) {
+            return Err(format!("{text:?} has no usable host"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "mqtt://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct DeployConfig {
+    /// How long a signed desired state stays valid for a fresh agent.
+    pub desired_state_ttl: Duration,
+    /// How often every stored desired state is republished.
+    pub republish_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct NodesConfig {
+    /// No heartbeat or status for this long makes a node unhealthy.
+    pub heartbeat_timeout: Duration,
+    /// How long an unhealthy node keeps its replicas.
+    pub failover_grace: Duration,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        Self {
+            desired_state_ttl: Duration::from_secs(86_400),
+            republish_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout: Duration::from_secs(30),
+            failover_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Every problem found in a configuration, each naming its field.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration {source_name}:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    pub source_name: String,
+    pub problems: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    broker: RawBroker,
+    #[serde(default)]
+    deploy: RawDeploy,
+    #[serde(default)]
+    nodes: RawNodes,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<String>,
+    max_artifact_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    listen: Option<String>,
+    url: Option<String>,
+    topic_prefix: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDeploy {
+    desired_state_ttl_secs: Option<u64>,
+    republish_interval_secs: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNodes {
+    heartbeat_timeout_secs: Option<u64>,
+    failover_grace_secs: Option<u64>,
+}
+
+impl Config {
+    /// Loads `path`, applies the `VERGE_*` environment overrides and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        Self::parse(&text, &name, |key| std::env::var(key).ok())
+    }
+
+    /// Parses TOML text; `env` looks up override variables (injectable for tests).
+    pub fn parse(
+        text: &str,
+        source_name: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let fail = |problems| ConfigError {
+            source_name: source_name.to_owned(),
+            problems,
+        };
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's message names the offending key and shows the line.
+            fail(vec![e.to_string().trim_end().replace('\n', "\n    ")])
+        })?;
+        if let Some(dir) = env("VERGE_DATA_DIR") {
+            raw.data_dir = Some(dir.into());
+        }
+        if let Some(listen) = env("VERGE_API_LISTEN") {
+            raw.api.listen = Some(listen);
+        }
+        // An override of one broker kind replaces the file's choice of the other.
+        match (env("VERGE_BROKER_LISTEN"), env("VERGE_BROKER_URL")) {
+            (Some(listen), None) => {
+                raw.broker.listen = Some(listen);
+                raw.broker.url = None;
+            }
+            (None, Some(url)) => {
+                raw.broker.url = Some(url);
+                raw.broker.listen = None;
+            }
+            (Some(listen), Some(url)) => {
+                raw.broker.listen = Some(listen);
+                raw.broker.url = Some(url);
+            }
+            (None, None) => {}
+        }
+        raw.validate().map_err(fail)
+    }
+}
+
+fn positive_secs(
+    problems: &mut Vec<String>,
+    field: &str,
+    value: Option<u64>,
+    default: Duration,
+) -> Duration {
+    match value {
+        Some(0) => {
+            problems.push(format!("{field}: must be at least 1"));
+            default
+        }
+        Some(secs) => Duration::from_secs(secs),
+        None => default,
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, Vec<String>> {
+        let mut problems = Vec::new();
+        let data_dir = self.data_dir.unwrap_or_else(|| {
+            problems.push("data_dir: is required (or set VERGE_DATA_DIR)".into());
+            PathBuf::new()
+        });
+        let listen_text = self.api.listen.as_deref().unwrap_or(DEFAULT_API_LISTEN);
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|e| {
+                problems.push(format!(
+                    "api.listen: {listen_text:?} is not an address: {e}"
+                ))
+            })
+            .ok();
+        let max_artifact_bytes = match self.api.max_artifact_bytes {
+            Some(0) => {
+                problems.push("api.max_artifact_bytes: must be at least 1".into());
+                DEFAULT_MAX_ARTIFACT_BYTES
+            }
+            other => other.unwrap_or(DEFAULT_MAX_ARTIFACT_BYTES),
+        };
+        let endpoint = match (&self.broker.listen, &self.broker.url) {
+            (Some(_), Some(_)) => {
+                problems.push("broker: set exactly one of broker.listen (embedded) and broker.url (external), not both".into());
+                None
+            }
+            (None, None) => DEFAULT_BROKER_LISTEN
+                .parse::<SocketAddr>()
+                .map(BrokerEndpoint::Embedded)
+                .ok(),
+            (Some(listen), None) => listen
+                .parse::<SocketAddr>()
+                .map(BrokerEndpoint::Embedded)
+                .map_err(|e| {
+                    problems.push(format!("broker.listen: {listen:?} is not an address: {e}"))
+                })
+                .ok(),
+            (None, Some(url)) => BrokerUrl::parse(url)
+                .map(BrokerEndpoint::External)
+                .map_err(|e| problems.push(format!("broker.url: {e}")))
+                .ok(),
+        };
+        let prefix = self
+            .broker
+            .topic_prefix
+            .as_deref()
+            .unwrap_or(DEFAULT_PREFIX);
+        let topics = Topics::new(prefix)
+            .map_err(|e| problems.push(format!("broker.topic_prefix: {e}")))
+            .ok();
+        let defaults = DeployConfig::default();
+        let deploy = DeployConfig {
+            desired_state_ttl: positive_secs(
+                &mut problems,
+                "deploy.desired_state_ttl_secs",
+                self.deploy.desired_state_ttl_secs,
+                defaults.desired_state_ttl,
+            ),
+            republish_interval: positive_secs(
+                &mut problems,
+                "deploy.republish_interval_secs",
+                self.deploy.republish_interval_secs,
+                defaults.republish_interval,
+            ),
+        };
+        // Re-signing happens at republish time once half the TTL is gone, so a
+        // longer interval would let documents expire between republishes.
+        if deploy.republish_interval * 2 > deploy.desired_state_ttl {
+            problems.push(format!(
+                "deploy.republish_interval_secs: must be at most half of deploy.desired_state_ttl_secs ({} s)",
+                deploy.desired_state_ttl.as_secs()
+            ));
+        }
+        let defaults = NodesConfig::default();
+        let nodes = NodesConfig {
+            heartbeat_timeout: positive_secs(
+                &mut problems,
+                "nodes.heartbeat_timeout_secs",
+                self.nodes.heartbeat_timeout_secs,
+                defaults.heartbeat_timeout,
+            ),
+            failover_grace: self
+                .nodes
+                .failover_grace_secs
+                .map_or(defaults.failover_grace, Duration::from_secs),
+        };
+        match (listen, endpoint, topics) {
+            (Some(listen), Some(endpoint), Some(topics)) if problems.is_empty() => Ok(Config {
+                data_dir,
+                api: ApiConfig {
+                    listen,
+                    max_artifact_bytes,
+                },
+                broker: BrokerConfig { endpoint, topics },
+                deploy,
+                nodes,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const MINIMAL: &str = r#"
+        data_dir = "/tmp/x"
+    "#;
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = Config::parse(MINIMAL, "t", no_env).expect("valid");
+        assert_eq!(c.api.max_artifact_bytes, DEFAULT_MAX_ARTIFACT_BYTES);
+        assert_eq!(c.broker.topics.prefix(), "verge/v1");
+        assert_eq!(c.deploy.desired_state_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.nodes.failover_grace, Duration::from_secs(30));
+        assert_eq!(
+            c.broker.endpoint.client_url().to_string(),
+            "mqtt://127.0.0.1:7883"
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = format!("{MINIMAL}\nbogus = 1\n");
+        let err = Config::parse(&text, "t", no_env).expect_err("unknown field");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let text = r#"
+            [api]
+            listen = "nope"
+            [broker]
+            listen = "127.0.0.1:1"
+            url = "mqtt://x:1"
+            topic_prefix = "a/+/b"
+            [deploy]
+            desired_state_ttl_secs = 0
+        "#;
+        let err = Config::parse(text, "t", no_env).expect_err("invalid");
+        let joined = err.problems.join("\n");
+        for field in [
+            "data_dir",
+            "api.listen",
+            "broker:",
+            "broker.topic_prefix",
+            "deploy.desired_state_ttl_secs",
+        ] {
+            assert!(joined.contains(field), "{field} missing from {joined}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_win() {
+        let env = |key: &str| match key {
+            "VERGE_DATA_DIR" => Some("/env/dir".to_owned()),
+            "VERGE_API_LISTEN" => Some("0.0.0.0:9000".to_owned()),
+            "VERGE_BROKER_URL" => Some("mqtt://broker.example:1884".to_owned()),
+            _ => None,
+        };
+        let c = Config::parse(MINIMAL, "t", env).expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("/env/dir"));
+        assert_eq!(c.api.listen.port(), 9000);
+        assert_eq!(
+            c.broker.endpoint,
+            BrokerEndpoint::External(BrokerUrl {
+                host: "broker.example".into(),
+                port: 1884
+            })
+        );
+    }
+
+    #[test]
+    fn broker_urls_parse() {
+        assert_eq!(
+            BrokerUrl::parse("mqtt://h").expect("ok"),
+            BrokerUrl {
+                host: "h".into(),
+                port: 1883
+            }
+        );
+        assert!(BrokerUrl::parse("mqtts://h:1").is_err());
+        assert!(BrokerUrl::parse("mqtt://:1").is_err());
+        assert!(BrokerUrl::parse("mqtt://h:x").is_err());
+    }
+}

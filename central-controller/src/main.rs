@@ -1,0 +1,132 @@
+//! The `central-controller` binary: command line, logging, then the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use central_controller::config::Config;
+use central_controller::{dev, shutdown_signal, start};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// sysexits EX_CONFIG: the configuration is wrong.
+const EX_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "central-controller",
+    version,
+    about = "Verge central controller"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run with a configuration file.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run locally with an embedded broker and one local edge agent (dev keys).
+    Dev {
+        #[arg(long, default_value = "./verge-dev")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        api_listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:7883")]
+        mqtt_listen: SocketAddr,
+        /// The edge-agent binary (default: next to this executable).
+        #[arg(long)]
+        agent_bin: Option<PathBuf>,
+    },
+}
+
+fn init_tracing() {
+    let filter = std::env::var("RUST_LOG")
+        .or_else(|_| std::env::var("VERGE_LOG"))
+        .ok()
+        .and_then(|text| EnvFilter::try_new(text).ok())
+        .unwrap_or_else(|| EnvFilter::new("info,rumqttd=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match &cli.command {
+        Command::Run { config } => Config::load(config),
+        Command::Dev {
+            data_dir,
+            api_listen,
+            mqtt_listen,
+            ..
+        } => Ok(dev::config(data_dir, *api_listen, *mqtt_listen)),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    let agent_bin = match command {
+        Command::Dev { agent_bin, .. } => Some(dev::locate_agent(agent_bin)?),
+        Command::Run { .. } => None,
+    };
+    let cancel = CancellationToken::new();
+    let controller = start(config, cancel.clone())
+        .await
+        .context("starting the controller")?;
+    let supervisor = match agent_bin {
+        Some(binary) => Some(tokio::spawn(dev::start_agent(
+            &controller,
+            binary,
+            cancel.clone(),
+        )?)),
+        None => {
+            if controller.admin_token.created {
+                println!(
+                    "Created the admin token (stored in {}; shown only this once): {}",
+                    controller.admin_token.path.display(),
+                    controller.admin_token.value
+                );
+            }
+            None
+        }
+    };
+    shutdown_signal()
+        .await
+        .context("installing signal handlers")?;
+    cancel.cancel();
+    if let Some(supervisor) = supervisor {
+        // The supervisor stops the agent (SIGTERM, then SIGKILL) before returning.
+        supervisor.await.context("the agent supervisor failed")?;
+    }
+    controller.wait(&cancel).await;
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! The controller's MQTT client: the only module that knows rumqttc.
+//!
+//! One task polls the event loop and never awaits anything else (rumqttc
+//! deadlocks when the polling task awaits a publish); incoming messages are
+//! handed off with `try_send`, publishes run in a separate task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use verge_shared::limits;
+use verge_shared::topic::Channel;
+
+use crate::app::{App, Incoming, Outgoing};
+use crate::config::BrokerUrl;
+
+/// The controller's MQTT client id.
+pub const CLIENT_ID: &str = "verge-controller";
+
+/// Received messages waiting for the ingest task; beyond this they are dropped
+/// (agents resend status and heartbeats, presence is retained).
+const INBOX_CAPACITY: usize = 1024;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Connects to `url` and runs the poll, publish and ingest tasks until `cancel`.
+pub fn spawn(
+    url: &BrokerUrl,
+    app: Arc<App>,
+    outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let mut options = MqttOptions::new(CLIENT_ID, url.host.clone(), url.port);
+    options
+        .set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(15))
+        .set_max_packet_size(limits::MAX_MQTT_PACKET_BYTES, limits::MAX_MQTT_PACKET_BYTES);
+    let (client, eventloop) = AsyncClient::new(options, 256);
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
+    tracker.spawn(poll(
+        eventloop,
+        client.clone(),
+        Arc::clone(&app),
+        inbox_tx,
+        cancel.clone(),
+    ));
+    tracker.spawn(publish(client, outbox_rx, cancel.clone()));
+    tracker.spawn(ingest(app, inbox_rx, cancel.clone()));
+}
+
+async fn poll(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    app: Arc<App>,
+    inbox_tx: mpsc::Sender<Incoming>,
+    cancel: CancellationToken,
+) {
+    let topics = app.settings().topics.clone();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = MIN_BACKOFF;
+                info!("Connected to the MQTT broker.");
+                // A clean session forgets subscriptions: subscribe on every ConnAck.
+                for channel in [Channel::Presence, Channel::Status, Channel::Heartbeat] {
+                    if let Err(e) =
+                        client.try_subscribe(topics.all_agents(channel), QoS::AtLeastOnce)
+                    {
+                        warn!(error = %e, "Could not queue a subscription.");
+                    }
+                }
+                app.request_republish();
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let message = Incoming {
+                    topic: publish.topic,
+                    payload: publish.payload,
+                };
+                if inbox_tx.try_send(message).is_err() {
+                    warn!("The ingest queue is full; dropped an agent message.");
+                }
+            }
+            Ok(other) => debug!(event = ?other, "MQTT event."),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "The MQTT connection failed; reconnecting.");
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    // Best effort: the broker notices a vanished client anyway.
+    let _ = client.try_disconnect();
+}
+
+async fn publish(
+    client: AsyncClient,
+    mut outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            message = outbox_rx.recv() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        // Retained so that an agent that connects later gets its document.
+        // While disconnected this waits for room in rumqttc's request queue;
+        // that is fine here because this task is not the one polling.
+        let sent = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            sent = client.publish(message.topic, QoS::AtLeastOnce, true, message.payload) => sent,
+        };
+        if let Err(e) = sent {
+            warn!(error = %e, "Could not queue a desired state; it is republished on the next interval.");
+        }
+    }
+}
+
+async fn ingest(app: Arc<App>, mut inbox_rx: mpsc::Receiver<Incoming>, cancel: CancellationToken) {
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            message = inbox_rx.recv() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        app.ingest(
+            &message.topic,
+            &message.payload,
+            verge_shared::Timestamp::now(),
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! Durable controller state behind the [`Store`] trait, with a sled implementation.
+//!
+//! Records are JSON in one sled tree per kind. Writes that must survive a
+//! crash (services, desired states, key pins) are flushed before returning;
+//! frequent observations (status) are written without waiting for the disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use verge_shared::messages::{PortSpec, Resources, Status, Workload};
+use verge_shared::{
+    AgentId, Generation, PublicKey, RegionId, ServiceName, Sha256Digest, Timestamp,
+};
+
+/// What a failed store operation was about.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record {key:?} in {tree} is unreadable: {detail}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        detail: String,
+    },
+}
+
+/// A service as the operator declared it (validated).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub artifact: Sha256Digest,
+    pub replicas: u32,
+    pub regions: Vec<RegionId>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<PortSpec>,
+    pub resources: Resources,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub name: ServiceName,
+    pub spec: ServiceSpec,
+    /// Size of `spec.artifact`, resolved from the artifact index when stored.
+    pub artifact_size: u64,
+    /// Grows by one whenever the spec changes.
+    pub revision: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// The registry entry of one node (edge agent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: AgentId,
+    pub region: RegionId,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    /// Pinned at first contact; every later message must verify with it.
+    pub public_key: PublicKey,
+    pub version: String,
+    pub online: bool,
+    /// When the node was last reported offline; `None` while online.
+    pub offline_since: Option<Timestamp>,
+    pub last_seen: Option<Timestamp>,
+    pub applied_generation: Option<Generation>,
+    pub last_status: Option<Status>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub sha256: Sha256Digest,
+    pub size: u64,
+    pub created_at: Timestamp,
+}
+
+/// The signed desired state last issued to one agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredRecord {
+    pub agent: AgentId,
+    pub generation: Generation,
+    /// The exact envelope JSON that is (re)published.
+    pub envelope: Vec<u8>,
+    pub workloads: Vec<Workload>,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// Whether a write must reach the disk before the call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    Flush,
+    Lazy,
+}
+
+/// The controller's persistent state. Implementations are synchronous and
+/// cheap enough to call from async code for single records.
+pub trait Store: Send + Sync {
+    fn services(&self) -> Result<Vec<ServiceRecord>, StoreError>;
+    fn service(&self, name: &ServiceName) -> Result<Option<ServiceRecord>, StoreError>;
+    /// Durable.
+    fn put_service(&self, record: &ServiceRecord) -> Result<(), StoreError>;
+    /// Durable; `false` when there was no such service.
+    fn delete_service(&self, name: &ServiceName) -> Result<bool, StoreError>;
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    fn put_node(&self, record: &NodeRecord, durability: Durability) -> Result<(), StoreError>;
+
+    fn artifact(&self, digest: &Sha256Digest) -> Result<Option<ArtifactRecord>, StoreError>;
+    /// Durable.
+    fn put_artifact(&self, record: &ArtifactRecord) -> Result<(), StoreError>;
+
+    fn desired_states(&self) -> Result<Vec<DesiredRecord>, StoreError>;
+    fn desired_state(&self, agent: &AgentId) -> Result<Option<DesiredRecord>, StoreError>;
+    /// Durable: a desired state is stored before it is published.
+    fn put_desired(&self, record: &DesiredRecord) -> Result<(), StoreError>;
+}
+
+/// [`Store`] on a sled database.
+pub struct SledStore {
+    db: sled::Db,
+    services: sled::Tree,
+    nodes: sled::Tree,
+    artifacts: sled::Tree,
+    desired: sled::Tree,
+}
+
+impl SledStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(path)?;
+        Ok(Self {
+            services: db.open_tree("services")?,
+            nodes: db.open_tree("nodes")?,
+            artifacts: db.open_tree("artifacts")?,
+            desired: db.open_tree("desired")?,
+            db,
+        })
+    }
+
+    fn flush(&self, durability: Durability) -> Result<(), StoreError> {
+        if durability == Durability::Flush {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn tree_name(tree: &sled::Tree) -> &'static str {
+    match &*tree.name() {
+        b"services" => "services",
+        b"nodes" => "nodes",
+        b"artifacts" => "artifacts",
+        b"desired" => "desired",
+        _ => "unknown",
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        tree: tree_name(tree),
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
+    tree.get(key)?
+        .map(|v| decode(tree, key.as_bytes(), &v))
+        .transpose()
+}
+
+fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .map(|entry| {
+            let (k, v) = entry?;
+            decode(tree, &k, &v)
+        })
+        .collect()
+}
+
+fn put<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        tree: tree_name(tree),
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })?;
+    tree.insert(key, bytes)?;
+    Ok(())
+}
+
+impl Store for SledStore {
+    fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        all(&self.services)
+    }
+
+    fn service(&self, name: &ServiceName) -> Result<Option<ServiceRecord>, StoreError> {
+        get(&self.services, name.as_str())
+    }
+
+    fn put_service(&self, record: &ServiceRecord) -> Result<(), StoreError> {
+        put(&self.services, record.name.as_str(), record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn delete_service(&self, name: &ServiceName) -> Result<bool, StoreError> {
+        let existed = self.services.remove(name.as_str())?.is_some();
+        self.flush(Durability::Flush)?;
+        Ok(existed)
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        all(&self.nodes)
+    }
+
+    fn put_node(&self, record: &NodeRecord, durability: Durability) -> Result<(), StoreError> {
+        put(&self.nodes, record.id.as_str(), record)?;
+        self.flush(durability)
+    }
+
+    fn artifact(&self, digest: &Sha256Digest) -> Result<Option<ArtifactRecord>, StoreError> {
+        get(&self.artifacts, &digest.to_string())
+    }
+
+    fn put_artifact(&self, record: &ArtifactRecord) -> Result<(), StoreError> {
+        put(&self.artifacts, &record.sha256.to_string(), record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn desired_states(&self) -> Result<Vec<DesiredRecord>, StoreError> {
+        all(&self.desired)
+    }
+
+    fn desired_state(&self, agent: &AgentId) -> Result<Option<DesiredRecord>, StoreError> {
+        get(&self.desired, agent.as_str())
+    }
+
+    fn put_desired(&self, record: &DesiredRecord) -> Result<(), StoreError> {
+        put(&self.desired, record.agent.as_str(), record)?;
+        self.flush(Durability::Flush)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let record = ArtifactRecord {
+            sha256: Sha256Digest::of(b"x"),
+            size: 1,
+            created_at: Timestamp::from_unix_millis(5),
+        };
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            store.put_artifact(&record).expect("put");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.artifact(&record.sha256).expect("get"), Some(record));
+        assert!(store.services().expect("services").is_empty());
+    }
+}

@@ -1,0 +1,410 @@
+//! Starts a controller, its broker and N agents as real processes.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use verge_shared::SigningKey;
+
+use crate::api::Api;
+use crate::wait::wait_for;
+
+/// Which broker carries the cluster's MQTT traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// rumqttd inside the controller process (the default deployment).
+    Embedded,
+    /// A real Mosquitto (Debian package `mosquitto`) started by the harness.
+    Mosquitto,
+}
+
+/// Knobs a test may turn; the defaults suit most tests.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub broker: BrokerKind,
+    /// How long the controller waits before moving replicas off an
+    /// unreachable node. Long by default so that restarts do not move work.
+    pub failover_grace_secs: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            broker: BrokerKind::Embedded,
+            failover_grace_secs: 120,
+        }
+    }
+}
+
+/// How long a process may take to come up on a loaded 2-core machine.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A free TCP port on loopback. The port is released before it is used, so
+/// another process could take it in between; on loopback with ephemeral
+/// allocation that race is rare enough for tests.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("loopback has free ports")
+}
+
+/// The path of a workspace binary built next to the running test.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("executable path");
+    // Tests run from target/<profile>/deps/, binaries from target/<profile>/.
+    let mut dir = exe.parent().expect("executable has a directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("deps has a parent");
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, which \
+         `cargo test --workspace` does)",
+        path.display()
+    );
+    path
+}
+
+fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child> {
+    let file = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let err = file.try_clone()?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .with_context(|| format!("spawn {cmd:?}"))
+}
+
+/// Sends `signal` to a child, waits up to `grace` for it to exit, then kills it.
+fn stop_child(child: &mut Child, signal: Signal, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let _ = kill(pid, signal);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Is a process with this pid alive (and not a zombie)?
+pub fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// One edge agent process and its files.
+#[derive(Debug)]
+pub struct AgentHandle {
+    pub id: String,
+    pub region: String,
+    pub data_dir: PathBuf,
+    config: PathBuf,
+    log_dir: PathBuf,
+    starts: u32,
+    child: Option<Child>,
+}
+
+impl AgentHandle {
+    fn spawn(&mut self) -> Result<()> {
+        let mut cmd = Command::new(binary("edge-agent"));
+        cmd.arg("--config").arg(&self.config);
+        cmd.env("RUST_LOG", "info,edge_agent=debug");
+        // Each start logs to its own file so a restart keeps the earlier log.
+        self.starts += 1;
+        let log = self
+            .log_dir
+            .join(format!("agent-{}-{}.log", self.id, self.starts));
+        self.child = Some(spawn_logged(cmd, &log)?);
+        Ok(())
+    }
+
+    /// The agent process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the agent with SIGKILL, as a power cut or OOM kill would; its
+    /// workloads are not told.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the agent again with the same id, config and data directory.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Stops the agent with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, Signal::SIGTERM, Duration::from_secs(15));
+        }
+    }
+
+    /// Kills workload processes that an agent left behind (after SIGKILL),
+    /// found through the pid files the agent keeps per workload.
+    fn kill_leftover_workloads(&self) {
+        let Ok(entries) = fs::read_dir(self.data_dir.join("workloads")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(text) = fs::read_to_string(entry.path().join("pid")) else {
+                continue;
+            };
+            let Ok(pid) = text.trim().parse::<i32>() else {
+                continue;
+            };
+            // Only a process started from this agent's data dir is ours.
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let ours =
+                String::from_utf8_lossy(&cmdline).contains(&*self.data_dir.to_string_lossy());
+            if ours {
+                let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A running controller, broker and agents.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    controller: Option<Child>,
+    controller_log: PathBuf,
+    mosquitto: Option<Child>,
+    pub agents: Vec<AgentHandle>,
+    pub api: Api,
+    pub broker: BrokerKind,
+    pub mqtt_addr: SocketAddr,
+    pub controller_data: PathBuf,
+    pub controller_public_key: String,
+}
+
+impl Cluster {
+    /// Starts the controller (and Mosquitto, if asked) and waits until the
+    /// API answers. Agents are added with [`Cluster::add_agent`].
+    pub async fn start(options: ClusterOptions) -> Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("verge-test-").tempdir()?;
+        let api_port = free_port();
+        let mqtt_port = free_port();
+        let mqtt_addr: SocketAddr = ([127, 0, 0, 1], mqtt_port).into();
+        let controller_data = dir.path().join("controller");
+
+        let mosquitto = match options.broker {
+            BrokerKind::Embedded => None,
+            BrokerKind::Mosquitto => Some(start_mosquitto(dir.path(), mqtt_port).await?),
+        };
+        let broker_section = match options.broker {
+            BrokerKind::Embedded => format!("listen = \"{mqtt_addr}\""),
+            BrokerKind::Mosquitto => format!("url = \"mqtt://{mqtt_addr}\""),
+        };
+        let config = format!(
+            "data_dir = \"{data}\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n\
+             [broker]\n{broker_section}\n\n[deploy]\nrepublish_interval_secs = 10\n\n\
+             [nodes]\nheartbeat_timeout_secs = 10\nfailover_grace_secs = {grace}\n",
+            data = controller_data.display(),
+            grace = options.failover_grace_secs,
+        );
+        let config_path = dir.path().join("controller.toml");
+        fs::write(&config_path, config)?;
+
+        let mut cmd = Command::new(binary("central-controller"));
+        cmd.arg("run").arg("--config").arg(&config_path);
+        cmd.env("RUST_LOG", "info,central_controller=debug,rumqttd=warn");
+        let controller_log = dir.path().join("controller.log");
+        let controller = spawn_logged(cmd, &controller_log)?;
+
+        let base = format!("http://127.0.0.1:{api_port}");
+        let health = format!("{base}/healthz");
+        wait_for("the controller's /healthz", START_TIMEOUT, || async {
+            match reqwest::get(&health).await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("HTTP {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        let token = fs::read_to_string(controller_data.join("admin-token"))
+            .context("controller wrote no admin-token")?
+            .trim()
+            .to_owned();
+        let controller_public_key = fs::read_to_string(controller_data.join("keys/controller.pub"))
+            .context("controller wrote no keys/controller.pub")?
+            .trim()
+            .to_owned();
+        Ok(Cluster {
+            dir,
+            controller: Some(controller),
+            controller_log,
+            mosquitto,
+            agents: Vec::new(),
+            api: Api::new(base, token),
+            broker: options.broker,
+            mqtt_addr,
+            controller_data,
+            controller_public_key,
+        })
+    }
+
+    /// Starts an agent process with `id` in `region` and waits until the
+    /// controller lists it as online.
+    pub async fn add_agent(&mut self, id: &str, region: &str) -> Result<usize> {
+        let data_dir = self.dir.path().join(format!("agent-{id}"));
+        fs::create_dir_all(&data_dir)?;
+        let config = self.dir.path().join(format!("agent-{id}.toml"));
+        fs::write(
+            &config,
+            format!(
+                "id = \"{id}\"\nregion = \"{region}\"\ndata_dir = \"{data}\"\n\
+                 broker_url = \"mqtt://{mqtt}\"\ncontroller_url = \"{api}\"\n\
+                 controller_public_key = \"{key}\"\nheartbeat_interval_secs = 1\n\n\
+                 [capacity]\ncpu_millis = 4000\nmemory_mb = 4096\n",
+                data = data_dir.display(),
+                mqtt = self.mqtt_addr,
+                api = self.api.base,
+                key = self.controller_public_key,
+            ),
+        )?;
+        let mut agent = AgentHandle {
+            id: id.to_owned(),
+            region: region.to_owned(),
+            data_dir,
+            config,
+            log_dir: self.dir.path().to_owned(),
+            starts: 0,
+            child: None,
+        };
+        agent.spawn()?;
+        self.agents.push(agent);
+        self.wait_node_online(id).await;
+        Ok(self.agents.len() - 1)
+    }
+
+    /// Waits until the controller lists agent `id` as online and healthy.
+    pub async fn wait_node_online(&self, id: &str) {
+        wait_for(&format!("node {id} online"), START_TIMEOUT, || async {
+            let node = self.api.node(id).await.map_err(|e| e.to_string())?;
+            if node["online"] == true && node["healthy"] == true {
+                Ok(())
+            } else {
+                Err(node.to_string())
+            }
+        })
+        .await;
+    }
+
+    pub fn agent(&mut self, id: &str) -> &mut AgentHandle {
+        self.agents
+            .iter_mut()
+            .find(|a| a.id == id)
+            .unwrap_or_else(|| panic!("no agent {id} in this cluster"))
+    }
+
+    /// The controller process's pid, while it runs.
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.controller.as_ref().map(Child::id)
+    }
+
+    /// The controller's signing key, read from its data directory: tests use
+    /// it to forge documents that only fail the checks they mean to test.
+    pub fn controller_signing_key(&self) -> SigningKey {
+        let pkcs8 = fs::read(self.controller_data.join("keys/controller.pk8"))
+            .expect("controller key file");
+        SigningKey::from_pkcs8(&pkcs8).expect("controller key parses")
+    }
+
+    /// The last lines of every log, for a failing test's output.
+    pub fn logs(&self) -> String {
+        let mut out = format!("--- controller ---\n{}\n", tail(&self.controller_log, 60));
+        let mut logs: Vec<PathBuf> = fs::read_dir(self.dir.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.sort();
+        for log in logs.iter().filter(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy().starts_with("agent-") && n.to_string_lossy().ends_with(".log")
+            })
+        }) {
+            out.push_str(&format!("--- {} ---\n{}\n", log.display(), tail(log, 40)));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for agent in &mut self.agents {
+            agent.stop();
+            agent.kill_leftover_workloads();
+        }
+        if let Some(mut c) = self.controller.take() {
+            stop_child(&mut c, Signal::SIGTERM, Duration::from_secs(10));
+        }
+        if let Some(mut m) = self.mosquitto.take() {
+            stop_child(&mut m, Signal::SIGTERM, Duration::from_secs(5));
+        }
+    }
+}
+
+/// Starts `mosquitto` from the Debian package on `port` with a config of our
+/// own, and waits until it accepts connections.
+async fn start_mosquitto(dir: &Path, port: u16) -> Result<Child> {
+    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    let Some(exe) = exe else {
+        bail!("mosquitto is not installed (apt-get install -y mosquitto; .ci/run does this)");
+    };
+    let conf = dir.join("mosquitto.conf");
+    fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             log_dest stderr\nlog_type error\nlog_type warning\n"
+        ),
+    )?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("-c").arg(&conf);
+    let child = spawn_logged(cmd, &dir.join("mosquitto.log"))?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for("mosquitto to accept connections", START_TIMEOUT, || async {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    Ok(child)
+}

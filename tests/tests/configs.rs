@@ -1,0 +1,46 @@
+//! Every example file in `configs/` loads with the real config loaders, so
+//! the documented examples cannot drift from what the binaries accept.
+
+use std::path::PathBuf;
+
+fn example(name: &str) -> (String, String) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs")
+        .join(name);
+    let text = std::fs::read_to_string(&path).expect("example config is readable");
+    (path.display().to_string(), text)
+}
+
+#[test]
+fn example_controller_config_loads() {
+    let (name, text) = example("controller.toml");
+    let config = central_controller::config::Config::parse(&text, &name, |_| None)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(config.data_dir, PathBuf::from("/var/lib/verge"));
+}
+
+#[test]
+fn example_agent_config_loads() {
+    let (name, text) = example("agent.toml");
+    let config = edge_agent::Config::from_toml(&text, |_| None)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.join("; ")));
+    assert_eq!(config.id.as_str(), "edge-01");
+    assert_eq!(config.region.as_str(), "eu-west");
+}
+
+#[test]
+fn example_configs_cover_every_file_in_configs() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("configs/ exists")
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["agent.toml", "controller.toml"],
+        "add a load test for each new example"
+    );
+}

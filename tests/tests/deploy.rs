@@ -1,0 +1,121 @@
+//! End to end: deploy, update and delete a service on three agents in three
+//! regions, over the embedded broker and over a real Mosquitto.
+
+use std::time::Duration;
+
+use serde_json::json;
+use verge_tests::cluster::process_alive;
+use verge_tests::workload::{hello_artifact, wait_running};
+use verge_tests::{BrokerKind, Cluster, ClusterOptions, wait_for};
+
+async fn three_regions(broker: BrokerKind) -> Cluster {
+    let mut cluster = Cluster::start(ClusterOptions {
+        broker,
+        ..ClusterOptions::default()
+    })
+    .await
+    .expect("cluster starts");
+    for (id, region) in [
+        ("edge-a", "region-a"),
+        ("edge-b", "region-b"),
+        ("edge-c", "region-c"),
+    ] {
+        cluster.add_agent(id, region).await.expect("agent starts");
+    }
+    cluster
+}
+
+fn hello_spec(artifact: &str, greeting: &str) -> serde_json::Value {
+    json!({
+        "artifact": artifact,
+        "replicas": 2,
+        "regions": ["region-a", "region-b"],
+        "args": ["--greeting", greeting],
+        "ports": [{ "name": "http" }],
+        "resources": { "cpu_millis": 100, "memory_mb": 32 },
+    })
+}
+
+async fn deploy_update_delete(broker: BrokerKind) {
+    let cluster = three_regions(broker).await;
+    let api = &cluster.api;
+    let artifact = api.upload_artifact(hello_artifact()).await.expect("upload");
+
+    // Deploy: one replica lands in each allowed region, none in the third.
+    let reply = api
+        .put_service("hello", &hello_spec(&artifact, "v1"))
+        .await
+        .expect("PUT");
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let v1 = wait_running(api, "hello", "v1").await;
+    let placed: Vec<(&str, &str)> = v1
+        .iter()
+        .map(|r| (r.node.as_str(), r.region.as_str()))
+        .collect();
+    assert_eq!(placed, [("edge-a", "region-a"), ("edge-b", "region-b")]);
+    let idle = api.node("edge-c").await.expect("node edge-c");
+    assert_eq!(
+        idle["workloads"],
+        json!([]),
+        "edge-c must run nothing: {idle}"
+    );
+
+    // Update: each agent applies exactly the next generation and the new
+    // version replaces the old process.
+    let reply = api
+        .put_service("hello", &hello_spec(&artifact, "v2"))
+        .await
+        .expect("PUT");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let v2 = wait_running(api, "hello", "v2").await;
+    for (old, new) in v1.iter().zip(&v2) {
+        assert_eq!(old.node, new.node, "an update does not move replicas");
+        assert_eq!(new.applied_generation, old.applied_generation + 1);
+        assert_ne!(old.pid, new.pid);
+    }
+    wait_for(
+        "the v1 processes to be gone",
+        Duration::from_secs(30),
+        || async {
+            match v1.iter().find(|r| process_alive(r.pid as u32)) {
+                Some(r) => Err(format!("v1 pid {} on {} still runs", r.pid, r.node)),
+                None => Ok(()),
+            }
+        },
+    )
+    .await;
+
+    // Delete: the workloads stop and the agents report nothing running.
+    let reply = api.delete_service("hello").await.expect("DELETE");
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    wait_for(
+        "the v2 processes to stop",
+        Duration::from_secs(60),
+        || async {
+            for r in &v2 {
+                let node = api.node(&r.node).await.map_err(|e| e.to_string())?;
+                if node["workloads"] != json!([]) || process_alive(r.pid as u32) {
+                    return Err(format!("{} still reports or runs: {node}", r.node));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    let gone = api
+        .request(reqwest::Method::GET, "/api/v1/services/hello", None)
+        .await
+        .expect("GET");
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.error_code(), "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_update_delete_over_the_embedded_broker() {
+    deploy_update_delete(BrokerKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_update_delete_over_mosquitto() {
+    deploy_update_delete(BrokerKind::Mosquitto).await;
+}

@@ -91,3 +91,16 @@ pub async fn wait_running(api: &Api, service: &str, greeting: &str) -> Vec<Runni
     )
     .await
 }
+
+/// A service spec for the example workload: `replicas` copies in `regions`,
+/// started with `--greeting greeting`, on a port the agent picks.
+pub fn hello_spec(artifact: &str, greeting: &str, replicas: u32, regions: &[&str]) -> Value {
+    serde_json::json!({
+        "artifact": artifact,
+        "replicas": replicas,
+        "regions": regions,
+        "args": ["--greeting", greeting],
+        "ports": [{ "name": "http" }],
+        "resources": { "cpu_millis": 100, "memory_mb": 32 },
+    })
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use verge_tests::cluster::process_alive;
-use verge_tests::workload::{hello_artifact, wait_running};
+use verge_tests::workload::{hello_artifact, hello_spec, wait_running};
 use verge_tests::{BrokerKind, Cluster, ClusterOptions, wait_for};
 
 async fn three_regions(broker: BrokerKind) -> Cluster {
@@ -25,16 +25,8 @@ async fn three_regions(broker: BrokerKind) -> Cluster {
     cluster
 }
 
-fn hello_spec(artifact: &str, greeting: &str) -> serde_json::Value {
-    json!({
-        "artifact": artifact,
-        "replicas": 2,
-        "regions": ["region-a", "region-b"],
-        "args": ["--greeting", greeting],
-        "ports": [{ "name": "http" }],
-        "resources": { "cpu_millis": 100, "memory_mb": 32 },
-    })
-}
+/// Where the two replicas may go; the third region stays empty.
+const REGIONS: [&str; 2] = ["region-a", "region-b"];
 
 async fn deploy_update_delete(broker: BrokerKind) {
     let cluster = three_regions(broker).await;
@@ -43,7 +35,7 @@ async fn deploy_update_delete(broker: BrokerKind) {
 
     // Deploy: one replica lands in each allowed region, none in the third.
     let reply = api
-        .put_service("hello", &hello_spec(&artifact, "v1"))
+        .put_service("hello", &hello_spec(&artifact, "v1", 2, &REGIONS))
         .await
         .expect("PUT");
     assert_eq!(reply.status, 201, "{}", reply.body);
@@ -63,7 +55,7 @@ async fn deploy_update_delete(broker: BrokerKind) {
     // Update: each agent applies exactly the next generation and the new
     // version replaces the old process.
     let reply = api
-        .put_service("hello", &hello_spec(&artifact, "v2"))
+        .put_service("hello", &hello_spec(&artifact, "v2", 2, &REGIONS))
         .await
         .expect("PUT");
     assert_eq!(reply.status, 200, "{}", reply.body);

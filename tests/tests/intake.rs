@@ -6,21 +6,27 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 use verge_shared::messages::{DesiredState, payload_type};
 use verge_shared::{Envelope, Generation, PublicKey, SigningKey, Timestamp, Topics, limits};
 use verge_tests::mqtt::TestClient;
-use verge_tests::workload::{hello_artifact, wait_running};
+use verge_tests::workload::{hello_artifact, hello_spec, wait_running};
 use verge_tests::{Cluster, ClusterOptions, wait_for};
 
+/// A cluster with one agent, edge-a in region-a.
+async fn one_agent() -> Cluster {
+    let mut cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster");
+    cluster
+        .add_agent("edge-a", "region-a")
+        .await
+        .expect("agent");
+    cluster
+}
+
 fn spec(artifact: &str, greeting: &str) -> Value {
-    json!({
-        "artifact": artifact,
-        "replicas": 1,
-        "regions": ["region-a"],
-        "args": ["--greeting", greeting],
-        "ports": [{ "name": "http" }],
-    })
+    hello_spec(artifact, greeting, 1, &["region-a"])
 }
 
 fn sign(key: &SigningKey, doc: &DesiredState) -> Vec<u8> {
@@ -29,13 +35,7 @@ fn sign(key: &SigningKey, doc: &DesiredState) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_rejects_forged_foreign_expired_and_replayed_desired_states() {
-    let mut cluster = Cluster::start(ClusterOptions::default())
-        .await
-        .expect("cluster");
-    cluster
-        .add_agent("edge-a", "region-a")
-        .await
-        .expect("agent");
+    let cluster = one_agent().await;
     let api = cluster.api.clone();
     let topics = Topics::default();
     let desired_topic = topics.desired(&"edge-a".parse().expect("id"));
@@ -156,13 +156,7 @@ async fn agent_rejects_forged_foreign_expired_and_replayed_desired_states() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_every_topic_crashes_neither_side() {
-    let mut cluster = Cluster::start(ClusterOptions::default())
-        .await
-        .expect("cluster");
-    cluster
-        .add_agent("edge-a", "region-a")
-        .await
-        .expect("agent");
+    let cluster = one_agent().await;
     let api = cluster.api.clone();
     let topics = Topics::default();
     let agent = "edge-a".parse().expect("id");

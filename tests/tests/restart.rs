@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use verge_tests::cluster::process_alive;
-use verge_tests::workload::{hello_artifact, wait_running};
+use verge_tests::workload::{hello_artifact, hello_spec, wait_running};
 use verge_tests::{Cluster, ClusterOptions, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,13 +23,7 @@ async fn killed_agent_comes_back_to_its_workloads() {
         .expect("agent");
     let api = cluster.api.clone();
     let artifact = api.upload_artifact(hello_artifact()).await.expect("upload");
-    let spec = json!({
-        "artifact": artifact,
-        "replicas": 1,
-        "regions": ["region-a"],
-        "args": ["--greeting", "steady"],
-        "ports": [{ "name": "http" }],
-    });
+    let spec = hello_spec(&artifact, "steady", 1, &["region-a"]);
     api.put_service("hello", &spec).await.expect("PUT");
     let before = wait_running(&api, "hello", "steady").await.remove(0);
     assert_eq!(before.node, "edge-a");

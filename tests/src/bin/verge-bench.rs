@@ -14,9 +14,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::json;
 use verge_tests::cluster::binary;
-use verge_tests::workload::{ask, hello_artifact};
+use verge_tests::workload::{ask, hello_artifact, hello_spec};
 use verge_tests::{Api, Cluster, ClusterOptions};
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -96,10 +95,7 @@ async fn main() -> Result<()> {
     let mut latencies = Vec::new();
     for run in 0..runs {
         let greeting = format!("run-{run}");
-        let spec = json!({
-            "artifact": artifact, "replicas": 2, "regions": ["region-a", "region-b"],
-            "args": ["--greeting", greeting], "ports": [{ "name": "http" }],
-        });
+        let spec = hello_spec(&artifact, &greeting, 2, &["region-a", "region-b"]);
         let started = Instant::now();
         let reply = api.put_service("bench", &spec).await?;
         anyhow::ensure!(reply.status.is_success(), "PUT failed: {}", reply.body);

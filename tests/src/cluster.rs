@@ -54,6 +54,31 @@ pub fn free_port() -> u16 {
         .expect("loopback has free ports")
 }
 
+/// The binaries the harness runs, built once per test process.
+const BINARIES: [&str; 3] = ["edge-agent", "central-controller", "hello-edge"];
+
+/// Builds [`BINARIES`] with the profile of the running test, so that
+/// `cargo test -p verge-tests` never runs stale binaries. Cargo's own build
+/// lock makes concurrent test processes wait for each other.
+fn build_binaries(profile_dir: &Path) {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.arg("build").arg("--quiet");
+        for name in BINARIES {
+            cmd.args(["-p", name]);
+        }
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building {BINARIES:?} failed: {status}");
+    });
+}
+
 /// The path of a workspace binary built next to the running test.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("executable path");
@@ -62,14 +87,8 @@ pub fn binary(name: &str) -> PathBuf {
     if dir.ends_with("deps") {
         dir = dir.parent().expect("deps has a parent");
     }
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace first (`cargo build --workspace`, which \
-         `cargo test --workspace` does)",
-        path.display()
-    );
-    path
+    build_binaries(dir);
+    dir.join(name)
 }
 
 fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child> {

@@ -51,7 +51,10 @@ fn init_tracing() {
         .or_else(|_| std::env::var("VERGE_LOG"))
         .ok()
         .and_then(|text| EnvFilter::try_new(text).ok())
-        .unwrap_or_else(|| EnvFilter::new("info,rumqttd=warn"));
+        // rumqttd logs every ordinary disconnect at ERROR; its real failures
+        // (such as a listener that cannot bind) surface through the broker
+        // readiness check instead. RUST_LOG=rumqttd=debug brings it back.
+        .unwrap_or_else(|| EnvFilter::new("info,rumqttd=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

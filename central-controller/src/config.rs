@@ -25,6 +25,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub deploy: DeployConfig,
     pub nodes: NodesConfig,
+    pub placement: PlacementConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +128,29 @@ pub struct NodesConfig {
     pub failover_grace: Duration,
 }
 
+/// Regions and latency measurement (`[placement]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlacementConfig {
+    /// The regions file (`regions.toml`); relative paths are resolved
+    /// against the directory of the controller's configuration file.
+    pub regions_file: Option<PathBuf>,
+    /// How often agents probe their targets and report.
+    pub probe_interval: Duration,
+    /// How long a latency sample counts; without fresh samples a figure
+    /// falls back to the static hint.
+    pub latency_window: Duration,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        Self {
+            regions_file: None,
+            probe_interval: Duration::from_secs(10),
+            latency_window: Duration::from_secs(300),
+        }
+    }
+}
+
 impl Default for DeployConfig {
     fn default() -> Self {
         Self {
@@ -165,6 +189,16 @@ struct RawConfig {
     deploy: RawDeploy,
     #[serde(default)]
     nodes: RawNodes,
+    #[serde(default)]
+    placement: RawPlacement,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    regions_file: Option<PathBuf>,
+    probe_interval_secs: Option<u64>,
+    latency_window_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -204,7 +238,13 @@ impl Config {
             source_name: name.clone(),
             problems: vec![format!("cannot read the file: {e}")],
         })?;
-        Self::parse(&text, &name, |key| std::env::var(key).ok())
+        let mut config = Self::parse(&text, &name, |key| std::env::var(key).ok())?;
+        if let (Some(file), Some(dir)) = (&config.placement.regions_file, path.parent())
+            && file.is_relative()
+        {
+            config.placement.regions_file = Some(dir.join(file));
+        }
+        Ok(config)
     }
 
     /// Parses TOML text; `env` looks up override variables (injectable for tests).
@@ -351,6 +391,34 @@ impl RawConfig {
                 .failover_grace_secs
                 .map_or(defaults.failover_grace, Duration::from_secs),
         };
+        let defaults = PlacementConfig::default();
+        let placement = PlacementConfig {
+            regions_file: self.placement.regions_file,
+            probe_interval: positive_secs(
+                &mut problems,
+                "placement.probe_interval_secs",
+                self.placement.probe_interval_secs,
+                defaults.probe_interval,
+            ),
+            latency_window: positive_secs(
+                &mut problems,
+                "placement.latency_window_secs",
+                self.placement.latency_window_secs,
+                defaults.latency_window,
+            ),
+        };
+        if placement.probe_interval
+            > Duration::from_secs(u64::from(verge_shared::latency::MAX_INTERVAL_SECS))
+        {
+            problems.push(format!(
+                "placement.probe_interval_secs: must be at most {}",
+                verge_shared::latency::MAX_INTERVAL_SECS
+            ));
+        }
+        // A window shorter than two rounds would drop every figure to the hint between reports.
+        if placement.latency_window < placement.probe_interval * 2 {
+            problems.push("placement.latency_window_secs: must be at least twice placement.probe_interval_secs".to_owned());
+        }
         match (listen, endpoint, topics) {
             (Some(listen), Some(endpoint), Some(topics)) if problems.is_empty() => Ok(Config {
                 data_dir,
@@ -361,6 +429,7 @@ impl RawConfig {
                 broker: BrokerConfig { endpoint, topics },
                 deploy,
                 nodes,
+                placement,
             }),
             _ => Err(problems),
         }
@@ -441,6 +510,24 @@ mod tests {
                 host: "broker.example".into(),
                 port: 1884
             })
+        );
+    }
+
+    #[test]
+    fn placement_section_is_validated() {
+        let text = format!(
+            "{MINIMAL}\n[placement]\nregions_file = \"regions.toml\"\nprobe_interval_secs = 5\n"
+        );
+        let c = Config::parse(&text, "t", no_env).expect("valid");
+        assert_eq!(c.placement.probe_interval, Duration::from_secs(5));
+        assert_eq!(c.placement.latency_window, Duration::from_secs(300));
+        let text = format!(
+            "{MINIMAL}\n[placement]\nprobe_interval_secs = 100\nlatency_window_secs = 150\n"
+        );
+        let err = Config::parse(&text, "t", no_env).expect_err("window too short");
+        assert!(
+            err.to_string().contains("placement.latency_window_secs"),
+            "{err}"
         );
     }
 

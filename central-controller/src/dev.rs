@@ -69,6 +69,7 @@ pub fn config(data_dir: &Path, api_listen: SocketAddr, mqtt_listen: SocketAddr) 
         },
         deploy: DeployConfig::default(),
         nodes: NodesConfig::default(),
+        placement: crate::config::PlacementConfig::default(),
     }
 }
 
@@ -125,7 +126,8 @@ fn toml_string(text: &str) -> String {
 
 fn agent_config_text(controller: &Controller, agent_data: &Path) -> String {
     format!(
-        "id = {}\nregion = {}\ndata_dir = {}\nbroker_url = {}\ncontroller_url = {}\ncontroller_public_key = {}\nheartbeat_interval_secs = 10\n",
+        "id = {}\nregion = {}\ndata_dir = {}\nbroker_url = {}\ncontroller_url = {}\ncontroller_public_key = {}\nheartbeat_interval_secs = 10\n\
+         # Ctrl-C stops everything dev started, workloads included.\nstop_workloads_on_exit = true\n",
         toml_string(AGENT_ID),
         toml_string(AGENT_REGION),
         toml_string(&agent_data.display().to_string()),

@@ -12,7 +12,9 @@ pub mod broker;
 pub mod config;
 pub mod dev;
 pub mod keys;
+pub mod latency;
 pub mod mqtt;
+pub mod regions;
 pub mod scheduler;
 pub mod store;
 #[cfg(test)]
@@ -50,6 +52,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    #[error(transparent)]
+    Regions(#[from] regions::RegionsError),
     #[error("cannot listen for HTTP on {address}: {source}")]
     Listen {
         address: SocketAddr,
@@ -85,6 +89,10 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         path: data_dir.clone(),
         source,
     })?;
+    let regions = match &config.placement.regions_file {
+        Some(path) => regions::Regions::load(path)?,
+        None => regions::Regions::default(),
+    };
     let key = keys::load_or_create_signing_key(&data_dir)?;
     let admin_token = keys::load_or_create_admin_token(&data_dir)?;
     let store: Arc<dyn store::Store> = Arc::new(store::SledStore::open(&data_dir.join("store"))?);
@@ -105,6 +113,8 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         topics: config.broker.topics.clone(),
         deploy: config.deploy,
         nodes: config.nodes,
+        placement: config.placement,
+        regions,
         max_artifact_bytes: config.api.max_artifact_bytes,
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();

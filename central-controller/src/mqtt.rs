@@ -50,7 +50,8 @@ pub fn spawn(
         inbox_tx,
         cancel.clone(),
     ));
-    tracker.spawn(publish(client, outbox_rx, cancel.clone()));
+    let topics = app.settings().topics.clone();
+    tracker.spawn(publish(client, topics, outbox_rx, cancel.clone()));
     tracker.spawn(ingest(app, inbox_rx, cancel.clone()));
 }
 
@@ -74,7 +75,13 @@ async fn poll(
                 backoff = MIN_BACKOFF;
                 info!("Connected to the MQTT broker.");
                 // A clean session forgets subscriptions: subscribe on every ConnAck.
-                for channel in [Channel::Presence, Channel::Status, Channel::Heartbeat] {
+                for channel in [
+                    Channel::Presence,
+                    Channel::Status,
+                    Channel::Heartbeat,
+                    Channel::Latency,
+                    Channel::LogResponse,
+                ] {
                     if let Err(e) =
                         client.try_subscribe(topics.all_agents(channel), QoS::AtLeastOnce)
                     {
@@ -110,6 +117,7 @@ async fn poll(
 
 async fn publish(
     client: AsyncClient,
+    topics: verge_shared::Topics,
     mut outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
     cancel: CancellationToken,
 ) {
@@ -122,13 +130,18 @@ async fn publish(
                 None => break,
             },
         };
-        // Retained so that an agent that connects later gets its document.
+        // Retained so that an agent that connects later gets its document;
+        // except log requests, which a reconnecting agent must not answer
+        // long after the operator gave up.
         // While disconnected this waits for room in rumqttc's request queue;
         // that is fine here because this task is not the one polling.
+        let retain = topics
+            .route(&message.topic)
+            .is_none_or(|r| r.channel != Channel::LogRequest);
         let sent = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
-            sent = client.publish(message.topic, QoS::AtLeastOnce, true, message.payload) => sent,
+            sent = client.publish(message.topic, QoS::AtLeastOnce, retain, message.payload) => sent,
         };
         if let Err(e) = sent {
             warn!(error = %e, "Could not queue a desired state; it is republished on the next interval.");

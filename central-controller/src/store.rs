@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use verge_shared::messages::{PortSpec, Resources, Status, Workload};
+use verge_shared::messages::{HealthCheck, PortSpec, Resources, RestartPolicy, Status, Workload};
 use verge_shared::{
     AgentId, Generation, PublicKey, RegionId, ServiceName, Sha256Digest, Timestamp,
 };
@@ -37,6 +37,61 @@ pub struct ServiceSpec {
     pub env: BTreeMap<String, String>,
     pub ports: Vec<PortSpec>,
     pub resources: Resources,
+    /// Restart policy, stop grace and health check; records stored before
+    /// these existed read as the defaults.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_secs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    /// Latency target, spread and priority; absent in records stored before
+    /// placement intent existed.
+    #[serde(default)]
+    pub placement: PlacementSpec,
+}
+
+/// Where and how a service's replicas are placed (validated).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlacementSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencySpec>,
+    /// Replicas per region of `latency.to`; the spec's `replicas` is then
+    /// this times the number of those regions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas_per_region: Option<u32>,
+    pub spread: SpreadSpec,
+    /// Higher places first.
+    pub priority: u32,
+}
+
+/// "Within `max_ms` of every region in `to`, at `percentile`."
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencySpec {
+    pub to: Vec<RegionId>,
+    pub max_ms: u32,
+    /// 50, 90 or 99.
+    pub percentile: u8,
+}
+
+/// How replicas are spread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpreadSpec {
+    #[default]
+    Zone,
+    Node,
+}
+
+/// An operator's hold on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cordon {
+    /// Takes no new replicas, keeps what it runs.
+    Cordoned,
+    /// Takes no replicas; what it ran is placed elsewhere.
+    Drained,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +122,12 @@ pub struct NodeRecord {
     pub last_seen: Option<Timestamp>,
     pub applied_generation: Option<Generation>,
     pub last_status: Option<Status>,
+    /// Set by the operator (cordon, drain), cleared by uncordon.
+    #[serde(default)]
+    pub cordon: Option<Cordon>,
+    /// Where the node's probe listener answers, from its presence.
+    #[serde(default)]
+    pub probe_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

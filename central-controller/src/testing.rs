@@ -32,6 +32,8 @@ pub fn fixture() -> Fixture {
             republish_interval: Duration::from_secs(60),
         },
         nodes: NodesConfig::default(),
+        placement: crate::config::PlacementConfig::default(),
+        regions: crate::regions::Regions::default(),
         max_artifact_bytes: 1024,
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
@@ -58,6 +60,7 @@ pub fn presence(key: &SigningKey, agent: &str, region: &str) -> Vec<u8> {
         },
         public_key: key.public_key(),
         version: "test".into(),
+        probe_addr: None,
     };
     key.sign_json(payload_type::PRESENCE, &document)
 }

@@ -1,22 +1,36 @@
 //! Content-addressed artifact cache at `<data_dir>/artifacts/sha256/<hex>`,
 //! filled from the controller over HTTP.
 //!
-//! A download streams into `artifacts/tmp/`, hashing and counting as it goes,
-//! and is cut off as soon as it exceeds the declared size. Only a file whose
-//! size and digest both match is made executable, synced and renamed into
-//! place, so a file under `sha256/` is always complete.
+//! A download streams into `artifacts/tmp/<hex>.part`, hashing and counting
+//! as it goes, and is cut off as soon as it exceeds the declared size. Only a
+//! file whose size and digest both match is made executable, synced and
+//! renamed into place, so a file under `sha256/` is always complete. A
+//! download that breaks off keeps its part file; the next attempt asks for
+//! the rest with an HTTP `Range` request (and starts over if the server
+//! answers with the whole file).
 //!
-//! A cached file is trusted as it is; re-verifying the whole cache at start
-//! (against tampering or bit rot on flash) is a later task.
+//! At open, every cached file is hashed again: a file whose content does not
+//! match its name (bit rot on flash, a crash mid-write on a file system that
+//! does not order renames) is removed and fetched again when needed.
+//!
+//! The cache holds at most `quota` bytes: after a download it evicts the
+//! least recently used entries that the current desired state does not need
+//! ([`ArtifactCache::set_needed`]); what is needed is never evicted, even
+//! over quota. Use time is the file's modification time, touched on each hit.
 
+use std::collections::BTreeSet;
+use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+use tracing::{info, warn};
 use verge_shared::Sha256Digest;
 use verge_shared::messages::ArtifactRef;
+use verge_shared::telemetry::CacheMetrics;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A read that makes no progress for this long ends the download.
@@ -61,18 +75,23 @@ pub struct ArtifactCache {
     tmp_dir: PathBuf,
     base_url: String,
     client: reqwest::Client,
-    n_downloads: AtomicU64,
+    quota: u64,
+    /// Digests the current desired state refers to: never evicted.
+    needed: Mutex<BTreeSet<Sha256Digest>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bytes_fetched: AtomicU64,
+    evictions: AtomicU64,
+    corrupt_removed: AtomicU64,
 }
 
 impl ArtifactCache {
     /// Opens the cache under `root` (`<data_dir>/artifacts`), creating its
-    /// directories and discarding downloads a previous run left unfinished.
-    pub fn open(root: &Path, controller_url: &str) -> Result<Self, std::io::Error> {
+    /// directories, re-hashing every cached file (removing those that do not
+    /// match their name) and keeping part files for resumption.
+    pub fn open(root: &Path, controller_url: &str, quota: u64) -> Result<Self, std::io::Error> {
         let done_dir = root.join("sha256");
         let tmp_dir = root.join("tmp");
-        if tmp_dir.exists() {
-            std::fs::remove_dir_all(&tmp_dir)?;
-        }
         std::fs::create_dir_all(&done_dir)?;
         std::fs::create_dir_all(&tmp_dir)?;
         let client = reqwest::Client::builder()
@@ -80,13 +99,52 @@ impl ArtifactCache {
             .read_timeout(READ_TIMEOUT)
             .build()
             .map_err(std::io::Error::other)?;
-        Ok(Self {
+        let cache = Self {
             done_dir,
             tmp_dir,
             base_url: controller_url.trim_end_matches('/').to_owned(),
             client,
-            n_downloads: AtomicU64::new(0),
-        })
+            quota,
+            needed: Mutex::new(BTreeSet::new()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            bytes_fetched: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            corrupt_removed: AtomicU64::new(0),
+        };
+        cache.check()?;
+        Ok(cache)
+    }
+
+    /// The start-up check: removes cached files whose content does not hash
+    /// to their name, and anything in `tmp/` that is not a part file.
+    fn check(&self) -> Result<(), std::io::Error> {
+        for entry in std::fs::read_dir(&self.done_dir)? {
+            let path = entry?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let expected: Option<Sha256Digest> = name.as_deref().and_then(|n| n.parse().ok());
+            let good = match expected {
+                Some(digest) => hash_file(&path).is_ok_and(|actual| actual == digest),
+                None => false,
+            };
+            if !good {
+                warn!(path = %path.display(), "A cached artifact does not match its digest; removing it.");
+                remove_any(&path)?;
+                self.corrupt_removed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for entry in std::fs::read_dir(&self.tmp_dir)? {
+            let path = entry?.path();
+            let is_part = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".part"))
+                .is_some_and(|d| d.parse::<Sha256Digest>().is_ok());
+            if !is_part {
+                remove_any(&path)?;
+            }
+        }
+        Ok(())
     }
 
     /// Where the artifact with `digest` lives once cached.
@@ -94,21 +152,59 @@ impl ArtifactCache {
         self.done_dir.join(digest.to_string())
     }
 
+    fn part_of(&self, digest: &Sha256Digest) -> PathBuf {
+        self.tmp_dir.join(format!("{digest}.part"))
+    }
+
+    /// Declares what the current desired state refers to; eviction never
+    /// touches these.
+    pub fn set_needed(&self, digests: BTreeSet<Sha256Digest>) {
+        *self
+            .needed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = digests;
+    }
+
+    /// The counters since open, and the bytes cached now.
+    pub fn metrics(&self) -> CacheMetrics {
+        CacheMetrics {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bytes_fetched: self.bytes_fetched.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            corrupt_removed: self.corrupt_removed.load(Ordering::Relaxed),
+            bytes_cached: self.entries().iter().map(|e| e.size).sum(),
+        }
+    }
+
     /// The cached file for `artifact`, downloading it first if needed.
     pub async fn ensure(&self, artifact: &ArtifactRef) -> Result<PathBuf, ArtifactError> {
         let path = self.path_of(&artifact.sha256);
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            // Record the use for LRU eviction; failing to is harmless.
+            let _ = std::fs::File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
             return Ok(path);
         }
-        let n = self.n_downloads.fetch_add(1, Ordering::Relaxed);
-        let tmp = TempFile(self.tmp_dir.join(format!("{}.{n}.part", artifact.sha256)));
-        self.download(artifact, &tmp.0).await?;
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let part = self.part_of(&artifact.sha256);
+        match self.download(artifact, &part).await {
+            Ok(()) => {}
+            Err(e) => {
+                // A broken-off transfer keeps its part for resumption; a
+                // wrong one is discarded.
+                if !matches!(e, ArtifactError::Http { .. }) {
+                    let _ = std::fs::remove_file(&part);
+                }
+                return Err(e);
+            }
+        }
         let io = |source| ArtifactError::Io {
             digest: artifact.sha256,
             path: path.clone(),
             source,
         };
-        tokio::fs::rename(&tmp.0, &path).await.map_err(io)?;
+        tokio::fs::rename(&part, &path).await.map_err(io)?;
         // Make the rename itself durable before anything runs the file.
         let dir = self.done_dir.clone();
         tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
@@ -116,32 +212,124 @@ impl ArtifactCache {
             .map_err(std::io::Error::other)
             .and_then(|r| r)
             .map_err(io)?;
+        self.evict();
         Ok(path)
     }
 
-    async fn download(&self, artifact: &ArtifactRef, tmp: &Path) -> Result<(), ArtifactError> {
+    /// Cached entries with their size and last use.
+    fn entries(&self) -> Vec<CachedEntry> {
+        let Ok(dir) = std::fs::read_dir(&self.done_dir) else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some(CachedEntry {
+                    digest: e.file_name().to_str()?.parse().ok()?,
+                    size: meta.len(),
+                    used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                })
+            })
+            .collect()
+    }
+
+    /// Evicts least recently used entries the desired state does not need
+    /// until the cache fits its quota (or only needed entries are left).
+    fn evict(&self) {
+        let needed = self
+            .needed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut entries = self.entries();
+        let mut total: u64 = entries.iter().map(|e| e.size).sum();
+        entries.sort_by_key(|e| e.used);
+        for entry in entries {
+            if total <= self.quota {
+                break;
+            }
+            if needed.contains(&entry.digest) {
+                continue;
+            }
+            match std::fs::remove_file(self.path_of(&entry.digest)) {
+                Ok(()) => {
+                    total -= entry.size;
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                    info!(artifact = %entry.digest, n_bytes = entry.size, quota = self.quota, "Evicted an unneeded artifact to stay within the cache quota.");
+                }
+                Err(e) => {
+                    warn!(artifact = %entry.digest, error = %e, "Cannot evict an artifact.");
+                }
+            }
+        }
+    }
+
+    /// Downloads into `part`, resuming from what it already holds.
+    async fn download(&self, artifact: &ArtifactRef, part: &Path) -> Result<(), ArtifactError> {
         let digest = artifact.sha256;
         let declared = artifact.size;
         let http = |source| ArtifactError::Http { digest, source };
         let io = |source| ArtifactError::Io {
             digest,
-            path: tmp.to_owned(),
+            path: part.to_owned(),
             source,
         };
-        let url = format!("{}/api/v1/artifacts/{digest}", self.base_url);
-        let mut response = self.client.get(url).send().await.map_err(http)?;
-        if !response.status().is_success() {
-            return Err(ArtifactError::Status {
-                digest,
-                status: response.status().as_u16(),
-            });
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(part)
+            .await
+            .map_err(io)?;
+        let mut have = file.metadata().await.map_err(io)?.len();
+        if have >= declared {
+            // Nothing left to fetch means the part is wrong: start over.
+            file.set_len(0).await.map_err(io)?;
+            have = 0;
         }
-        if response.content_length().is_some_and(|len| len > declared) {
+        let url = format!("{}/api/v1/artifacts/{digest}", self.base_url);
+        let mut request = self.client.get(url);
+        if have > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let mut response = request.send().await.map_err(http)?;
+        let status = response.status().as_u16();
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        match status {
+            206 if have > 0 => {
+                // Hash what is already there, then append.
+                file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut left = have;
+                while left > 0 {
+                    let n = file.read(&mut buf).await.map_err(io)?;
+                    if n == 0 {
+                        break;
+                    }
+                    let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+                    hasher.update(&buf[..n]);
+                    left -= n as u64;
+                }
+                file.seek(std::io::SeekFrom::Start(have))
+                    .await
+                    .map_err(io)?;
+                info!(artifact = %digest, resume_at = have, declared, "Resuming an interrupted download.");
+            }
+            200 => {
+                file.set_len(0).await.map_err(io)?;
+                file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+                have = 0;
+            }
+            _ => return Err(ArtifactError::Status { digest, status }),
+        }
+        if response
+            .content_length()
+            .is_some_and(|len| have.saturating_add(len) > declared)
+        {
             return Err(ArtifactError::TooLarge { digest, declared });
         }
-        let mut file = tokio::fs::File::create(tmp).await.map_err(io)?;
-        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut got: u64 = 0;
+        let mut got = have;
         while let Some(chunk) = response.chunk().await.map_err(http)? {
             got = got.saturating_add(chunk.len() as u64);
             if got > declared {
@@ -149,6 +337,8 @@ impl ArtifactCache {
             }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(io)?;
+            self.bytes_fetched
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         if got != declared {
             return Err(ArtifactError::WrongSize {
@@ -169,20 +359,39 @@ impl ArtifactCache {
     }
 }
 
-/// A partial download, removed when dropped unless it was renamed away.
-struct TempFile(PathBuf);
+struct CachedEntry {
+    digest: Sha256Digest,
+    size: u64,
+    used: SystemTime,
+}
 
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        // After a successful rename the file is gone and this fails: fine.
-        let _ = std::fs::remove_file(&self.0);
+/// The SHA-256 of a file's content.
+fn hash_file(path: &Path) -> Result<Sha256Digest, std::io::Error> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Sha256Digest::from_ring(hasher.finish()))
+}
+
+/// Removes a file or a directory tree.
+fn remove_any(path: &Path) -> Result<(), std::io::Error> {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt as _;
     use tokio::net::TcpListener;
 
     /// Serves one canned HTTP/1.1 response to the first connection and
@@ -205,6 +414,114 @@ mod tests {
         format!("http://{addr}")
     }
 
+    /// Serves `body` to one connection: cut off after `cut` bytes when set,
+    /// or only the requested tail (206) when the request has a Range header.
+    /// Returns the base URL and a channel with the request's Range header.
+    async fn serve_ranged(
+        body: Vec<u8>,
+        cut: Option<usize>,
+    ) -> (String, tokio::sync::oneshot::Receiver<Option<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 4096];
+            let n = socket.read(&mut request).await.unwrap_or(0);
+            let text = String::from_utf8_lossy(&request[..n]).to_lowercase();
+            let from = text
+                .lines()
+                .find_map(|l| l.strip_prefix("range: bytes="))
+                .and_then(|r| r.trim().trim_end_matches('-').parse::<usize>().ok());
+            let _ = tx.send(from.map(|f| f.to_string()));
+            let (status, part) = match from {
+                Some(f) => ("206 Partial Content", &body[f..]),
+                None => ("200 OK", &body[..]),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                part.len()
+            );
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(&part[..cut.unwrap_or(part.len())]).await;
+            let _ = socket.shutdown().await;
+        });
+        (format!("http://{addr}"), rx)
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_download_resumes_with_a_range_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let (url, _) = serve_ranged(body.clone(), Some(120_000)).await;
+        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("open");
+        let err = cache.ensure(&reference(&body)).await.expect_err("cut off");
+        assert!(matches!(err, ArtifactError::Http { .. }), "{err}");
+        assert!(!cache.path_of(&reference(&body).sha256).exists());
+        // A restarted agent keeps the part and asks for the rest only.
+        drop(cache);
+        let (url, range) = serve_ranged(body.clone(), None).await;
+        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("reopen");
+        let path = cache.ensure(&reference(&body)).await.expect("resumed");
+        assert_eq!(range.await.expect("request"), Some("120000".to_owned()));
+        assert_eq!(std::fs::read(&path).expect("read"), body);
+        assert_eq!(cache.metrics().bytes_fetched, 80_000);
+        assert!(tmp_is_empty(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn start_up_check_removes_corrupt_entries_and_they_are_fetched_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let body = b"the real artifact".to_vec();
+        let wanted = reference(&body);
+        std::fs::create_dir_all(dir.path().join("sha256")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("sha256").join(wanted.sha256.to_string()),
+            b"bit rot",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("sha256").join("junk"), b"x").expect("write");
+        let url = serve_once("200 OK", body.clone()).await;
+        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("open");
+        assert_eq!(cache.metrics().corrupt_removed, 2);
+        let path = cache.ensure(&wanted).await.expect("fetched again");
+        assert_eq!(std::fs::read(path).expect("read"), body);
+        let m = cache.metrics();
+        assert_eq!((m.hits, m.misses), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn eviction_takes_the_least_recently_used_unneeded_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bodies: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 400_000]).collect();
+        let url = serve_once("200 OK", Vec::new()).await;
+        // Room for two entries.
+        let cache = ArtifactCache::open(dir.path(), &url, 1_000_000).expect("open");
+        let refs: Vec<ArtifactRef> = bodies.iter().map(|b| reference(b)).collect();
+        let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        for (i, (body, r)) in bodies.iter().zip(&refs).take(3).enumerate() {
+            let path = cache.path_of(&r.sha256);
+            std::fs::write(&path, body).expect("write");
+            std::fs::File::open(&path)
+                .and_then(|f| f.set_modified(old + Duration::from_secs(i as u64)))
+                .expect("age");
+        }
+        // 0 is the oldest but needed; 1 is the oldest unneeded.
+        cache.set_needed([refs[0].sha256, refs[3].sha256].into());
+        let url = serve_once("200 OK", bodies[3].clone()).await;
+        let cache = ArtifactCache {
+            base_url: url,
+            ..cache
+        };
+        cache.ensure(&refs[3]).await.expect("fetch");
+        let left: Vec<bool> = refs
+            .iter()
+            .map(|r| cache.path_of(&r.sha256).exists())
+            .collect();
+        assert_eq!(left, [true, false, false, true]);
+        assert_eq!(cache.metrics().evictions, 2);
+    }
+
     fn reference(body: &[u8]) -> ArtifactRef {
         ArtifactRef {
             sha256: Sha256Digest::of(body),
@@ -224,7 +541,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let body = b"#!/bin/sh\necho hi\n".to_vec();
         let url = serve_once("200 OK", body.clone()).await;
-        let cache = ArtifactCache::open(dir.path(), &url).expect("open");
+        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("open");
         let path = cache.ensure(&reference(&body)).await.expect("fetch");
         assert_eq!(std::fs::read(&path).expect("read"), body);
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
@@ -238,7 +555,7 @@ mod tests {
     async fn wrong_digest_leaves_no_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = serve_once("200 OK", b"evil".to_vec()).await;
-        let cache = ArtifactCache::open(dir.path(), &url).expect("open");
+        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("open");
         let wanted = ArtifactRef {
             sha256: Sha256Digest::of(b"good"),
             size: 4,
@@ -254,7 +571,7 @@ mod tests {
     async fn oversize_download_is_cut_off() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = serve_once("200 OK", vec![7u8; 10_000]).await;
-        let cache = ArtifactCache::open(dir.path(), &url).expect("open");
+        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("open");
         let wanted = ArtifactRef {
             sha256: Sha256Digest::of(b"small"),
             size: 5,
@@ -269,7 +586,7 @@ mod tests {
     async fn http_errors_name_the_status() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = serve_once("404 Not Found", Vec::new()).await;
-        let cache = ArtifactCache::open(dir.path(), &url).expect("open");
+        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("open");
         let err = cache.ensure(&reference(b"x")).await.expect_err("not found");
         assert!(
             matches!(err, ArtifactError::Status { status: 404, .. }),

@@ -28,10 +28,53 @@ struct RawConfig {
     topic_prefix: Option<String>,
     heartbeat_interval_secs: Option<u64>,
     keep_alive_secs: Option<u64>,
+    workload_user: Option<String>,
+    stop_workloads_on_exit: Option<bool>,
+    telemetry_interval_secs: Option<u64>,
+    outbox_quota_bytes: Option<u64>,
+    cache_quota_bytes: Option<u64>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
     capacity: CapacityConfig,
+    probe: Option<RawProbe>,
+}
+
+/// `[probe]`: the latency probe listener; without it the agent neither
+/// answers nor sends probes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    listen: Option<String>,
+    advertise: Option<String>,
+}
+
+/// Where the probe listener binds, and the address other agents are told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub listen: std::net::SocketAddr,
+    /// Announced in Presence; `listen` when absent (which then must name a
+    /// specific address, not 0.0.0.0 or port 0).
+    pub advertise: Option<std::net::SocketAddr>,
+}
+
+fn parse_probe(raw: Option<RawProbe>) -> Result<Option<ProbeConfig>, String> {
+    let Some(raw) = raw else { return Ok(None) };
+    let listen = required(raw.listen)
+        .map_err(|e| format!("listen {e}"))?
+        .parse::<std::net::SocketAddr>()
+        .map_err(|e| format!("listen: not an address: {e}"))?;
+    let advertise = raw
+        .advertise
+        .map(|a| a.parse::<std::net::SocketAddr>())
+        .transpose()
+        .map_err(|e| format!("advertise: not an address: {e}"))?;
+    if advertise.is_none() && (listen.ip().is_unspecified() || listen.port() == 0) {
+        return Err(
+            "advertise: required when listen has an unspecified address or port 0".to_owned(),
+        );
+    }
+    Ok(Some(ProbeConfig { listen, advertise }))
 }
 
 /// Capacity the node offers; a field left out is detected from the host.
@@ -91,8 +134,22 @@ pub struct Config {
     pub topics: Topics,
     pub heartbeat_interval: Duration,
     pub keep_alive: Duration,
+    /// The user workloads run as when the agent runs as root (`nobody`
+    /// when unset); ignored otherwise.
+    pub workload_user: Option<String>,
+    /// Stop every workload when the agent shuts down (development); by
+    /// default they keep running and the next agent run adopts them.
+    pub stop_workloads_on_exit: bool,
+    /// How often telemetry is queued in the outbox.
+    pub telemetry_interval: Duration,
+    /// Bytes the disk outbox may hold before it drops its oldest messages.
+    pub outbox_quota_bytes: u64,
+    /// Bytes the artifact cache may hold before it evicts unneeded entries.
+    pub cache_quota_bytes: u64,
     pub labels: BTreeMap<String, String>,
     pub capacity: CapacityConfig,
+    /// The latency probe listener, when configured.
+    pub probe: Option<ProbeConfig>,
 }
 
 /// Environment variables that override file fields, applied after the file.
@@ -197,7 +254,34 @@ impl RawConfig {
             "keep_alive_secs",
             in_range(self.keep_alive_secs.unwrap_or(15), 2, 600),
         );
+        let telemetry = take(
+            e,
+            "telemetry_interval_secs",
+            in_range(self.telemetry_interval_secs.unwrap_or(60), 1, 86_400),
+        );
+        let outbox_quota = take(
+            e,
+            "outbox_quota_bytes",
+            in_range(
+                self.outbox_quota_bytes.unwrap_or(4 << 20),
+                64 << 10,
+                1 << 40,
+            ),
+        );
+        let cache_quota = take(
+            e,
+            "cache_quota_bytes",
+            in_range(self.cache_quota_bytes.unwrap_or(1 << 30), 1 << 20, 1 << 50),
+        );
         take(e, "labels", check_labels(&self.labels));
+        let probe = take(e, "probe", parse_probe(self.probe));
+        take(
+            e,
+            "workload_user",
+            self.workload_user
+                .as_deref()
+                .map_or(Ok(()), check_user_name),
+        );
         match (
             id,
             region,
@@ -208,6 +292,7 @@ impl RawConfig {
             topics,
             heartbeat,
             keep_alive,
+            (telemetry, outbox_quota, cache_quota),
         ) {
             (
                 Some(id),
@@ -219,6 +304,7 @@ impl RawConfig {
                 Some(topics),
                 Some(heartbeat),
                 Some(keep_alive),
+                (Some(telemetry), Some(outbox_quota), Some(cache_quota)),
             ) if errors.is_empty() => Ok(Config {
                 id,
                 region,
@@ -229,8 +315,14 @@ impl RawConfig {
                 topics,
                 heartbeat_interval: Duration::from_secs(heartbeat),
                 keep_alive: Duration::from_secs(keep_alive),
+                telemetry_interval: Duration::from_secs(telemetry),
+                outbox_quota_bytes: outbox_quota,
+                cache_quota_bytes: cache_quota,
                 labels: self.labels,
                 capacity: self.capacity,
+                probe: probe.flatten(),
+                workload_user: self.workload_user,
+                stop_workloads_on_exit: self.stop_workloads_on_exit.unwrap_or(false),
             }),
             _ => Err(errors),
         }
@@ -253,6 +345,21 @@ fn in_range(value: u64, min: u64, max: u64) -> Result<u64, String> {
         Ok(value)
     } else {
         Err(format!("{value} is outside {min}..={max}"))
+    }
+}
+
+/// A portable user name (the user itself is looked up at start).
+fn check_user_name(name: &str) -> Result<(), String> {
+    let ok = (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a user name (1-32 letters, digits, '_', '-', '.')"
+        ))
     }
 }
 
@@ -346,6 +453,18 @@ cpu_millis = 2000
         assert_eq!(c.labels.get("site").map(String::as_str), Some("lab"));
         assert_eq!(c.capacity.cpu_millis, Some(2000));
         assert_eq!(c.capacity.resolve().cpu_millis, 2000);
+        assert_eq!(c.workload_user, None);
+        assert!(!c.stop_workloads_on_exit);
+        let text = good().replace(
+            "[labels]",
+            "workload_user = \"verge-run\"\nstop_workloads_on_exit = true\n[labels]",
+        );
+        let c = Config::from_toml(&text, no_env).expect("valid");
+        assert_eq!(c.workload_user.as_deref(), Some("verge-run"));
+        assert!(c.stop_workloads_on_exit);
+        let bad = good().replace("[labels]", "workload_user = \"a b\"\n[labels]");
+        let errors = Config::from_toml(&bad, no_env).expect_err("bad user");
+        assert!(errors[0].starts_with("workload_user:"), "{errors:?}");
     }
 
     #[test]
@@ -358,6 +477,9 @@ controller_url = "https://x"
 controller_public_key = "AAAA"
 heartbeat_interval_secs = 0
 keep_alive_secs = 1
+telemetry_interval_secs = 0
+outbox_quota_bytes = 10
+cache_quota_bytes = 10
 "#;
         let errors = Config::from_toml(text, no_env).expect_err("invalid");
         for field in [
@@ -369,13 +491,16 @@ keep_alive_secs = 1
             "controller_public_key:",
             "heartbeat_interval_secs:",
             "keep_alive_secs:",
+            "telemetry_interval_secs:",
+            "outbox_quota_bytes:",
+            "cache_quota_bytes:",
         ] {
             assert!(
                 errors.iter().any(|e| e.starts_with(field)),
                 "{field} missing from {errors:?}"
             );
         }
-        assert_eq!(errors.len(), 8, "{errors:?}");
+        assert_eq!(errors.len(), 11, "{errors:?}");
     }
 
     #[test]
@@ -404,6 +529,24 @@ keep_alive_secs = 1
         let bad = |name: &str| (name == "VERGE_AGENT_REGION").then(|| "No Way".to_owned());
         let errors = Config::from_toml(&good(), bad).expect_err("invalid region");
         assert!(errors[0].starts_with("region:"), "{errors:?}");
+    }
+
+    #[test]
+    fn probe_listener_is_validated() {
+        let text = format!("{}\n[probe]\nlisten = \"127.0.0.1:7790\"\n", good());
+        let c = Config::from_toml(&text, no_env).expect("valid");
+        assert_eq!(
+            c.probe.map(|p| p.listen.port()),
+            Some(7790),
+            "the listener binds where asked"
+        );
+        let text = format!("{}\n[probe]\nlisten = \"0.0.0.0:7790\"\n", good());
+        let errors = Config::from_toml(&text, no_env).expect_err("nothing to advertise");
+        assert!(errors[0].starts_with("probe: advertise:"), "{errors:?}");
+        assert_eq!(
+            Config::from_toml(&good(), no_env).expect("valid").probe,
+            None
+        );
     }
 
     #[test]

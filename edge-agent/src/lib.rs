@@ -10,17 +10,31 @@
 //! - [`state`]: the last accepted desired state (sled) and the node key;
 //! - [`artifacts`]: the content-addressed artifact cache;
 //! - [`reconcile`]: the pure plan and the loop applying it;
-//! - [`runtime`]: workload processes and their supervision;
-//! - [`report`]: the status board and the signed documents built from it.
+//! - [`runtime`]: workload processes, adopted across agent restarts;
+//! - [`supervise`]: one workload's restart policy, crash loops and graceful stop;
+//! - [`health`]: TCP, HTTP and exec health checks;
+//! - [`logs`]: rotated workload logs and their tail for log requests;
+//! - [`limits`]: the workload user and rlimits (the `exec-workload` helper);
+//! - [`report`]: the status board and the signed documents built from it;
+//! - [`outbox`]: status, telemetry and other reports on disk until acknowledged;
+//! - [`telemetry`]: the periodic telemetry sample;
+//! - [`probe`]: the latency probe listener and the probing rounds.
 
 pub mod artifacts;
 pub mod config;
+pub mod health;
 pub mod intake;
+pub mod limits;
+pub mod logs;
 pub mod mqtt;
+pub mod outbox;
+pub mod probe;
 pub mod reconcile;
 pub mod report;
 pub mod runtime;
 pub mod state;
+pub mod supervise;
+pub mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,16 +45,23 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-use verge_shared::messages::DesiredState;
+use verge_shared::messages::{DEFAULT_STOP_GRACE_SECS, DesiredState};
 
 pub use config::{Config, EX_CONFIG};
 
 use crate::artifacts::ArtifactCache;
 use crate::intake::Decision;
+use crate::limits::Launcher;
+use crate::outbox::Outbox;
 use crate::reconcile::Reconciler;
 use crate::report::{Board, Identity, Reporter};
-use crate::runtime::{Placement, ProcessRuntime, RestartPolicy};
+use crate::runtime::{Placement, ProcessRuntime};
 use crate::state::{Accepted, SledStore, StateStore};
+use crate::supervise::RestartTiming;
+
+/// Log requests waiting to be answered; more are dropped (the controller
+/// times out and the operator asks again).
+const LOG_REQUESTS_QUEUED: usize = 8;
 
 /// Status changes within this window go out as one Status.
 const STATUS_DEBOUNCE: Duration = Duration::from_millis(200);
@@ -56,8 +77,20 @@ pub enum AgentError {
     },
     #[error(transparent)]
     State(#[from] state::StateError),
+    #[error(transparent)]
+    Outbox(#[from] outbox::OutboxError),
     #[error("a core task ended unexpectedly: {0}")]
     TaskDied(String),
+    #[error(transparent)]
+    WorkloadUser(#[from] limits::LimitsError),
+    #[error("cannot find the agent's own executable, which starts workloads: {0}")]
+    SelfExe(#[source] std::io::Error),
+    #[error("cannot listen for latency probes on {address}: {source}")]
+    ProbeListen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl AgentError {
@@ -65,9 +98,15 @@ impl AgentError {
     pub fn exit_code(&self) -> u8 {
         match self {
             // EX_CANTCREAT: the data directory or its files are unusable.
-            AgentError::DataDir { .. } | AgentError::State(_) => 73,
+            AgentError::DataDir { .. } | AgentError::State(_) | AgentError::Outbox(_) => 73,
             // EX_SOFTWARE: an internal failure; the service manager restarts us.
             AgentError::TaskDied(_) => 70,
+            // EX_CONFIG: the configured workload user is unusable.
+            AgentError::WorkloadUser(_) => EX_CONFIG,
+            // EX_OSERR.
+            AgentError::SelfExe(_) => 71,
+            // EX_UNAVAILABLE: the probe address is taken or not ours.
+            AgentError::ProbeListen { .. } => 69,
         }
     }
 }
@@ -77,33 +116,75 @@ impl AgentError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
     let data_dir = prepare_data_dir(&config.data_dir)?;
     let key = state::load_or_create_node_key(&data_dir.join("node.key"))?;
-    let store: Arc<dyn StateStore> = Arc::new(SledStore::open(&data_dir.join("state"))?);
+    let sled_store = SledStore::open(&data_dir.join("state"))?;
+    let outbox = Arc::new(Outbox::open(
+        sled_store.db(),
+        data_dir.join("state"),
+        config.outbox_quota_bytes,
+    )?);
+    let store: Arc<dyn StateStore> = Arc::new(sled_store);
     let accepted = store.load()?;
     let applied = accepted.as_ref().map(|a| a.desired.generation);
     info!(agent = %config.id, key = %key.key_id(), generation = ?applied, "Agent starting.");
 
     let board = Arc::new(Board::new(applied));
-    let policy = RestartPolicy::default();
     let workloads_dir = data_dir.join("workloads");
-    // Before launching anything: no duplicate of a workload a killed agent left running.
-    runtime::kill_stale(&workloads_dir, policy.grace).await;
+    let helper = std::env::current_exe().map_err(AgentError::SelfExe)?;
+    let launcher = Launcher::helper(helper, config.workload_user.as_deref())?;
+    info!(agent = %config.id, user = %launcher.user_name(), limits = "rlimit (memory only)", "Workloads run confined.");
     let runtime = Arc::new(ProcessRuntime::new(
-        workloads_dir,
+        workloads_dir.clone(),
         Placement {
             agent: config.id.clone(),
             region: config.region.clone(),
         },
-        policy,
+        RestartTiming::default(),
+        launcher,
         board.clone(),
     ));
+    // Before the first reconcile pass: take over what a previous run left
+    // running, so nothing is started twice and nothing runs unaccounted for.
+    let grace = Duration::from_secs(DEFAULT_STOP_GRACE_SECS.into());
+    runtime.adopt(grace).await;
     let artifacts_dir = data_dir.join("artifacts");
-    let artifacts =
-        ArtifactCache::open(&artifacts_dir, &config.controller_url).map_err(|source| {
-            AgentError::DataDir {
-                path: artifacts_dir,
+    let artifacts = Arc::new(
+        ArtifactCache::open(
+            &artifacts_dir,
+            &config.controller_url,
+            config.cache_quota_bytes,
+        )
+        .map_err(|source| AgentError::DataDir {
+            path: artifacts_dir,
+            source,
+        })?,
+    );
+    let status_topic = config.topics.status(&config.id);
+    let sampler = telemetry::Sampler {
+        agent: config.id.clone(),
+        region: config.region.clone(),
+        topic: config.topics.telemetry(&config.region, &config.id),
+        board: board.clone(),
+        artifacts: artifacts.clone(),
+        outbox: outbox.clone(),
+    };
+    let probe_socket = match config.probe {
+        Some(probe) => {
+            let fail = |source| AgentError::ProbeListen {
+                address: probe.listen,
                 source,
-            }
-        })?;
+            };
+            let socket = tokio::net::UdpSocket::bind(probe.listen)
+                .await
+                .map_err(fail)?;
+            let bound = socket.local_addr().map_err(fail)?;
+            info!(agent = %config.id, listen = %bound, advertise = ?probe.advertise, "Listening for latency probes.");
+            Some((socket, probe.advertise.unwrap_or(bound)))
+        }
+        None => None,
+    };
+    let probe_addr = probe_socket.as_ref().map(|(_, addr)| *addr);
+    // Probe plans from the broker; only the latest matters.
+    let probes_tx = Arc::new(watch::channel(None::<Bytes>).0);
     let reporter = Arc::new(Reporter::new(
         key,
         Identity {
@@ -111,13 +192,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             region: config.region.clone(),
             labels: config.labels.clone(),
             capacity: config.capacity.resolve(),
+            probe_addr,
         },
         board.clone(),
     ));
+    let reporter_for_probes = reporter.clone();
 
     let (desired_tx, desired_rx) = watch::channel(accepted.map(|a| Arc::new(a.desired)));
     let (inbox_tx, inbox_rx) = watch::channel(None::<Bytes>);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+    let (log_requests_tx, log_requests_rx) = mpsc::channel(LOG_REQUESTS_QUEUED);
 
     let mqtt_stop = CancellationToken::new();
     let mqtt = tokio::spawn(mqtt::run(
@@ -125,10 +209,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             broker: config.broker.clone(),
             topics: config.topics.clone(),
             keep_alive: config.keep_alive,
+            probes_tx: probes_tx.clone(),
+            log_requests: log_requests_tx,
         },
-        reporter,
+        reporter.clone(),
         inbox_tx,
         outbox_rx,
+        outbox.clone(),
         mqtt_stop.clone(),
     ));
 
@@ -146,12 +233,43 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     ));
     let reconciler = Reconciler {
         runtime: runtime.clone(),
-        artifacts: Arc::new(artifacts),
+        artifacts,
         board: board.clone(),
     };
     let reconcile_stop = stop.clone();
     tasks.spawn(async move { reconciler.run(desired_rx, reconcile_stop).await });
-    tasks.spawn(status_loop(board, outbox_tx.clone(), stop.clone()));
+    tasks.spawn(status_loop(
+        board,
+        reporter.clone(),
+        outbox.clone(),
+        status_topic,
+        stop.clone(),
+    ));
+    tasks.spawn(telemetry::telemetry_loop(
+        sampler,
+        config.telemetry_interval,
+        stop.clone(),
+    ));
+    if let Some((socket, _)) = probe_socket {
+        let prober = probe::Prober {
+            agent: config.id.clone(),
+            controller_key: config.controller_public_key,
+            reporter: reporter_for_probes,
+            outbox: outbox.clone(),
+            topic: config
+                .topics
+                .agent(&config.id, verge_shared::topic::Channel::Latency),
+        };
+        tasks.spawn(prober.run(socket, probes_tx.subscribe(), stop.clone()));
+    }
+    tasks.spawn(log_request_loop(
+        config.clone(),
+        workloads_dir,
+        reporter.clone(),
+        log_requests_rx,
+        outbox_tx.clone(),
+        stop.clone(),
+    ));
     tasks.spawn(heartbeat_loop(
         config.heartbeat_interval,
         outbox_tx,
@@ -175,9 +293,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     }
     stop.cancel();
     while tasks.join_next().await.is_some() {}
-    // No adoption of running workloads across agent restarts yet, so
-    // leaving them would orphan them: stop them gracefully.
-    runtime.stop_all().await;
+    // Workloads outlive the agent (the next run adopts them) unless the
+    // configuration asks for a clean slate, as development mode does.
+    if config.stop_workloads_on_exit {
+        runtime.stop_all().await;
+    } else {
+        runtime.detach_all().await;
+    }
     mqtt_stop.cancel();
     if let Err(e) = mqtt.await {
         warn!(error = %e, "The MQTT task failed.");
@@ -259,10 +381,12 @@ async fn intake_loop(
     }
 }
 
-/// Publishes a Status after each burst of board changes.
+/// Queues a Status in the outbox after each burst of board changes.
 async fn status_loop(
     board: Arc<Board>,
-    outbox_tx: mpsc::UnboundedSender<mqtt::Outgoing>,
+    reporter: Arc<Reporter>,
+    outbox: Arc<Outbox>,
+    topic: String,
     stop: CancellationToken,
 ) {
     loop {
@@ -277,8 +401,63 @@ async fn status_loop(
             () = stop.cancelled() => break,
             () = tokio::time::sleep(STATUS_DEBOUNCE) => {}
         }
-        if outbox_tx.send(mqtt::Outgoing::Status).is_err() {
-            break;
+        let (outbox, reporter, topic) = (outbox.clone(), reporter.clone(), topic.clone());
+        // The push is flushed to disk: keep it off the runtime thread.
+        let pushed =
+            tokio::task::spawn_blocking(move || outbox.push(&topic, &reporter.status())).await;
+        match pushed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "Cannot queue a Status; the next change or reconnect sends a full one.");
+            }
+            Err(e) => warn!(error = %e, "Queueing a Status failed."),
+        }
+    }
+}
+
+/// Answers log requests, one at a time, from the workloads' log files.
+async fn log_request_loop(
+    config: Config,
+    workloads_dir: PathBuf,
+    reporter: Arc<Reporter>,
+    mut requests_rx: mpsc::Receiver<Bytes>,
+    outbox_tx: mpsc::UnboundedSender<mqtt::Outgoing>,
+    stop: CancellationToken,
+) {
+    loop {
+        let bytes = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            next = requests_rx.recv() => match next {
+                Some(bytes) => bytes,
+                None => break,
+            },
+        };
+        let (key, agent, dir) = (
+            config.controller_public_key,
+            config.id.clone(),
+            workloads_dir.clone(),
+        );
+        // File reads: off the runtime thread.
+        let answered = tokio::task::spawn_blocking(move || {
+            logs::answer(&bytes, &key, &agent, &dir, verge_shared::Timestamp::now())
+        })
+        .await;
+        match answered {
+            Ok(Ok(response)) => {
+                debug!(agent = %config.id, service = %response.service, request_id = %response.request_id, n_lines = response.lines.len(), "Answering a log request.");
+                let envelope = reporter.log_response(response);
+                if outbox_tx
+                    .send(mqtt::Outgoing::LogResponse(envelope))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Ok(Err(reason)) => {
+                warn!(agent = %config.id, reason = %reason, "Ignored a log request.");
+            }
+            Err(e) => warn!(error = %e, "Answering a log request failed."),
         }
     }
 }

@@ -18,8 +18,21 @@ struct Args {
     config: PathBuf,
 }
 
+fn main() -> anyhow::Result<ExitCode> {
+    // The workload helper runs before anything else: no runtime, no logging,
+    // and on success it becomes the workload (see `edge_agent::limits`).
+    let mut argv = std::env::args_os().skip(1);
+    if argv
+        .next()
+        .is_some_and(|a| a == edge_agent::limits::EXEC_SUBCOMMAND)
+    {
+        return Ok(edge_agent::limits::exec_workload(argv));
+    }
+    agent_main()
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<ExitCode> {
+async fn agent_main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
     // VERGE_LOG wins over RUST_LOG; default: info.
     let filter = std::env::var("VERGE_LOG")

@@ -9,21 +9,34 @@
 //! On every ConnAck the agent subscribes to its desired topic again (the
 //! broker may have lost the session) and publishes an online Presence and a
 //! full Status, which also makes up for anything dropped while offline.
+//!
+//! Status changes, telemetry and other reports go through the disk [`Outbox`]: the
+//! publishing task hands at most [`OUTBOX_WINDOW`] entries to rumqttc and an
+//! entry leaves the outbox only when the broker's PUBACK for its packet
+//! arrives. rumqttc reports packet ids only in events, so every publish is
+//! tagged in the order it is queued ([`Link`]) and the tags are matched to
+//! `Outgoing::Publish(pkid)` events, which come in the same order. When the
+//! connection drops, rumqttc's own retransmission queue is emptied of
+//! publishes and the outbox resends everything unacknowledged from its
+//! oldest entry after the next ConnAck, in order.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ring::rand::SecureRandom as _;
 use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing as MqttOutgoing, Packet, QoS,
+    AsyncClient, ClientError, Event, EventLoop, LastWill, MqttOptions, Outgoing as MqttOutgoing,
+    Packet, QoS, Request,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use verge_shared::{Topics, limits};
 
 use crate::config::BrokerAddr;
+use crate::outbox::Outbox;
 use crate::report::Reporter;
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
@@ -32,13 +45,18 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const GOODBYE_DEADLINE: Duration = Duration::from_secs(3);
 /// Requests queued towards the event loop; more are dropped, not awaited.
 const REQUEST_CAPACITY: usize = 64;
+/// Most outbox messages handed to rumqttc and not yet acknowledged; well
+/// below [`REQUEST_CAPACITY`] and rumqttc's in-flight limit (100).
+const OUTBOX_WINDOW: usize = 32;
 
 /// What the agent asks the adapter to publish; the envelope is built at
 /// publish time so it is always current.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outgoing {
-    Status,
     Heartbeat,
+    /// A signed answer to a log request (QoS 1, not kept in the outbox: a
+    /// lost answer makes the operator's request time out, nothing more).
+    LogResponse(Vec<u8>),
 }
 
 /// Connection settings taken from the agent configuration.
@@ -47,6 +65,11 @@ pub struct Settings {
     pub broker: BrokerAddr,
     pub topics: Topics,
     pub keep_alive: Duration,
+    /// Where received log requests go (bounded; more are dropped).
+    pub log_requests: mpsc::Sender<Bytes>,
+    /// Where received probe plans go (retained on `agents/{id}/probes`;
+    /// only the latest matters).
+    pub probes_tx: Arc<watch::Sender<Option<Bytes>>>,
 }
 
 /// Runs the MQTT connection until `stop`, then says goodbye: an explicit
@@ -57,6 +80,7 @@ pub async fn run(
     reporter: Arc<Reporter>,
     desired_tx: watch::Sender<Option<Bytes>>,
     outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
+    outbox: Arc<Outbox>,
     stop: CancellationToken,
 ) {
     let agent = reporter.agent().clone();
@@ -65,6 +89,11 @@ pub async fn run(
         presence: settings.topics.presence(&agent),
         status: settings.topics.status(&agent),
         heartbeat: settings.topics.heartbeat(&agent),
+        log_request: settings.topics.log_request(&agent),
+        log_response: settings.topics.log_response(&agent),
+        probes: settings
+            .topics
+            .agent(&agent, verge_shared::topic::Channel::Probes),
     };
     let mut options = MqttOptions::new(
         agent.as_str(),
@@ -78,11 +107,13 @@ pub async fn run(
         .set_request_channel_capacity(REQUEST_CAPACITY);
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let topics = Arc::new(topics);
+    let link = Arc::new(Link::new(client.clone()));
     let publisher = tokio::spawn(publish_loop(
-        client.clone(),
+        link.clone(),
         reporter.clone(),
         topics.clone(),
         outbox_rx,
+        outbox.clone(),
         stop.clone(),
     ));
 
@@ -100,15 +131,18 @@ pub async fn run(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 info!(agent = %agent, session_present = ack.session_present, "Connected to the broker.");
                 backoff = BACKOFF_INITIAL;
+                link.connected(outbox.first_key());
                 let results = [
                     client.try_subscribe(topics.desired.clone(), QoS::AtLeastOnce),
-                    client.try_publish(
+                    client.try_subscribe(topics.log_request.clone(), QoS::AtLeastOnce),
+                    client.try_subscribe(topics.probes.clone(), QoS::AtLeastOnce),
+                    link.publish(
                         topics.presence.clone(),
                         QoS::AtLeastOnce,
                         true,
                         reporter.presence(true),
                     ),
-                    client.try_publish(
+                    link.publish(
                         topics.status.clone(),
                         QoS::AtLeastOnce,
                         false,
@@ -123,12 +157,29 @@ pub async fn run(
                 if publish.topic == topics.desired {
                     debug!(agent = %agent, n_bytes = publish.payload.len(), "Received a desired state.");
                     desired_tx.send_replace(Some(publish.payload));
+                } else if publish.topic == topics.probes {
+                    debug!(agent = %agent, n_bytes = publish.payload.len(), "Received a probe plan.");
+                    settings.probes_tx.send_replace(Some(publish.payload));
+                } else if publish.topic == topics.log_request {
+                    if settings.log_requests.try_send(publish.payload).is_err() {
+                        warn!(agent = %agent, "Dropped a log request: too many are waiting.");
+                    }
                 } else {
                     debug!(agent = %agent, topic = %publish.topic, "Ignored a message on an unexpected topic.");
                 }
             }
+            Ok(Event::Outgoing(MqttOutgoing::Publish(pkid))) => link.sent(pkid),
+            Ok(Event::Outgoing(MqttOutgoing::AwaitAck(_))) => link.held_back(),
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(key) = link.acknowledged(ack.pkid)
+                    && let Err(e) = outbox.ack(key)
+                {
+                    warn!(agent = %agent, key, error = %e, "Cannot remove an acknowledged message from the outbox; it will be sent again.");
+                }
+            }
             Ok(_) => {}
             Err(e) => {
+                link.disconnected(&mut eventloop);
                 let delay = jitter(&rng, backoff);
                 warn!(agent = %agent, error = %e, retry_in = ?delay, "MQTT connection lost; reconnecting.");
                 tokio::select! {
@@ -142,7 +193,172 @@ pub async fn run(
         }
     }
     let _ = publisher.await;
-    goodbye(&client, &mut eventloop, &reporter, &topics).await;
+    goodbye(&link, &mut eventloop, &reporter, &topics).await;
+}
+
+/// What one queued publish is, so its PUBACK can be traced to the outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tag {
+    Other,
+    Outbox(u64),
+}
+
+#[derive(Debug, Default)]
+struct Flight {
+    connected: bool,
+    /// Publishes handed to rumqttc and not yet sent, in queue order.
+    queued: VecDeque<Tag>,
+    /// A publish rumqttc holds back on a packet-id collision.
+    held_back: Option<Tag>,
+    /// Sent outbox entries waiting for their PUBACK, by packet id.
+    awaiting: HashMap<u16, u64>,
+    /// The next outbox key to hand over while connected.
+    cursor: u64,
+}
+
+impl Flight {
+    fn outbox_in_flight(&self) -> usize {
+        let tagged = self
+            .queued
+            .iter()
+            .chain(&self.held_back)
+            .filter(|t| matches!(t, Tag::Outbox(_)))
+            .count();
+        tagged + self.awaiting.len()
+    }
+}
+
+/// The client plus the tags of everything it was asked to publish. Every
+/// publish goes through [`Link::publish`] or [`Link::send_outbox`], which
+/// queue the request and its tag under one lock, so tags stay in request order.
+struct Link {
+    client: AsyncClient,
+    flight: Mutex<Flight>,
+    /// Wakes the publishing task: connected, or room in the window.
+    wake: Notify,
+}
+
+impl Link {
+    fn new(client: AsyncClient) -> Self {
+        Self {
+            client,
+            flight: Mutex::new(Flight::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Flight> {
+        self.flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn publish(
+        &self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let mut f = self.lock();
+        self.client.try_publish(topic, qos, retain, payload)?;
+        f.queued.push_back(Tag::Other);
+        Ok(())
+    }
+
+    /// Hands outbox entries from the cursor to rumqttc, up to the window.
+    fn send_outbox(&self, outbox: &Outbox) -> Result<(), crate::outbox::OutboxError> {
+        let mut f = self.lock();
+        let room = OUTBOX_WINDOW.saturating_sub(f.outbox_in_flight());
+        if !f.connected || room == 0 {
+            return Ok(());
+        }
+        for entry in outbox.entries_from(f.cursor, room)? {
+            let queued = self.client.try_publish(
+                entry.topic,
+                QoS::AtLeastOnce,
+                false,
+                entry.payload.to_vec(),
+            );
+            if queued.is_err() {
+                // The request queue is full; the next wake-up retries.
+                break;
+            }
+            f.queued.push_back(Tag::Outbox(entry.key));
+            f.cursor = entry.key + 1;
+        }
+        Ok(())
+    }
+
+    /// After ConnAck: resend the outbox from its oldest entry.
+    fn connected(&self, first_key: u64) {
+        let mut f = self.lock();
+        f.connected = true;
+        f.cursor = first_key;
+        drop(f);
+        self.wake.notify_one();
+    }
+
+    /// rumqttc wrote a publish with `pkid` (0 for QoS 0).
+    fn sent(&self, pkid: u16) {
+        let mut f = self.lock();
+        let tag = f.held_back.take().or_else(|| f.queued.pop_front());
+        if let (Some(Tag::Outbox(key)), true) = (tag, pkid != 0) {
+            f.awaiting.insert(pkid, key);
+        }
+    }
+
+    /// rumqttc holds the next publish back until a packet id is free.
+    fn held_back(&self) {
+        let mut f = self.lock();
+        f.held_back = f.queued.pop_front();
+    }
+
+    /// The outbox key whose PUBACK this is, if it was an outbox entry.
+    fn acknowledged(&self, pkid: u16) -> Option<u64> {
+        let key = self.lock().awaiting.remove(&pkid);
+        self.wake.notify_one();
+        key
+    }
+
+    /// The connection dropped: forget what was in flight, and take the
+    /// publishes out of rumqttc's resend queue (and their not yet reported
+    /// events) so the outbox alone decides what is sent again, in order.
+    fn disconnected(&self, eventloop: &mut EventLoop) {
+        let mut f = self.lock();
+        let unreported = eventloop
+            .state
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Outgoing(MqttOutgoing::Publish(_) | MqttOutgoing::AwaitAck(_))
+                )
+            })
+            .count();
+        let unsent = eventloop
+            .pending
+            .iter()
+            .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
+            .count();
+        for _ in 0..unreported + unsent {
+            f.queued.pop_front();
+        }
+        eventloop.state.events.retain(|e| {
+            !matches!(
+                e,
+                Event::Outgoing(MqttOutgoing::Publish(_) | MqttOutgoing::AwaitAck(_))
+            )
+        });
+        eventloop
+            .pending
+            .retain(|r| !matches!(r, Request::Publish(_)));
+        eventloop.state.collision = None;
+        f.held_back = None;
+        f.awaiting.clear();
+        f.connected = false;
+    }
 }
 
 /// The agent's own topics, built once.
@@ -151,6 +367,9 @@ struct OwnTopics {
     presence: String,
     status: String,
     heartbeat: String,
+    log_request: String,
+    log_response: String,
+    probes: String,
 }
 
 fn arm_last_will(eventloop: &mut EventLoop, reporter: &Reporter, topics: &OwnTopics) {
@@ -175,55 +394,67 @@ fn jitter(rng: &ring::rand::SystemRandom, base: Duration) -> Duration {
 }
 
 async fn publish_loop(
-    client: AsyncClient,
+    link: Arc<Link>,
     reporter: Arc<Reporter>,
     topics: Arc<OwnTopics>,
     mut outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
+    outbox: Arc<Outbox>,
     stop: CancellationToken,
 ) {
     loop {
         let next = tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            next = outbox_rx.recv() => next,
+            () = link.wake.notified() => None,
+            () = outbox.pushed() => None,
+            next = outbox_rx.recv() => match next {
+                Some(next) => Some(next),
+                None => break,
+            },
         };
-        let Some(next) = next else { break };
+        let Some(next) = next else {
+            if let Err(e) = link.send_outbox(&outbox) {
+                warn!(error = %e, "Cannot read the outbox; its messages wait for the next attempt.");
+            }
+            continue;
+        };
         // try_publish: while offline the request queue fills and further
-        // messages are dropped; the full Status sent on reconnect covers them.
-        let result = match next {
-            Outgoing::Status => client.try_publish(
-                topics.status.clone(),
-                QoS::AtLeastOnce,
-                false,
-                reporter.status(),
+        // heartbeats are dropped; they only say "alive now" anyway.
+        let (kind, result) = match next {
+            Outgoing::Heartbeat => (
+                "heartbeat",
+                link.publish(
+                    topics.heartbeat.clone(),
+                    QoS::AtMostOnce,
+                    false,
+                    reporter.heartbeat(),
+                ),
             ),
-            Outgoing::Heartbeat => client.try_publish(
-                topics.heartbeat.clone(),
-                QoS::AtMostOnce,
-                false,
-                reporter.heartbeat(),
+            Outgoing::LogResponse(payload) => (
+                "log response",
+                link.publish(
+                    topics.log_response.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                ),
             ),
         };
         if let Err(e) = result {
-            debug!(kind = ?next, error = %e, "Dropped an outgoing message while the broker is unreachable.");
+            debug!(kind, error = %e, "Dropped an outgoing message while the broker is unreachable.");
         }
     }
 }
 
-async fn goodbye(
-    client: &AsyncClient,
-    eventloop: &mut EventLoop,
-    reporter: &Reporter,
-    topics: &OwnTopics,
-) {
-    let queued = client
-        .try_publish(
+async fn goodbye(link: &Link, eventloop: &mut EventLoop, reporter: &Reporter, topics: &OwnTopics) {
+    let queued = link
+        .publish(
             topics.presence.clone(),
             QoS::AtLeastOnce,
             true,
             reporter.presence(false),
         )
-        .and_then(|()| client.try_disconnect());
+        .and_then(|()| link.client.try_disconnect());
     if let Err(e) = queued {
         warn!(error = %e, "Cannot queue the goodbye; the Last Will reports the agent offline.");
         return;

@@ -136,6 +136,14 @@ impl<R: Runtime> Reconciler<R> {
 
     /// One pass: fetch every artifact needed, then stop → replace → start.
     pub async fn pass(&self, desired: &DesiredState) -> Result<(), PassError> {
+        // What this desired state refers to must survive cache eviction.
+        self.artifacts.set_needed(
+            desired
+                .workloads
+                .iter()
+                .map(|w| w.artifact.sha256)
+                .collect(),
+        );
         let plan = plan(&desired.workloads, &self.runtime.observe());
         let mut waiting: BTreeMap<ServiceName, _> = plan
             .start

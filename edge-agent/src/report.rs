@@ -97,6 +97,16 @@ impl Board {
         });
     }
 
+    /// Records a health verdict on a workload the runtime owns; a no-op
+    /// for one it does not (any more).
+    pub fn set_health(&self, service: &ServiceName, health: verge_shared::messages::HealthState) {
+        self.update(|s| {
+            if let Some(status) = s.running.get_mut(service) {
+                status.health = Some(health);
+            }
+        });
+    }
+
     pub fn remove_running(&self, service: &ServiceName) {
         self.update(|s| {
             s.running.remove(service);
@@ -143,6 +153,9 @@ pub fn waiting_status(
         restarts: 0,
         ports: BTreeMap::new(),
         message,
+        health: None,
+        last_exit: None,
+        isolation: None,
     }
 }
 
@@ -153,6 +166,8 @@ pub struct Identity {
     pub region: RegionId,
     pub labels: BTreeMap<String, String>,
     pub capacity: Resources,
+    /// Where the probe listener answers, announced in Presence.
+    pub probe_addr: Option<std::net::SocketAddr>,
 }
 
 /// Signs the agent's documents with its node key.
@@ -190,6 +205,7 @@ impl Reporter {
             capacity: self.identity.capacity,
             public_key: self.key.public_key(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            probe_addr: self.identity.probe_addr,
         };
         self.key.sign_json(payload_type::PRESENCE, &doc)
     }
@@ -209,6 +225,34 @@ impl Reporter {
             applied_generation,
             workloads: self.board.workloads(),
             last_rejection,
+        }
+    }
+
+    /// A signed latency report of one probing round.
+    pub fn latency(&self, samples: Vec<verge_shared::latency::LatencySample>) -> Vec<u8> {
+        let doc = verge_shared::latency::LatencyReport {
+            schema_version: SCHEMA_VERSION,
+            agent: self.identity.agent.clone(),
+            at: Timestamp::now(),
+            samples,
+        };
+        self.key
+            .sign_json(verge_shared::latency::REPORT_PAYLOAD_TYPE, &doc)
+    }
+
+    /// A signed log response within [`MAX_LOG_RESPONSE_BYTES`]: the oldest
+    /// lines are dropped (and `truncated` set) until it fits.
+    pub fn log_response(&self, mut response: verge_shared::logs::LogResponse) -> Vec<u8> {
+        use verge_shared::logs::{MAX_LOG_RESPONSE_BYTES, RESPONSE_PAYLOAD_TYPE};
+        loop {
+            let envelope = self.key.sign_json(RESPONSE_PAYLOAD_TYPE, &response);
+            if envelope.len() <= MAX_LOG_RESPONSE_BYTES || response.lines.is_empty() {
+                return envelope;
+            }
+            // Escaping can inflate text a lot: drop a share, not one line.
+            let drop = response.lines.len().div_ceil(4);
+            response.lines.drain(..drop);
+            response.truncated = true;
         }
     }
 
@@ -256,6 +300,7 @@ mod tests {
             region: RegionId::new("local").expect("valid"),
             labels: BTreeMap::new(),
             capacity: Resources::default(),
+            probe_addr: None,
         };
         let reporter = Reporter::new(key, identity, board.clone());
         let (a, b) = (workload("a"), workload("b"));

@@ -2,32 +2,37 @@
 //!
 //! Each workload is the cached artifact run directly (never through a shell)
 //! in its own process group, with a minimal environment, its own working
-//! directory and appended stdout/stderr logs. A supervisor task per workload
-//! owns the child: it restarts it with capped exponential backoff when it
-//! exits, and on stop sends SIGTERM to the group, waits a grace period, then
-//! SIGKILLs the group. State changes are written to the [`Board`].
+//! directory and its stdout/stderr appended to rotated log files. A
+//! supervisor task per workload ([`crate::supervise`]) owns the process.
 //!
-//! A `pid` file in each workload directory lets a restarted agent find and
-//! kill processes a previous (SIGKILLed) agent left behind, before it starts
-//! anything. Adopting such survivors instead of killing them is a later task.
+//! Workloads outlive the agent. Each workload directory holds `workload.json`
+//! (what runs there, written before the process starts) and `pid` (pid,
+//! artifact path and the process's start time from `/proc/<pid>/stat`,
+//! written right after). A restarted agent [`ProcessRuntime::adopt`]s every
+//! recorded process that still runs with the same start time, so a reused
+//! pid is never mistaken for a workload, and kills the process group of one
+//! it cannot account for (a live pid without a readable record).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
-use verge_shared::messages::{Workload, WorkloadState, WorkloadStatus, bounded_message};
+use tracing::{debug, info, warn};
+use verge_shared::messages::{DEFAULT_STOP_GRACE_SECS, Workload};
 use verge_shared::{AgentId, RegionId, ServiceName};
 
+use crate::limits::Launcher;
 use crate::report::Board;
+use crate::supervise::{
+    self, Controls, Launch, ProcessId, RestartTiming, read_pid_file, service_of, supervise,
+};
+
+/// The record of what runs in a workload directory.
+const RECORD_FILE: &str = "workload.json";
 
 /// Runs workloads and says which ones it runs.
 pub trait Runtime: Send + Sync {
@@ -53,28 +58,6 @@ pub enum RuntimeError {
     },
 }
 
-/// Restart and stop timing.
-#[derive(Clone, Copy, Debug)]
-pub struct RestartPolicy {
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-    /// A process that ran this long resets the backoff.
-    pub reset_after: Duration,
-    /// Time between SIGTERM and SIGKILL on stop.
-    pub grace: Duration,
-}
-
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        Self {
-            initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(30),
-            reset_after: Duration::from_secs(60),
-            grace: Duration::from_secs(5),
-        }
-    }
-}
-
 /// What a workload process learns about where it runs.
 #[derive(Clone, Debug)]
 pub struct Placement {
@@ -82,34 +65,44 @@ pub struct Placement {
     pub region: RegionId,
 }
 
+/// What `workload.json` holds: enough to supervise the process again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    workload: Workload,
+    executable: PathBuf,
+    ports: BTreeMap<String, u16>,
+}
+
 /// [`Runtime`] running each workload as a local process.
 pub struct ProcessRuntime {
     workloads_dir: PathBuf,
     placement: Placement,
-    policy: RestartPolicy,
+    timing: RestartTiming,
+    launcher: Launcher,
     board: Arc<Board>,
     running: Mutex<BTreeMap<ServiceName, Supervised>>,
-    /// Dynamic ports picked per (service, port name), kept while the agent runs.
+    /// Dynamic ports picked per (service, port name), kept while the agent
+    /// runs (and taken over from adopted workloads).
     ports: Mutex<BTreeMap<(ServiceName, String), u16>>,
 }
 
 struct Supervised {
     workload: Workload,
-    cancel: CancellationToken,
+    controls: Controls,
     task: JoinHandle<()>,
-}
-
-/// Everything a supervisor needs to (re)start one process.
-struct Launch {
-    workload: Workload,
-    executable: PathBuf,
-    dir: PathBuf,
-    env: BTreeMap<String, String>,
-    ports: BTreeMap<String, u16>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What [`ProcessRuntime::adopt`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Adopted {
+    /// Workloads taken over, by service.
+    pub adopted: Vec<ServiceName>,
+    /// Process groups killed because nothing said what they were.
+    pub killed: Vec<i32>,
 }
 
 impl ProcessRuntime {
@@ -117,13 +110,15 @@ impl ProcessRuntime {
     pub fn new(
         workloads_dir: PathBuf,
         placement: Placement,
-        policy: RestartPolicy,
+        timing: RestartTiming,
+        launcher: Launcher,
         board: Arc<Board>,
     ) -> Self {
         Self {
             workloads_dir,
             placement,
-            policy,
+            timing,
+            launcher,
             board,
             running: Mutex::new(BTreeMap::new()),
             ports: Mutex::new(BTreeMap::new()),
@@ -132,15 +127,76 @@ impl ProcessRuntime {
 
     /// Stops every workload, each with its grace period, concurrently.
     pub async fn stop_all(&self) {
+        self.end_all(|c| c.stop.cancel()).await;
+    }
+
+    /// Stops supervising without touching the processes: they keep running
+    /// and the next agent run adopts them.
+    pub async fn detach_all(&self) {
+        self.end_all(|c| c.detach.cancel()).await;
+    }
+
+    async fn end_all(&self, end: impl Fn(&Controls)) {
         let all: Vec<Supervised> = std::mem::take(&mut *lock(&self.running))
             .into_values()
             .collect();
         for s in &all {
-            s.cancel.cancel();
+            end(&s.controls);
         }
         for s in all {
             let _ = s.task.await;
         }
+    }
+
+    /// Takes over the workloads a previous agent run left running; call it
+    /// once, before the first reconcile pass. A recorded process that is
+    /// gone is forgotten; a live one without a usable record is killed
+    /// (with `grace`), so nothing runs that the agent cannot account for.
+    pub async fn adopt(&self, grace: Duration) -> Adopted {
+        let mut found = Adopted::default();
+        let Ok(entries) = std::fs::read_dir(&self.workloads_dir) else {
+            return found;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Some((pid, executable, start_ticks)) = read_pid_file(&dir) else {
+                debug!(dir = %dir.display(), "No usable pid file; nothing to adopt here.");
+                continue;
+            };
+            let live = ProcessId::of(pid).filter(|id| match start_ticks {
+                Some(start) => id.start_ticks == start,
+                // An older pid file without a start time: trust argv[0].
+                None => runs(pid, &executable),
+            });
+            let Some(id) = live else {
+                debug!(pid, dir = %dir.display(), recorded_start = ?start_ticks, "The recorded process is gone; forgetting it.");
+                let _ = std::fs::remove_file(dir.join(supervise::PID_FILE));
+                continue;
+            };
+            let record = std::fs::read(dir.join(RECORD_FILE))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
+                .filter(|r| {
+                    Some(&r.workload.service) == service_of(&dir).as_ref()
+                        && r.executable == executable
+                });
+            match record {
+                Some(record) => {
+                    found.adopted.push(record.workload.service.clone());
+                    self.supervise(record, Some(id));
+                }
+                None => {
+                    warn!(pid, dir = %dir.display(), "Killing a workload process that has no readable record.");
+                    supervise::kill_unaccounted(id, grace).await;
+                    let _ = std::fs::remove_file(dir.join(supervise::PID_FILE));
+                    found.killed.push(pid);
+                }
+            }
+        }
+        if !found.adopted.is_empty() || !found.killed.is_empty() {
+            info!(adopted = ?found.adopted, killed = ?found.killed, "Took over workloads from a previous agent run.");
+        }
+        found
     }
 
     /// The fixed port, or a free one picked once per (service, name).
@@ -159,19 +215,21 @@ impl ProcessRuntime {
             })
     }
 
-    fn launch(&self, workload: &Workload, executable: &Path) -> Launch {
-        let dir = self.workloads_dir.join(workload.service.as_str());
-        let ports: BTreeMap<String, u16> = workload
-            .run
-            .ports
-            .iter()
-            .map(|p| {
-                (
-                    p.name.clone(),
-                    self.port_for(&workload.service, &p.name, p.port),
-                )
-            })
-            .collect();
+    fn dir_of(&self, service: &ServiceName) -> PathBuf {
+        self.workloads_dir.join(service.as_str())
+    }
+
+    /// Starts a supervisor for `record`, taking over `adopted` if given.
+    fn supervise(&self, record: Record, adopted: Option<ProcessId>) {
+        let workload = record.workload;
+        let service = workload.service.clone();
+        {
+            let mut ports = lock(&self.ports);
+            for (name, port) in &record.ports {
+                ports.insert((service.clone(), name.clone()), *port);
+            }
+        }
+        let dir = self.dir_of(&service);
         let mut env = BTreeMap::from([
             ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
             ("HOME".to_owned(), dir.to_string_lossy().into_owned()),
@@ -179,18 +237,43 @@ impl ProcessRuntime {
         env.extend(workload.run.env.clone());
         env.insert("VERGE_AGENT_ID".into(), self.placement.agent.to_string());
         env.insert("VERGE_REGION".into(), self.placement.region.to_string());
-        env.insert("VERGE_SERVICE".into(), workload.service.to_string());
+        env.insert("VERGE_SERVICE".into(), service.to_string());
         env.insert("VERGE_REPLICA".into(), workload.replica.to_string());
-        for (name, port) in &ports {
+        for (name, port) in &record.ports {
             env.insert(port_env_name(name), port.to_string());
         }
-        Launch {
+        let grace = Duration::from_secs(
+            workload
+                .run
+                .stop_grace_secs
+                .unwrap_or(DEFAULT_STOP_GRACE_SECS)
+                .into(),
+        );
+        let launch = Launch {
             workload: workload.clone(),
-            executable: executable.to_owned(),
+            executable: record.executable,
             dir,
             env,
-            ports,
-        }
+            ports: record.ports,
+            launcher: self.launcher.clone(),
+            grace,
+        };
+        let controls = Controls::default();
+        let task = tokio::spawn(supervise(
+            launch,
+            adopted,
+            self.timing,
+            self.board.clone(),
+            controls.clone(),
+        ));
+        lock(&self.running).insert(
+            service,
+            Supervised {
+                workload,
+                controls,
+                task,
+            },
+        );
     }
 }
 
@@ -201,31 +284,44 @@ pub fn port_env_name(name: &str) -> String {
 
 impl Runtime for ProcessRuntime {
     fn start(&self, workload: &Workload, executable: &Path) -> Result<(), RuntimeError> {
-        let mut running = lock(&self.running);
-        if running.contains_key(&workload.service) {
+        if lock(&self.running).contains_key(&workload.service) {
             return Err(RuntimeError::AlreadyRunning(workload.service.clone()));
         }
-        let launch = self.launch(workload, executable);
-        std::fs::create_dir_all(&launch.dir).map_err(|source| RuntimeError::Prepare {
+        let dir = self.dir_of(&workload.service);
+        let prepare = |path: &Path, source| RuntimeError::Prepare {
             service: workload.service.clone(),
-            path: launch.dir.clone(),
+            path: path.to_owned(),
             source,
-        })?;
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(supervise(
-            launch,
-            self.policy,
-            self.board.clone(),
-            cancel.clone(),
-        ));
-        running.insert(
-            workload.service.clone(),
-            Supervised {
-                workload: workload.clone(),
-                cancel,
-                task,
-            },
-        );
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| prepare(&dir, e))?;
+        self.launcher
+            .prepare_dir(&dir)
+            .map_err(|e| prepare(&dir, e))?;
+        let ports = workload
+            .run
+            .ports
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    self.port_for(&workload.service, &p.name, p.port),
+                )
+            })
+            .collect();
+        let record = Record {
+            workload: workload.clone(),
+            executable: executable.to_owned(),
+            ports,
+        };
+        // Written (atomically) before the process exists, so a process the
+        // next agent run finds always has a record.
+        let path = dir.join(RECORD_FILE);
+        let tmp = dir.join("workload.json.tmp");
+        let bytes = serde_json::to_vec(&record).map_err(|e| prepare(&path, e.into()))?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| prepare(&path, e))?;
+        self.supervise(record, None);
         Ok(())
     }
 
@@ -233,7 +329,7 @@ impl Runtime for ProcessRuntime {
         let supervised = lock(&self.running).remove(service);
         async move {
             if let Some(s) = supervised {
-                s.cancel.cancel();
+                s.controls.stop.cancel();
                 let _ = s.task.await;
             }
         }
@@ -247,171 +343,24 @@ impl Runtime for ProcessRuntime {
     }
 }
 
-/// Keeps one workload running until `cancel`, then stops it gracefully.
-async fn supervise(
-    launch: Launch,
-    policy: RestartPolicy,
-    board: Arc<Board>,
-    cancel: CancellationToken,
-) {
-    let service = launch.workload.service.clone();
-    let pid_file = launch.dir.join("pid");
-    let mut restarts: u32 = 0;
-    let mut backoff = policy.initial_backoff;
-    let report = |state, pid: Option<u32>, restarts, message: Option<String>| {
-        board.set_running(WorkloadStatus {
-            service: service.clone(),
-            replica: launch.workload.replica,
-            artifact: launch.workload.artifact.sha256,
-            state,
-            pid,
-            restarts,
-            ports: launch.ports.clone(),
-            message: message.map(|m| bounded_message(&m)),
-        });
-    };
-    loop {
-        let (state, message) = match spawn(&launch) {
-            Ok(mut child) => {
-                let pid = child.id();
-                if let Some(pid) = pid {
-                    let record = format!("{pid}\n{}\n", launch.executable.display());
-                    if let Err(e) = std::fs::write(&pid_file, record) {
-                        warn!(service = %service, error = %e, "Cannot write the pid file.");
-                    }
-                }
-                info!(service = %service, pid = ?pid, restarts, "Started workload.");
-                report(WorkloadState::Running, pid, restarts, None);
-                let started = Instant::now();
-                let exit = tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => {
-                        terminate(&mut child, pid, policy.grace).await;
-                        let _ = std::fs::remove_file(&pid_file);
-                        info!(service = %service, "Stopped workload.");
-                        board.remove_running(&service);
-                        return;
-                    }
-                    exit = child.wait() => exit,
-                };
-                let _ = std::fs::remove_file(&pid_file);
-                if started.elapsed() >= policy.reset_after {
-                    backoff = policy.initial_backoff;
-                }
-                let message = match exit {
-                    Ok(status) => format!("exited: {status}"),
-                    Err(e) => format!("cannot wait for the process: {e}"),
-                };
-                warn!(service = %service, detail = %message, delay = ?backoff, "Workload exited; restarting after a delay.");
-                (WorkloadState::Backoff, message)
-            }
-            Err(e) => {
-                let message = format!("cannot start {}: {e}", launch.executable.display());
-                warn!(service = %service, detail = %message, delay = ?backoff, "Workload failed to start; retrying after a delay.");
-                (WorkloadState::Failed, message)
-            }
-        };
-        restarts = restarts.saturating_add(1);
-        report(state, None, restarts, Some(message));
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => {
-                board.remove_running(&service);
-                return;
-            }
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(policy.max_backoff);
-    }
-}
-
-fn spawn(launch: &Launch) -> std::io::Result<tokio::process::Child> {
-    let append = |name: &str| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(launch.dir.join(name))
-    };
-    tokio::process::Command::new(&launch.executable)
-        .args(&launch.workload.run.args)
-        .env_clear()
-        .envs(&launch.env)
-        .current_dir(&launch.dir)
-        .stdin(Stdio::null())
-        .stdout(append("stdout.log")?)
-        .stderr(append("stderr.log")?)
-        .process_group(0)
-        // Dropping a child handle (agent bug or panic) must not leave an orphan.
-        .kill_on_drop(true)
-        .spawn()
-}
-
-/// SIGTERM to the group, up to `grace` for the leader to exit, then SIGKILL
-/// to the group (which also takes any stragglers the leader left behind).
-async fn terminate(child: &mut tokio::process::Child, pid: Option<u32>, grace: Duration) {
-    let group = pid.and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw);
-    if let Some(group) = group {
-        let _ = killpg(group, Signal::SIGTERM);
-    }
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        warn!(pid = ?pid, grace = ?grace, "Workload ignored SIGTERM; killing its process group.");
-    }
-    if let Some(group) = group {
-        // ESRCH when the whole group is gone already: nothing to do.
-        let _ = killpg(group, Signal::SIGKILL);
-    }
-    let _ = child.wait().await;
-}
-
-/// Kills process groups that a previous agent run left behind, found via
-/// `<workloads_dir>/*/pid`. A pid is only trusted while `/proc/<pid>/cmdline`
-/// still names the recorded artifact, so a reused pid is never killed.
-pub async fn kill_stale(workloads_dir: &Path, grace: Duration) {
-    let Ok(entries) = std::fs::read_dir(workloads_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let pid_file = entry.path().join("pid");
-        let Ok(record) = std::fs::read_to_string(&pid_file) else {
-            continue;
-        };
-        let _ = std::fs::remove_file(&pid_file);
-        let mut lines = record.lines();
-        let (Some(Ok(pid)), Some(executable)) = (lines.next().map(str::parse::<i32>), lines.next())
-        else {
-            continue;
-        };
-        if pid <= 1 || !runs(pid, executable) {
-            continue;
-        }
-        warn!(
-            pid,
-            executable, "Killing a workload left behind by a previous agent run."
-        );
-        let group = Pid::from_raw(pid);
-        let _ = killpg(group, Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while runs(pid, executable) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = killpg(group, Signal::SIGKILL);
-    }
-}
-
 /// Does process `pid` exist with `executable` as its argv[0]? (A zombie has
 /// an empty command line and counts as gone.)
-fn runs(pid: i32, executable: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).next() == Some(executable.as_bytes()))
+fn runs(pid: i32, executable: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline.split(|b| *b == 0).next() == Some(executable.as_os_str().as_bytes())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use verge_shared::Sha256Digest;
-    use verge_shared::messages::{ArtifactRef, PortSpec, RunSpec};
+    use verge_shared::messages::{
+        ArtifactRef, PortSpec, RestartPolicy, RunSpec, WorkloadState, WorkloadStatus,
+    };
 
-    const DEADLINE: Duration = Duration::from_secs(10);
+    const DEADLINE: Duration = Duration::from_secs(20);
 
     struct Fixture {
         dir: tempfile::TempDir,
@@ -419,24 +368,31 @@ mod tests {
         runtime: ProcessRuntime,
     }
 
-    fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let board = Arc::new(Board::default());
-        let policy = RestartPolicy {
+    fn runtime_in(dir: &Path, board: Arc<Board>) -> ProcessRuntime {
+        let timing = RestartTiming {
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(100),
             reset_after: Duration::from_secs(60),
-            grace: Duration::from_secs(2),
+            quick_exit: Duration::from_secs(5),
+            crash_loop_after: 4,
+            crash_loop_delay: Duration::from_secs(300),
         };
-        let runtime = ProcessRuntime::new(
-            dir.path().join("workloads"),
+        ProcessRuntime::new(
+            dir.join("workloads"),
             Placement {
                 agent: AgentId::new("edge-1").expect("valid"),
                 region: RegionId::new("local").expect("valid"),
             },
-            policy,
-            board.clone(),
-        );
+            timing,
+            Launcher::Direct,
+            board,
+        )
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let board = Arc::new(Board::default());
+        let runtime = runtime_in(dir.path(), board.clone());
         Fixture {
             dir,
             board,
@@ -445,13 +401,16 @@ mod tests {
     }
 
     impl Fixture {
-        /// Copies a system binary into the fixture as if it were a cached artifact.
+        /// Links a system binary into the fixture as if it were a cached
+        /// artifact. A link, not a copy: while a copy is being written, a
+        /// workload forked by a parallel test inherits the write descriptor
+        /// until it execs, and exec of the copy then fails with ETXTBSY.
         fn artifact(&self, system_path: &str) -> PathBuf {
             let path = self
                 .dir
                 .path()
                 .join(Path::new(system_path).file_name().expect("name"));
-            std::fs::copy(system_path, &path).expect("copy");
+            std::os::unix::fs::symlink(system_path, &path).expect("link");
             path
         }
 
@@ -461,17 +420,30 @@ mod tests {
             service: &ServiceName,
             ok: impl Fn(&WorkloadStatus) -> bool,
         ) -> WorkloadStatus {
-            tokio::time::timeout(DEADLINE, async {
-                loop {
-                    if let Some(s) = self.board.running(service).filter(|s| ok(s)) {
-                        return s;
-                    }
-                    self.board.changed().await;
-                }
-            })
-            .await
-            .expect("condition within the deadline")
+            wait_status(&self.board, service, ok).await
         }
+    }
+
+    async fn wait_status(
+        board: &Board,
+        service: &ServiceName,
+        ok: impl Fn(&WorkloadStatus) -> bool,
+    ) -> WorkloadStatus {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Some(s) = board.running(service).filter(|s| ok(s)) {
+                    return s;
+                }
+                board.changed().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "condition within the deadline; last: {:?}",
+                board.running(service)
+            )
+        })
     }
 
     fn workload(service: &str, args: &[&str]) -> Workload {
@@ -484,19 +456,23 @@ mod tests {
             },
             run: RunSpec {
                 args: args.iter().map(|a| (*a).to_owned()).collect(),
-                env: BTreeMap::new(),
                 ports: vec![PortSpec {
                     name: "http-alt".into(),
                     port: None,
                 }],
+                ..RunSpec::default()
             },
             resources: Default::default(),
         }
     }
 
+    fn pid_of(status: &WorkloadStatus) -> i32 {
+        i32::try_from(status.pid.expect("pid")).expect("pid fits")
+    }
+
     async fn wait_gone(pid: i32) {
         tokio::time::timeout(DEADLINE, async {
-            while Path::new(&format!("/proc/{pid}")).exists() {
+            while ProcessId::of(pid).is_some() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -519,8 +495,12 @@ mod tests {
                 s.state == WorkloadState::Running && s.pid.is_some()
             })
             .await;
-        let pid = i32::try_from(status.pid.expect("pid")).expect("pid fits");
-        assert!(runs(pid, &sleep.to_string_lossy()));
+        let pid = pid_of(&status);
+        assert!(
+            runs(pid, &sleep),
+            "{status:?} {:?}",
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        );
         assert!(status.ports.get("http-alt").is_some_and(|p| *p > 0));
         let pid_file = f.dir.path().join("workloads/sleeper/pid");
         assert!(pid_file.exists());
@@ -534,35 +514,133 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_process_restarts_with_backoff() {
+    async fn quick_exits_end_in_a_reported_crash_loop() {
         let f = fixture();
         let fail = f.artifact("/bin/false");
         let w = workload("crasher", &[]);
         f.runtime.start(&w, &fail).expect("start");
-        let status = f.wait_for(&w.service, |s| s.restarts >= 3).await;
+        let status = f
+            .wait_for(&w.service, |s| s.state == WorkloadState::CrashLoop)
+            .await;
+        assert_eq!(status.last_exit.as_ref().and_then(|e| e.code), Some(1));
+        let message = status.message.unwrap_or_default();
         assert!(
-            matches!(
-                status.state,
-                WorkloadState::Backoff | WorkloadState::Running
-            ),
-            "{status:?}"
+            message.contains("crash loop") && message.contains("code 1"),
+            "{message}"
         );
+        assert_eq!(status.restarts, 4);
         f.runtime.stop_all().await;
         assert!(f.runtime.observe().is_empty());
     }
 
     #[tokio::test]
-    async fn stale_workloads_of_a_previous_run_are_killed() {
+    async fn restart_policy_never_keeps_an_exited_workload_down() {
+        let f = fixture();
+        let ok = f.artifact("/bin/true");
+        let mut w = workload("oneshot", &[]);
+        w.run.restart = RestartPolicy::Never;
+        f.runtime.start(&w, &ok).expect("start");
+        let status = f
+            .wait_for(&w.service, |s| s.state == WorkloadState::Exited)
+            .await;
+        assert_eq!(status.restarts, 0);
+        assert_eq!(status.last_exit.as_ref().and_then(|e| e.code), Some(0));
+        // Still owned, so a reconcile pass does not start it again.
+        assert!(f.runtime.observe().contains_key(&w.service));
+        f.runtime.stop_all().await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_artifact_is_reported_not_hammered() {
+        let f = fixture();
+        let w = workload("ghost", &[]);
+        f.runtime
+            .start(&w, &f.dir.path().join("not-there"))
+            .expect("start");
+        let status = f
+            .wait_for(&w.service, |s| s.state == WorkloadState::CrashLoop)
+            .await;
+        let message = status.message.unwrap_or_default();
+        assert!(message.contains("is missing"), "{message}");
+        f.runtime.stop_all().await;
+    }
+
+    #[tokio::test]
+    async fn stop_waits_the_grace_period_then_kills_the_group() {
+        let f = fixture();
+        let sh = f.artifact("/bin/sh");
+        // The ignored SIGTERM is inherited by the sleep, so the whole group
+        // ignores it and only SIGKILL ends it.
+        let mut w = workload("stubborn", &["-c", "trap '' TERM; sleep 60 & wait"]);
+        w.run.stop_grace_secs = Some(1);
+        f.runtime.start(&w, &sh).expect("start");
+        let pid = pid_of(&f.wait_for(&w.service, |s| s.pid.is_some()).await);
+        // Let the shell set its trap before the signal comes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let began = std::time::Instant::now();
+        f.runtime.stop(&w.service).await;
+        assert!(
+            began.elapsed() >= Duration::from_secs(1),
+            "{:?}",
+            began.elapsed()
+        );
+        wait_gone(pid).await;
+    }
+
+    #[tokio::test]
+    async fn a_restarted_agent_adopts_running_workloads() {
         let f = fixture();
         let sleep = f.artifact("/bin/sleep");
-        let w = workload("orphan", &["30"]);
+        let w = workload("survivor", &["30"]);
         f.runtime.start(&w, &sleep).expect("start");
-        let status = f.wait_for(&w.service, |s| s.pid.is_some()).await;
-        let pid = i32::try_from(status.pid.expect("pid")).expect("pid fits");
-        // Pretend the agent died: the pid file stays and a new run cleans up.
-        kill_stale(&f.dir.path().join("workloads"), Duration::from_secs(2)).await;
+        let before = f.wait_for(&w.service, |s| s.pid.is_some()).await;
+        let pid = pid_of(&before);
+        // The agent goes away without stopping its workloads.
+        f.runtime.detach_all().await;
+        assert!(ProcessId::of(pid).is_some(), "detaching leaves it running");
+
+        let board = Arc::new(Board::default());
+        let next = runtime_in(f.dir.path(), board.clone());
+        let adopted = next.adopt(Duration::from_secs(2)).await;
+        assert_eq!(adopted.adopted, std::slice::from_ref(&w.service));
+        assert!(adopted.killed.is_empty());
+        assert_eq!(next.observe().get(&w.service), Some(&w));
+        let after = wait_status(&board, &w.service, |s| s.pid.is_some()).await;
+        assert_eq!(after.pid, before.pid, "the same process, not a second copy");
+        assert_eq!(after.ports, before.ports);
+
+        // The adopted process still follows the restart policy.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill");
+        let restarted = wait_status(&board, &w.service, |s| {
+            s.state == WorkloadState::Running && s.pid.is_some() && s.pid != before.pid
+        })
+        .await;
+        assert_eq!(restarted.restarts, 1);
+        next.stop_all().await;
+        wait_gone(pid_of(&restarted)).await;
+    }
+
+    #[tokio::test]
+    async fn a_process_without_a_record_is_killed_not_adopted() {
+        let f = fixture();
+        let sleep = f.artifact("/bin/sleep");
+        let w = workload("unknown", &["30"]);
+        f.runtime.start(&w, &sleep).expect("start");
+        let pid = pid_of(&f.wait_for(&w.service, |s| s.pid.is_some()).await);
+        f.runtime.detach_all().await;
+        std::fs::remove_file(f.dir.path().join("workloads/unknown/workload.json"))
+            .expect("remove record");
+
+        let next = runtime_in(f.dir.path(), Arc::new(Board::default()));
+        let adopted = next.adopt(Duration::from_secs(2)).await;
+        assert!(adopted.adopted.is_empty());
+        assert_eq!(adopted.killed, [pid]);
         wait_gone(pid).await;
-        f.runtime.stop_all().await;
+        assert!(next.observe().is_empty());
     }
 
     #[test]

@@ -68,6 +68,11 @@ impl SledStore {
         })
     }
 
+    /// The database, for the other trees kept next to the state (the outbox).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     fn store_error(&self, source: sled::Error) -> StateError {
         StateError::Store {
             path: self.path.clone(),

@@ -8,12 +8,17 @@
 //! - [`topic`]: the MQTT topic tree, built only by constructors and inverted by a router;
 //! - [`messages`]: desired state, status, heartbeat and presence documents;
 //! - [`dsse`]: signed envelopes (DSSE over Ed25519) — verify the bytes, then parse;
-//! - [`limits`]: every size bound as a named constant.
+//! - [`limits`]: every size bound as a named constant;
+//! - [`telemetry`]: telemetry and events for consumers, with sequence numbers;
+//! - [`latency`]: the probe datagram, probe targets and signed latency reports.
 
 pub mod dsse;
 pub mod id;
+pub mod latency;
 pub mod limits;
+pub mod logs;
 pub mod messages;
+pub mod telemetry;
 pub mod time;
 pub mod topic;
 

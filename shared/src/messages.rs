@@ -169,6 +169,107 @@ pub struct RunSpec {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub ports: Vec<PortSpec>,
+    /// When the agent starts the process again after it exits.
+    #[serde(skip_serializing_if = "RestartPolicy::is_always")]
+    pub restart: RestartPolicy,
+    /// Seconds between SIGTERM and SIGKILL on stop; the agent's default
+    /// ([`DEFAULT_STOP_GRACE_SECS`]) when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_grace_secs: Option<u32>,
+    /// How the agent decides whether the running process is healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+}
+
+/// The stop grace period when a run spec gives none.
+pub const DEFAULT_STOP_GRACE_SECS: u32 = 10;
+/// The longest stop grace period a run spec may ask for.
+pub const MAX_STOP_GRACE_SECS: u32 = 300;
+
+/// When a workload's process is started again after it exits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    /// After every exit, with capped exponential backoff.
+    #[default]
+    Always,
+    /// Only after an exit with a non-zero code or by a signal.
+    OnFailure,
+    /// Never: the exit is reported and the workload stays down.
+    Never,
+}
+
+impl RestartPolicy {
+    fn is_always(&self) -> bool {
+        *self == RestartPolicy::Always
+    }
+}
+
+/// A periodic probe of a running workload. The workload becomes unhealthy
+/// after `unhealthy_threshold` consecutive failures and healthy again after
+/// `healthy_threshold` consecutive successes; until the first verdict its
+/// health is `unknown`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    #[serde(default = "HealthCheck::default_interval")]
+    pub interval_secs: u32,
+    #[serde(default = "HealthCheck::default_timeout")]
+    pub timeout_secs: u32,
+    #[serde(default = "HealthCheck::default_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "HealthCheck::default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+impl HealthCheck {
+    fn default_interval() -> u32 {
+        10
+    }
+    fn default_timeout() -> u32 {
+        2
+    }
+    fn default_threshold() -> u32 {
+        1
+    }
+    fn default_unhealthy_threshold() -> u32 {
+        3
+    }
+}
+
+/// What a health check does. Ports are named (one of the run spec's
+/// `ports`) so that a port the agent picks can be probed too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Probe {
+    /// A TCP connection to `127.0.0.1:<port>` succeeds.
+    Tcp { port: String },
+    /// `GET <path>` on `127.0.0.1:<port>` answers with a status in
+    /// `status_min..=status_max`.
+    Http {
+        port: String,
+        #[serde(default = "Probe::default_path")]
+        path: String,
+        #[serde(default = "Probe::default_status_min")]
+        status_min: u16,
+        #[serde(default = "Probe::default_status_max")]
+        status_max: u16,
+    },
+    /// `command` (an argv, never a shell line) exits with code 0. It runs
+    /// in the workload's directory, as the workload's user, with its environment.
+    Exec { command: Vec<String> },
+}
+
+impl Probe {
+    fn default_path() -> String {
+        "/".to_owned()
+    }
+    fn default_status_min() -> u16 {
+        200
+    }
+    fn default_status_max() -> u16 {
+        399
+    }
 }
 
 /// One replica of a service assigned to one agent.
@@ -260,7 +361,86 @@ impl RunSpec {
                 return Err(format!("ports[{i}].name: {:?} appears twice", port.name));
             }
         }
+        if let Some(grace) = self.stop_grace_secs
+            && grace > MAX_STOP_GRACE_SECS
+        {
+            return Err(format!(
+                "stop_grace_secs: {grace} is over the limit of {MAX_STOP_GRACE_SECS}"
+            ));
+        }
+        if let Some(health) = &self.health {
+            self.validate_health(health)?;
+        }
         Ok(())
+    }
+
+    fn validate_health(&self, health: &HealthCheck) -> Result<(), String> {
+        let in_range = |field: &str, value: u32, max: u32| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("health.{field}: {value} is outside 1..={max}"))
+            }
+        };
+        in_range("interval_secs", health.interval_secs, 3600)?;
+        in_range("timeout_secs", health.timeout_secs, 600)?;
+        in_range("healthy_threshold", health.healthy_threshold, 100)?;
+        in_range("unhealthy_threshold", health.unhealthy_threshold, 100)?;
+        let known_port = |port: &str| {
+            if self.ports.iter().any(|p| p.name == port) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "health.probe.port: {port:?} is not one of the workload's ports"
+                ))
+            }
+        };
+        match &health.probe {
+            Probe::Tcp { port } => known_port(port),
+            Probe::Http {
+                port,
+                path,
+                status_min,
+                status_max,
+            } => {
+                known_port(port)?;
+                if !path.starts_with('/')
+                    || path.len() > 1024
+                    || path.bytes().any(|b| b.is_ascii_control() || b == b' ')
+                {
+                    return Err(
+                        "health.probe.path: must start with '/', be at most 1024 bytes and contain no spaces or control characters".into(),
+                    );
+                }
+                if !(100..=599).contains(status_min)
+                    || !(100..=599).contains(status_max)
+                    || status_min > status_max
+                {
+                    return Err(format!(
+                        "health.probe.status_min: {status_min}..={status_max} is not a range of HTTP statuses (100-599)"
+                    ));
+                }
+                Ok(())
+            }
+            Probe::Exec { command } => {
+                if command.is_empty() || command.len() > limits::MAX_ARGS {
+                    return Err(format!(
+                        "health.probe.command: 1 to {} arguments",
+                        limits::MAX_ARGS
+                    ));
+                }
+                if command
+                    .iter()
+                    .any(|a| a.len() > limits::MAX_ARG_BYTES || a.contains('\0'))
+                {
+                    return Err(format!(
+                        "health.probe.command: each argument at most {} bytes, no NUL",
+                        limits::MAX_ARG_BYTES
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -315,6 +495,9 @@ pub struct Presence {
     pub public_key: PublicKey,
     /// The agent's software version.
     pub version: String,
+    /// Where the agent's probe listener answers latency probes, when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_addr: Option<std::net::SocketAddr>,
 }
 
 /// Sent on an interval (QoS 0) to show the agent is alive; deliberately small.
@@ -342,6 +525,53 @@ pub enum WorkloadState {
     Backoff,
     /// It cannot run (artifact unavailable or corrupt, process cannot start).
     Failed,
+    /// It exited quickly too many times in a row; the agent retries only
+    /// rarely now. `last_exit` and `message` say why.
+    CrashLoop,
+    /// It exited and its restart policy says it stays down.
+    Exited,
+}
+
+/// A workload's health as its health check last judged it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// No verdict yet (just started, or thresholds not reached).
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+/// How a workload's process last ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// The exit code, when it exited by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// The signal number, when a signal ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    pub at: Timestamp,
+}
+
+/// Which mechanism enforces a workload's resource limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitMechanism {
+    /// A cgroup v2 group with `memory.max` and `cpu.max`.
+    CgroupV2,
+    /// Per-process rlimits (address space, CPU time is not limited).
+    Rlimit,
+    /// The workload asked for no limits.
+    None,
+}
+
+/// How the agent confines one workload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolation {
+    pub limits: LimitMechanism,
+    /// The user the process runs as.
+    pub user: String,
 }
 
 /// What an agent reports about one workload.
@@ -359,6 +589,15 @@ pub struct WorkloadStatus {
     pub ports: BTreeMap<String, u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Present when the run spec has a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthState>,
+    /// How the process last ended, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<ExitInfo>,
+    /// How the process is confined, once started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
 }
 
 /// Why an agent refused a desired state; machine-readable.
@@ -506,6 +745,58 @@ mod tests {
                 .expect_err("schema")
                 .starts_with("schema_version")
         );
+    }
+
+    #[test]
+    fn supervision_fields_are_validated_with_their_names() {
+        let mut w = workload("a");
+        w.run.ports = vec![PortSpec {
+            name: "http".into(),
+            port: None,
+        }];
+        w.run.stop_grace_secs = Some(MAX_STOP_GRACE_SECS + 1);
+        let err = desired(vec![w.clone()]).validate().expect_err("grace");
+        assert!(err.contains("run.stop_grace_secs"), "{err}");
+        w.run.stop_grace_secs = Some(5);
+        let check = |probe| HealthCheck {
+            probe,
+            interval_secs: 1,
+            timeout_secs: 1,
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+        };
+        w.run.health = Some(check(Probe::Tcp {
+            port: "admin".into(),
+        }));
+        let err = desired(vec![w.clone()]).validate().expect_err("port");
+        assert!(err.contains("run.health.probe.port"), "{err}");
+        w.run.health = Some(check(Probe::Http {
+            port: "http".into(),
+            path: "/".into(),
+            status_min: 400,
+            status_max: 200,
+        }));
+        let err = desired(vec![w.clone()]).validate().expect_err("range");
+        assert!(err.contains("health.probe.status_min"), "{err}");
+        w.run.health = Some(check(Probe::Exec { command: vec![] }));
+        assert!(desired(vec![w.clone()]).validate().is_err());
+        w.run.health = Some(check(Probe::Exec {
+            command: vec!["true".into()],
+        }));
+        assert_eq!(desired(vec![w.clone()]).validate(), Ok(()));
+        // Defaults fill in what the JSON leaves out, and `always` is not written.
+        let json = r#"{"probe": {"type": "http", "port": "http"}}"#;
+        let parsed: HealthCheck = serde_json::from_str(json).expect("parse");
+        assert_eq!(parsed.interval_secs, 10);
+        assert!(matches!(
+            parsed.probe,
+            Probe::Http {
+                status_max: 399,
+                ..
+            }
+        ));
+        let text = serde_json::to_string(&RunSpec::default()).expect("serialise");
+        assert!(!text.contains("restart"), "{text}");
     }
 
     #[test]

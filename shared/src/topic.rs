@@ -8,10 +8,15 @@
 //! | `{prefix}/agents/{id}/status` | agent → controller | 1 | no |
 //! | `{prefix}/agents/{id}/presence` | agent → controller (Last Will: offline) | 1 | yes |
 //! | `{prefix}/agents/{id}/heartbeat` | agent → controller | 0 | no |
+//! | `{prefix}/telemetry/{region}/{id}` | agent → consumers (through the outbox) | 1 | no |
+//! | `{prefix}/agents/{id}/logs/request` | controller → agent | 1 | no |
+//! | `{prefix}/agents/{id}/logs/response` | agent → controller | 1 | no |
+//! | `{prefix}/agents/{id}/latency` | agent → controller | 0 | no |
+//! | `{prefix}/agents/{id}/probes` | controller → agent | 1 | yes |
 
 use std::fmt;
 
-use crate::id::AgentId;
+use crate::id::{AgentId, RegionId};
 
 /// The default topic prefix.
 pub const DEFAULT_PREFIX: &str = "verge/v1";
@@ -23,14 +28,26 @@ pub enum Channel {
     Status,
     Presence,
     Heartbeat,
+    /// A signed request for the tail of a workload's log.
+    LogRequest,
+    /// The agent's signed answer to a [`Channel::LogRequest`].
+    LogResponse,
+    /// The agent's signed round-trip measurements to its probe targets.
+    Latency,
+    /// The controller's signed choice of an agent's probe targets.
+    Probes,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 4] = [
+    pub const ALL: [Channel; 8] = [
         Channel::Desired,
         Channel::Status,
         Channel::Presence,
         Channel::Heartbeat,
+        Channel::LogRequest,
+        Channel::LogResponse,
+        Channel::Latency,
+        Channel::Probes,
     ];
 
     fn segment(self) -> &'static str {
@@ -39,6 +56,10 @@ impl Channel {
             Channel::Status => "status",
             Channel::Presence => "presence",
             Channel::Heartbeat => "heartbeat",
+            Channel::LogRequest => "logs/request",
+            Channel::LogResponse => "logs/response",
+            Channel::Latency => "latency",
+            Channel::Probes => "probes",
         }
     }
 
@@ -121,6 +142,19 @@ impl Topics {
         self.agent(agent, Channel::Heartbeat)
     }
 
+    /// Where an agent publishes its periodic telemetry, for consumers.
+    pub fn telemetry(&self, region: &RegionId, agent: &AgentId) -> String {
+        format!("{}/telemetry/{region}/{agent}", self.prefix)
+    }
+
+    pub fn log_request(&self, agent: &AgentId) -> String {
+        self.agent(agent, Channel::LogRequest)
+    }
+
+    pub fn log_response(&self, agent: &AgentId) -> String {
+        self.agent(agent, Channel::LogResponse)
+    }
+
     /// The subscription filter matching one channel of every agent.
     pub fn all_agents(&self, channel: Channel) -> String {
         format!("{}/agents/+/{}", self.prefix, channel)
@@ -148,6 +182,16 @@ mod tests {
         let a = AgentId::new("edge-1").expect("valid");
         assert_eq!(t.desired(&a), "verge/v1/agents/edge-1/desired");
         assert_eq!(t.all_agents(Channel::Status), "verge/v1/agents/+/status");
+        assert_eq!(t.log_request(&a), "verge/v1/agents/edge-1/logs/request");
+        assert_eq!(
+            t.route("verge/v1/agents/edge-1/logs/response"),
+            Some(Route {
+                agent: a.clone(),
+                channel: Channel::LogResponse
+            })
+        );
+        let r = RegionId::new("eu-west").expect("valid");
+        assert_eq!(t.telemetry(&r, &a), "verge/v1/telemetry/eu-west/edge-1");
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct ClusterOptions {
     /// How long the controller waits before moving replicas off an
     /// unreachable node. Long by default so that restarts do not move work.
     pub failover_grace_secs: u64,
+    /// Extra controller configuration appended to its file (whole tables,
+    /// such as a `[placement]` section).
+    pub controller_extra: String,
 }
 
 impl Default for ClusterOptions {
@@ -37,6 +40,7 @@ impl Default for ClusterOptions {
         Self {
             broker: BrokerKind::Embedded,
             failover_grace_secs: 120,
+            controller_extra: String::new(),
         }
     }
 }
@@ -177,6 +181,13 @@ impl AgentHandle {
         }
     }
 
+    /// Kills the agent and every workload process it started, as a power
+    /// cut of the whole node would.
+    pub fn power_off(&mut self) {
+        self.kill();
+        self.kill_leftover_workloads();
+    }
+
     /// Starts the agent again with the same id, config and data directory.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
@@ -200,7 +211,14 @@ impl AgentHandle {
             let Ok(text) = fs::read_to_string(entry.path().join("pid")) else {
                 continue;
             };
-            let Ok(pid) = text.trim().parse::<i32>() else {
+            // The pid is the first line (the agent records more after it).
+            let Ok(pid) = text
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .parse::<i32>()
+            else {
                 continue;
             };
             // Only a process started from this agent's data dir is ours.
@@ -249,9 +267,10 @@ impl Cluster {
         let config = format!(
             "data_dir = \"{data}\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n\
              [broker]\n{broker_section}\n\n[deploy]\nrepublish_interval_secs = 10\n\n\
-             [nodes]\nheartbeat_timeout_secs = 10\nfailover_grace_secs = {grace}\n",
+             [nodes]\nheartbeat_timeout_secs = 10\nfailover_grace_secs = {grace}\n\n{extra}\n",
             data = controller_data.display(),
             grace = options.failover_grace_secs,
+            extra = options.controller_extra,
         );
         let config_path = dir.path().join("controller.toml");
         fs::write(&config_path, config)?;
@@ -263,15 +282,7 @@ impl Cluster {
         let controller = spawn_logged(cmd, &controller_log)?;
 
         let base = format!("http://127.0.0.1:{api_port}");
-        let health = format!("{base}/healthz");
-        wait_for("the controller's /healthz", START_TIMEOUT, || async {
-            match reqwest::get(&health).await {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!("HTTP {}", r.status())),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-        .await;
+        wait_healthy(&base).await;
         let token = fs::read_to_string(controller_data.join("admin-token"))
             .context("controller wrote no admin-token")?
             .trim()
@@ -297,6 +308,19 @@ impl Cluster {
     /// Starts an agent process with `id` in `region` and waits until the
     /// controller lists it as online.
     pub async fn add_agent(&mut self, id: &str, region: &str) -> Result<usize> {
+        let broker = self.mqtt_addr;
+        self.add_agent_with(id, region, broker, "").await
+    }
+
+    /// [`Cluster::add_agent`] with the agent connecting to `broker` (a
+    /// [`crate::proxy::Proxy`], say) and `extra` top-level config lines.
+    pub async fn add_agent_with(
+        &mut self,
+        id: &str,
+        region: &str,
+        broker: SocketAddr,
+        extra: &str,
+    ) -> Result<usize> {
         let data_dir = self.dir.path().join(format!("agent-{id}"));
         fs::create_dir_all(&data_dir)?;
         let config = self.dir.path().join(format!("agent-{id}.toml"));
@@ -305,10 +329,10 @@ impl Cluster {
             format!(
                 "id = \"{id}\"\nregion = \"{region}\"\ndata_dir = \"{data}\"\n\
                  broker_url = \"mqtt://{mqtt}\"\ncontroller_url = \"{api}\"\n\
-                 controller_public_key = \"{key}\"\nheartbeat_interval_secs = 1\n\n\
+                 controller_public_key = \"{key}\"\nheartbeat_interval_secs = 1\n{extra}\n\n\
                  [capacity]\ncpu_millis = 4000\nmemory_mb = 4096\n",
                 data = data_dir.display(),
-                mqtt = self.mqtt_addr,
+                mqtt = broker,
                 api = self.api.base,
                 key = self.controller_public_key,
             ),
@@ -346,6 +370,28 @@ impl Cluster {
             .iter_mut()
             .find(|a| a.id == id)
             .unwrap_or_else(|| panic!("no agent {id} in this cluster"))
+    }
+
+    /// Stops the controller (and with it the embedded broker) with SIGTERM.
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            stop_child(&mut c, Signal::SIGTERM, Duration::from_secs(15));
+        }
+    }
+
+    /// Starts the controller again on the same ports and data directory and
+    /// waits until its API answers.
+    pub async fn start_controller(&mut self) -> Result<()> {
+        self.stop_controller();
+        let mut cmd = Command::new(binary("central-controller"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(self.dir.path().join("controller.toml"));
+        cmd.env("RUST_LOG", "info,central_controller=debug,rumqttd=warn");
+        let log = self.dir.path().join("controller-restarted.log");
+        self.controller = Some(spawn_logged(cmd, &log)?);
+        wait_healthy(&self.api.base).await;
+        Ok(())
     }
 
     /// The controller process's pid, while it runs.
@@ -395,6 +441,19 @@ impl Drop for Cluster {
             stop_child(&mut m, Signal::SIGTERM, Duration::from_secs(5));
         }
     }
+}
+
+/// Waits until the controller at `base` answers `/healthz`.
+async fn wait_healthy(base: &str) {
+    let health = format!("{base}/healthz");
+    wait_for("the controller's /healthz", START_TIMEOUT, || async {
+        match reqwest::get(&health).await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status())),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
 }
 
 /// Starts `mosquitto` from the Debian package on `port` with a config of our

@@ -7,8 +7,10 @@
 //! workload processes left behind by agents that a test killed.
 
 pub mod api;
+pub mod bench;
 pub mod cluster;
 pub mod mqtt;
+pub mod proxy;
 pub mod wait;
 
 pub use api::Api;

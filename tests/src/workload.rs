@@ -92,6 +92,29 @@ pub async fn wait_running(api: &Api, service: &str, greeting: &str) -> Vec<Runni
     .await
 }
 
+/// Waits until replica `index` of `service`, as the API shows it, satisfies
+/// `ok`; returns that replica's view. `what` names the condition for the
+/// timeout message.
+pub async fn wait_replica(
+    api: &Api,
+    service: &str,
+    index: usize,
+    what: &str,
+    timeout: Duration,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(&format!("{service}[{index}]: {what}"), timeout, || async {
+        let view = api.service(service).await.map_err(|e| e.to_string())?;
+        let replica = view["replicas"][index].clone();
+        if ok(&replica) {
+            Ok(replica)
+        } else {
+            Err(replica.to_string())
+        }
+    })
+    .await
+}
+
 /// A service spec for the example workload: `replicas` copies in `regions`,
 /// started with `--greeting greeting`, on a port the agent picks.
 pub fn hello_spec(artifact: &str, greeting: &str, replicas: u32, regions: &[&str]) -> Value {

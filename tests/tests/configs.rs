@@ -29,6 +29,17 @@ fn example_agent_config_loads() {
 }
 
 #[test]
+fn example_regions_file_loads() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/regions.toml");
+    let regions = central_controller::regions::Regions::load(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let seoul = verge_shared::RegionId::new("ap-seoul").expect("region");
+    let busan = verge_shared::RegionId::new("ap-busan").expect("region");
+    assert_eq!(regions.hint(&busan, &seoul), Some(9.0));
+    assert_eq!(regions.zone(&seoul), Some("kr-north"));
+}
+
+#[test]
 fn example_configs_cover_every_file_in_configs() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs");
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -40,7 +51,7 @@ fn example_configs_cover_every_file_in_configs() {
     names.sort();
     assert_eq!(
         names,
-        ["agent.toml", "controller.toml"],
+        ["agent.toml", "controller.toml", "regions.toml"],
         "add a load test for each new example"
     );
 }

@@ -98,6 +98,9 @@ impl From<AppError> for ApiError {
             AppError::Upload(UploadError::Body(detail)) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", detail)
             }
+            AppError::AgentUnavailable(message) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "agent_unavailable", message)
+            }
             AppError::Upload(UploadError::Io(_)) | AppError::Store(_) | AppError::Sign(_) => {
                 ApiError::internal(&e)
             }

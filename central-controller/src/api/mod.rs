@@ -8,6 +8,7 @@
 //! with enrollment.
 
 mod error;
+mod logs;
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt as _;
 use serde::de::DeserializeOwned;
@@ -28,6 +29,7 @@ pub use error::ApiError;
 
 use crate::app::{App, ServiceRequest};
 use crate::keys::TokenCheck;
+use crate::store::Cordon;
 
 /// Largest JSON request body.
 pub const MAX_JSON_BYTES: usize = 64 * 1024;
@@ -49,6 +51,19 @@ pub fn router(app: Arc<App>, token: TokenCheck) -> Router {
         )
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
+        .route(
+            "/api/v1/nodes/{id}/workloads/{service}/logs",
+            get(logs::node_workload_logs),
+        )
+        .route(
+            "/api/v1/services/{name}/replicas/{index}/logs",
+            get(logs::replica_logs),
+        )
+        .route("/api/v1/nodes/{id}/cordon", post(cordon_node))
+        .route("/api/v1/nodes/{id}/drain", post(drain_node))
+        .route("/api/v1/nodes/{id}/uncordon", post(uncordon_node))
+        .route("/api/v1/regions", get(list_regions))
+        .route("/api/v1/latency", get(get_latency))
         .route("/api/v1/artifacts", axum::routing::post(upload_artifact))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -135,6 +150,35 @@ async fn get_node(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(state.app.node(&id)?).into_response())
+}
+
+async fn cordon_node(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.app.set_cordon(&id, Some(Cordon::Cordoned)).await?).into_response())
+}
+
+async fn drain_node(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.app.set_cordon(&id, Some(Cordon::Drained)).await?).into_response())
+}
+
+async fn uncordon_node(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.app.set_cordon(&id, None).await?).into_response())
+}
+
+async fn list_regions(State(state): State<ApiState>) -> Response {
+    Json(json!({ "regions": state.app.regions() })).into_response()
+}
+
+async fn get_latency(State(state): State<ApiState>) -> Response {
+    Json(state.app.latency_view()).into_response()
 }
 
 async fn upload_artifact(

@@ -71,6 +71,8 @@ mod tests {
             last_seen: None,
             applied_generation: None,
             last_status: None,
+            cordon: None,
+            probe_addr: None,
         }
     }
 

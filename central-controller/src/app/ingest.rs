@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+use verge_shared::latency::{self, LatencyReport};
 use verge_shared::messages::{Heartbeat, Presence, SCHEMA_VERSION, Status, payload_type};
 use verge_shared::topic::Channel;
 use verge_shared::{AgentId, Envelope, PublicKey, Timestamp, VerifyError, limits};
@@ -17,6 +18,8 @@ use crate::store::{Durability, NodeRecord, StoreError};
 enum IngestError {
     #[error("topic is not an agent topic of this controller")]
     UnknownTopic,
+    #[error("log response: {0}")]
+    LogResponse(String),
     #[error("controllers do not read desired-state topics")]
     NotForUs,
     #[error(transparent)]
@@ -27,6 +30,8 @@ enum IngestError {
     Schema(u32),
     #[error("no presence has been seen from this agent, so its key is unknown")]
     UnknownAgent,
+    #[error("invalid document: {0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -57,6 +62,11 @@ impl App {
                 Channel::Heartbeat => self.ingest_heartbeat(&route.agent, payload, now),
                 Channel::Status => self.ingest_status(&route.agent, payload, now),
                 Channel::Desired => Err(IngestError::NotForUs),
+                Channel::Latency => self.ingest_latency(&route.agent, payload, now),
+                Channel::Probes | Channel::LogRequest => Err(IngestError::NotForUs),
+                Channel::LogResponse => self
+                    .ingest_log_response(&route.agent, payload)
+                    .map_err(IngestError::LogResponse),
             },
         };
         if let Err(e) = result {
@@ -103,16 +113,20 @@ impl App {
                 last_seen: None,
                 applied_generation: None,
                 last_status: None,
+                cordon: None,
+                probe_addr: presence.probe_addr,
             });
             let changed = pinned
                 || node.region != presence.region
                 || node.labels != presence.labels
                 || node.capacity != presence.capacity
-                || node.online != presence.online;
+                || node.online != presence.online
+                || node.probe_addr != presence.probe_addr;
             node.region = presence.region.clone();
             node.labels = presence.labels.clone();
             node.capacity = presence.capacity;
             node.version = presence.version.clone();
+            node.probe_addr = presence.probe_addr;
             if presence.online {
                 node.online = true;
                 node.offline_since = None;
@@ -168,6 +182,31 @@ impl App {
                 node.applied_generation = heartbeat.applied_generation;
             }
         }
+        Ok(())
+    }
+
+    fn ingest_latency(
+        &self,
+        agent: &AgentId,
+        payload: &[u8],
+        now: Timestamp,
+    ) -> Result<(), IngestError> {
+        let report: LatencyReport = self.open_pinned(
+            agent,
+            payload,
+            latency::MAX_REPORT_BYTES,
+            latency::REPORT_PAYLOAD_TYPE,
+        )?;
+        check_header(agent, &report.agent, report.schema_version)?;
+        report.validate().map_err(IngestError::Invalid)?;
+        // Reports wait in the agent's outbox while its uplink is down; samples
+        // older than the window would pass for fresh ones, so they are dropped.
+        if now.saturating_since(report.at) > self.settings.placement.latency_window {
+            debug!(agent = %agent, at = %report.at, "Dropped a latency report older than the window.");
+            return Ok(());
+        }
+        // A re-plan follows on the next health tick if the figures moved a replica.
+        self.record_latency(&report, now);
         Ok(())
     }
 

@@ -7,6 +7,8 @@
 mod deployer;
 mod health;
 mod ingest;
+mod logs;
+mod placement;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,19 +23,24 @@ use serde::Deserialize;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use verge_shared::messages::{PortSpec, Resources, RunSpec};
+use verge_shared::messages::{HealthCheck, PortSpec, Resources, RestartPolicy, RunSpec};
 use verge_shared::{
     AgentId, PublicKey, RegionId, ServiceName, Sha256Digest, SigningKey, Timestamp, Topics,
 };
 
 use crate::artifacts::{ArtifactFiles, UploadError};
-use crate::config::{DeployConfig, NodesConfig};
+use crate::config::{DeployConfig, NodesConfig, PlacementConfig};
+use crate::latency::LatencyBook;
+use crate::regions::Regions;
 use crate::scheduler::{self, NodeInput, Placement, Plan, ServiceInput};
 use crate::store::{
     ArtifactRecord, DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec, Store, StoreError,
 };
 
+pub use placement::{LatencyRequest, PlacementRequest};
+
 pub use health::Health;
+pub use logs::{LOG_TIMEOUT, LogTail};
 pub use views::{NodeView, ReplicaView, ServiceView};
 
 /// How often node health is re-evaluated against the clock.
@@ -48,6 +55,8 @@ pub struct Settings {
     pub topics: Topics,
     pub deploy: DeployConfig,
     pub nodes: NodesConfig,
+    pub placement: PlacementConfig,
+    pub regions: Regions,
     pub max_artifact_bytes: u64,
 }
 
@@ -78,6 +87,9 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sign(#[from] deployer::SignError),
+    /// An agent did not (or cannot) answer a request in time.
+    #[error("{0}")]
+    AgentUnavailable(String),
 }
 
 impl AppError {
@@ -94,7 +106,9 @@ impl AppError {
 #[serde(deny_unknown_fields)]
 pub struct ServiceRequest {
     pub artifact: String,
-    pub replicas: i64,
+    /// Required unless `placement.replicas_per_region` is given.
+    #[serde(default)]
+    pub replicas: Option<i64>,
     #[serde(default)]
     pub regions: Vec<String>,
     #[serde(default)]
@@ -105,6 +119,18 @@ pub struct ServiceRequest {
     pub ports: Vec<PortSpec>,
     #[serde(default)]
     pub resources: Resources,
+    /// Latency target, replicas per target region, spread and priority.
+    #[serde(default)]
+    pub placement: PlacementRequest,
+    /// `always` (default), `on_failure` or `never`.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Seconds between SIGTERM and SIGKILL when a replica is stopped.
+    #[serde(default)]
+    pub stop_grace_secs: Option<u32>,
+    /// A TCP, HTTP or exec health check run by the agent.
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
 }
 
 /// State that only the deployment step touches, guarded by its mutex.
@@ -128,6 +154,12 @@ pub struct App {
     replan: Notify,
     republish: Notify,
     n_rejected: AtomicU64,
+    /// Log requests waiting for their agent's answer.
+    logs: logs::Pending,
+    /// Round-trip samples from agents' latency reports.
+    latency: Mutex<LatencyBook>,
+    /// The probe plan last published to each agent: its targets and envelope.
+    probe_plans: Mutex<BTreeMap<AgentId, placement::PublishedProbes>>,
 }
 
 /// Locks a std mutex; a panic elsewhere must not take the controller down with it.
@@ -169,6 +201,9 @@ impl App {
             replan: Notify::new(),
             republish: Notify::new(),
             n_rejected: AtomicU64::new(0),
+            logs: logs::Pending::default(),
+            latency: Mutex::new(LatencyBook::default()),
+            probe_plans: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -255,28 +290,17 @@ impl App {
             })
             .collect();
         let mut health = BTreeMap::new();
-        let nodes: Vec<NodeInput> = lock(&self.nodes)
-            .values()
+        let records: Vec<NodeRecord> = lock(&self.nodes).values().cloned().collect();
+        let mut figures = self.latency_figures(&records, now);
+        let nodes: Vec<NodeInput> = records
+            .iter()
             .map(|n| {
                 let h = self.node_health(n, now);
                 health.insert(n.id.clone(), h);
-                NodeInput {
-                    id: n.id.clone(),
-                    region: n.region.clone(),
-                    capacity: n.capacity,
-                    schedulable: h.schedulable,
-                }
+                placement::node_input(n, h, &self.settings.regions, figures.remove(&n.id))
             })
             .collect();
-        let inputs: Vec<ServiceInput> = services
-            .iter()
-            .map(|s| ServiceInput {
-                name: s.name.clone(),
-                replicas: s.spec.replicas,
-                regions: s.spec.regions.clone(),
-                resources: s.spec.resources,
-            })
-            .collect();
+        let inputs: Vec<ServiceInput> = services.iter().map(placement::service_input).collect();
         Ok(Planned {
             plan: scheduler::plan(&nodes, &inputs, &previous),
             desired,
@@ -320,6 +344,7 @@ impl App {
         }
         state.last_health = planned.health;
         *self.plan.write().unwrap_or_else(PoisonError::into_inner) = planned.plan;
+        self.update_probe_plans(now);
         Ok(())
     }
 
@@ -338,7 +363,11 @@ impl App {
         let mut state = self.deploy.lock().await;
         let services = self.store.services()?;
         let planned = self.plan_with(&services, now)?;
-        if !force && planned.health == state.last_health {
+        // Latency figures change without any health change, so a changed
+        // plan counts too; hysteresis in the scheduler keeps this calm.
+        let unchanged = planned.health == state.last_health
+            && planned.plan == *self.plan.read().unwrap_or_else(PoisonError::into_inner);
+        if !force && unchanged {
             return Ok(());
         }
         self.apply(&mut state, &services, planned, now)
@@ -367,6 +396,7 @@ impl App {
             };
             self.publish(&record);
         }
+        self.republish_probe_plans();
         Ok(())
     }
 
@@ -390,12 +420,7 @@ impl App {
                 )
             })?
             .size;
-        if !(0..=MAX_REPLICAS).contains(&request.replicas) {
-            return Err(AppError::invalid(
-                "replicas",
-                format!("must be 0 to {MAX_REPLICAS}"),
-            ));
-        }
+        let (placement, replicas) = placement::validate(&request.placement, request.replicas)?;
         let regions = request
             .regions
             .iter()
@@ -409,6 +434,9 @@ impl App {
             args: request.args,
             env: request.env,
             ports: request.ports,
+            restart: request.restart,
+            stop_grace_secs: request.stop_grace_secs,
+            health: request.health,
         };
         run.validate().map_err(|e| match e.split_once(": ") {
             Some((field, message)) => AppError::invalid(field, message),
@@ -416,12 +444,16 @@ impl App {
         })?;
         let spec = ServiceSpec {
             artifact,
-            replicas: u32::try_from(request.replicas).unwrap_or_default(),
+            replicas,
             regions,
             args: run.args,
             env: run.env,
             ports: run.ports,
             resources: request.resources,
+            placement,
+            restart: run.restart,
+            stop_grace_secs: run.stop_grace_secs,
+            health: run.health,
         };
         Ok((name, spec, size))
     }

@@ -118,7 +118,7 @@ async fn unplaceable_replicas_are_stored_with_a_reason() {
     );
     assert_eq!(
         view.replicas[0].reason.as_deref(),
-        Some("0/0 nodes can run it: no nodes are registered")
+        Some("0/0 nodes: no nodes are registered")
     );
     assert!(published(&mut fx).is_empty());
 }

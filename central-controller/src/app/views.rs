@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use verge_shared::messages::{Rejection, Resources, WorkloadState, WorkloadStatus};
+use verge_shared::messages::{
+    ExitInfo, HealthState, Isolation, Rejection, Resources, WorkloadState, WorkloadStatus,
+};
 use verge_shared::{AgentId, Generation, KeyId, RegionId, ServiceName, Timestamp};
 
 use super::{App, AppError, lock};
-use crate::store::{DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec};
+use crate::store::{Cordon, DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec};
 
 /// A replica's state as shown to operators: the agent's states plus `unplaced`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -19,6 +21,8 @@ pub enum ReplicaState {
     Running,
     Backoff,
     Failed,
+    CrashLoop,
+    Exited,
     Unplaced,
 }
 
@@ -30,6 +34,8 @@ impl From<WorkloadState> for ReplicaState {
             WorkloadState::Running => ReplicaState::Running,
             WorkloadState::Backoff => ReplicaState::Backoff,
             WorkloadState::Failed => ReplicaState::Failed,
+            WorkloadState::CrashLoop => ReplicaState::CrashLoop,
+            WorkloadState::Exited => ReplicaState::Exited,
         }
     }
 }
@@ -47,6 +53,12 @@ pub struct ReplicaView {
     pub desired_generation: Option<Generation>,
     pub applied_generation: Option<Generation>,
     pub message: Option<String>,
+    /// The agent's health-check verdict, when the service has a check.
+    pub health: Option<HealthState>,
+    /// How the replica's process last ended.
+    pub last_exit: Option<ExitInfo>,
+    /// The user and limit mechanism the agent runs it with.
+    pub isolation: Option<Isolation>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -73,6 +85,11 @@ pub struct NodeView {
     pub applied_generation: Option<Generation>,
     pub workloads: Vec<WorkloadStatus>,
     pub last_rejection: Option<Rejection>,
+    /// `cordoned` or `drained` when an operator set it.
+    pub cordon: Option<Cordon>,
+    pub probe_addr: Option<std::net::SocketAddr>,
+    /// The node's latency to each region, with how it was obtained.
+    pub latency: BTreeMap<RegionId, crate::latency::Estimate>,
 }
 
 /// One replica's view from its node's latest report. The report counts only
@@ -106,6 +123,9 @@ fn replica_view(
         desired_generation,
         applied_generation,
         message: current.and_then(|w| w.message.clone()),
+        health: current.and_then(|w| w.health),
+        last_exit: current.and_then(|w| w.last_exit.clone()),
+        isolation: current.and_then(|w| w.isolation.clone()),
     }
 }
 
@@ -122,6 +142,9 @@ fn unplaced(index: u32, reason: String) -> ReplicaView {
         desired_generation: None,
         applied_generation: None,
         message: None,
+        health: None,
+        last_exit: None,
+        isolation: None,
     }
 }
 
@@ -193,6 +216,9 @@ impl App {
             applied_generation: node.applied_generation,
             workloads: status.map(|s| s.workloads.clone()).unwrap_or_default(),
             last_rejection: status.and_then(|s| s.last_rejection.clone()),
+            cordon: node.cordon,
+            probe_addr: node.probe_addr,
+            latency: self.node_latency(&node.id, now),
         })
     }
 

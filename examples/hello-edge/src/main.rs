@@ -3,7 +3,12 @@
 //! It listens on the port the agent assigns (`VERGE_PORT_HTTP`, or `--port N`)
 //! and answers every request with one JSON line naming its node, region,
 //! service, replica and the `--greeting` it was started with. It uses only the
-//! standard library so that the artifact stays small and builds anywhere.
+//! standard library (and `nix` to block a signal) so that the artifact stays
+//! small and builds anywhere.
+//!
+//! For supervision tests it can misbehave on purpose: `--exit-after SECS`
+//! exits after that long with `--exit-code N` (default 0), and
+//! `--ignore-sigterm` blocks SIGTERM so that only SIGKILL ends it.
 //!
 //! Tests ask a workload itself (not only the API) whether it runs: this
 //! answer is that evidence.
@@ -55,21 +60,51 @@ fn handle(mut stream: TcpStream, identity: &Identity) -> std::io::Result<()> {
     stream.write_all(response.as_bytes())
 }
 
+/// Parses a numeric flag value or exits with a usage error.
+fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> T {
+    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        eprintln!("hello-edge: {flag} needs a number");
+        std::process::exit(64);
+    })
+}
+
 fn main() {
     let mut port = env("VERGE_PORT_HTTP");
     let mut greeting = String::from("hello");
+    let mut exit_after: Option<u64> = None;
+    let mut exit_code: i32 = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--port" => port = args.next().unwrap_or_default(),
             "--greeting" => greeting = args.next().unwrap_or_default(),
+            "--exit-after" => exit_after = Some(number("--exit-after", args.next())),
+            "--exit-code" => exit_code = number("--exit-code", args.next()),
+            "--ignore-sigterm" => {
+                // Blocked before any thread exists, so no thread takes it.
+                let mut set = nix::sys::signal::SigSet::empty();
+                set.add(nix::sys::signal::Signal::SIGTERM);
+                if let Err(e) = set.thread_block() {
+                    eprintln!("hello-edge: cannot block SIGTERM: {e}");
+                    std::process::exit(71);
+                }
+                eprintln!("hello-edge: ignoring SIGTERM");
+            }
             other => {
                 eprintln!(
-                    "hello-edge: unknown argument {other:?} (expected --port N, --greeting TEXT)"
+                    "hello-edge: unknown argument {other:?} (expected --port N, --greeting TEXT, \
+                     --exit-after SECS, --exit-code N, --ignore-sigterm)"
                 );
                 std::process::exit(64);
             }
         }
+    }
+    if let Some(secs) = exit_after {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(secs));
+            eprintln!("hello-edge: exiting with code {exit_code} as asked (--exit-after {secs})");
+            std::process::exit(exit_code);
+        });
     }
     let port: u16 = match port.parse() {
         Ok(p) => p,

@@ -14,26 +14,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use verge_tests::bench::{arg, rss_kib};
 use verge_tests::cluster::binary;
 use verge_tests::workload::{ask, hello_artifact, hello_spec};
 use verge_tests::{Api, Cluster, ClusterOptions};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
 
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();

@@ -1,0 +1,347 @@
+//! The latency book: round-trip samples agents report, kept per (node, peer)
+//! pair over a sliding window, and the figures the scheduler and the API
+//! use, each with how it was obtained (measured or static hint) and its age.
+//!
+//! A node's latency to a region is the median, over the fresh peers it
+//! measured in that region, of each pair's percentiles (p50, p90, p99 by
+//! nearest rank over the window). Round-trip time is symmetric, so a pair
+//! measured only in the other direction counts too. Without a fresh
+//! measurement the static hint from the regions file stands in.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use serde::Serialize;
+use verge_shared::latency::{LatencyReport, ProbeTarget};
+use verge_shared::{AgentId, RegionId, Timestamp};
+
+use crate::regions::Regions;
+use crate::scheduler::Figure;
+
+/// Most samples kept per pair; older ones fall out first.
+pub const MAX_SAMPLES_PER_PAIR: usize = 64;
+
+/// Most probe targets chosen per region for one agent.
+const TARGETS_PER_REGION: usize = 2;
+
+/// How a figure was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// From round-trip samples within the window.
+    Measured,
+    /// From the regions file, because nothing fresh was measured.
+    Static,
+}
+
+/// A figure with its provenance, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Estimate {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub source: Source,
+    /// Age of the newest sample behind a measured figure.
+    pub age_secs: Option<u64>,
+    /// Samples behind a measured figure.
+    pub samples: usize,
+}
+
+impl Estimate {
+    pub fn figure(&self) -> Figure {
+        Figure {
+            p50_ms: self.p50_ms,
+            p90_ms: self.p90_ms,
+            p99_ms: self.p99_ms,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pair {
+    /// (when received, round-trip in ms), oldest first.
+    samples: VecDeque<(Timestamp, f64)>,
+}
+
+/// Samples per ordered (from, to) pair.
+#[derive(Default)]
+pub struct LatencyBook {
+    pairs: HashMap<(AgentId, AgentId), Pair>,
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile(values, 50.0)
+}
+
+impl LatencyBook {
+    /// Records a verified report received at `now` (the controller's clock,
+    /// so agents' clocks do not matter).
+    pub fn record(&mut self, report: &LatencyReport, now: Timestamp) {
+        for sample in &report.samples {
+            if sample.target == report.agent {
+                continue;
+            }
+            let pair = self
+                .pairs
+                .entry((report.agent.clone(), sample.target.clone()))
+                .or_default();
+            for rtt in &sample.rtt_micros {
+                pair.samples.push_back((now, f64::from(*rtt) / 1000.0));
+            }
+            while pair.samples.len() > MAX_SAMPLES_PER_PAIR {
+                pair.samples.pop_front();
+            }
+        }
+    }
+
+    /// Forgets samples older than `window` and pairs involving unknown nodes.
+    pub fn prune(&mut self, now: Timestamp, window: Duration, known: &dyn Fn(&AgentId) -> bool) {
+        self.pairs.retain(|(from, to), pair| {
+            while pair
+                .samples
+                .front()
+                .is_some_and(|(at, _)| now.saturating_since(*at) > window)
+            {
+                pair.samples.pop_front();
+            }
+            !pair.samples.is_empty() && known(from) && known(to)
+        });
+    }
+
+    /// The fresh samples between two nodes, in both directions.
+    fn between(
+        &self,
+        a: &AgentId,
+        b: &AgentId,
+        now: Timestamp,
+        window: Duration,
+    ) -> (Vec<f64>, Option<u64>) {
+        let mut values = Vec::new();
+        let mut newest: Option<u64> = None;
+        for key in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
+            if let Some(pair) = self.pairs.get(&key) {
+                for (at, ms) in &pair.samples {
+                    let age = now.saturating_since(*at);
+                    if age <= window {
+                        values.push(*ms);
+                        let secs = age.as_secs();
+                        newest = Some(newest.map_or(secs, |n| n.min(secs)));
+                    }
+                }
+            }
+        }
+        (values, newest)
+    }
+
+    /// Every node's latency to every region that has nodes or is listed in
+    /// `regions`. `nodes` are (id, region) of the nodes to consider.
+    pub fn figures(
+        &self,
+        nodes: &[(AgentId, RegionId)],
+        regions: &Regions,
+        now: Timestamp,
+        window: Duration,
+    ) -> BTreeMap<AgentId, BTreeMap<RegionId, Estimate>> {
+        let mut by_region: BTreeMap<&RegionId, Vec<&AgentId>> = BTreeMap::new();
+        for (id, region) in nodes {
+            by_region.entry(region).or_default().push(id);
+        }
+        for region in regions.regions.keys() {
+            by_region.entry(region).or_default();
+        }
+        let mut out = BTreeMap::new();
+        for (id, home) in nodes {
+            let mut row = BTreeMap::new();
+            for (region, peers) in &by_region {
+                let mut per_peer: [Vec<f64>; 3] = Default::default();
+                let mut samples = 0;
+                let mut newest: Option<u64> = None;
+                for peer in peers.iter().filter(|p| **p != id) {
+                    let (mut values, age) = self.between(id, peer, now, window);
+                    if values.is_empty() {
+                        continue;
+                    }
+                    values.sort_by(f64::total_cmp);
+                    for (slot, p) in per_peer.iter_mut().zip([50.0, 90.0, 99.0]) {
+                        slot.push(percentile(&values, p));
+                    }
+                    samples += values.len();
+                    newest = match (newest, age) {
+                        (Some(n), Some(a)) => Some(n.min(a)),
+                        (n, a) => n.or(a),
+                    };
+                }
+                let estimate = if samples > 0 {
+                    let [p50, p90, p99] = &mut per_peer;
+                    Some(Estimate {
+                        p50_ms: median(p50),
+                        p90_ms: median(p90),
+                        p99_ms: median(p99),
+                        source: Source::Measured,
+                        age_secs: newest,
+                        samples,
+                    })
+                } else {
+                    regions.hint(home, region).map(|ms| Estimate {
+                        p50_ms: ms,
+                        p90_ms: ms,
+                        p99_ms: ms,
+                        source: Source::Static,
+                        age_secs: None,
+                        samples: 0,
+                    })
+                };
+                if let Some(estimate) = estimate {
+                    row.insert((*region).clone(), estimate);
+                }
+            }
+            out.insert(id.clone(), row);
+        }
+        out
+    }
+}
+
+/// The peers `agent` probes: in every region (its own included), up to
+/// [`TARGETS_PER_REGION`] nodes, starting at an offset derived from the
+/// agent's id so that probing load spreads over a region's nodes; at most
+/// [`verge_shared::latency::MAX_TARGETS`], sorted by agent id.
+/// `peers` are (id, region, probe address) of the nodes that can be probed.
+pub fn choose_targets(
+    agent: &AgentId,
+    peers: &[(AgentId, RegionId, std::net::SocketAddr)],
+) -> Vec<ProbeTarget> {
+    let mut by_region: BTreeMap<&RegionId, Vec<(&AgentId, std::net::SocketAddr)>> = BTreeMap::new();
+    for (id, region, addr) in peers {
+        if id != agent {
+            by_region.entry(region).or_default().push((id, *addr));
+        }
+    }
+    // A stable offset: FNV-1a of the id (no randomness, same on every run).
+    let offset = agent
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let mut targets: Vec<ProbeTarget> = Vec::new();
+    for nodes in by_region.values_mut() {
+        nodes.sort();
+        #[allow(clippy::cast_possible_truncation)]
+        let start = (offset % nodes.len() as u64) as usize;
+        for k in 0..TARGETS_PER_REGION.min(nodes.len()) {
+            let (id, addr) = nodes[(start + k) % nodes.len()];
+            targets.push(ProbeTarget {
+                agent: id.clone(),
+                addr,
+            });
+        }
+    }
+    targets.sort();
+    targets.truncate(verge_shared::latency::MAX_TARGETS);
+    targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verge_shared::latency::LatencySample;
+
+    fn agent(s: &str) -> AgentId {
+        AgentId::new(s).expect("id")
+    }
+
+    fn region(s: &str) -> RegionId {
+        RegionId::new(s).expect("region")
+    }
+
+    fn report(from: &str, to: &str, rtts_ms: &[u32]) -> LatencyReport {
+        LatencyReport {
+            schema_version: 1,
+            agent: agent(from),
+            at: Timestamp::from_unix_millis(0),
+            samples: vec![LatencySample {
+                target: agent(to),
+                rtt_micros: rtts_ms.iter().map(|ms| ms * 1000).collect(),
+                lost: 0,
+            }],
+        }
+    }
+
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn measured_figures_are_robust_symmetric_and_go_stale() {
+        let regions = Regions::parse(
+            "[[region]]\nname = \"a\"\n[[region]]\nname = \"b\"\n[[hint]]\nfrom = \"a\"\nto = \"b\"\nms = 50\n",
+            "t",
+        )
+        .expect("regions");
+        let nodes = [(agent("a1"), region("a")), (agent("b1"), region("b"))];
+        let mut book = LatencyBook::default();
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        // One outlier among ten samples moves neither median nor p90.
+        book.record(
+            &report("a1", "b1", &[30, 31, 29, 30, 32, 30, 31, 29, 30, 500]),
+            t0,
+        );
+        let f = book.figures(&nodes, &regions, t0, WINDOW);
+        let a1_to_b = &f[&agent("a1")][&region("b")];
+        assert_eq!(a1_to_b.source, Source::Measured);
+        assert_eq!(
+            (a1_to_b.p50_ms, a1_to_b.p90_ms, a1_to_b.p99_ms),
+            (30.0, 32.0, 500.0)
+        );
+        // b1 never measured a1, but round trips are symmetric.
+        assert_eq!(f[&agent("b1")][&region("a")].source, Source::Measured);
+        // Own region without peers: the intra-region default.
+        assert_eq!(f[&agent("a1")][&region("a")].source, Source::Static);
+
+        let later = t0.saturating_add(Duration::from_secs(61));
+        let f = book.figures(&nodes, &regions, later, WINDOW);
+        assert_eq!(f[&agent("a1")][&region("b")].source, Source::Static);
+        assert_eq!(f[&agent("a1")][&region("b")].p90_ms, 50.0);
+        book.prune(later, WINDOW, &|_| true);
+        assert!(book.pairs.is_empty());
+    }
+
+    #[test]
+    fn targets_cover_every_region_and_are_bounded() {
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let peers: Vec<_> = (0..40)
+            .map(|i| {
+                (
+                    agent(&format!("n{i:02}")),
+                    region(&format!("r{}", i % 10)),
+                    addr,
+                )
+            })
+            .collect();
+        let targets = choose_targets(&agent("n00"), &peers);
+        assert_eq!(targets.len(), verge_shared::latency::MAX_TARGETS);
+        assert!(targets.iter().all(|t| t.agent != agent("n00")));
+        assert!(targets.windows(2).all(|w| w[0] < w[1]));
+        let few = choose_targets(&agent("n00"), &peers[..6]);
+        assert_eq!(
+            few.len(),
+            5,
+            "one peer per other region, none for itself: {few:?}"
+        );
+        assert_eq!(
+            choose_targets(&agent("n00"), &peers[..6]),
+            few,
+            "deterministic"
+        );
+    }
+}

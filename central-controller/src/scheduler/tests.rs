@@ -1,0 +1,455 @@
+//! Scheduler tests: examples for each rule and reason, and properties over
+//! random fleets (capacity, health, targets, maximality, stability, node loss).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn region(name: &str) -> RegionId {
+    RegionId::new(name).expect("region")
+}
+
+fn node(id: &str, region_name: &str, cpu: u32, mem: u32) -> NodeInput {
+    NodeInput {
+        id: AgentId::new(id).expect("id"),
+        region: region(region_name),
+        zone: None,
+        capacity: Resources {
+            cpu_millis: cpu,
+            memory_mb: mem,
+        },
+        schedulable: Ok(()),
+        latency: BTreeMap::new(),
+    }
+}
+
+fn with_latency(mut n: NodeInput, to: &str, ms: f64) -> NodeInput {
+    n.latency.insert(region(to), Figure::flat(ms));
+    n
+}
+
+fn service(name: &str, replicas: u32, regions: &[&str], cpu: u32, mem: u32) -> ServiceInput {
+    ServiceInput {
+        name: ServiceName::new(name).expect("name"),
+        replicas,
+        regions: regions.iter().map(|r| region(r)).collect(),
+        resources: Resources {
+            cpu_millis: cpu,
+            memory_mb: mem,
+        },
+        latency: None,
+        per_target_region: false,
+        spread: Spread::Zone,
+        priority: 0,
+    }
+}
+
+fn targeting(mut s: ServiceInput, to: &[&str], max_ms: f64) -> ServiceInput {
+    s.latency = Some(LatencyTarget {
+        to: to.iter().map(|r| region(r)).collect(),
+        max_ms,
+        percentile: Percentile::P90,
+    });
+    s
+}
+
+fn nodes_of(plan: &Plan, name: &str) -> Vec<Option<String>> {
+    plan.services[&ServiceName::new(name).expect("name")]
+        .iter()
+        .map(|r| r.node.as_ref().map(|n| n.to_string()))
+        .collect()
+}
+
+fn reason_of(plan: &Plan, name: &str, index: usize) -> String {
+    plan.services[&ServiceName::new(name).expect("name")][index]
+        .reason
+        .clone()
+        .unwrap_or_default()
+}
+
+#[test]
+fn spreads_across_zones_then_by_free_memory() {
+    let nodes = [
+        node("a1", "a", 1000, 100),
+        node("a2", "a", 1000, 200),
+        node("b1", "b", 1000, 50),
+    ];
+    let p = plan(&nodes, &[service("web", 3, &[], 10, 10)], &Placement::new());
+    // Replica 0: all zones empty, free memory fractions tie (all 1.0) → id order.
+    // Replica 1: zone b has none → b1. Replica 2: a2 (a1 already runs it).
+    assert_eq!(
+        nodes_of(&p, "web"),
+        [Some("a1".into()), Some("b1".into()), Some("a2".into())]
+    );
+}
+
+#[test]
+fn zones_group_regions_for_spreading() {
+    let mut nodes = vec![
+        node("a1", "a", 1000, 100),
+        node("b1", "b", 1000, 100),
+        node("c1", "c", 1000, 100),
+    ];
+    nodes[0].zone = Some("north".into());
+    nodes[1].zone = Some("north".into());
+    let p = plan(&nodes, &[service("web", 2, &[], 10, 10)], &Placement::new());
+    assert_eq!(nodes_of(&p, "web"), [Some("a1".into()), Some("c1".into())]);
+}
+
+#[test]
+fn latency_target_filters_and_lower_latency_wins() {
+    let nodes = [
+        with_latency(node("a1", "a", 1000, 100), "a", 12.0),
+        with_latency(node("a2", "a", 1000, 100), "a", 3.0),
+        with_latency(node("b1", "b", 1000, 100), "a", 38.0),
+        with_latency(node("b2", "b", 1000, 100), "a", 45.0),
+    ];
+    let s = targeting(service("web", 3, &[], 10, 10), &["a"], 20.0);
+    let mut one_per_node = s.clone();
+    one_per_node.spread = Spread::Node;
+    let p = plan(&nodes, &[one_per_node], &Placement::new());
+    assert_eq!(
+        nodes_of(&p, "web"),
+        [Some("a2".into()), Some("a1".into()), None]
+    );
+    assert_eq!(
+        reason_of(&p, "web", 2),
+        "0/4 nodes: 2 over the 20 ms target to a (best 38 ms), 2 already running a replica of it"
+    );
+    // Same zone, so spread cannot prefer b; the target keeps it out anyway.
+    let p = plan(&nodes, &[s], &Placement::new());
+    assert_eq!(
+        nodes_of(&p, "web")[..2],
+        [Some("a2".into()), Some("a1".into())]
+    );
+}
+
+#[test]
+fn reason_counts_each_kind_of_misfit_largest_first() {
+    let mut nodes = vec![
+        with_latency(node("n1", "a", 1000, 32), "a", 1.0),
+        with_latency(node("n2", "a", 1000, 32), "a", 1.0),
+        with_latency(node("n3", "c", 1000, 1000), "a", 40.0),
+        with_latency(node("n4", "c", 1000, 1000), "a", 38.0),
+        with_latency(node("n5", "c", 1000, 1000), "a", 50.0),
+        with_latency(node("n6", "a", 1000, 1000), "a", 1.0),
+        node("n7", "a", 1000, 1000),
+    ];
+    nodes[5].schedulable = Err(Unschedulable::Offline);
+    nodes[6].schedulable = Err(Unschedulable::Cordoned);
+    let s = targeting(service("web", 1, &[], 10, 64), &["a"], 20.0);
+    let p = plan(&nodes, &[s], &Placement::new());
+    assert_eq!(
+        reason_of(&p, "web", 0),
+        "0/7 nodes: 3 over the 20 ms target to a (best 38 ms), 2 insufficient memory (needs 64 MB, at most 32 free), 1 offline, 1 cordoned"
+    );
+    let mut far = node("x", "a", 1000, 1000);
+    far.latency.clear();
+    let s = targeting(service("web", 1, &["a", "b"], 10, 10), &["z"], 20.0);
+    let p = plan(&[far, node("y", "c", 1, 1)], &[s], &Placement::new());
+    assert_eq!(
+        reason_of(&p, "web", 0),
+        "0/2 nodes: 1 not in an allowed region (a, b), 1 without a latency figure to z"
+    );
+    let p = plan(&[], &[service("web", 1, &[], 0, 0)], &Placement::new());
+    assert_eq!(
+        reason_of(&p, "web", 0),
+        "0/0 nodes: no nodes are registered"
+    );
+}
+
+#[test]
+fn per_target_region_places_replicas_near_each_region() {
+    let nodes = [
+        with_latency(
+            with_latency(node("s1", "seoul", 1000, 100), "seoul", 2.0),
+            "busan",
+            30.0,
+        ),
+        with_latency(
+            with_latency(node("s2", "seoul", 1000, 100), "seoul", 2.0),
+            "busan",
+            30.0,
+        ),
+        with_latency(
+            with_latency(node("b1", "busan", 1000, 100), "seoul", 30.0),
+            "busan",
+            2.0,
+        ),
+    ];
+    let mut s = targeting(service("web", 4, &[], 10, 10), &["seoul", "busan"], 20.0);
+    s.per_target_region = true;
+    let p = plan(&nodes, &[s], &Placement::new());
+    // Replicas 0, 2 target seoul; 1, 3 target busan (only b1 qualifies).
+    assert_eq!(
+        nodes_of(&p, "web"),
+        [
+            Some("s1".into()),
+            Some("b1".into()),
+            Some("s2".into()),
+            None
+        ]
+    );
+    assert!(reason_of(&p, "web", 3).contains("2 over the 20 ms target to busan (best 30 ms)"));
+}
+
+#[test]
+fn keeps_previous_placement_while_possible() {
+    let nodes = [node("a1", "a", 1000, 100), node("a2", "a", 1000, 100)];
+    let mut previous = Placement::new();
+    previous.insert(
+        (ServiceName::new("web").expect("name"), 0),
+        AgentId::new("a2").expect("id"),
+    );
+    let p = plan(&nodes, &[service("web", 1, &[], 10, 10)], &previous);
+    assert_eq!(nodes_of(&p, "web"), [Some("a2".into())]);
+
+    for why in [Unschedulable::Offline, Unschedulable::Drained] {
+        let mut down = nodes.clone();
+        down[1].schedulable = Err(why);
+        let p = plan(&down, &[service("web", 1, &[], 10, 10)], &previous);
+        assert_eq!(nodes_of(&p, "web"), [Some("a1".into())]);
+    }
+    // Cordoned: keeps what it runs, takes nothing new.
+    let mut cordoned = nodes.clone();
+    cordoned[1].schedulable = Err(Unschedulable::Cordoned);
+    let p = plan(&cordoned, &[service("web", 2, &[], 10, 10)], &previous);
+    assert_eq!(nodes_of(&p, "web"), [Some("a2".into()), Some("a1".into())]);
+    let p = plan(
+        &cordoned,
+        &[service("web", 2, &[], 10, 10)],
+        &Placement::new(),
+    );
+    assert_eq!(nodes_of(&p, "web")[1], None);
+}
+
+#[test]
+fn latency_wobbling_around_the_target_does_not_move_a_replica() {
+    let s = targeting(service("web", 1, &[], 10, 10), &["a"], 20.0);
+    let at = |a1: f64, a2: f64| {
+        [
+            with_latency(node("a1", "a", 1000, 100), "a", a1),
+            with_latency(node("a2", "a", 1000, 100), "a", a2),
+        ]
+    };
+    let mut previous =
+        plan(&at(18.0, 30.0), std::slice::from_ref(&s), &Placement::new()).placement();
+    // a1 wobbles over and under 20 ms while a2 is better: the replica stays
+    // on a1 as long as a1 stays within the keep limit (25 ms).
+    for (a1, a2) in [(21.0, 1.0), (24.9, 1.0), (19.0, 1.0), (23.0, 1.0)] {
+        let p = plan(&at(a1, a2), std::slice::from_ref(&s), &previous);
+        assert_eq!(nodes_of(&p, "web"), [Some("a1".into())], "at {a1} ms");
+        previous = p.placement();
+    }
+    let p = plan(&at(25.5, 1.0), std::slice::from_ref(&s), &previous);
+    assert_eq!(nodes_of(&p, "web"), [Some("a2".into())]);
+    assert_eq!(keep_limit(4.0), 6.0);
+}
+
+#[test]
+fn higher_priority_services_claim_capacity_first() {
+    let nodes = [node("a1", "a", 1000, 100)];
+    let mut important = service("zz-important", 1, &[], 10, 80);
+    important.priority = 10;
+    let p = plan(
+        &nodes,
+        &[service("aa-batch", 1, &[], 10, 80), important],
+        &Placement::new(),
+    );
+    assert_eq!(nodes_of(&p, "zz-important"), [Some("a1".into())]);
+    assert_eq!(nodes_of(&p, "aa-batch"), [None]);
+}
+
+// ---- properties ----
+
+fn arb_nodes() -> impl Strategy<Value = Vec<NodeInput>> {
+    prop::collection::vec(
+        (
+            0..3u8,
+            0..2000u32,
+            0..512u32,
+            0..7u8,
+            prop::collection::vec(0..60u32, 3),
+        ),
+        0..7,
+    )
+    .prop_map(|raw| {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, (r, cpu, mem, health, latency))| {
+                let mut n = node(&format!("n{i}"), &format!("r{r}"), cpu, mem);
+                n.schedulable = match health {
+                    0 => Err(Unschedulable::Offline),
+                    1 => Err(Unschedulable::NotResponding),
+                    2 => Err(Unschedulable::Cordoned),
+                    3 => Err(Unschedulable::Drained),
+                    _ => Ok(()),
+                };
+                for (to, ms) in latency.into_iter().enumerate() {
+                    // 0 stands for "no figure to this region".
+                    if ms > 0 {
+                        n.latency
+                            .insert(region(&format!("r{to}")), Figure::flat(f64::from(ms)));
+                    }
+                }
+                n
+            })
+            .collect()
+    })
+}
+
+fn arb_services() -> impl Strategy<Value = Vec<ServiceInput>> {
+    prop::collection::vec(
+        (
+            0..5u32,
+            prop::collection::vec(0..3u8, 0..2),
+            0..800u32,
+            0..200u32,
+            prop::option::of((prop::collection::vec(0..3u8, 1..3), 5..40u32)),
+            any::<bool>(),
+            0..3u32,
+        ),
+        0..5,
+    )
+    .prop_map(|raw| {
+        raw.into_iter()
+            .enumerate()
+            .map(
+                |(i, (replicas, regions, cpu, mem, target, per_region, priority))| {
+                    let regions: Vec<String> = regions.iter().map(|r| format!("r{r}")).collect();
+                    let regions: Vec<&str> = regions.iter().map(String::as_str).collect();
+                    let mut s = service(&format!("s{i}"), replicas, &regions, cpu, mem);
+                    if let Some((to, max_ms)) = target {
+                        let to: Vec<String> = to.iter().map(|r| format!("r{r}")).collect();
+                        let to: Vec<&str> = to.iter().map(String::as_str).collect();
+                        s = targeting(s, &to, f64::from(max_ms));
+                        s.per_target_region = per_region;
+                    }
+                    s.priority = priority;
+                    s.spread = if i % 2 == 0 {
+                        Spread::Zone
+                    } else {
+                        Spread::Node
+                    };
+                    s
+                },
+            )
+            .collect()
+    })
+}
+
+fn arb_previous() -> impl Strategy<Value = Vec<(u8, u8, u8)>> {
+    prop::collection::vec((0..5u8, 0..5u8, 0..7u8), 0..10)
+}
+
+fn to_placement(raw: &[(u8, u8, u8)]) -> Placement {
+    raw.iter()
+        .map(|(s, r, n)| {
+            (
+                (
+                    ServiceName::new(format!("s{s}")).expect("name"),
+                    u32::from(*r),
+                ),
+                AgentId::new(format!("n{n}")).expect("id"),
+            )
+        })
+        .collect()
+}
+
+/// Whether `node` is within `limit` of every target of replica `index`.
+fn within(node: &NodeInput, service: &ServiceInput, index: u32, new: bool) -> bool {
+    let Some(target) = &service.latency else {
+        return true;
+    };
+    let limit = if new {
+        target.max_ms
+    } else {
+        keep_limit(target.max_ms)
+    };
+    target.to[service.target_range(index)].iter().all(|r| {
+        node.latency
+            .get(r)
+            .is_some_and(|f| f.at(target.percentile) <= limit)
+    })
+}
+
+proptest! {
+    #[test]
+    fn plans_respect_every_rule(nodes in arb_nodes(), services in arb_services(), previous in arb_previous()) {
+        let previous = to_placement(&previous);
+        let p = plan(&nodes, &services, &previous);
+        let by_id: BTreeMap<&AgentId, &NodeInput> = nodes.iter().map(|n| (&n.id, n)).collect();
+        let mut used: BTreeMap<&AgentId, (u64, u64)> = BTreeMap::new();
+        let mut hosts_of: BTreeMap<&ServiceName, BTreeSet<AgentId>> = BTreeMap::new();
+        for s in &services {
+            let replicas = &p.services[&s.name];
+            prop_assert_eq!(replicas.len(), s.replicas as usize);
+            let hosts = hosts_of.entry(&s.name).or_default();
+            for r in replicas {
+                let Some(id) = &r.node else {
+                    prop_assert!(r.reason.as_deref().is_some_and(|t| t.starts_with("0/")), "unplaced without a reason");
+                    continue;
+                };
+                let n = by_id[id];
+                let was_there = previous.get(&(s.name.clone(), r.index)) == Some(id);
+                prop_assert!(
+                    n.schedulable.is_ok() || (was_there && n.schedulable == Err(Unschedulable::Cordoned)),
+                    "placed on an unschedulable node"
+                );
+                prop_assert!(s.regions.is_empty() || s.regions.contains(&n.region));
+                prop_assert!(hosts.insert(id.clone()), "two replicas on one node");
+                prop_assert!(within(n, s, r.index, !was_there), "latency target violated");
+                let u = used.entry(id).or_default();
+                u.0 += u64::from(s.resources.cpu_millis);
+                u.1 += u64::from(s.resources.memory_mb);
+            }
+        }
+        for (id, (cpu, mem)) in &used {
+            prop_assert!(*cpu <= u64::from(by_id[id].capacity.cpu_millis), "cpu exceeded");
+            prop_assert!(*mem <= u64::from(by_id[id].capacity.memory_mb), "memory exceeded");
+        }
+        // A replica stays unplaced only if no node could take it in the end.
+        for s in &services {
+            for r in p.services[&s.name].iter().filter(|r| r.node.is_none()) {
+                for n in &nodes {
+                    let (cpu, mem) = used.get(&n.id).copied().unwrap_or_default();
+                    let fits = n.schedulable.is_ok()
+                        && (s.regions.is_empty() || s.regions.contains(&n.region))
+                        && within(n, s, r.index, true)
+                        && !hosts_of[&s.name].contains(&n.id)
+                        && cpu + u64::from(s.resources.cpu_millis) <= u64::from(n.capacity.cpu_millis)
+                        && mem + u64::from(s.resources.memory_mb) <= u64::from(n.capacity.memory_mb);
+                    prop_assert!(!fits, "{} replica {} left unplaced although {} fits", s.name, r.index, n.id);
+                }
+            }
+        }
+        // Re-planning with the output as previous moves nothing (a reason's
+        // free-capacity figures may differ: kept replicas now claim first).
+        let again = plan(&nodes, &services, &p.placement());
+        prop_assert_eq!(again.placement(), p.placement());
+        // The order of the inputs does not matter.
+        let mut reversed_nodes = nodes.clone();
+        reversed_nodes.reverse();
+        let mut reversed_services = services.clone();
+        reversed_services.reverse();
+        prop_assert_eq!(plan(&reversed_nodes, &reversed_services, &previous), p);
+    }
+
+    #[test]
+    fn losing_a_node_moves_only_its_replicas(nodes in arb_nodes(), services in arb_services(), lost in 0..7usize) {
+        prop_assume!(lost < nodes.len());
+        let before = plan(&nodes, &services, &Placement::new()).placement();
+        let gone = nodes[lost].id.clone();
+        let mut remaining = nodes.clone();
+        remaining.remove(lost);
+        let after = plan(&remaining, &services, &before).placement();
+        for (replica, node) in &before {
+            if *node != gone {
+                prop_assert_eq!(after.get(replica), Some(node), "{:?} moved off a live node", replica);
+            }
+        }
+        prop_assert!(after.values().all(|n| *n != gone));
+    }
+}

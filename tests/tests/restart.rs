@@ -9,6 +9,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
+use verge_shared::Timestamp;
 use verge_tests::cluster::process_alive;
 use verge_tests::workload::{RunningReplica, hello_artifact, hello_spec, wait_running};
 use verge_tests::{Cluster, ClusterOptions, wait_for};
@@ -32,15 +33,31 @@ fn workloads_under(data_dir: &Path) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Waits until the service runs as exactly the process `pid`, once.
+/// How much later than the restart a message must be seen to come from the
+/// new agent run: more than any broker delivery delay of a message the old
+/// run sent before it died.
+const NEW_RUN_MARGIN: Duration = Duration::from_millis(300);
+
+/// Waits until the agent run started at `restarted_at` has reported (it adopts
+/// before it connects, so any message from it comes after adoption) and the
+/// service runs as exactly the process `before.pid`, once. Without the first
+/// condition the controller's view from the previous run would satisfy the
+/// second at once.
 async fn wait_same_process(
     cluster: &mut Cluster,
     before: &RunningReplica,
+    restarted_at: Timestamp,
     what: &str,
 ) -> RunningReplica {
     let api = cluster.api.clone();
     let data_dir = cluster.agent("edge-a").data_dir.clone();
+    let fresh_after = restarted_at.saturating_add(NEW_RUN_MARGIN);
     wait_for(what, Duration::from_secs(60), || async {
+        let node = api.node("edge-a").await.map_err(|e| e.to_string())?;
+        let last_seen: Option<Timestamp> = serde_json::from_value(node["last_seen"].clone()).ok();
+        if last_seen.is_none_or(|seen| seen <= fresh_after) {
+            return Err(format!("no message from the new agent run yet: {node}"));
+        }
         let now = wait_running(&api, "hello", "steady").await.remove(0);
         if now.pid != before.pid {
             return Err(format!("pid {} is not the adopted {}", now.pid, before.pid));
@@ -54,13 +71,6 @@ async fn wait_same_process(
     .await
 }
 
-// Flaky on a loaded machine: now and then the workload is found dead (SIGKILL,
-// reaped by nobody) between the agent's SIGTERM shutdown and the next start,
-// and the restart count after a policy restart of an adopted process reads 0.
-// Run it by hand with `cargo test -p verge-tests --test restart -- --ignored`
-// while the cause is chased (issue 4); the adoption unit tests in
-// edge-agent/src/runtime.rs and the autonomy test cover the rest meanwhile.
-#[ignore = "flaky, under investigation in issue 4"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_adopts_its_running_workloads() {
     let mut cluster = Cluster::start(ClusterOptions::default())
@@ -87,13 +97,27 @@ async fn a_restarted_agent_adopts_its_running_workloads() {
         process_alive(before.pid as u32),
         "an agent shutdown leaves workloads running"
     );
+    let restarted_at = Timestamp::now();
     cluster.agent("edge-a").restart().expect("restart");
-    wait_same_process(&mut cluster, &before, "adoption after SIGTERM").await;
+    wait_same_process(
+        &mut cluster,
+        &before,
+        restarted_at,
+        "adoption after SIGTERM",
+    )
+    .await;
 
     // SIGKILL: the same, without any goodbye.
     cluster.agent("edge-a").kill();
+    let restarted_at = Timestamp::now();
     cluster.agent("edge-a").restart().expect("restart");
-    let after = wait_same_process(&mut cluster, &before, "adoption after SIGKILL").await;
+    let after = wait_same_process(
+        &mut cluster,
+        &before,
+        restarted_at,
+        "adoption after SIGKILL",
+    )
+    .await;
     assert_eq!(after.applied_generation, before.applied_generation);
     let other = api.node("edge-b").await.expect("node");
     assert_eq!(

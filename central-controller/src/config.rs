@@ -139,6 +139,11 @@ pub struct PlacementConfig {
     /// How long a latency sample counts; without fresh samples a figure
     /// falls back to the static hint.
     pub latency_window: Duration,
+    /// Where the controller answers agents' probes (UDP); `None`: agents
+    /// do not measure their latency to the controller.
+    pub probe_listen: Option<SocketAddr>,
+    /// The address agents probe; defaults to `probe_listen`.
+    pub probe_advertise: Option<SocketAddr>,
 }
 
 impl Default for PlacementConfig {
@@ -147,6 +152,8 @@ impl Default for PlacementConfig {
             regions_file: None,
             probe_interval: Duration::from_secs(10),
             latency_window: Duration::from_secs(300),
+            probe_listen: None,
+            probe_advertise: None,
         }
     }
 }
@@ -163,7 +170,8 @@ impl Default for DeployConfig {
 impl Default for NodesConfig {
     fn default() -> Self {
         Self {
-            heartbeat_timeout: Duration::from_secs(30),
+            // Three of the agent's default heartbeat intervals (120 s).
+            heartbeat_timeout: Duration::from_secs(360),
             failover_grace: Duration::from_secs(30),
         }
     }
@@ -199,6 +207,8 @@ struct RawPlacement {
     regions_file: Option<PathBuf>,
     probe_interval_secs: Option<u64>,
     latency_window_secs: Option<u64>,
+    probe_listen: Option<SocketAddr>,
+    probe_advertise: Option<SocketAddr>,
 }
 
 #[derive(Deserialize, Default)]
@@ -406,7 +416,21 @@ impl RawConfig {
                 self.placement.latency_window_secs,
                 defaults.latency_window,
             ),
+            probe_listen: self.placement.probe_listen,
+            probe_advertise: self
+                .placement
+                .probe_advertise
+                .or(self.placement.probe_listen),
         };
+        if placement
+            .probe_advertise
+            .is_some_and(|a| a.ip().is_unspecified() || a.port() == 0)
+        {
+            problems.push("placement.probe_advertise: agents need an address they can send to; set it when placement.probe_listen is a wildcard address or port 0".to_owned());
+        }
+        if placement.probe_listen.is_none() && self.placement.probe_advertise.is_some() {
+            problems.push("placement.probe_advertise: needs placement.probe_listen".to_owned());
+        }
         if placement.probe_interval
             > Duration::from_secs(u64::from(verge_shared::latency::MAX_INTERVAL_SECS))
         {
@@ -527,6 +551,21 @@ mod tests {
         let err = Config::parse(&text, "t", no_env).expect_err("window too short");
         assert!(
             err.to_string().contains("placement.latency_window_secs"),
+            "{err}"
+        );
+        let text = format!("{MINIMAL}\n[placement]\nprobe_listen = \"127.0.0.1:7710\"\n");
+        let c = Config::parse(&text, "t", no_env).expect("valid");
+        assert_eq!(c.placement.probe_advertise, c.placement.probe_listen);
+        let text = format!("{MINIMAL}\n[placement]\nprobe_listen = \"0.0.0.0:7710\"\n");
+        let err = Config::parse(&text, "t", no_env).expect_err("wildcard without advertise");
+        assert!(
+            err.to_string().contains("placement.probe_advertise"),
+            "{err}"
+        );
+        let text = format!("{MINIMAL}\n[placement]\nprobe_advertise = \"10.0.0.1:7710\"\n");
+        let err = Config::parse(&text, "t", no_env).expect_err("advertise without listen");
+        assert!(
+            err.to_string().contains("needs placement.probe_listen"),
             "{err}"
         );
     }

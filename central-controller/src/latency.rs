@@ -145,6 +145,64 @@ impl LatencyBook {
         (values, newest)
     }
 
+    /// The median over `peers` of each fresh pair's percentiles; `None`
+    /// when nothing fresh was measured.
+    fn measured<'a>(
+        &self,
+        id: &AgentId,
+        peers: impl Iterator<Item = &'a AgentId>,
+        now: Timestamp,
+        window: Duration,
+    ) -> Option<Estimate> {
+        let mut per_peer: [Vec<f64>; 3] = Default::default();
+        let mut samples = 0;
+        let mut newest: Option<u64> = None;
+        for peer in peers {
+            let (mut values, age) = self.between(id, peer, now, window);
+            if values.is_empty() {
+                continue;
+            }
+            values.sort_by(f64::total_cmp);
+            for (slot, p) in per_peer.iter_mut().zip([50.0, 90.0, 99.0]) {
+                slot.push(percentile(&values, p));
+            }
+            samples += values.len();
+            newest = match (newest, age) {
+                (Some(n), Some(a)) => Some(n.min(a)),
+                (n, a) => n.or(a),
+            };
+        }
+        (samples > 0).then(|| {
+            let [p50, p90, p99] = &mut per_peer;
+            Estimate {
+                p50_ms: median(p50),
+                p90_ms: median(p90),
+                p99_ms: median(p99),
+                source: Source::Measured,
+                age_secs: newest,
+                samples,
+            }
+        })
+    }
+
+    /// Each node's measured latency to one peer that is not a node (the
+    /// controller's probe listener); nodes without fresh samples are left out.
+    pub fn to_peer(
+        &self,
+        nodes: &[AgentId],
+        peer: &AgentId,
+        now: Timestamp,
+        window: Duration,
+    ) -> BTreeMap<AgentId, Estimate> {
+        nodes
+            .iter()
+            .filter_map(|id| {
+                self.measured(id, std::iter::once(peer), now, window)
+                    .map(|e| (id.clone(), e))
+            })
+            .collect()
+    }
+
     /// Every node's latency to every region that has nodes or is listed in
     /// `regions`. `nodes` are (id, region) of the nodes to consider.
     pub fn figures(
@@ -165,43 +223,17 @@ impl LatencyBook {
         for (id, home) in nodes {
             let mut row = BTreeMap::new();
             for (region, peers) in &by_region {
-                let mut per_peer: [Vec<f64>; 3] = Default::default();
-                let mut samples = 0;
-                let mut newest: Option<u64> = None;
-                for peer in peers.iter().filter(|p| **p != id) {
-                    let (mut values, age) = self.between(id, peer, now, window);
-                    if values.is_empty() {
-                        continue;
-                    }
-                    values.sort_by(f64::total_cmp);
-                    for (slot, p) in per_peer.iter_mut().zip([50.0, 90.0, 99.0]) {
-                        slot.push(percentile(&values, p));
-                    }
-                    samples += values.len();
-                    newest = match (newest, age) {
-                        (Some(n), Some(a)) => Some(n.min(a)),
-                        (n, a) => n.or(a),
-                    };
-                }
-                let estimate = if samples > 0 {
-                    let [p50, p90, p99] = &mut per_peer;
-                    Some(Estimate {
-                        p50_ms: median(p50),
-                        p90_ms: median(p90),
-                        p99_ms: median(p99),
-                        source: Source::Measured,
-                        age_secs: newest,
-                        samples,
-                    })
-                } else {
-                    regions.hint(home, region).map(|ms| Estimate {
+                let peers = peers.iter().copied().filter(|p| *p != id);
+                let estimate = match self.measured(id, peers, now, window) {
+                    Some(measured) => Some(measured),
+                    None => regions.hint(home, region).map(|ms| Estimate {
                         p50_ms: ms,
                         p90_ms: ms,
                         p99_ms: ms,
                         source: Source::Static,
                         age_secs: None,
                         samples: 0,
-                    })
+                    }),
                 };
                 if let Some(estimate) = estimate {
                     row.insert((*region).clone(), estimate);

@@ -14,6 +14,7 @@ pub mod dev;
 pub mod keys;
 pub mod latency;
 pub mod mqtt;
+pub mod probe;
 pub mod regions;
 pub mod scheduler;
 pub mod store;
@@ -58,6 +59,11 @@ pub enum StartError {
     Listen {
         address: SocketAddr,
         #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen for probes (UDP) on {address}: {source}")]
+    ProbeListen {
+        address: SocketAddr,
         source: std::io::Error,
     },
 }
@@ -109,6 +115,17 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
     }
     let broker_url = config.broker.endpoint.client_url();
 
+    // Bound before anything is published, so every probe plan naming the
+    // controller names a listener that answers.
+    let probe_socket = match config.placement.probe_listen {
+        Some(address) => Some(
+            tokio::net::UdpSocket::bind(address)
+                .await
+                .map_err(|source| StartError::ProbeListen { address, source })?,
+        ),
+        None => None,
+    };
+
     let settings = Settings {
         topics: config.broker.topics.clone(),
         deploy: config.deploy,
@@ -124,6 +141,9 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
     let tracker = TaskTracker::new();
     mqtt::spawn(&broker_url, Arc::clone(&app), outbox_rx, &tracker, &cancel);
     tracker.spawn(Arc::clone(&app).run_background(cancel.clone()));
+    if let Some(socket) = probe_socket {
+        tracker.spawn(probe::serve(socket, cancel.clone()));
+    }
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

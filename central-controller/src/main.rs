@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+mod node_cmd;
+
 /// sysexits EX_CONFIG: the configuration is wrong.
 const EX_CONFIG: u8 = 78;
 
@@ -44,6 +46,11 @@ enum Command {
         #[arg(long)]
         agent_bin: Option<PathBuf>,
     },
+    /// Cordon, drain, uncordon or list nodes through a running controller's API.
+    Node {
+        #[command(subcommand)]
+        command: node_cmd::NodeCommand,
+    },
 }
 
 fn init_tracing() {
@@ -64,16 +71,18 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    // `node` talks to a running controller and needs no configuration.
     let config = match &cli.command {
-        Command::Run { config } => Config::load(config),
+        Command::Node { .. } => None,
+        Command::Run { config } => Some(Config::load(config)),
         Command::Dev {
             data_dir,
             api_listen,
             mqtt_listen,
             ..
-        } => Ok(dev::config(data_dir, *api_listen, *mqtt_listen)),
+        } => Some(Ok(dev::config(data_dir, *api_listen, *mqtt_listen))),
     };
-    let config = match config {
+    let config = match config.transpose() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{e}");
@@ -87,7 +96,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    let outcome = match (cli.command, config) {
+        (Command::Node { command }, _) => runtime.block_on(node_cmd::run(command)),
+        (command, Some(config)) => runtime.block_on(run(command, config)),
+        // Every command but `node` has a configuration (see above).
+        (_, None) => Ok(()),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -99,7 +114,7 @@ fn main() -> ExitCode {
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     let agent_bin = match command {
         Command::Dev { agent_bin, .. } => Some(dev::locate_agent(agent_bin)?),
-        Command::Run { .. } => None,
+        Command::Run { .. } | Command::Node { .. } => None,
     };
     let cancel = CancellationToken::new();
     let controller = start(config, cancel.clone())

@@ -139,7 +139,7 @@ pub struct NodeInput {
 }
 
 /// A service as the scheduler sees it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServiceInput {
     pub name: ServiceName,
     /// Total replicas. With `per_target_region`, replica `i` targets only
@@ -190,9 +190,43 @@ pub struct ReplicaPlan {
 }
 
 /// The decisions for every replica of every service.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub services: BTreeMap<ServiceName, Vec<ReplicaPlan>>,
+    /// Per node, what `services` places there. Derived data, kept so that
+    /// [`replan_displaced`] need not scan every replica; rebuilt there when
+    /// it does not match `services` (a plan not made by the scheduler).
+    load: BTreeMap<AgentId, NodeLoad>,
+}
+
+/// Plans are equal when they decide the same; `load` follows from that.
+impl PartialEq for Plan {
+    fn eq(&self, other: &Self) -> bool {
+        self.services == other.services
+    }
+}
+
+impl Eq for Plan {}
+
+/// The replicas one node runs under a plan, and the resources they take.
+#[derive(Clone, Debug, Default)]
+struct NodeLoad {
+    used: Resources,
+    replicas: Vec<(ServiceName, u32)>,
+}
+
+impl NodeLoad {
+    fn add(&mut self, service: &ServiceInput, replica: u32) {
+        self.used.cpu_millis = self
+            .used
+            .cpu_millis
+            .saturating_add(service.resources.cpu_millis);
+        self.used.memory_mb = self
+            .used
+            .memory_mb
+            .saturating_add(service.resources.memory_mb);
+        self.replicas.push((service.name.clone(), replica));
+    }
 }
 
 impl Plan {
@@ -244,7 +278,7 @@ struct NodeState<'a> {
     region: usize,
     zone: usize,
     free: Resources,
-    /// Latency figures by interned region.
+    /// Latency figures by target slot (see [`World::new`]).
     latency: Vec<Option<Figure>>,
 }
 
@@ -253,8 +287,8 @@ struct ServiceState<'a> {
     input: &'a ServiceInput,
     /// Interned allowed regions; `None` means any region.
     allowed: Option<Vec<usize>>,
-    /// Interned `latency.to`; `None` for a region no node reports.
-    to: Vec<Option<usize>>,
+    /// `latency.to` as target slots.
+    to: Vec<usize>,
 }
 
 impl ServiceState<'_> {
@@ -296,7 +330,7 @@ impl NodeState<'_> {
         }
         let limit = service.limit(mode);
         for k in targets {
-            match service.to[k].and_then(|r| self.latency[r]) {
+            match self.latency[service.to[k]] {
                 None => return Some((Misfit::NoLatency(k), 0.0)),
                 Some(figure) => {
                     let ms = figure.at(service.percentile());
@@ -331,7 +365,7 @@ impl NodeState<'_> {
     /// The worst latency to `targets` at the service's percentile (0 without a target).
     fn latency_to(&self, service: &ServiceState<'_>, targets: std::ops::Range<usize>) -> f64 {
         targets
-            .filter_map(|k| service.to[k].and_then(|r| self.latency[r]))
+            .filter_map(|k| self.latency[service.to[k]])
             .map(|f| f.at(service.percentile()))
             .fold(0.0, f64::max)
     }
@@ -355,105 +389,205 @@ impl Placed {
     }
 }
 
-/// Lookups built once per plan: nodes per region, and (lazily) nodes
-/// sorted by their latency to a region at a percentile.
+/// Lookups built once per plan: nodes per region, and nodes within a
+/// latency of a target region.
 struct Index {
     by_region: Vec<Vec<usize>>,
+    /// Per (target slot, percentile): nodes sorted closest first, built on
+    /// first use. Sorting pays off when many services share a target (a
+    /// full plan); for a handful of replicas (an incremental re-placement)
+    /// one pass over `columns` is cheaper, so `sorted` is off there.
     closest: HashMap<(usize, Percentile), Vec<(f64, usize)>>,
+    sorted: bool,
+    /// Without `sorted`: per target slot, every node's figure in node
+    /// order, so that a pass reads one contiguous column.
+    columns: Vec<Vec<Option<Figure>>>,
+    /// Schedulable nodes in id order: the candidates of every service
+    /// without allowed regions and latency target, built on first use.
+    open: Option<Vec<(u64, usize)>>,
 }
 
 impl Index {
-    /// Nodes with a figure to `region`, closest first.
-    fn closest(
+    /// Nodes whose figure to target `slot` at `percentile` is within `limit`.
+    fn within(
         &mut self,
         states: &[NodeState<'_>],
-        region: usize,
+        slot: usize,
         percentile: Percentile,
-    ) -> &[(f64, usize)] {
-        self.closest.entry((region, percentile)).or_insert_with(|| {
+        limit: f64,
+    ) -> Vec<usize> {
+        let figure = |s: &NodeState<'_>| s.latency[slot].map(|f| f.at(percentile));
+        if !self.sorted {
+            return (self.columns[slot].iter().enumerate())
+                .filter(|(_, f)| f.is_some_and(|f| f.at(percentile) <= limit))
+                .map(|(i, _)| i)
+                .collect();
+        }
+        let closest = self.closest.entry((slot, percentile)).or_insert_with(|| {
             let mut list: Vec<(f64, usize)> = states
                 .iter()
                 .enumerate()
-                .filter_map(|(i, s)| s.latency[region].map(|f| (f.at(percentile), i)))
+                .filter_map(|(i, s)| figure(s).map(|ms| (ms, i)))
                 .collect();
             list.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             list
-        })
+        });
+        let end = closest.partition_point(|(ms, _)| *ms <= limit);
+        closest[..end].iter().map(|(_, i)| *i).collect()
+    }
+}
+
+/// The nodes of one plan in id order (duplicates dropped), with their
+/// positions by id.
+struct Fleet<'a> {
+    sorted: Vec<&'a NodeInput>,
+    ids: HashMap<&'a AgentId, usize>,
+}
+
+impl<'a> Fleet<'a> {
+    fn new(nodes: &'a [NodeInput]) -> Self {
+        let mut sorted: Vec<&NodeInput> = nodes.iter().collect();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        sorted.dedup_by(|a, b| a.id == b.id);
+        let ids = sorted.iter().enumerate().map(|(i, n)| (&n.id, i)).collect();
+        Self { sorted, ids }
+    }
+}
+
+/// The scheduler's working state for a set of services on a fleet: node
+/// states (free capacity starts at full capacity), lookups, and the
+/// services in placement order with their regions interned.
+struct World<'a> {
+    states: Vec<NodeState<'a>>,
+    index: Index,
+    services: Vec<ServiceState<'a>>,
+}
+
+impl<'a> World<'a> {
+    /// Interns the regions nodes are in, and gives each region `services`
+    /// target a slot in the nodes' latency tables: latency to any other
+    /// region is never looked at, so the tables hold only what the services
+    /// need. `sorted`: see [`Index::closest`].
+    fn new(fleet: &Fleet<'a>, services: Vec<&'a ServiceInput>, sorted: bool) -> Self {
+        let mut services = services;
+        services
+            .sort_by(|a, b| (Reverse(a.priority), &a.name).cmp(&(Reverse(b.priority), &b.name)));
+        services.dedup_by(|a, b| a.name == b.name);
+
+        let mut regions: HashMap<&RegionId, usize> = HashMap::new();
+        for n in &fleet.sorted {
+            let next = regions.len();
+            regions.entry(&n.region).or_insert(next);
+        }
+        let mut slots: HashMap<&RegionId, usize> = HashMap::new();
+        for t in services.iter().filter_map(|s| s.latency.as_ref()) {
+            for r in &t.to {
+                let next = slots.len();
+                slots.entry(r).or_insert(next);
+            }
+        }
+        let mut zones: HashMap<&str, usize> = HashMap::new();
+        let mut index = Index {
+            by_region: vec![Vec::new(); regions.len()],
+            closest: HashMap::new(),
+            open: None,
+            sorted,
+            columns: if sorted {
+                Vec::new()
+            } else {
+                vec![Vec::with_capacity(fleet.sorted.len()); slots.len()]
+            },
+        };
+        let mut states: Vec<NodeState<'_>> = Vec::with_capacity(fleet.sorted.len());
+        for (i, n) in fleet.sorted.iter().enumerate() {
+            let zone_name = n.zone.as_deref().unwrap_or(n.region.as_str());
+            let next = zones.len();
+            let mut latency = vec![None; slots.len()];
+            for (r, slot) in &slots {
+                latency[*slot] = n.latency.get(*r).copied();
+            }
+            for (column, figure) in index.columns.iter_mut().zip(&latency) {
+                column.push(*figure);
+            }
+            let region = regions[&n.region];
+            index.by_region[region].push(i);
+            states.push(NodeState {
+                input: n,
+                region,
+                zone: *zones.entry(zone_name).or_insert(next),
+                free: n.capacity,
+                latency,
+            });
+        }
+        let services = services
+            .into_iter()
+            .map(|s| ServiceState {
+                input: s,
+                allowed: (!s.regions.is_empty()).then(|| {
+                    s.regions
+                        .iter()
+                        .filter_map(|r| regions.get(r).copied())
+                        .collect()
+                }),
+                to: s
+                    .latency
+                    .as_ref()
+                    .map_or_else(Vec::new, |t| t.to.iter().map(|r| slots[r]).collect()),
+            })
+            .collect();
+        Self {
+            states,
+            index,
+            services,
+        }
+    }
+
+    /// Places one replica that is not kept where it ran.
+    fn place(
+        &mut self,
+        si: usize,
+        groups: &mut HashMap<usize, Group>,
+        replica: u32,
+        placed: &mut Placed,
+    ) -> ReplicaPlan {
+        let service = &self.services[si];
+        let group = groups
+            .entry(service.input.group(replica))
+            .or_insert_with(|| Group::new(&self.states, &mut self.index, service, replica));
+        match group.place(&mut self.states, service, replica, placed) {
+            Ok(node) => ReplicaPlan {
+                index: replica,
+                node: Some(self.states[node].input.id.clone()),
+                reason: None,
+            },
+            Err(reason) => ReplicaPlan {
+                index: replica,
+                node: None,
+                reason: Some(reason),
+            },
+        }
     }
 }
 
 /// Computes a placement. Deterministic: the same input gives the same plan,
 /// whatever the order of `nodes` and `services`.
 pub fn plan(nodes: &[NodeInput], services: &[ServiceInput], previous: &Placement) -> Plan {
-    let mut sorted: Vec<&NodeInput> = nodes.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    sorted.dedup_by(|a, b| a.id == b.id);
-    let mut services: Vec<&ServiceInput> = services.iter().collect();
-    services.sort_by(|a, b| (Reverse(a.priority), &a.name).cmp(&(Reverse(b.priority), &b.name)));
-    services.dedup_by(|a, b| a.name == b.name);
-
-    // Intern every region nodes report or report latency to.
-    let mut regions: HashMap<&RegionId, usize> = HashMap::new();
-    for n in &sorted {
-        for r in std::iter::once(&n.region).chain(n.latency.keys()) {
-            let next = regions.len();
-            regions.entry(r).or_insert(next);
-        }
-    }
-    let mut zones: HashMap<&str, usize> = HashMap::new();
-    let mut index = Index {
-        by_region: vec![Vec::new(); regions.len()],
-        closest: HashMap::new(),
-    };
-    let mut states: Vec<NodeState<'_>> = Vec::with_capacity(sorted.len());
-    for (i, n) in sorted.iter().enumerate() {
-        let zone_name = n.zone.as_deref().unwrap_or(n.region.as_str());
-        let next = zones.len();
-        let mut latency = vec![None; regions.len()];
-        for (r, figure) in &n.latency {
-            latency[regions[r]] = Some(*figure);
-        }
-        let region = regions[&n.region];
-        index.by_region[region].push(i);
-        states.push(NodeState {
-            input: n,
-            region,
-            zone: *zones.entry(zone_name).or_insert(next),
-            free: n.capacity,
-            latency,
-        });
-    }
-    let ids: HashMap<&AgentId, usize> =
-        sorted.iter().enumerate().map(|(i, n)| (&n.id, i)).collect();
-    let services: Vec<ServiceState<'_>> = services
-        .into_iter()
-        .map(|s| ServiceState {
-            input: s,
-            allowed: (!s.regions.is_empty()).then(|| {
-                s.regions
-                    .iter()
-                    .filter_map(|r| regions.get(r).copied())
-                    .collect()
-            }),
-            to: s.latency.as_ref().map_or_else(Vec::new, |t| {
-                t.to.iter().map(|r| regions.get(r).copied()).collect()
-            }),
-        })
-        .collect();
+    let fleet = Fleet::new(nodes);
+    let mut world = World::new(&fleet, services.iter().collect(), true);
 
     // Stability: keep what runs, before anything new claims capacity.
-    let mut placed: Vec<Placed> = services.iter().map(|_| Placed::default()).collect();
+    let mut placed: Vec<Placed> = world.services.iter().map(|_| Placed::default()).collect();
     let mut kept: HashMap<(usize, u32), usize> = HashMap::new();
-    for (si, service) in services.iter().enumerate() {
+    for (si, service) in world.services.iter().enumerate() {
         let input = service.input;
         for replica in 0..input.replicas {
             let Some(&node) = previous
                 .get(&(input.name.clone(), replica))
-                .and_then(|id| ids.get(id))
+                .and_then(|id| fleet.ids.get(id))
             else {
                 continue;
             };
-            let state = &mut states[node];
+            let state = &mut world.states[node];
             let fits = state
                 .static_misfit(service, input.target_range(replica), Mode::Keep)
                 .is_none()
@@ -469,36 +603,157 @@ pub fn plan(nodes: &[NodeInput], services: &[ServiceInput], previous: &Placement
     }
 
     let mut plan = Plan::default();
-    for (si, service) in services.iter().enumerate() {
-        let input = service.input;
+    for (si, placed) in placed.iter_mut().enumerate() {
+        let input = world.services[si].input;
         let mut groups: HashMap<usize, Group> = HashMap::new();
         let mut replicas = Vec::with_capacity(input.replicas as usize);
         for replica in 0..input.replicas {
-            let node = match kept.get(&(si, replica)) {
-                Some(&node) => Ok(node),
-                None => {
-                    let group = groups
-                        .entry(input.group(replica))
-                        .or_insert_with(|| Group::new(&states, &mut index, service, replica));
-                    group.place(&mut states, service, replica, &mut placed[si])
-                }
-            };
-            replicas.push(match node {
-                Ok(node) => ReplicaPlan {
+            replicas.push(match kept.get(&(si, replica)) {
+                Some(&node) => ReplicaPlan {
                     index: replica,
-                    node: Some(states[node].input.id.clone()),
+                    node: Some(world.states[node].input.id.clone()),
                     reason: None,
                 },
-                Err(reason) => ReplicaPlan {
-                    index: replica,
-                    node: None,
-                    reason: Some(reason),
-                },
+                None => world.place(si, &mut groups, replica, placed),
             });
         }
         plan.services.insert(input.name.clone(), replicas);
     }
+    plan.load = index_load(&plan.services, services);
     plan
+}
+
+/// Per node, the replicas `decided` places there and what they take.
+fn index_load(
+    decided: &BTreeMap<ServiceName, Vec<ReplicaPlan>>,
+    services: &[ServiceInput],
+) -> BTreeMap<AgentId, NodeLoad> {
+    let by_name: HashMap<&ServiceName, &ServiceInput> =
+        services.iter().map(|s| (&s.name, s)).collect();
+    let mut load: BTreeMap<AgentId, NodeLoad> = BTreeMap::new();
+    for (name, replicas) in decided {
+        let Some(input) = by_name.get(name) else {
+            continue;
+        };
+        for r in replicas {
+            if let Some(node) = &r.node {
+                load.entry(node.clone()).or_default().add(input, r.index);
+            }
+        }
+    }
+    load
+}
+
+/// Re-places only the replicas of `previous` whose node is gone or may no
+/// longer run them (offline, not responding, drained); every other
+/// placement, and every reason of a replica that was already unplaced,
+/// stays as it is. Capacity is accounted from the kept placements.
+///
+/// `previous` must be what [`plan`] returned for the same services and
+/// nodes, where only nodes' `schedulable` may have changed since, and only
+/// away from `Ok`. Under that condition the outcome equals
+/// `plan(nodes, services, &previous.placement())`: the full planner keeps
+/// every replica that still passes the filters, which is every replica on
+/// a node that may still run it, and replicas that found no node before
+/// find none now, as capacity only shrank. The cost is one pass over the
+/// nodes (the plan's per-node load gives capacity and the replicas to
+/// move) plus the work for the displaced replicas' services, instead of
+/// re-planning every service.
+pub fn replan_displaced(nodes: &[NodeInput], services: &[ServiceInput], previous: Plan) -> Plan {
+    let mut plan = previous;
+    let n_placed: usize = plan
+        .services
+        .values()
+        .flatten()
+        .filter(|r| r.node.is_some())
+        .count();
+    if plan.load.values().map(|l| l.replicas.len()).sum::<usize>() != n_placed {
+        plan.load = index_load(&plan.services, services);
+    }
+    let fleet = Fleet::new(nodes);
+    let keeps: Vec<bool> = fleet.sorted.iter().map(|n| runs_what_it_has(n)).collect();
+    // What the kept placements use, per node; and the replicas to move.
+    let mut used = vec![Resources::default(); fleet.sorted.len()];
+    let mut displaced: BTreeMap<ServiceName, Vec<u32>> = BTreeMap::new();
+    let mut gone: Vec<AgentId> = Vec::new();
+    for (id, load) in &plan.load {
+        match fleet.ids.get(id) {
+            Some(&i) if keeps[i] => used[i] = load.used,
+            _ => {
+                gone.push(id.clone());
+                for (service, replica) in &load.replicas {
+                    displaced.entry(service.clone()).or_default().push(*replica);
+                }
+            }
+        }
+    }
+    if displaced.is_empty() {
+        return plan;
+    }
+    for id in &gone {
+        plan.load.remove(id);
+    }
+    let inputs: Vec<&ServiceInput> = services
+        .iter()
+        .filter(|s| displaced.contains_key(&s.name))
+        .collect();
+    let mut world = World::new(&fleet, inputs, false);
+    for (state, used) in world.states.iter_mut().zip(&used) {
+        state.free.cpu_millis = state.free.cpu_millis.saturating_sub(used.cpu_millis);
+        state.free.memory_mb = state.free.memory_mb.saturating_sub(used.memory_mb);
+    }
+    for si in 0..world.services.len() {
+        let input = world.services[si].input;
+        let (Some(replicas), Some(moving)) = (
+            plan.services.get_mut(&input.name),
+            displaced.get_mut(&input.name),
+        ) else {
+            continue;
+        };
+        let mut placed = Placed::default();
+        for node in replicas.iter().filter_map(|r| r.node.as_ref()) {
+            if let Some(&i) = fleet.ids.get(node)
+                && keeps[i]
+            {
+                placed.add(i, world.states[i].zone);
+            }
+        }
+        // In index order, as the full planner places them.
+        moving.sort_unstable();
+        let mut groups: HashMap<usize, Group> = HashMap::new();
+        for &index in moving.iter() {
+            let Some(slot) = replicas.iter_mut().find(|r| r.index == index) else {
+                continue;
+            };
+            *slot = world.place(si, &mut groups, index, &mut placed);
+            if let Some(node) = &slot.node {
+                plan.load.entry(node.clone()).or_default().add(input, index);
+            }
+        }
+    }
+    plan
+}
+
+/// Whether `now` differs from `before` only by nodes that may no longer run
+/// what they run (schedulable or cordoned before, offline, not responding,
+/// drained or cordoned now): the condition under which [`replan_displaced`]
+/// of the plan made from `before` equals a full re-plan.
+pub fn only_nodes_lost(before: &[NodeInput], now: &[NodeInput]) -> bool {
+    before.len() == now.len()
+        && before.iter().zip(now).all(|(b, n)| {
+            b.id == n.id
+                && b.region == n.region
+                && b.zone == n.zone
+                && b.capacity == n.capacity
+                && b.latency == n.latency
+                && (b.schedulable == n.schedulable
+                    || (runs_what_it_has(b) && n.schedulable.is_err()))
+        })
+}
+
+/// Whether a node keeps the replicas it runs: schedulable, or cordoned.
+fn runs_what_it_has(node: &NodeInput) -> bool {
+    matches!(node.schedulable, Ok(()) | Err(Unschedulable::Cordoned))
 }
 
 /// The replicas of one service with the same targets: the nodes that pass
@@ -518,21 +773,32 @@ impl Group {
         replica: u32,
     ) -> Self {
         let targets = service.input.target_range(replica);
+        if service.allowed.is_none() && targets.is_empty() {
+            // Only health and cordon filter: the same candidates for every
+            // such service, found once.
+            let open = index.open.get_or_insert_with(|| {
+                (0..states.len())
+                    .filter(|i| states[*i].input.schedulable.is_ok())
+                    .map(|i| (0, i))
+                    .collect()
+            });
+            return Self {
+                candidates: open.clone(),
+                exhausted: None,
+            };
+        }
         // Start from the smallest set that can hold every passing node.
         let pool: Vec<usize> = match (&service.allowed, targets.clone().next()) {
             (Some(allowed), _) => allowed
                 .iter()
                 .flat_map(|r| index.by_region[*r].iter().copied())
                 .collect(),
-            (None, Some(first)) => match service.to[first] {
-                None => Vec::new(),
-                Some(region) => {
-                    let limit = service.limit(Mode::New);
-                    let closest = index.closest(states, region, service.percentile());
-                    let end = closest.partition_point(|(ms, _)| *ms <= limit);
-                    closest[..end].iter().map(|(_, i)| *i).collect()
-                }
-            },
+            (None, Some(first)) => index.within(
+                states,
+                service.to[first],
+                service.percentile(),
+                service.limit(Mode::New),
+            ),
             (None, None) => (0..states.len()).collect(),
         };
         let mut candidates: Vec<(u64, usize)> = pool

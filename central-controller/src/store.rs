@@ -45,6 +45,10 @@ pub struct ServiceSpec {
     pub stop_grace_secs: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// The executable inside a tar.gz artifact; absent in older records and
+    /// for single-file artifacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
     /// Latency target, spread and priority; absent in records stored before
     /// placement intent existed.
     #[serde(default)]

@@ -17,6 +17,13 @@
 //! least recently used entries that the current desired state does not need
 //! ([`ArtifactCache::set_needed`]); what is needed is never evicted, even
 //! over quota. Use time is the file's modification time, touched on each hit.
+//!
+//! A workload whose run spec names an `entrypoint` runs from a tar.gz
+//! artifact: it is extracted ([`crate::archive`]) into `tmp/<hex>.unpack`
+//! and renamed to `unpacked/<hex>` once complete, so a directory under
+//! `unpacked/` is always a whole extraction and is re-used. It lives and dies
+//! with its archive: the start-up check removes extractions without a cached
+//! archive, and eviction removes both. The quota counts archives only.
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
@@ -26,6 +33,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::archive::{ArchiveError, ArchiveLimits};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use tracing::{info, warn};
 use verge_shared::Sha256Digest;
@@ -60,6 +68,18 @@ pub enum ArtifactError {
         digest: Sha256Digest,
         actual: Sha256Digest,
     },
+    #[error("artifact {digest}: not a safe tar.gz: {source}")]
+    Archive {
+        digest: Sha256Digest,
+        #[source]
+        source: ArchiveError,
+    },
+    #[error("artifact {digest}: entrypoint {entrypoint:?} {reason}")]
+    Entrypoint {
+        digest: Sha256Digest,
+        entrypoint: String,
+        reason: &'static str,
+    },
     #[error("artifact {digest}: {path}: {source}")]
     Io {
         digest: Sha256Digest,
@@ -72,6 +92,7 @@ pub enum ArtifactError {
 /// The cache and the client that fills it.
 pub struct ArtifactCache {
     done_dir: PathBuf,
+    unpacked_dir: PathBuf,
     tmp_dir: PathBuf,
     base_url: String,
     client: reqwest::Client,
@@ -92,7 +113,9 @@ impl ArtifactCache {
     pub fn open(root: &Path, controller_url: &str, quota: u64) -> Result<Self, std::io::Error> {
         let done_dir = root.join("sha256");
         let tmp_dir = root.join("tmp");
+        let unpacked_dir = root.join("unpacked");
         std::fs::create_dir_all(&done_dir)?;
+        std::fs::create_dir_all(&unpacked_dir)?;
         std::fs::create_dir_all(&tmp_dir)?;
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -101,6 +124,7 @@ impl ArtifactCache {
             .map_err(std::io::Error::other)?;
         let cache = Self {
             done_dir,
+            unpacked_dir,
             tmp_dir,
             base_url: controller_url.trim_end_matches('/').to_owned(),
             client,
@@ -133,6 +157,17 @@ impl ArtifactCache {
                 self.corrupt_removed.fetch_add(1, Ordering::Relaxed);
             }
         }
+        for entry in std::fs::read_dir(&self.unpacked_dir)? {
+            let path = entry?.path();
+            let archived = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse::<Sha256Digest>().ok())
+                .is_some_and(|d| self.path_of(&d).is_file());
+            if !archived {
+                remove_any(&path)?;
+            }
+        }
         for entry in std::fs::read_dir(&self.tmp_dir)? {
             let path = entry?.path();
             let is_part = path
@@ -150,6 +185,67 @@ impl ArtifactCache {
     /// Where the artifact with `digest` lives once cached.
     pub fn path_of(&self, digest: &Sha256Digest) -> PathBuf {
         self.done_dir.join(digest.to_string())
+    }
+
+    /// Where the extraction of the archive with `digest` lives.
+    fn unpacked_of(&self, digest: &Sha256Digest) -> PathBuf {
+        self.unpacked_dir.join(digest.to_string())
+    }
+
+    /// The file to execute for a workload: the cached artifact itself, or
+    /// with `entrypoint`, that path inside the artifact's extraction
+    /// (extracting it first if needed). The entrypoint must resolve to an
+    /// executable regular file inside the extraction.
+    pub async fn executable(
+        &self,
+        artifact: &ArtifactRef,
+        entrypoint: Option<&str>,
+    ) -> Result<PathBuf, ArtifactError> {
+        let archive = self.ensure(artifact).await?;
+        let Some(entrypoint) = entrypoint else {
+            return Ok(archive);
+        };
+        let digest = artifact.sha256;
+        let root = self.unpacked_of(&digest);
+        if !tokio::fs::try_exists(&root).await.unwrap_or(false) {
+            let tmp = self.tmp_dir.join(format!("{digest}.unpack"));
+            let (unpacked_dir, to) = (self.unpacked_dir.clone(), root.clone());
+            tokio::task::spawn_blocking(move || unpack(&archive, &tmp, &to, &unpacked_dir))
+                .await
+                .map_err(|e| ArtifactError::Io {
+                    digest,
+                    path: root.clone(),
+                    source: std::io::Error::other(e),
+                })?
+                .map_err(|e| match e {
+                    UnpackError::Archive(source) => ArtifactError::Archive { digest, source },
+                    UnpackError::Io(path, source) => ArtifactError::Io {
+                        digest,
+                        path,
+                        source,
+                    },
+                })?;
+            info!(artifact = %digest, path = %root.display(), "Extracted an archive artifact.");
+        }
+        let entry = |reason| ArtifactError::Entrypoint {
+            digest,
+            entrypoint: entrypoint.to_owned(),
+            reason,
+        };
+        let exe = root.join(entrypoint);
+        // The entrypoint may be a link; what it resolves to must be inside.
+        let resolved = exe
+            .canonicalize()
+            .map_err(|_| entry("is not in the archive"))?;
+        let inside = root.canonicalize().is_ok_and(|r| resolved.starts_with(r));
+        if !inside {
+            return Err(entry("resolves outside the archive"));
+        }
+        match std::fs::metadata(&resolved) {
+            Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => Ok(exe),
+            Ok(meta) if meta.is_file() => Err(entry("is not executable")),
+            _ => Err(entry("is not a regular file")),
+        }
     }
 
     fn part_of(&self, digest: &Sha256Digest) -> PathBuf {
@@ -253,6 +349,8 @@ impl ArtifactCache {
             }
             match std::fs::remove_file(self.path_of(&entry.digest)) {
                 Ok(()) => {
+                    // An extraction without its archive is removed at open anyway.
+                    let _ = remove_any(&self.unpacked_of(&entry.digest));
                     total -= entry.size;
                     self.evictions.fetch_add(1, Ordering::Relaxed);
                     info!(artifact = %entry.digest, n_bytes = entry.size, quota = self.quota, "Evicted an unneeded artifact to stay within the cache quota.");
@@ -363,6 +461,29 @@ struct CachedEntry {
     digest: Sha256Digest,
     size: u64,
     used: SystemTime,
+}
+
+/// Why an extraction failed.
+enum UnpackError {
+    Archive(ArchiveError),
+    Io(PathBuf, std::io::Error),
+}
+
+/// Extracts `archive` into `tmp` (removing leftovers of an earlier attempt),
+/// then renames it to `to` and syncs `parent`, so `to` appears complete or
+/// not at all. A failed extraction leaves nothing behind.
+fn unpack(archive: &Path, tmp: &Path, to: &Path, parent: &Path) -> Result<(), UnpackError> {
+    if std::fs::symlink_metadata(tmp).is_ok() {
+        remove_any(tmp).map_err(|e| UnpackError::Io(tmp.to_owned(), e))?;
+    }
+    if let Err(e) = crate::archive::extract_tar_gz(archive, tmp, ArchiveLimits::default()) {
+        let _ = remove_any(tmp);
+        return Err(UnpackError::Archive(e));
+    }
+    std::fs::rename(tmp, to).map_err(|e| UnpackError::Io(to.to_owned(), e))?;
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| UnpackError::Io(parent.to_owned(), e))
 }
 
 /// The SHA-256 of a file's content.
@@ -549,6 +670,96 @@ mod tests {
         assert!(tmp_is_empty(dir.path()));
         // The server is gone; the cached copy is used without a request.
         assert_eq!(cache.ensure(&reference(&body)).await.expect("cached"), path);
+    }
+
+    /// A tar.gz with an executable `bin/app`, a data file and a link.
+    fn app_archive() -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::default(),
+        ));
+        for (path, mode, body) in [
+            ("bin/app", 0o755, &b"#!/bin/sh\n"[..]),
+            ("data.txt", 0o644, b"d"),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(body.len() as u64);
+            header.set_mode(mode);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, path, body)
+                .expect("append");
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        builder
+            .append_link(&mut header, "run", "bin/app")
+            .expect("link");
+        builder.into_inner().expect("tar").finish().expect("gz")
+    }
+
+    #[tokio::test]
+    async fn archive_entrypoints_are_extracted_once_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let body = app_archive();
+        let url = serve_once("200 OK", body.clone()).await;
+        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("open");
+        let artifact = reference(&body);
+        let exe = cache
+            .executable(&artifact, Some("bin/app"))
+            .await
+            .expect("extract");
+        assert_eq!(exe, cache.unpacked_of(&artifact.sha256).join("bin/app"));
+        assert_eq!(std::fs::read(&exe).expect("read"), b"#!/bin/sh\n");
+        assert!(tmp_is_empty(dir.path()));
+        // Re-used without the server; a link to the executable is fine.
+        assert!(cache.executable(&artifact, Some("run")).await.is_ok());
+        for (entrypoint, reason) in [
+            ("data.txt", "is not executable"),
+            ("bin", "is not a regular file"),
+            ("nope", "is not in the archive"),
+        ] {
+            let err = cache
+                .executable(&artifact, Some(entrypoint))
+                .await
+                .expect_err(entrypoint);
+            assert!(err.to_string().contains(reason), "{entrypoint}: {err}");
+        }
+        // An extraction whose archive is gone is removed at open.
+        std::fs::remove_file(cache.path_of(&artifact.sha256)).expect("remove");
+        drop(cache);
+        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("reopen");
+        assert!(!cache.unpacked_of(&artifact.sha256).exists());
+    }
+
+    #[tokio::test]
+    async fn an_unsafe_archive_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::default(),
+        ));
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        builder
+            .append_link(&mut header, "app", "/bin/sh")
+            .expect("link");
+        let body = builder.into_inner().expect("tar").finish().expect("gz");
+        let url = serve_once("200 OK", body.clone()).await;
+        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("open");
+        let err = cache
+            .executable(&reference(&body), Some("app"))
+            .await
+            .expect_err("unsafe");
+        assert!(matches!(err, ArtifactError::Archive { .. }), "{err}");
+        assert!(
+            err.to_string().contains("leaves the extraction root"),
+            "{err}"
+        );
+        assert!(tmp_is_empty(dir.path()));
+        assert!(!cache.unpacked_of(&reference(&body).sha256).exists());
     }
 
     #[tokio::test]

@@ -14,6 +14,16 @@ use verge_shared::{AgentId, PublicKey, RegionId, Topics};
 /// sysexits(3) `EX_CONFIG`: the exit code for an unusable configuration.
 pub const EX_CONFIG: u8 = 78;
 
+/// Default intervals, chosen for a metered uplink (docs/benchmarks.md,
+/// "Agent footprint"). An abrupt loss is reported by the Last Will once the
+/// broker misses 1.5 keep-alives: 15 s keeps that within the 30 s in which a
+/// lost node must be marked down, at a cost of 4 bytes of MQTT ping per
+/// keep-alive. The heartbeat only proves the agent's own loop still runs,
+/// and is skipped when a status went out within the interval.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 120;
+pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 15;
+pub const DEFAULT_TELEMETRY_SECS: u64 = 900;
+
 /// The file as written, before validation. Every field is optional here so
 /// that a missing one is reported alongside every other problem.
 #[derive(Debug, Default, Deserialize)]
@@ -247,17 +257,31 @@ impl RawConfig {
         let heartbeat = take(
             e,
             "heartbeat_interval_secs",
-            in_range(self.heartbeat_interval_secs.unwrap_or(10), 1, 3600),
+            in_range(
+                self.heartbeat_interval_secs
+                    .unwrap_or(DEFAULT_HEARTBEAT_SECS),
+                1,
+                3600,
+            ),
         );
         let keep_alive = take(
             e,
             "keep_alive_secs",
-            in_range(self.keep_alive_secs.unwrap_or(15), 2, 600),
+            in_range(
+                self.keep_alive_secs.unwrap_or(DEFAULT_KEEP_ALIVE_SECS),
+                2,
+                600,
+            ),
         );
         let telemetry = take(
             e,
             "telemetry_interval_secs",
-            in_range(self.telemetry_interval_secs.unwrap_or(60), 1, 86_400),
+            in_range(
+                self.telemetry_interval_secs
+                    .unwrap_or(DEFAULT_TELEMETRY_SECS),
+                1,
+                86_400,
+            ),
         );
         let outbox_quota = take(
             e,
@@ -448,7 +472,7 @@ cpu_millis = 2000
         );
         assert_eq!(c.controller_url, "http://127.0.0.1:7700");
         assert_eq!(c.topics.prefix(), "verge/v1");
-        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(120));
         assert_eq!(c.keep_alive, Duration::from_secs(15));
         assert_eq!(c.labels.get("site").map(String::as_str), Some("lab"));
         assert_eq!(c.capacity.cpu_millis, Some(2000));

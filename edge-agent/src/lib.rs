@@ -8,6 +8,7 @@
 //! - [`mqtt`]: the broker connection (the only module that knows rumqttc);
 //! - [`intake`]: the pure accept / ignore / reject decision;
 //! - [`state`]: the last accepted desired state (sled) and the node key;
+//! - [`archive`]: safe extraction of tar.gz artifacts;
 //! - [`artifacts`]: the content-addressed artifact cache;
 //! - [`reconcile`]: the pure plan and the loop applying it;
 //! - [`runtime`]: workload processes, adopted across agent restarts;
@@ -20,6 +21,7 @@
 //! - [`telemetry`]: the periodic telemetry sample;
 //! - [`probe`]: the latency probe listener and the probing rounds.
 
+pub mod archive;
 pub mod artifacts;
 pub mod config;
 pub mod health;
@@ -41,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -62,6 +64,13 @@ use crate::supervise::RestartTiming;
 /// Log requests waiting to be answered; more are dropped (the controller
 /// times out and the operator asks again).
 const LOG_REQUESTS_QUEUED: usize = 8;
+
+/// How long a starting agent waits for the broker's retained desired state
+/// before it starts workloads from the one it stored. A node back from a
+/// power cut must not start a replica the controller moved away while it was
+/// gone; with the broker unreachable the wait ends at the first failed
+/// connection attempt, so offline autonomy is not delayed.
+const STARTUP_WAIT: Duration = Duration::from_secs(3);
 
 /// Status changes within this window go out as one Status.
 const STATUS_DEBOUNCE: Duration = Duration::from_millis(200);
@@ -203,14 +212,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let (log_requests_tx, log_requests_rx) = mpsc::channel(LOG_REQUESTS_QUEUED);
 
+    // Start-up ends its wait for the broker's copy of the desired state
+    // (see STARTUP_WAIT) when intake has handled a document or the broker
+    // turns out to be unreachable.
+    let startup = Arc::new(Notify::new());
     let mqtt_stop = CancellationToken::new();
     let mqtt = tokio::spawn(mqtt::run(
         mqtt::Settings {
             broker: config.broker.clone(),
             topics: config.topics.clone(),
             keep_alive: config.keep_alive,
+            heartbeat_interval: config.heartbeat_interval,
             probes_tx: probes_tx.clone(),
             log_requests: log_requests_tx,
+            unreachable: startup.clone(),
         },
         reporter.clone(),
         inbox_tx,
@@ -229,6 +244,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         board.clone(),
         inbox_rx,
         desired_tx,
+        startup.clone(),
         stop.clone(),
     ));
     let reconciler = Reconciler {
@@ -237,7 +253,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         board: board.clone(),
     };
     let reconcile_stop = stop.clone();
-    tasks.spawn(async move { reconciler.run(desired_rx, reconcile_stop).await });
+    tasks.spawn(async move {
+        // Adopted workloads already run; what the stored state would start
+        // waits until the broker had its chance to deliver a newer one.
+        tokio::select! {
+            biased;
+            () = reconcile_stop.cancelled() => return,
+            () = startup.notified() => {}
+            () = tokio::time::sleep(STARTUP_WAIT) => debug!("No desired state from the broker yet; applying the stored one."),
+        }
+        reconciler.run(desired_rx, reconcile_stop).await
+    });
     tasks.spawn(status_loop(
         board,
         reporter.clone(),
@@ -326,6 +352,7 @@ async fn intake_loop(
     board: Arc<Board>,
     mut inbox_rx: watch::Receiver<Option<Bytes>>,
     desired_tx: watch::Sender<Option<Arc<DesiredState>>>,
+    handled: Arc<Notify>,
     stop: CancellationToken,
 ) {
     loop {
@@ -337,6 +364,8 @@ async fn intake_loop(
         let Some(bytes) = inbox_rx.borrow_and_update().clone() else {
             continue;
         };
+        // Whatever the decision, the broker has spoken: start-up may go on.
+        handled.notify_one();
         let decision = intake::check(
             &bytes,
             &config.controller_public_key,
@@ -407,6 +436,9 @@ async fn status_loop(
             tokio::task::spawn_blocking(move || outbox.push(&topic, &reporter.status())).await;
         match pushed {
             Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is_disk_full() => {
+                error!(error = %e, "The disk is full: a Status cannot be queued; the next change after space returns sends a full one.");
+            }
             Ok(Err(e)) => {
                 warn!(error = %e, "Cannot queue a Status; the next change or reconnect sends a full one.");
             }

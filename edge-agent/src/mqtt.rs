@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ring::rand::SecureRandom as _;
@@ -65,11 +65,17 @@ pub struct Settings {
     pub broker: BrokerAddr,
     pub topics: Topics,
     pub keep_alive: Duration,
+    /// A heartbeat is skipped when a status went out less than this long
+    /// ago: the controller counts a status as a sign of life too.
+    pub heartbeat_interval: Duration,
     /// Where received log requests go (bounded; more are dropped).
     pub log_requests: mpsc::Sender<Bytes>,
     /// Where received probe plans go (retained on `agents/{id}/probes`;
     /// only the latest matters).
     pub probes_tx: Arc<watch::Sender<Option<Bytes>>>,
+    /// Told when a connection attempt fails, so that start-up does not wait
+    /// for a desired state from a broker it cannot reach.
+    pub unreachable: Arc<Notify>,
 }
 
 /// Runs the MQTT connection until `stop`, then says goodbye: an explicit
@@ -114,6 +120,7 @@ pub async fn run(
         topics.clone(),
         outbox_rx,
         outbox.clone(),
+        settings.heartbeat_interval,
         stop.clone(),
     ));
 
@@ -179,6 +186,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
+                settings.unreachable.notify_one();
                 link.disconnected(&mut eventloop);
                 let delay = jitter(&rng, backoff);
                 warn!(agent = %agent, error = %e, retry_in = ?delay, "MQTT connection lost; reconnecting.");
@@ -214,6 +222,8 @@ struct Flight {
     awaiting: HashMap<u16, u64>,
     /// The next outbox key to hand over while connected.
     cursor: u64,
+    /// When a status was last handed to rumqttc.
+    status_sent: Option<Instant>,
 }
 
 impl Flight {
@@ -267,13 +277,18 @@ impl Link {
     }
 
     /// Hands outbox entries from the cursor to rumqttc, up to the window.
-    fn send_outbox(&self, outbox: &Outbox) -> Result<(), crate::outbox::OutboxError> {
+    fn send_outbox(
+        &self,
+        outbox: &Outbox,
+        status_topic: &str,
+    ) -> Result<(), crate::outbox::OutboxError> {
         let mut f = self.lock();
         let room = OUTBOX_WINDOW.saturating_sub(f.outbox_in_flight());
         if !f.connected || room == 0 {
             return Ok(());
         }
         for entry in outbox.entries_from(f.cursor, room)? {
+            let is_status = entry.topic == status_topic;
             let queued = self.client.try_publish(
                 entry.topic,
                 QoS::AtLeastOnce,
@@ -286,8 +301,18 @@ impl Link {
             }
             f.queued.push_back(Tag::Outbox(entry.key));
             f.cursor = entry.key + 1;
+            if is_status {
+                f.status_sent = Some(Instant::now());
+            }
         }
         Ok(())
+    }
+
+    /// Did a status go out less than `within` ago?
+    fn status_sent_within(&self, within: Duration) -> bool {
+        self.lock()
+            .status_sent
+            .is_some_and(|at| at.elapsed() < within)
     }
 
     /// After ConnAck: resend the outbox from its oldest entry.
@@ -399,6 +424,7 @@ async fn publish_loop(
     topics: Arc<OwnTopics>,
     mut outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
     outbox: Arc<Outbox>,
+    heartbeat_interval: Duration,
     stop: CancellationToken,
 ) {
     loop {
@@ -413,7 +439,7 @@ async fn publish_loop(
             },
         };
         let Some(next) = next else {
-            if let Err(e) = link.send_outbox(&outbox) {
+            if let Err(e) = link.send_outbox(&outbox, &topics.status) {
                 warn!(error = %e, "Cannot read the outbox; its messages wait for the next attempt.");
             }
             continue;
@@ -421,6 +447,10 @@ async fn publish_loop(
         // try_publish: while offline the request queue fills and further
         // heartbeats are dropped; they only say "alive now" anyway.
         let (kind, result) = match next {
+            Outgoing::Heartbeat if link.status_sent_within(heartbeat_interval) => {
+                debug!("Skipped a heartbeat: a status went out within the heartbeat interval.");
+                continue;
+            }
             Outgoing::Heartbeat => (
                 "heartbeat",
                 link.publish(

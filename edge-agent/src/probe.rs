@@ -5,7 +5,8 @@
 //!
 //! The listener answers only exact probe requests (13 bytes, see
 //! `verge_shared::latency`), with a reply of the same size, at most
-//! [`MAX_ANSWERS_PER_SEC`] per second; everything else is dropped unread
+//! [`verge_shared::latency::MAX_ANSWERS_PER_SEC`] per second (the
+//! controller's listener applies the same [`AnswerBudget`]); everything else is dropped unread
 //! beyond the first bytes, so it can be neither flooded into work nor used
 //! to amplify traffic.
 
@@ -21,7 +22,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use verge_shared::latency::{
-    LatencySample, MAX_PLAN_BYTES, MAX_RTT_MICROS, PLAN_PAYLOAD_TYPE, PROBE_LEN, Probe, ProbePlan,
+    AnswerBudget, LatencySample, MAX_PLAN_BYTES, MAX_RTT_MICROS, PLAN_PAYLOAD_TYPE, PROBE_LEN,
+    Probe, ProbePlan,
 };
 use verge_shared::messages::SCHEMA_VERSION;
 use verge_shared::{AgentId, Envelope, PublicKey};
@@ -29,8 +31,6 @@ use verge_shared::{AgentId, Envelope, PublicKey};
 use crate::outbox::Outbox;
 use crate::report::Reporter;
 
-/// Most probe requests answered per second; more are dropped.
-pub const MAX_ANSWERS_PER_SEC: u32 = 200;
 /// Probes sent to each target per round.
 const PROBES_PER_TARGET: usize = 3;
 /// How long a round waits for answers; later answers count as lost.
@@ -79,23 +79,6 @@ pub fn accept_plan(
     Ok(plan)
 }
 
-/// A token bucket refilled once per second.
-struct RateLimit {
-    window_start: Instant,
-    used: u32,
-}
-
-impl RateLimit {
-    fn allow(&mut self, now: Instant) -> bool {
-        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
-            self.window_start = now;
-            self.used = 0;
-        }
-        self.used += 1;
-        self.used <= MAX_ANSWERS_PER_SEC
-    }
-}
-
 /// One round of probes in flight.
 struct Round {
     deadline: Instant,
@@ -126,10 +109,7 @@ impl Prober {
         let mut plan: Option<ProbePlan> = None;
         let mut round: Option<Round> = None;
         let mut next_round = Instant::now();
-        let mut limit = RateLimit {
-            window_start: Instant::now(),
-            used: 0,
-        };
+        let mut limit = AnswerBudget::new(Instant::now());
         // One byte more than a probe, so that a longer datagram is noticed.
         let mut buf = [0u8; PROBE_LEN + 1];
         loop {
@@ -180,17 +160,14 @@ impl Prober {
         socket: &UdpSocket,
         bytes: &[u8],
         from: SocketAddr,
-        limit: &mut RateLimit,
+        limit: &mut AnswerBudget,
         round: Option<&mut Round>,
     ) {
         match Probe::decode(bytes) {
-            Some(request @ Probe::Request { .. }) => {
-                if !limit.allow(Instant::now()) {
-                    return;
-                }
-                if let Some(answer) = request.answer() {
+            Some(Probe::Request { .. }) => {
+                if let Some(answer) = limit.answer(bytes, Instant::now()) {
                     // try_send: a full socket buffer drops the answer, as a loaded network would.
-                    let _ = socket.try_send_to(&answer.encode(), from);
+                    let _ = socket.try_send_to(&answer, from);
                 }
             }
             Some(Probe::Response { nonce }) => {
@@ -315,20 +292,6 @@ mod tests {
             accept_plan(&sign(&key, &bad), &key.public_key(), &me, None),
             Err(PlanError::Invalid(_))
         ));
-    }
-
-    #[test]
-    fn answers_are_rate_limited_per_second() {
-        let start = Instant::now();
-        let mut limit = RateLimit {
-            window_start: start,
-            used: 0,
-        };
-        let allowed = (0..MAX_ANSWERS_PER_SEC + 50)
-            .filter(|_| limit.allow(start))
-            .count();
-        assert_eq!(allowed, MAX_ANSWERS_PER_SEC as usize);
-        assert!(limit.allow(start + Duration::from_secs(1)));
     }
 
     #[tokio::test]

@@ -162,7 +162,12 @@ impl<R: Runtime> Reconciler<R> {
         }
         let mut executables = BTreeMap::new();
         for workload in plan.launches() {
-            match self.artifacts.ensure(&workload.artifact).await {
+            let entrypoint = workload.run.entrypoint.as_deref();
+            match self
+                .artifacts
+                .executable(&workload.artifact, entrypoint)
+                .await
+            {
                 Ok(path) => {
                     executables.insert(workload.service.clone(), path);
                 }

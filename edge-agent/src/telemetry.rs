@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{error, warn};
 use verge_shared::messages::SCHEMA_VERSION;
 use verge_shared::telemetry::{OutboxMetrics, Telemetry};
 use verge_shared::{AgentId, RegionId, Timestamp};
@@ -74,6 +74,9 @@ pub async fn telemetry_loop(sampler: Sampler, interval: Duration, stop: Cancella
         .await;
         match pushed {
             Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.is_disk_full() => {
+                error!(error = %e, "The disk is full: this telemetry sample is lost.");
+            }
             Ok(Err(e)) => warn!(error = %e, "Cannot queue telemetry; this sample is lost."),
             Err(e) => warn!(error = %e, "Queueing telemetry failed."),
         }

@@ -14,6 +14,7 @@
 //! a probe listener can never be used to amplify traffic.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +92,43 @@ impl Probe {
             Probe::Request { nonce } => Some(Probe::Response { nonce }),
             Probe::Response { .. } => None,
         }
+    }
+}
+
+/// The target id under which the controller's own probe listener appears in
+/// probe plans and latency reports. No agent may register with this id.
+pub const CONTROLLER_TARGET: &str = "controller";
+
+/// Most probe requests a listener answers per second; more are dropped.
+pub const MAX_ANSWERS_PER_SEC: u32 = 200;
+
+/// A probe listener's answer budget: at most [`MAX_ANSWERS_PER_SEC`] per
+/// one-second window. Pure (the caller passes the time), shared by the
+/// agents' and the controller's listeners.
+#[derive(Clone, Copy, Debug)]
+pub struct AnswerBudget {
+    window_start: Instant,
+    used: u32,
+}
+
+impl AnswerBudget {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            window_start: now,
+            used: 0,
+        }
+    }
+
+    /// The answer to a datagram, if it is a probe request and the budget
+    /// allows one more answer at `now`; `None` means send nothing.
+    pub fn answer(&mut self, datagram: &[u8], now: Instant) -> Option<[u8; PROBE_LEN]> {
+        let answer = Probe::decode(datagram)?.answer()?;
+        if now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.used = 0;
+        }
+        self.used += 1;
+        (self.used <= MAX_ANSWERS_PER_SEC).then(|| answer.encode())
     }
 }
 
@@ -184,6 +222,28 @@ impl LatencyReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_answer_budget_answers_only_requests_and_at_most_its_rate() {
+        let start = Instant::now();
+        let mut budget = AnswerBudget::new(start);
+        let request = Probe::Request { nonce: 9 }.encode();
+        assert_eq!(
+            budget.answer(&request, start),
+            Some(Probe::Response { nonce: 9 }.encode())
+        );
+        assert_eq!(
+            budget.answer(&Probe::Response { nonce: 9 }.encode(), start),
+            None
+        );
+        assert_eq!(budget.answer(&request[..12], start), None);
+        for _ in 1..MAX_ANSWERS_PER_SEC {
+            assert!(budget.answer(&request, start).is_some());
+        }
+        assert_eq!(budget.answer(&request, start), None, "over the rate");
+        let later = start + Duration::from_secs(1);
+        assert!(budget.answer(&request, later).is_some(), "a new window");
+    }
 
     #[test]
     fn probes_round_trip_and_only_requests_are_answered() {

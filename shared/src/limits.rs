@@ -32,6 +32,16 @@ pub const MAX_ARG_BYTES: usize = 4096;
 pub const MAX_ENV_VARS: usize = 64;
 pub const MAX_ENV_VALUE_BYTES: usize = 4096;
 
+/// Longest archive entrypoint path in a run spec.
+pub const MAX_ENTRYPOINT_BYTES: usize = 512;
+
+/// Most bytes a tar.gz artifact may extract to: a decompression bomb stops
+/// here, whatever its compressed size.
+pub const MAX_ARCHIVE_EXTRACTED_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Most entries (files, directories, links) a tar.gz artifact may hold.
+pub const MAX_ARCHIVE_ENTRIES: u64 = 10_000;
+
 /// Most named ports one workload may have.
 pub const MAX_PORTS: usize = 16;
 

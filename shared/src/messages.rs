@@ -179,6 +179,11 @@ pub struct RunSpec {
     /// How the agent decides whether the running process is healthy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// When set, the artifact is a tar.gz archive and this relative path
+    /// inside it (no `..`, no leading `/`) is the executable to run. When
+    /// absent, the artifact itself is the executable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
 }
 
 /// The stop grace period when a run spec gives none.
@@ -313,6 +318,22 @@ pub fn is_env_name(key: &str) -> bool {
         && key.len() <= 128
 }
 
+/// Is `path` a usable archive entrypoint: a non-empty relative path of
+/// normal components, within the length bound?
+fn validate_entrypoint(path: &str) -> Result<(), String> {
+    let normal = |c: &str| !c.is_empty() && c != "." && c != "..";
+    if path.len() > limits::MAX_ENTRYPOINT_BYTES
+        || path.bytes().any(|b| b.is_ascii_control())
+        || !path.split('/').all(normal)
+    {
+        return Err(format!(
+            "entrypoint: {path:?} must be a relative path of at most {} bytes, without '.', '..', empty components or control characters",
+            limits::MAX_ENTRYPOINT_BYTES
+        ));
+    }
+    Ok(())
+}
+
 impl RunSpec {
     /// Checks the bounds and formats of a run spec. The error names the field.
     pub fn validate(&self) -> Result<(), String> {
@@ -370,6 +391,9 @@ impl RunSpec {
         }
         if let Some(health) = &self.health {
             self.validate_health(health)?;
+        }
+        if let Some(entrypoint) = &self.entrypoint {
+            validate_entrypoint(entrypoint)?;
         }
         Ok(())
     }
@@ -797,6 +821,31 @@ mod tests {
         ));
         let text = serde_json::to_string(&RunSpec::default()).expect("serialise");
         assert!(!text.contains("restart"), "{text}");
+    }
+
+    #[test]
+    fn entrypoints_are_relative_paths_inside_the_archive() {
+        let mut w = workload("web");
+        for good in ["bin/app", "app", "a/b/c.sh"] {
+            w.run.entrypoint = Some(good.into());
+            assert_eq!(desired(vec![w.clone()]).validate(), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "/bin/app",
+            "../app",
+            "bin/../../app",
+            "bin//app",
+            "./app",
+            "bin/",
+            "a\nb",
+        ] {
+            w.run.entrypoint = Some(bad.into());
+            let err = desired(vec![w.clone()]).validate().expect_err(bad);
+            assert!(err.contains("run.entrypoint"), "{err}");
+        }
+        w.run.entrypoint = Some("a/".repeat(300) + "b");
+        assert!(desired(vec![w]).validate().is_err());
     }
 
     #[test]

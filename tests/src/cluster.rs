@@ -33,6 +33,10 @@ pub struct ClusterOptions {
     /// Extra controller configuration appended to its file (whole tables,
     /// such as a `[placement]` section).
     pub controller_extra: String,
+    /// Run the controller with its default republish interval and heartbeat
+    /// timeout instead of the tests' short ones (for the footprint benchmark,
+    /// which measures default behaviour).
+    pub default_intervals: bool,
 }
 
 impl Default for ClusterOptions {
@@ -41,6 +45,7 @@ impl Default for ClusterOptions {
             broker: BrokerKind::Embedded,
             failover_grace_secs: 120,
             controller_extra: String::new(),
+            default_intervals: false,
         }
     }
 }
@@ -266,11 +271,21 @@ impl Cluster {
         };
         let config = format!(
             "data_dir = \"{data}\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n\
-             [broker]\n{broker_section}\n\n[deploy]\nrepublish_interval_secs = 10\n\n\
-             [nodes]\nheartbeat_timeout_secs = 10\nfailover_grace_secs = {grace}\n\n{extra}\n",
+             [broker]\n{broker_section}\n\n[deploy]\n{republish}\n\
+             [nodes]\n{heartbeat_timeout}failover_grace_secs = {grace}\n\n{extra}\n",
             data = controller_data.display(),
             grace = options.failover_grace_secs,
             extra = options.controller_extra,
+            republish = if options.default_intervals {
+                ""
+            } else {
+                "republish_interval_secs = 10\n"
+            },
+            heartbeat_timeout = if options.default_intervals {
+                ""
+            } else {
+                "heartbeat_timeout_secs = 10\n"
+            },
         );
         let config_path = dir.path().join("controller.toml");
         fs::write(&config_path, config)?;
@@ -303,6 +318,18 @@ impl Cluster {
             controller_data,
             controller_public_key,
         })
+    }
+
+    /// A cluster with default options and these `(id, region)` agents, all
+    /// online. Panics, failing the test, if any part does not come up.
+    pub async fn with_agents(agents: &[(&str, &str)]) -> Cluster {
+        let mut cluster = Cluster::start(ClusterOptions::default())
+            .await
+            .expect("cluster starts");
+        for (id, region) in agents {
+            cluster.add_agent(id, region).await.expect("agent starts");
+        }
+        cluster
     }
 
     /// Starts an agent process with `id` in `region` and waits until the

@@ -11,19 +11,7 @@ use verge_shared::messages::{DesiredState, payload_type};
 use verge_shared::{Envelope, Generation, PublicKey, SigningKey, Timestamp, Topics, limits};
 use verge_tests::mqtt::TestClient;
 use verge_tests::workload::{hello_artifact, hello_spec, wait_running};
-use verge_tests::{Cluster, ClusterOptions, wait_for};
-
-/// A cluster with one agent, edge-a in region-a.
-async fn one_agent() -> Cluster {
-    let mut cluster = Cluster::start(ClusterOptions::default())
-        .await
-        .expect("cluster");
-    cluster
-        .add_agent("edge-a", "region-a")
-        .await
-        .expect("agent");
-    cluster
-}
+use verge_tests::{Cluster, wait_for};
 
 fn spec(artifact: &str, greeting: &str) -> Value {
     hello_spec(artifact, greeting, 1, &["region-a"])
@@ -35,7 +23,7 @@ fn sign(key: &SigningKey, doc: &DesiredState) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_rejects_forged_foreign_expired_and_replayed_desired_states() {
-    let cluster = one_agent().await;
+    let cluster = Cluster::with_agents(&[("edge-a", "region-a")]).await;
     let api = cluster.api.clone();
     let topics = Topics::default();
     let desired_topic = topics.desired(&"edge-a".parse().expect("id"));
@@ -156,7 +144,7 @@ async fn agent_rejects_forged_foreign_expired_and_replayed_desired_states() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_every_topic_crashes_neither_side() {
-    let cluster = one_agent().await;
+    let cluster = Cluster::with_agents(&[("edge-a", "region-a")]).await;
     let api = cluster.api.clone();
     let topics = Topics::default();
     let agent = "edge-a".parse().expect("id");

@@ -3,7 +3,9 @@
 //! every agent's probe listener. A service with a 20 ms target to region-a
 //! lands on region-a; losing its node moves it to the other region-a node;
 //! losing both leaves it unplaced with the reason; healing brings it back,
-//! and the copies are counted by asking the workloads themselves.
+//! and the copies are counted by asking the workloads themselves. Agents
+//! also measure their round-trip time to the controller's probe listener.
+//! Cordon, drain and uncordon go through the `central-controller node` CLI.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 use verge_shared::latency::Probe;
-use verge_tests::cluster::free_port;
+use verge_tests::cluster::{binary, free_port};
 use verge_tests::workload::{ask, hello_artifact, hello_spec, wait_running};
 use verge_tests::{Api, Cluster, ClusterOptions, wait_for};
 
@@ -106,8 +108,10 @@ async fn latency_target_failover_and_heal_keep_one_copy() {
     let mut cluster = Cluster::start(ClusterOptions {
         failover_grace_secs: 5,
         controller_extra: format!(
-            "[placement]\nregions_file = \"{}\"\nprobe_interval_secs = 1\nlatency_window_secs = 10\n",
-            regions_file.display()
+            "[placement]\nregions_file = \"{}\"\nprobe_interval_secs = 1\nlatency_window_secs = 10\n\
+             probe_listen = \"127.0.0.1:{}\"\n",
+            regions_file.display(),
+            free_port()
         ),
         ..ClusterOptions::default()
     })
@@ -156,7 +160,13 @@ async fn latency_target_failover_and_heal_keep_one_copy() {
             let measured = b_to_a["source"] == "measured" && a_to_a["source"] == "measured";
             let far = b_to_a["p50_ms"].as_f64().unwrap_or(0.0) >= 30.0;
             let near = a_to_a["p90_ms"].as_f64().unwrap_or(f64::MAX) < 20.0;
-            if measured && far && near {
+            // Every agent also probes the controller's own listener (no proxy in between).
+            let to_controller = agents.iter().all(|(id, _)| {
+                let figure = &latency["controller"][id];
+                figure["source"] == "measured"
+                    && figure["p50_ms"].as_f64().is_some_and(|ms| ms < 20.0)
+            });
+            if measured && far && near && to_controller {
                 Ok(())
             } else {
                 Err(latency.to_string())
@@ -285,17 +295,7 @@ async fn latency_target_failover_and_heal_keep_one_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cordon_keeps_drain_moves_and_uncordon_restores() {
-    let mut cluster = Cluster::start(ClusterOptions::default())
-        .await
-        .expect("cluster");
-    cluster
-        .add_agent("edge-a", "region-a")
-        .await
-        .expect("agent");
-    cluster
-        .add_agent("edge-b", "region-a")
-        .await
-        .expect("agent");
+    let cluster = Cluster::with_agents(&[("edge-a", "region-a"), ("edge-b", "region-a")]).await;
     let api = cluster.api.clone();
     let artifact = api.upload_artifact(hello_artifact()).await.expect("upload");
     let spec = hello_spec(&artifact, "held", 1, &["region-a"]);
@@ -307,21 +307,38 @@ async fn cordon_keeps_drain_moves_and_uncordon_restores() {
         "edge-a"
     };
 
-    let post = |path: String| {
-        let api = api.clone();
+    // Through the CLI, as an operator would: `central-controller node ...`.
+    let token_file = cluster.controller_data.join("admin-token");
+    let node_cmd = |args: Vec<String>| {
+        let mut command = std::process::Command::new(binary("central-controller"));
+        command
+            .arg("node")
+            .args(args)
+            .arg("--api")
+            .arg(&api.base)
+            .arg("--token-file")
+            .arg(&token_file);
         async move {
-            api.request(reqwest::Method::POST, &path, None)
+            let out = tokio::task::spawn_blocking(move || command.output())
                 .await
-                .expect("POST")
+                .expect("join")
+                .expect("run central-controller node");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
         }
     };
-    let reply = post(format!("/api/v1/nodes/{}/cordon", first.node)).await;
-    assert_eq!(reply.body["cordon"], "cordoned", "{}", reply.body);
+    let (ok, stdout, stderr) = node_cmd(vec!["cordon".into(), first.node.clone()]).await;
+    assert!(ok && stdout.contains("\tcordoned\t"), "{stdout} {stderr}");
+    let node = api.node(&first.node).await.expect("node");
+    assert_eq!(node["cordon"], "cordoned", "{node}");
     let still = wait_running(&api, "hello", "held").await.remove(0);
     assert_eq!(still.pid, first.pid, "cordon keeps what runs");
 
-    let reply = post(format!("/api/v1/nodes/{}/drain", first.node)).await;
-    assert_eq!(reply.body["cordon"], "drained", "{}", reply.body);
+    let (ok, stdout, stderr) = node_cmd(vec!["drain".into(), first.node.clone()]).await;
+    assert!(ok && stdout.contains("\tdrained\t"), "{stdout} {stderr}");
     wait_for(
         "the replica drained to the other node",
         Duration::from_secs(90),
@@ -337,8 +354,32 @@ async fn cordon_keeps_drain_moves_and_uncordon_restores() {
     )
     .await;
 
-    let reply = post(format!("/api/v1/nodes/{}/uncordon", first.node)).await;
-    assert!(reply.body["cordon"].is_null(), "{}", reply.body);
-    let reply = post("/api/v1/nodes/nobody/cordon".to_owned()).await;
+    let (ok, stdout, stderr) = node_cmd(vec!["uncordon".into(), first.node.clone()]).await;
+    assert!(
+        ok && stdout.contains("\tschedulable\t"),
+        "{stdout} {stderr}"
+    );
+    let node = api.node(&first.node).await.expect("node");
+    assert!(node["cordon"].is_null(), "{node}");
+    let (ok, stdout, _) = node_cmd(vec!["list".into()]).await;
+    assert!(ok, "{stdout}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with(&format!(
+            "{other}\tregion region-a\thealthy\tschedulable\treplicas: 1"
+        ))),
+        "{stdout}"
+    );
+    // An unknown node: the API's error, and a non-zero exit code.
+    let (ok, _, stderr) = node_cmd(vec!["cordon".into(), "nobody".into()]).await;
+    assert!(
+        !ok && stderr.contains("404") && stderr.contains("nobody"),
+        "{stderr}"
+    );
+    // The API itself answers 404 as well.
+    let reply = api
+        .request(reqwest::Method::POST, "/api/v1/nodes/nobody/cordon", None)
+        .await
+        .expect("POST");
     assert_eq!(reply.status, 404);
 }

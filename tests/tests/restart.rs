@@ -12,7 +12,7 @@ use serde_json::json;
 use verge_shared::Timestamp;
 use verge_tests::cluster::process_alive;
 use verge_tests::workload::{RunningReplica, hello_artifact, hello_spec, wait_running};
-use verge_tests::{Cluster, ClusterOptions, wait_for};
+use verge_tests::{Cluster, wait_for};
 
 /// Live processes whose argv[0] lies under `data_dir`: the agent's workloads.
 fn workloads_under(data_dir: &Path) -> Vec<u32> {
@@ -73,17 +73,7 @@ async fn wait_same_process(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_adopts_its_running_workloads() {
-    let mut cluster = Cluster::start(ClusterOptions::default())
-        .await
-        .expect("cluster");
-    cluster
-        .add_agent("edge-a", "region-a")
-        .await
-        .expect("agent");
-    cluster
-        .add_agent("edge-b", "region-b")
-        .await
-        .expect("agent");
+    let mut cluster = Cluster::with_agents(&[("edge-a", "region-a"), ("edge-b", "region-b")]).await;
     let api = cluster.api.clone();
     let artifact = api.upload_artifact(hello_artifact()).await.expect("upload");
     let spec = hello_spec(&artifact, "steady", 1, &["region-a"]);

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use verge_tests::api::Api;
 use verge_tests::cluster::process_alive;
 use verge_tests::workload::{self, hello_artifact, hello_spec};
-use verge_tests::{Cluster, ClusterOptions, wait_for};
+use verge_tests::{Cluster, wait_for};
 
 /// Generous: crash-loop detection alone takes about 15 s of backoff.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -33,13 +33,7 @@ fn spec(artifact: &str, args: &[&str], extra: Value) -> Value {
 }
 
 async fn one_agent_cluster() -> (Cluster, Api, String) {
-    let mut cluster = Cluster::start(ClusterOptions::default())
-        .await
-        .expect("cluster");
-    cluster
-        .add_agent("edge-a", "region-a")
-        .await
-        .expect("agent");
+    let cluster = Cluster::with_agents(&[("edge-a", "region-a")]).await;
     let api = cluster.api.clone();
     let artifact = api.upload_artifact(hello_artifact()).await.expect("upload");
     (cluster, api, artifact)

@@ -31,6 +31,7 @@ pub fn workload(service: &ServiceRecord, replica: u32) -> Workload {
             restart: service.spec.restart,
             stop_grace_secs: service.spec.stop_grace_secs,
             health: service.spec.health.clone(),
+            entrypoint: service.spec.entrypoint.clone(),
         },
         resources: service.spec.resources,
     }
@@ -154,6 +155,7 @@ mod tests {
                 restart: Default::default(),
                 stop_grace_secs: None,
                 health: None,
+                entrypoint: None,
             },
             artifact_size: 3,
             revision: 1,

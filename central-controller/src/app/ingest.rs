@@ -28,6 +28,8 @@ enum IngestError {
     AgentMismatch(AgentId),
     #[error("schema_version {0} is not supported")]
     Schema(u32),
+    #[error("the agent id {0:?} is reserved for the controller's probe listener")]
+    ReservedId(&'static str),
     #[error("no presence has been seen from this agent, so its key is unknown")]
     UnknownAgent,
     #[error("invalid document: {0}")]
@@ -43,6 +45,9 @@ fn check_header(
 ) -> Result<(), IngestError> {
     if agent != topic_agent {
         return Err(IngestError::AgentMismatch(agent.clone()));
+    }
+    if agent.as_str() == latency::CONTROLLER_TARGET {
+        return Err(IngestError::ReservedId(latency::CONTROLLER_TARGET));
     }
     if schema_version != SCHEMA_VERSION {
         return Err(IngestError::Schema(schema_version));

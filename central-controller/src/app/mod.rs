@@ -131,6 +131,10 @@ pub struct ServiceRequest {
     /// A TCP, HTTP or exec health check run by the agent.
     #[serde(default)]
     pub health: Option<HealthCheck>,
+    /// The executable inside a tar.gz artifact (a relative path); absent
+    /// when the artifact itself is the executable.
+    #[serde(default)]
+    pub entrypoint: Option<String>,
 }
 
 /// State that only the deployment step touches, guarded by its mutex.
@@ -151,6 +155,8 @@ pub struct App {
     nodes: Mutex<BTreeMap<AgentId, NodeRecord>>,
     deploy: tokio::sync::Mutex<DeployState>,
     plan: RwLock<Plan>,
+    /// The scheduler inputs `plan` was made from, for the incremental path.
+    planned_from: Mutex<Option<PlanInputs>>,
     replan: Notify,
     republish: Notify,
     n_rejected: AtomicU64,
@@ -167,9 +173,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The scheduler's inputs for one plan.
+struct PlanInputs {
+    nodes: Vec<NodeInput>,
+    services: Vec<ServiceInput>,
+}
+
 /// A plan plus what it was computed from.
 struct Planned {
     plan: Plan,
+    inputs: PlanInputs,
     desired: BTreeMap<AgentId, DesiredRecord>,
     health: BTreeMap<AgentId, Health>,
 }
@@ -198,6 +211,7 @@ impl App {
             nodes: Mutex::new(nodes),
             deploy: tokio::sync::Mutex::new(DeployState::default()),
             plan: RwLock::new(Plan::default()),
+            planned_from: Mutex::new(None),
             replan: Notify::new(),
             republish: Notify::new(),
             n_rejected: AtomicU64::new(0),
@@ -301,8 +315,30 @@ impl App {
             })
             .collect();
         let inputs: Vec<ServiceInput> = services.iter().map(placement::service_input).collect();
+        // When nodes were only lost since the last plan, re-place just their
+        // replicas: the same outcome as a full plan (scheduler::replan_displaced).
+        let last_plan = lock(&self.planned_from)
+            .as_ref()
+            .filter(|last| {
+                last.services == inputs && scheduler::only_nodes_lost(&last.nodes, &nodes)
+            })
+            .map(|_| {
+                self.plan
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+            })
+            .filter(|last| last.placement() == previous);
+        let plan = match last_plan {
+            Some(last) => scheduler::replan_displaced(&nodes, &inputs, last),
+            None => scheduler::plan(&nodes, &inputs, &previous),
+        };
         Ok(Planned {
-            plan: scheduler::plan(&nodes, &inputs, &previous),
+            plan,
+            inputs: PlanInputs {
+                nodes,
+                services: inputs,
+            },
             desired,
             health,
         })
@@ -344,6 +380,7 @@ impl App {
         }
         state.last_health = planned.health;
         *self.plan.write().unwrap_or_else(PoisonError::into_inner) = planned.plan;
+        *lock(&self.planned_from) = Some(planned.inputs);
         self.update_probe_plans(now);
         Ok(())
     }
@@ -437,6 +474,7 @@ impl App {
             restart: request.restart,
             stop_grace_secs: request.stop_grace_secs,
             health: request.health,
+            entrypoint: request.entrypoint,
         };
         run.validate().map_err(|e| match e.split_once(": ") {
             Some((field, message)) => AppError::invalid(field, message),
@@ -454,6 +492,7 @@ impl App {
             restart: run.restart,
             stop_grace_secs: run.stop_grace_secs,
             health: run.health,
+            entrypoint: run.entrypoint,
         };
         Ok((name, spec, size))
     }

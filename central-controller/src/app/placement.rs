@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
-use verge_shared::latency::{LatencyReport, PLAN_PAYLOAD_TYPE, ProbePlan, ProbeTarget};
+use verge_shared::latency::{
+    CONTROLLER_TARGET, LatencyReport, PLAN_PAYLOAD_TYPE, ProbePlan, ProbeTarget,
+};
 use verge_shared::messages::SCHEMA_VERSION;
 use verge_shared::topic::Channel;
 use verge_shared::{AgentId, RegionId, Timestamp};
@@ -249,6 +251,9 @@ pub struct LatencyView {
     /// Region → region: the median of the measured figures of the first
     /// region's nodes, else the static hint.
     pub regions: BTreeMap<RegionId, BTreeMap<RegionId, Estimate>>,
+    /// Node → its measured round-trip time to the controller's probe
+    /// listener (nodes without a fresh measurement are left out).
+    pub controller: BTreeMap<AgentId, Estimate>,
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -264,7 +269,12 @@ impl App {
         now: Timestamp,
     ) -> BTreeMap<AgentId, BTreeMap<RegionId, Estimate>> {
         let window = self.settings.placement.latency_window;
-        let known: BTreeSet<&AgentId> = nodes.iter().map(|n| &n.id).collect();
+        let controller = AgentId::new(CONTROLLER_TARGET).ok();
+        let known: BTreeSet<&AgentId> = nodes
+            .iter()
+            .map(|n| &n.id)
+            .chain(controller.as_ref())
+            .collect();
         let pairs: Vec<(AgentId, RegionId)> = nodes
             .iter()
             .map(|n| (n.id.clone(), n.region.clone()))
@@ -293,9 +303,16 @@ impl App {
             .collect();
         let interval_secs =
             u32::try_from(self.settings.placement.probe_interval.as_secs()).unwrap_or(u32::MAX);
+        let controller = self.controller_target();
         let mut published = lock(&self.probe_plans);
         for node in nodes.iter().filter(|n| n.probe_addr.is_some()) {
-            let targets = choose_targets(&node.id, &peers);
+            let mut targets = choose_targets(&node.id, &peers);
+            if let Some(controller) = &controller {
+                // The controller takes the place of the last peer when the plan is full.
+                targets.truncate(verge_shared::latency::MAX_TARGETS - 1);
+                targets.push(controller.clone());
+                targets.sort();
+            }
             if published
                 .get(&node.id)
                 .is_some_and(|p| p.targets == targets)
@@ -314,6 +331,13 @@ impl App {
             self.send_probe_plan(&node.id, &envelope);
             published.insert(node.id.clone(), PublishedProbes { targets, envelope });
         }
+    }
+
+    /// The controller's own probe listener as a target, when it has one.
+    fn controller_target(&self) -> Option<ProbeTarget> {
+        let addr = self.settings.placement.probe_advertise?;
+        let agent = AgentId::new(CONTROLLER_TARGET).ok()?;
+        Some(ProbeTarget { agent, addr })
     }
 
     /// Publishes every probe plan again (the broker may have lost them).
@@ -451,10 +475,24 @@ impl App {
                 }
             }
         }
+        let controller = AgentId::new(CONTROLLER_TARGET).map_or_else(
+            |_| BTreeMap::new(),
+            |controller| {
+                let ids: Vec<AgentId> = records.iter().map(|n| n.id.clone()).collect();
+                let book = lock(&self.latency);
+                book.to_peer(
+                    &ids,
+                    &controller,
+                    now,
+                    self.settings.placement.latency_window,
+                )
+            },
+        );
         LatencyView {
             window_secs: self.settings.placement.latency_window.as_secs(),
             nodes,
             regions,
+            controller,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Scheduler tests: examples for each rule and reason, and properties over
-//! random fleets (capacity, health, targets, maximality, stability, node loss).
+//! random fleets (capacity, health, targets, maximality, stability, node loss,
+//! incremental re-placement).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -451,5 +452,72 @@ proptest! {
             }
         }
         prop_assert!(after.values().all(|n| *n != gone));
+    }
+}
+
+proptest! {
+    #[test]
+    fn replacing_only_displaced_replicas_equals_a_full_replan(
+        nodes in arb_nodes(),
+        services in arb_services(),
+        previous in arb_previous(),
+        lost in 0..7usize,
+        how in 0..5u8,
+    ) {
+        prop_assume!(lost < nodes.len());
+        let before = plan(&nodes, &services, &to_placement(&previous));
+        let mut changed = nodes.clone();
+        let why = match how {
+            0 => Some(Unschedulable::Offline),
+            1 => Some(Unschedulable::NotResponding),
+            2 => Some(Unschedulable::Drained),
+            3 => Some(Unschedulable::Cordoned),
+            _ => None,
+        };
+        match why {
+            Some(why) => changed[lost].schedulable = Err(why),
+            None => {
+                changed.remove(lost);
+            }
+        }
+        // The app takes the incremental path only when nodes were lost, never on a heal.
+        match why {
+            Some(why) => {
+                let was = nodes[lost].schedulable;
+                let expected = was == Err(why) || runs_what_it_has(&nodes[lost]);
+                prop_assert_eq!(only_nodes_lost(&nodes, &changed), expected);
+                prop_assert_eq!(only_nodes_lost(&changed, &nodes), was == Err(why) || (why == Unschedulable::Cordoned && was.is_err()));
+            }
+            None => prop_assert!(!only_nodes_lost(&nodes, &changed)),
+        }
+        let full = plan(&changed, &services, &before.placement());
+        let incremental = replan_displaced(&changed, &services, before.clone());
+        prop_assert_eq!(incremental.placement(), full.placement());
+        let by_id: BTreeMap<&AgentId, &NodeInput> = changed.iter().map(|n| (&n.id, n)).collect();
+        let kept = before.placement();
+        let mut used: BTreeMap<&AgentId, (u64, u64)> = BTreeMap::new();
+        for s in &services {
+            for r in &incremental.services[&s.name] {
+                let Some(id) = &r.node else {
+                    prop_assert!(r.reason.is_some(), "unplaced without a reason");
+                    continue;
+                };
+                let n = by_id[id];
+                let u = used.entry(id).or_default();
+                u.0 += u64::from(s.resources.cpu_millis);
+                u.1 += u64::from(s.resources.memory_mb);
+                if kept.get(&(s.name.clone(), r.index)) == Some(id) {
+                    continue;
+                }
+                // A displaced replica passes every hard filter for a new placement.
+                prop_assert!(n.schedulable.is_ok(), "re-placed on an unschedulable node");
+                prop_assert!(s.regions.is_empty() || s.regions.contains(&n.region));
+                prop_assert!(within(n, s, r.index, true), "latency target violated");
+            }
+        }
+        for (id, (cpu, mem)) in &used {
+            prop_assert!(*cpu <= u64::from(by_id[id].capacity.cpu_millis), "cpu exceeded");
+            prop_assert!(*mem <= u64::from(by_id[id].capacity.memory_mb), "memory exceeded");
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Each run starts a controller (embedded broker) and one release agent with
-//! the default intervals (heartbeat 10 s, keep-alive 15 s, telemetry 60 s).
+//! the default intervals (agent: heartbeat 120 s, keep-alive 60 s, telemetry
+//! 900 s; controller: desired state republished every 60 s).
 //! The agent reaches the broker through a counting TCP proxy, so the bytes
 //! are what crosses its uplink in both directions. RSS is VmRSS from
 //! `/proc/<pid>/status` after the idle window; CPU is utime + stime from
@@ -86,7 +87,11 @@ fn confine(pid: u32) -> Result<()> {
 }
 
 async fn run_once(workloads: usize, idle: Duration, cgroup: bool) -> Result<Sample> {
-    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let cluster = Cluster::start(ClusterOptions {
+        default_intervals: true,
+        ..ClusterOptions::default()
+    })
+    .await?;
     let proxy = Proxy::start(cluster.mqtt_addr).await?;
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), &cluster, proxy.addr)?;

@@ -91,6 +91,14 @@ impl TestClient {
     }
 }
 
+/// The message the broker keeps retained on `topic`, read by a short-lived
+/// client `client_id`.
+pub async fn retained(addr: std::net::SocketAddr, client_id: &str, topic: &str) -> Result<Message> {
+    let mut client = TestClient::connect(addr, client_id).await?;
+    client.subscribe(topic).await?;
+    client.next_on(topic, Duration::from_secs(30)).await
+}
+
 impl Drop for TestClient {
     fn drop(&mut self) {
         self.task.abort();

@@ -18,7 +18,7 @@ use serde_json::json;
 use verge_shared::telemetry::Telemetry;
 use verge_shared::{AgentId, RegionId, Topics};
 use verge_tests::cluster::{free_port, process_alive};
-use verge_tests::mqtt::TestClient;
+use verge_tests::mqtt::{TestClient, retained};
 use verge_tests::proxy::Proxy;
 use verge_tests::workload::{ask, hello_artifact, hello_spec, wait_running};
 use verge_tests::{Cluster, ClusterOptions, wait_for};
@@ -81,15 +81,9 @@ async fn workloads_come_back_offline_and_the_link_catches_up() {
         wait_running(&api, name, "offline-v1").await;
     }
     // The accepted document, soon to be an older generation.
-    let mut watcher = TestClient::connect(cluster.mqtt_addr, "test-watcher")
-        .await
-        .expect("mqtt");
-    watcher.subscribe(&desired_topic).await.expect("subscribe");
-    let old = watcher
-        .next_on(&desired_topic, Duration::from_secs(30))
+    let old = retained(cluster.mqtt_addr, "test-watcher", &desired_topic)
         .await
         .expect("retained desired state");
-    drop(watcher);
 
     // Uplink and control plane gone.
     proxy.cut();

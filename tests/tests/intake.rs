@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::Value;
 use verge_shared::messages::{DesiredState, payload_type};
 use verge_shared::{Envelope, Generation, PublicKey, SigningKey, Timestamp, Topics, limits};
-use verge_tests::mqtt::TestClient;
+use verge_tests::mqtt::{TestClient, retained};
 use verge_tests::workload::{hello_artifact, hello_spec, wait_running};
 use verge_tests::{Cluster, wait_for};
 
@@ -37,15 +37,9 @@ async fn agent_rejects_forged_foreign_expired_and_replayed_desired_states() {
         .expect("PUT");
     wait_running(&api, "hello", "v1").await;
     // The retained generation that is about to become old: the replay below.
-    let mut watcher = TestClient::connect(cluster.mqtt_addr, "test-watcher-1")
-        .await
-        .expect("mqtt");
-    watcher.subscribe(&desired_topic).await.expect("subscribe");
-    let old = watcher
-        .next_on(&desired_topic, Duration::from_secs(30))
+    let old = retained(cluster.mqtt_addr, "test-watcher-1", &desired_topic)
         .await
         .expect("retained");
-    drop(watcher);
 
     api.put_service("hello", &spec(&artifact, "v2"))
         .await

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::{AgentId, ServiceName};
-use crate::messages::SCHEMA_VERSION;
+use crate::messages::check_schema_version;
 use crate::time::Timestamp;
 
 /// DSSE payload types of the two documents.
@@ -94,12 +94,7 @@ impl LogRequest {
     /// Checks the request's own consistency; the error names the field.
     /// Signature, agent id and expiry against the clock are the receiver's checks.
     pub fn validate(&self) -> Result<(), String> {
-        if self.schema_version != SCHEMA_VERSION {
-            return Err(format!(
-                "schema_version: {} is not supported (this build reads {SCHEMA_VERSION})",
-                self.schema_version
-            ));
-        }
+        check_schema_version(self.schema_version)?;
         if !is_request_id(&self.request_id) {
             return Err(format!(
                 "request_id: 1-{MAX_REQUEST_ID_BYTES} ASCII letters, digits, '-' or '_'"
@@ -118,12 +113,7 @@ impl LogRequest {
 impl LogResponse {
     /// Checks the answer's own consistency; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.schema_version != SCHEMA_VERSION {
-            return Err(format!(
-                "schema_version: {} is not supported (this build reads {SCHEMA_VERSION})",
-                self.schema_version
-            ));
-        }
+        check_schema_version(self.schema_version)?;
         if !is_request_id(&self.request_id) {
             return Err("request_id: not a valid request id".into());
         }
@@ -137,6 +127,7 @@ impl LogResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::SCHEMA_VERSION;
 
     fn request() -> LogRequest {
         LogRequest {

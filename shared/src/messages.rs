@@ -468,17 +468,23 @@ impl RunSpec {
     }
 }
 
+/// Checks a document's `schema_version`; the error names the field.
+pub fn check_schema_version(version: u32) -> Result<(), String> {
+    if version == SCHEMA_VERSION {
+        Ok(())
+    } else {
+        Err(format!(
+            "schema_version: {version} is not supported (this build reads {SCHEMA_VERSION})"
+        ))
+    }
+}
+
 impl DesiredState {
     /// Checks the document's own consistency: schema, bounds, one workload
     /// per service in sorted order, and each run spec. Signature, agent id,
     /// generation and expiry are the receiver's checks.
     pub fn validate(&self) -> Result<(), String> {
-        if self.schema_version != SCHEMA_VERSION {
-            return Err(format!(
-                "schema_version: {} is not supported (this build reads {SCHEMA_VERSION})",
-                self.schema_version
-            ));
-        }
+        check_schema_version(self.schema_version)?;
         if self.workloads.len() > limits::MAX_WORKLOADS_PER_AGENT {
             return Err(format!(
                 "workloads: at most {} per agent",

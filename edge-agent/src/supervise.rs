@@ -357,29 +357,14 @@ impl Proc {
     /// Waits until the process ends. Cancel-safe.
     async fn wait(&mut self, id: ProcessId) -> Exit {
         match self {
-            Proc::Child(child) => {
-                let status = loop {
-                    // SIGCHLD wakes `wait`; polling `try_wait` (a waitpid on
-                    // this pid alone) is the backstop for a missed wake-up,
-                    // which several runtimes in one process can cause.
-                    tokio::select! {
-                        status = child.wait() => break status,
-                        () = tokio::time::sleep(TICK) => match child.try_wait() {
-                            Ok(None) => {}
-                            Ok(Some(status)) => break Ok(status),
-                            Err(e) => break Err(e),
-                        },
-                    }
-                };
-                match status {
-                    Ok(status) => status
-                        .code()
-                        .map(Exit::Code)
-                        .or(status.signal().map(Exit::Signal))
-                        .unwrap_or(Exit::Unknown),
-                    Err(_) => Exit::Unknown,
-                }
-            }
+            Proc::Child(child) => match child.wait().await {
+                Ok(status) => status
+                    .code()
+                    .map(Exit::Code)
+                    .or(status.signal().map(Exit::Signal))
+                    .unwrap_or(Exit::Unknown),
+                Err(_) => Exit::Unknown,
+            },
             Proc::Adopted => loop {
                 tokio::time::sleep(TICK).await;
                 if !id.alive() {

@@ -311,7 +311,7 @@ fn is_port_name(name: &str) -> bool {
 }
 
 /// Is `key` a portable environment variable name?
-pub fn is_env_name(key: &str) -> bool {
+fn is_env_name(key: &str) -> bool {
     let mut bytes = key.bytes();
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')

@@ -116,7 +116,11 @@ impl std::fmt::Display for BrokerUrl {
 pub struct DeployConfig {
     /// How long a signed desired state stays valid for a fresh agent.
     pub desired_state_ttl: Duration,
-    /// How often every stored desired state is republished.
+    /// How often every stored desired state is republished (retained) as a
+    /// backstop, re-signing those with less than half their TTL left. The
+    /// controller also republishes everything on each (re)connect to the
+    /// broker, which is when a broker that restarted has lost its retained
+    /// messages; so the periodic pass is rare by default (docs/protocol.md).
     pub republish_interval: Duration,
 }
 
@@ -162,7 +166,10 @@ impl Default for DeployConfig {
     fn default() -> Self {
         Self {
             desired_state_ttl: Duration::from_secs(86_400),
-            republish_interval: Duration::from_secs(60),
+            // Six hours: a quarter of the default TTL, so a document is
+            // re-signed well before it expires, at about 2 KB per agent and
+            // pass instead of a pass every minute on a metered uplink.
+            republish_interval: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -366,18 +373,23 @@ impl RawConfig {
             .map_err(|e| problems.push(format!("broker.topic_prefix: {e}")))
             .ok();
         let defaults = DeployConfig::default();
+        let desired_state_ttl = positive_secs(
+            &mut problems,
+            "deploy.desired_state_ttl_secs",
+            self.deploy.desired_state_ttl_secs,
+            defaults.desired_state_ttl,
+        );
         let deploy = DeployConfig {
-            desired_state_ttl: positive_secs(
-                &mut problems,
-                "deploy.desired_state_ttl_secs",
-                self.deploy.desired_state_ttl_secs,
-                defaults.desired_state_ttl,
-            ),
+            desired_state_ttl,
+            // Left out, it follows a short TTL down to half of it.
             republish_interval: positive_secs(
                 &mut problems,
                 "deploy.republish_interval_secs",
                 self.deploy.republish_interval_secs,
-                defaults.republish_interval,
+                defaults
+                    .republish_interval
+                    .min(desired_state_ttl / 2)
+                    .max(Duration::from_secs(1)),
             ),
         };
         // Re-signing happens at republish time once half the TTL is gone, so a
@@ -483,6 +495,20 @@ mod tests {
             c.broker.endpoint.client_url().to_string(),
             "mqtt://127.0.0.1:7883"
         );
+    }
+
+    #[test]
+    fn republish_is_rare_by_default_and_follows_a_short_ttl() {
+        let c = Config::parse(MINIMAL, "t", no_env).expect("valid");
+        assert_eq!(c.deploy.republish_interval, Duration::from_secs(6 * 3600));
+        let text = format!("{MINIMAL}\n[deploy]\ndesired_state_ttl_secs = 600\n");
+        let c = Config::parse(&text, "t", no_env).expect("valid");
+        assert_eq!(c.deploy.republish_interval, Duration::from_secs(300));
+        let text = format!(
+            "{MINIMAL}\n[deploy]\ndesired_state_ttl_secs = 600\nrepublish_interval_secs = 400\n"
+        );
+        let err = Config::parse(&text, "t", no_env).expect_err("too long for the TTL");
+        assert!(err.to_string().contains("republish_interval_secs"), "{err}");
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! ```
 //!
 //! Each run starts a controller (embedded broker) and one release agent with
-//! the default intervals (agent: heartbeat 120 s, keep-alive 60 s, telemetry
-//! 900 s; controller: desired state republished every 60 s).
+//! the default intervals (agent: heartbeat 120 s, keep-alive 15 s, telemetry
+//! 900 s; controller: desired state republished on connect and every 6 h).
 //! The agent reaches the broker through a counting TCP proxy, so the bytes
 //! are what crosses its uplink in both directions. RSS is VmRSS from
 //! `/proc/<pid>/status` after the idle window; CPU is utime + stime from

@@ -470,6 +470,22 @@ mod tests {
         i32::try_from(status.pid.expect("pid")).expect("pid fits")
     }
 
+    /// Does the process ignore SIGTERM (`SigIgn` in /proc/<pid>/status)?
+    fn ignores_sigterm(pid: i32) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (nix::libc::SIGTERM - 1)) != 0)
+    }
+
+    /// Has the process started a child yet?
+    fn has_children(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .is_ok_and(|c| !c.trim().is_empty())
+    }
+
     async fn wait_gone(pid: i32) {
         tokio::time::timeout(DEADLINE, async {
             while ProcessId::of(pid).is_some() {
@@ -577,8 +593,15 @@ mod tests {
         w.run.stop_grace_secs = Some(1);
         f.runtime.start(&w, &sh).expect("start");
         let pid = pid_of(&f.wait_for(&w.service, |s| s.pid.is_some()).await);
-        // Let the shell set its trap before the signal comes.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The signal must come after the shell set its trap and started
+        // the sleep, or nothing here tests the grace period.
+        tokio::time::timeout(DEADLINE, async {
+            while !(ignores_sigterm(pid) && has_children(pid)) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the shell ignores SIGTERM and runs its sleep");
         let began = std::time::Instant::now();
         f.runtime.stop(&w.service).await;
         assert!(

@@ -21,9 +21,13 @@
 //! A workload whose run spec names an `entrypoint` runs from a tar.gz
 //! artifact: it is extracted ([`crate::archive`]) into `tmp/<hex>.unpack`
 //! and renamed to `unpacked/<hex>` once complete, so a directory under
-//! `unpacked/` is always a whole extraction and is re-used. It lives and dies
-//! with its archive: the start-up check removes extractions without a cached
-//! archive, and eviction removes both. The quota counts archives only.
+//! `unpacked/` is always a whole extraction and is re-used. A [`Manifest`]
+//! of the tree (every path, mode, size and file digest) is written next to
+//! it as `unpacked/<hex>.manifest`; the start-up check compares each tree
+//! with its manifest and extracts a tree that differs (or has none) again
+//! from its verified archive. An extraction lives and dies with its archive:
+//! the start-up check removes extractions without a cached archive, and
+//! eviction removes both. The quota counts archives only.
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
@@ -34,6 +38,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::archive::{ArchiveError, ArchiveLimits};
+use crate::disk;
+use crate::manifest::Manifest;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use tracing::{info, warn};
 use verge_shared::Sha256Digest;
@@ -80,6 +86,11 @@ pub enum ArtifactError {
         entrypoint: String,
         reason: &'static str,
     },
+    #[error("artifact {digest}: the disk is full: {detail}")]
+    DiskFull {
+        digest: Sha256Digest,
+        detail: String,
+    },
     #[error("artifact {digest}: {path}: {source}")]
     Io {
         digest: Sha256Digest,
@@ -87,6 +98,23 @@ pub enum ArtifactError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl ArtifactError {
+    /// An I/O error for lack of space becomes [`ArtifactError::DiskFull`].
+    fn classify(self) -> Self {
+        match self {
+            ArtifactError::Io {
+                digest,
+                path,
+                source,
+            } if disk::is_no_space(&source) => ArtifactError::DiskFull {
+                digest,
+                detail: format!("writing {}: {source}", path.display()),
+            },
+            other => other,
+        }
+    }
 }
 
 /// The cache and the client that fills it.
@@ -157,15 +185,29 @@ impl ArtifactCache {
                 self.corrupt_removed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        for entry in std::fs::read_dir(&self.unpacked_dir)? {
-            let path = entry?.path();
-            let archived = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse::<Sha256Digest>().ok())
-                .is_some_and(|d| self.path_of(&d).is_file());
-            if !archived {
+        // Listed first: re-extraction adds to the directory.
+        let unpacked = std::fs::read_dir(&self.unpacked_dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<Vec<_>, _>>()?;
+        for path in unpacked {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let (digest, is_manifest) = match name.strip_suffix(".manifest") {
+                Some(tree) => (tree.parse::<Sha256Digest>().ok(), true),
+                None => (name.parse::<Sha256Digest>().ok(), false),
+            };
+            let Some(digest) = digest.filter(|d| self.path_of(d).is_file()) else {
                 remove_any(&path)?;
+                continue;
+            };
+            if is_manifest {
+                // Checked with its tree; a manifest left without one goes.
+                if !self.unpacked_of(&digest).exists() {
+                    std::fs::remove_file(&path)?;
+                }
+            } else if let Err(why) = Manifest::verify(&path, &manifest_path(&path)) {
+                warn!(path = %path.display(), reason = %why, "An extracted archive does not match what was extracted; extracting it again.");
+                self.corrupt_removed.fetch_add(1, Ordering::Relaxed);
+                self.reextract(&digest)?;
             }
         }
         for entry in std::fs::read_dir(&self.tmp_dir)? {
@@ -178,6 +220,22 @@ impl ArtifactCache {
             if !is_part {
                 remove_any(&path)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Replaces the extraction of `digest` with a fresh one from its
+    /// (verified) archive; if that fails, removes it, and the next use
+    /// tries again.
+    fn reextract(&self, digest: &Sha256Digest) -> Result<(), std::io::Error> {
+        let root = self.unpacked_of(digest);
+        remove_any(&root)?;
+        let _ = std::fs::remove_file(manifest_path(&root));
+        let tmp = self.tmp_dir.join(format!("{digest}.unpack"));
+        if unpack(&self.path_of(digest), &tmp, &root, &self.unpacked_dir).is_err() {
+            warn!(artifact = %digest, "Cannot extract the archive again; it is extracted when next needed.");
+            let _ = remove_any(&root);
+            let _ = std::fs::remove_file(manifest_path(&root));
         }
         Ok(())
     }
@@ -197,6 +255,16 @@ impl ArtifactCache {
     /// (extracting it first if needed). The entrypoint must resolve to an
     /// executable regular file inside the extraction.
     pub async fn executable(
+        &self,
+        artifact: &ArtifactRef,
+        entrypoint: Option<&str>,
+    ) -> Result<PathBuf, ArtifactError> {
+        self.executable_inner(artifact, entrypoint)
+            .await
+            .map_err(ArtifactError::classify)
+    }
+
+    async fn executable_inner(
         &self,
         artifact: &ArtifactRef,
         entrypoint: Option<&str>,
@@ -284,12 +352,25 @@ impl ArtifactCache {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let part = self.part_of(&artifact.sha256);
+        // Refuse up front what cannot fit, rather than fill the disk that
+        // also holds the agent's state and outbox.
+        let have = std::fs::metadata(&part).map_or(0, |m| m.len());
+        if let Some(detail) = disk::shortage(&self.tmp_dir, artifact.size.saturating_sub(have)) {
+            return Err(ArtifactError::DiskFull {
+                digest: artifact.sha256,
+                detail,
+            });
+        }
         match self.download(artifact, &part).await {
             Ok(()) => {}
             Err(e) => {
-                // A broken-off transfer keeps its part for resumption; a
-                // wrong one is discarded.
-                if !matches!(e, ArtifactError::Http { .. }) {
+                // A broken-off transfer (or one the disk filled up under)
+                // keeps its part for resumption; a wrong one is discarded.
+                let e = e.classify();
+                if !matches!(
+                    e,
+                    ArtifactError::Http { .. } | ArtifactError::DiskFull { .. }
+                ) {
                     let _ = std::fs::remove_file(&part);
                 }
                 return Err(e);
@@ -350,7 +431,9 @@ impl ArtifactCache {
             match std::fs::remove_file(self.path_of(&entry.digest)) {
                 Ok(()) => {
                     // An extraction without its archive is removed at open anyway.
-                    let _ = remove_any(&self.unpacked_of(&entry.digest));
+                    let root = self.unpacked_of(&entry.digest);
+                    let _ = remove_any(&root);
+                    let _ = std::fs::remove_file(manifest_path(&root));
                     total -= entry.size;
                     self.evictions.fetch_add(1, Ordering::Relaxed);
                     info!(artifact = %entry.digest, n_bytes = entry.size, quota = self.quota, "Evicted an unneeded artifact to stay within the cache quota.");
@@ -469,25 +552,43 @@ enum UnpackError {
     Io(PathBuf, std::io::Error),
 }
 
-/// Extracts `archive` into `tmp` (removing leftovers of an earlier attempt),
-/// then renames it to `to` and syncs `parent`, so `to` appears complete or
-/// not at all. A failed extraction leaves nothing behind.
+/// The manifest of the extraction (or temporary extraction) at `tree`.
+fn manifest_path(tree: &Path) -> PathBuf {
+    tree.with_extension("manifest")
+}
+
+/// Extracts `archive` into `tmp` (removing leftovers of an earlier attempt)
+/// and records its [`Manifest`], then renames both to `to` and its manifest
+/// and syncs `parent`, so `to` appears complete or not at all, and a tree
+/// without a manifest is never used. A failed extraction leaves nothing
+/// behind.
 fn unpack(archive: &Path, tmp: &Path, to: &Path, parent: &Path) -> Result<(), UnpackError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |e| UnpackError::Io(path, e)
+    };
     if std::fs::symlink_metadata(tmp).is_ok() {
-        remove_any(tmp).map_err(|e| UnpackError::Io(tmp.to_owned(), e))?;
+        remove_any(tmp).map_err(io(tmp))?;
     }
     if let Err(e) = crate::archive::extract_tar_gz(archive, tmp, ArchiveLimits::default()) {
         let _ = remove_any(tmp);
         return Err(UnpackError::Archive(e));
     }
-    std::fs::rename(tmp, to).map_err(|e| UnpackError::Io(to.to_owned(), e))?;
+    let (tmp_manifest, manifest) = (manifest_path(tmp), manifest_path(to));
+    if let Err(e) = Manifest::of(tmp).and_then(|m| m.save(&tmp_manifest)) {
+        let _ = remove_any(tmp);
+        let _ = std::fs::remove_file(&tmp_manifest);
+        return Err(UnpackError::Io(tmp_manifest, e));
+    }
+    std::fs::rename(tmp, to).map_err(io(to))?;
+    std::fs::rename(&tmp_manifest, &manifest).map_err(io(&manifest))?;
     std::fs::File::open(parent)
         .and_then(|d| d.sync_all())
-        .map_err(|e| UnpackError::Io(parent.to_owned(), e))
+        .map_err(io(parent))
 }
 
 /// The SHA-256 of a file's content.
-fn hash_file(path: &Path) -> Result<Sha256Digest, std::io::Error> {
+pub(crate) fn hash_file(path: &Path) -> Result<Sha256Digest, std::io::Error> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 64 * 1024];
@@ -731,6 +832,54 @@ mod tests {
         drop(cache);
         let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("reopen");
         assert!(!cache.unpacked_of(&artifact.sha256).exists());
+    }
+
+    #[tokio::test]
+    async fn a_changed_or_partial_extraction_is_extracted_again_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let body = app_archive();
+        let url = serve_once("200 OK", body.clone()).await;
+        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("open");
+        let artifact = reference(&body);
+        let exe = cache
+            .executable(&artifact, Some("bin/app"))
+            .await
+            .expect("extract");
+        let root = cache.unpacked_of(&artifact.sha256);
+        let manifest = manifest_path(&root);
+        assert!(manifest.is_file(), "a manifest is written with the tree");
+        drop(cache);
+        // An untouched tree is kept as it is.
+        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("reopen");
+        assert_eq!(cache.metrics().corrupt_removed, 0);
+        drop(cache);
+        type Damage = fn(&Path, &Path);
+        let damages: [(&str, Damage); 3] = [
+            ("tampered", |root, _| {
+                std::fs::write(root.join("bin/app"), b"#!/bin/sh\nrm -rf /\n").expect("tamper")
+            }),
+            ("partial", |root, _| {
+                std::fs::remove_file(root.join("data.txt")).expect("rm")
+            }),
+            ("no manifest", |_, manifest| {
+                std::fs::remove_file(manifest).expect("rm")
+            }),
+        ];
+        for (what, damage) in damages {
+            damage(&root, &manifest);
+            // No server: the tree comes back from the cached archive alone.
+            let cache =
+                ArtifactCache::open(dir.path(), "http://127.0.0.1:9", 1 << 30).expect("reopen");
+            assert_eq!(cache.metrics().corrupt_removed, 1, "{what}");
+            assert_eq!(std::fs::read(&exe).expect("read"), b"#!/bin/sh\n", "{what}");
+            assert_eq!(
+                std::fs::read(root.join("data.txt")).expect("read"),
+                b"d",
+                "{what}"
+            );
+            assert!(manifest.is_file(), "{what}");
+            assert!(tmp_is_empty(dir.path()), "{what}");
+        }
     }
 
     #[tokio::test]

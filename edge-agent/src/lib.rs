@@ -10,11 +10,14 @@
 //! - [`state`]: the last accepted desired state (sled) and the node key;
 //! - [`archive`]: safe extraction of tar.gz artifacts;
 //! - [`artifacts`]: the content-addressed artifact cache;
+//! - [`cgroup`]: cgroup v2 detection and per-workload groups with limits;
+//! - [`disk`]: free space, the cache's reserve and "disk full" errors;
 //! - [`reconcile`]: the pure plan and the loop applying it;
 //! - [`runtime`]: workload processes, adopted across agent restarts;
 //! - [`supervise`]: one workload's restart policy, crash loops and graceful stop;
 //! - [`health`]: TCP, HTTP and exec health checks;
 //! - [`logs`]: rotated workload logs and their tail for log requests;
+//! - [`manifest`]: what an extracted archive holds, checked at start;
 //! - [`limits`]: the workload user and rlimits (the `exec-workload` helper);
 //! - [`report`]: the status board and the signed documents built from it;
 //! - [`outbox`]: status, telemetry and other reports on disk until acknowledged;
@@ -23,11 +26,14 @@
 
 pub mod archive;
 pub mod artifacts;
+pub mod cgroup;
 pub mod config;
+pub mod disk;
 pub mod health;
 pub mod intake;
 pub mod limits;
 pub mod logs;
+pub mod manifest;
 pub mod mqtt;
 pub mod outbox;
 pub mod probe;
@@ -47,7 +53,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-use verge_shared::messages::{DEFAULT_STOP_GRACE_SECS, DesiredState};
+use verge_shared::messages::{DEFAULT_STOP_GRACE_SECS, DesiredState, LimitMechanism};
 
 pub use config::{Config, EX_CONFIG};
 
@@ -56,7 +62,7 @@ use crate::intake::Decision;
 use crate::limits::Launcher;
 use crate::outbox::Outbox;
 use crate::reconcile::Reconciler;
-use crate::report::{Board, Identity, Reporter};
+use crate::report::{Board, DiskUser, Identity, Reporter};
 use crate::runtime::{Placement, ProcessRuntime};
 use crate::state::{Accepted, SledStore, StateStore};
 use crate::supervise::RestartTiming;
@@ -74,6 +80,10 @@ const STARTUP_WAIT: Duration = Duration::from_secs(3);
 
 /// Status changes within this window go out as one Status.
 const STATUS_DEBOUNCE: Duration = Duration::from_millis(200);
+/// The first and the longest wait before persisting an accepted desired
+/// state is tried again.
+const SAVE_RETRY_INITIAL: Duration = Duration::from_secs(1);
+const SAVE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Why the agent stopped other than by being asked to.
 #[derive(Debug, thiserror::Error)]
@@ -139,8 +149,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let board = Arc::new(Board::new(applied));
     let workloads_dir = data_dir.join("workloads");
     let helper = std::env::current_exe().map_err(AgentError::SelfExe)?;
-    let launcher = Launcher::helper(helper, config.workload_user.as_deref())?;
-    info!(agent = %config.id, user = %launcher.user_name(), limits = "rlimit (memory only)", "Workloads run confined.");
+    let cgroups = cgroup::Cgroups::detect()
+        .inspect_err(|why| info!(reason = %why, "cgroup v2 is not usable here; workload limits are rlimits (memory only)."))
+        .ok();
+    let launcher = Launcher::helper(helper, config.workload_user.as_deref(), cgroups)?;
+    let limits = match launcher.mechanism() {
+        LimitMechanism::CgroupV2 => "cgroup v2 (memory.max, cpu.max)",
+        _ => "rlimit (memory only)",
+    };
+    info!(agent = %config.id, user = %launcher.user_name(), limits, "Workloads run confined.");
     let runtime = Arc::new(ProcessRuntime::new(
         workloads_dir.clone(),
         Placement {
@@ -355,17 +372,42 @@ async fn intake_loop(
     handled: Arc<Notify>,
     stop: CancellationToken,
 ) {
+    // An accepted document that could not be persisted (disk full, say) is
+    // tried again until it is, or until a newer one arrives: the broker
+    // delivers a retained document only once per subscription.
+    let mut unsaved: Option<Bytes> = None;
+    let mut retry_delay = SAVE_RETRY_INITIAL;
     loop {
-        tokio::select! {
+        let retry = async {
+            match unsaved {
+                Some(_) => tokio::time::sleep(retry_delay).await,
+                None => std::future::pending().await,
+            }
+        };
+        let bytes = tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            changed = inbox_rx.changed() => if changed.is_err() { break },
-        }
-        let Some(bytes) = inbox_rx.borrow_and_update().clone() else {
-            continue;
+            changed = inbox_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let Some(bytes) = inbox_rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                // Whatever the decision, the broker has spoken: start-up may go on.
+                handled.notify_one();
+                unsaved = None;
+                retry_delay = SAVE_RETRY_INITIAL;
+                bytes
+            }
+            () = retry => {
+                retry_delay = (retry_delay * 2).min(SAVE_RETRY_MAX);
+                match unsaved.take() {
+                    Some(bytes) => bytes,
+                    None => continue,
+                }
+            }
         };
-        // Whatever the decision, the broker has spoken: start-up may go on.
-        handled.notify_one();
         let decision = intake::check(
             &bytes,
             &config.controller_public_key,
@@ -388,11 +430,16 @@ async fn intake_loop(
                 match saved {
                     Ok(Ok(accepted)) => {
                         info!(agent = %config.id, generation = %generation, "Accepted desired state.");
+                        board.clear_disk_full(DiskUser::State);
                         board.set_accepted(generation);
                         desired_tx.send_replace(Some(Arc::new(accepted.desired)));
                     }
                     Ok(Err(e)) => {
-                        error!(agent = %config.id, generation = %generation, error = %e, "Cannot persist the desired state; not applying it.");
+                        error!(agent = %config.id, generation = %generation, error = %e, retry_in = ?retry_delay, "Cannot persist the desired state; not applying it yet.");
+                        if e.is_disk_full() {
+                            board.set_disk_full(DiskUser::State, &e.to_string());
+                        }
+                        unsaved = Some(bytes);
                     }
                     Err(e) => {
                         error!(agent = %config.id, generation = %generation, error = %e, "Persisting the desired state failed.");
@@ -435,9 +482,10 @@ async fn status_loop(
         let pushed =
             tokio::task::spawn_blocking(move || outbox.push(&topic, &reporter.status())).await;
         match pushed {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => board.clear_disk_full(DiskUser::Outbox),
             Ok(Err(e)) if e.is_disk_full() => {
                 error!(error = %e, "The disk is full: a Status cannot be queued; the next change after space returns sends a full one.");
+                board.set_disk_full(DiskUser::Outbox, &e.to_string());
             }
             Ok(Err(e)) => {
                 warn!(error = %e, "Cannot queue a Status; the next change or reconnect sends a full one.");

@@ -8,10 +8,13 @@
 //! open stdout/stderr files carry over through `exec`, so the supervisor
 //! sees the workload itself.
 //!
-//! Limits are per-process rlimits: `memory_mb` becomes `RLIMIT_DATA` (heap
-//! and private mappings). A CPU *rate* cannot be expressed as an rlimit, so
-//! `cpu_millis` is not enforced; cgroup v2 support (memory.max, cpu.max) is
-//! not built yet, and the status says `rlimit` so that nobody assumes more.
+//! Limits come from a cgroup v2 group per workload where the machine has a
+//! usable unified hierarchy ([`crate::cgroup`]): `memory.max` and `cpu.max`,
+//! the helper joining the group before it execs. Otherwise they are
+//! per-process rlimits: `memory_mb` becomes `RLIMIT_DATA` (heap and private
+//! mappings), and since a CPU *rate* cannot be expressed as an rlimit,
+//! `cpu_millis` is not enforced. Each workload's status says which one
+//! (`cgroup_v2` or `rlimit`) so that nobody assumes more.
 
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt as _;
@@ -20,7 +23,11 @@ use std::process::ExitCode;
 
 use nix::sys::resource::{Resource, setrlimit};
 use nix::unistd::{Gid, Uid, User};
+use tracing::warn;
+use verge_shared::ServiceName;
 use verge_shared::messages::{Isolation, LimitMechanism, Resources};
+
+use crate::cgroup::Cgroups;
 
 /// The subcommand that runs the helper.
 pub const EXEC_SUBCOMMAND: &str = "exec-workload";
@@ -39,8 +46,13 @@ pub enum Launcher {
     /// The artifact directly, as the agent's user, without limits (used by
     /// unit tests, where the helper binary is not at hand).
     Direct,
-    /// Through `exe exec-workload`, with limits and, when set, another user.
-    Helper { exe: PathBuf, user: Option<RunAs> },
+    /// Through `exe exec-workload`, with limits and, when set, another user;
+    /// in a cgroup v2 group per workload when `cgroups` is set.
+    Helper {
+        exe: PathBuf,
+        user: Option<RunAs>,
+        cgroups: Option<Cgroups>,
+    },
 }
 
 /// Why the workload user cannot be used.
@@ -61,7 +73,11 @@ pub enum LimitsError {
 impl Launcher {
     /// The helper launcher. When the agent runs as root, workloads run as
     /// `workload_user` (default `nobody`); otherwise as the agent's user.
-    pub fn helper(exe: PathBuf, workload_user: Option<&str>) -> Result<Self, LimitsError> {
+    pub fn helper(
+        exe: PathBuf,
+        workload_user: Option<&str>,
+        cgroups: Option<Cgroups>,
+    ) -> Result<Self, LimitsError> {
         let user = if Uid::effective().is_root() {
             let name = workload_user.unwrap_or("nobody");
             let user = User::from_name(name)
@@ -81,7 +97,31 @@ impl Launcher {
         } else {
             None
         };
-        Ok(Launcher::Helper { exe, user })
+        Ok(Launcher::Helper { exe, user, cgroups })
+    }
+
+    /// The limit mechanism in force for workloads with limits, for the
+    /// start-up log.
+    pub fn mechanism(&self) -> LimitMechanism {
+        match self {
+            Launcher::Helper {
+                cgroups: Some(_), ..
+            } => LimitMechanism::CgroupV2,
+            Launcher::Helper { .. } => LimitMechanism::Rlimit,
+            Launcher::Direct => LimitMechanism::None,
+        }
+    }
+
+    /// Ends what is left of `service`'s processes in its cgroup, when it
+    /// has one (after the process group was stopped).
+    pub fn release(&self, service: &ServiceName) {
+        if let Launcher::Helper {
+            cgroups: Some(cgroups),
+            ..
+        } = self
+        {
+            cgroups.release(service);
+        }
     }
 
     /// The user workloads run as, for status and logs.
@@ -99,14 +139,33 @@ impl Launcher {
     }
 
     /// A command running `program args` under this launcher's confinement,
-    /// and what that confinement is.
+    /// and what that confinement is. With `group`, the command is that
+    /// workload's own process and goes into its cgroup when there are
+    /// cgroups (a cgroup that cannot be prepared falls back to rlimits).
     pub fn command(
         &self,
         program: &Path,
         args: &[String],
         resources: &Resources,
+        group: Option<&ServiceName>,
     ) -> (tokio::process::Command, Isolation) {
+        let cgroup = match (self, group) {
+            (
+                Launcher::Helper {
+                    cgroups: Some(cgroups),
+                    ..
+                },
+                Some(service),
+            ) => cgroups
+                .prepare(service, resources)
+                .inspect_err(|e| {
+                    warn!(service = %service, error = %e, "Cannot prepare the workload's cgroup; using rlimits.");
+                })
+                .ok(),
+            _ => None,
+        };
         let limits = match self {
+            Launcher::Helper { .. } if cgroup.is_some() => LimitMechanism::CgroupV2,
             Launcher::Helper { .. } if resources.memory_mb > 0 => LimitMechanism::Rlimit,
             _ => LimitMechanism::None,
         };
@@ -120,13 +179,15 @@ impl Launcher {
                 c.args(args);
                 c
             }
-            Launcher::Helper { exe, user } => {
+            Launcher::Helper { exe, user, .. } => {
                 let mut c = tokio::process::Command::new(exe);
                 c.arg(EXEC_SUBCOMMAND);
                 if let Some(user) = user {
                     c.arg("--user").arg(format!("{}:{}", user.uid, user.gid));
                 }
-                if resources.memory_mb > 0 {
+                if let Some(dir) = &cgroup {
+                    c.arg("--cgroup").arg(dir);
+                } else if resources.memory_mb > 0 {
                     let bytes = u64::from(resources.memory_mb) * 1024 * 1024;
                     c.arg("--memory-bytes").arg(bytes.to_string());
                 }
@@ -152,6 +213,7 @@ impl Launcher {
 struct HelperArgs {
     user: Option<(u32, u32)>,
     memory_bytes: Option<u64>,
+    cgroup: Option<PathBuf>,
     program: OsString,
     args: Vec<OsString>,
 }
@@ -159,6 +221,7 @@ struct HelperArgs {
 fn parse_helper_args(mut args: impl Iterator<Item = OsString>) -> Result<HelperArgs, String> {
     let mut user = None;
     let mut memory_bytes = None;
+    let mut cgroup = None;
     loop {
         let arg = args.next().ok_or("expected `-- PROGRAM [ARGS...]`")?;
         match arg.to_str() {
@@ -181,6 +244,11 @@ fn parse_helper_args(mut args: impl Iterator<Item = OsString>) -> Result<HelperA
                         .ok_or("--memory-bytes needs a number")?,
                 );
             }
+            Some("--cgroup") => {
+                cgroup = Some(PathBuf::from(
+                    args.next().ok_or("--cgroup needs a directory")?,
+                ));
+            }
             _ => return Err(format!("unexpected argument {arg:?}")),
         }
     }
@@ -188,6 +256,7 @@ fn parse_helper_args(mut args: impl Iterator<Item = OsString>) -> Result<HelperA
     Ok(HelperArgs {
         user,
         memory_bytes,
+        cgroup,
         program,
         args: args.collect(),
     })
@@ -225,6 +294,12 @@ pub fn exec_workload(args: impl Iterator<Item = OsString>) -> ExitCode {
         Err(e) => return fail(64, e),
     };
     let program = resolve(&parsed.program);
+    // Joined while still privileged; the workload and its children stay in it.
+    if let Some(dir) = &parsed.cgroup
+        && let Err(e) = std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+    {
+        return fail(71, format!("cannot join the cgroup {}: {e}", dir.display()));
+    }
     if let Some(bytes) = parsed.memory_bytes
         && let Err(e) = setrlimit(Resource::RLIMIT_DATA, bytes, bytes)
     {
@@ -299,6 +374,10 @@ mod tests {
         assert_eq!(parsed.memory_bytes, Some(1_048_576));
         assert_eq!(parsed.program, OsString::from("/bin/echo"));
         assert_eq!(parsed.args, [OsString::from("hi")]);
+        let parsed = parse_helper_args(os(&["--cgroup", "/sys/fs/cgroup/w/a", "--", "/bin/true"]))
+            .expect("valid");
+        assert_eq!(parsed.cgroup, Some(PathBuf::from("/sys/fs/cgroup/w/a")));
+        assert_eq!(parsed.memory_bytes, None);
         assert!(parse_helper_args(os(&["--user", "x", "--", "/bin/true"])).is_err());
         assert!(parse_helper_args(os(&["/bin/true"])).is_err());
         assert!(parse_helper_args(os(&["--"])).is_err());
@@ -323,12 +402,15 @@ mod tests {
                 uid: 65534,
                 gid: 65534,
             }),
+            cgroups: None,
         };
         let resources = Resources {
             cpu_millis: 100,
             memory_mb: 16,
         };
-        let (command, isolation) = launcher.command(Path::new("/a/b"), &["x".into()], &resources);
+        let service = ServiceName::new("web").expect("valid");
+        let (command, isolation) =
+            launcher.command(Path::new("/a/b"), &["x".into()], &resources, Some(&service));
         assert_eq!(isolation.limits, LimitMechanism::Rlimit);
         assert_eq!(isolation.user, "nobody");
         let args: Vec<_> = command.as_std().get_args().collect();
@@ -345,7 +427,57 @@ mod tests {
                 "x"
             ]
         );
-        let (_, none) = Launcher::Direct.command(Path::new("/a/b"), &[], &resources);
+        let (_, none) = Launcher::Direct.command(Path::new("/a/b"), &[], &resources, None);
         assert_eq!(none.limits, LimitMechanism::None);
+    }
+
+    #[test]
+    fn with_cgroups_the_helper_joins_the_workloads_group() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let base = root.path().join("cg/verge");
+        std::fs::create_dir_all(&base).expect("mkdir");
+        std::fs::write(base.join("cgroup.controllers"), "cpu memory pids").expect("write");
+        let cgroups = Cgroups::setup(
+            root.path(),
+            "9 1 0:9 / /cg rw - cgroup2 cgroup2 rw",
+            "0::/verge",
+            7,
+        )
+        .expect("usable");
+        let launcher = Launcher::Helper {
+            exe: PathBuf::from("/usr/bin/edge-agent"),
+            user: None,
+            cgroups: Some(cgroups),
+        };
+        assert_eq!(launcher.mechanism(), LimitMechanism::CgroupV2);
+        let resources = Resources {
+            cpu_millis: 500,
+            memory_mb: 16,
+        };
+        let service = ServiceName::new("web").expect("valid");
+        let (command, isolation) =
+            launcher.command(Path::new("/a/b"), &[], &resources, Some(&service));
+        assert_eq!(isolation.limits, LimitMechanism::CgroupV2);
+        let group = base.join("workloads/web");
+        let args: Vec<_> = command.as_std().get_args().collect();
+        assert_eq!(
+            args,
+            [
+                "exec-workload".as_ref(),
+                "--cgroup".as_ref(),
+                group.as_os_str(),
+                "--".as_ref(),
+                "/a/b".as_ref()
+            ]
+        );
+        let read = |f: &str| std::fs::read_to_string(group.join(f)).expect("read");
+        assert_eq!(read("memory.max"), "16777216");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        // Health probes are not the workload: no group, no limits.
+        let (_, probe) = launcher.command(Path::new("/bin/true"), &[], &Resources::default(), None);
+        assert_eq!(probe.limits, LimitMechanism::None);
+        // What is left in the group goes with the workload.
+        launcher.release(&service);
+        assert_eq!(read("cgroup.kill"), "1");
     }
 }

@@ -4,12 +4,17 @@
 //! The workload writes straight into its log files (opened `O_APPEND` by the
 //! agent and inherited), not through a pipe, so it keeps running and
 //! logging while the agent restarts and can be adopted afterwards. Rotation
-//! is therefore copy-then-truncate, checked every supervision tick (1 s): a
-//! file is bounded by [`MAX_LOG_BYTES`] plus what the workload writes in one
-//! tick, and [`KEPT_FILES`] older copies are kept (`stdout.log.1`, …).
+//! is therefore copy-then-truncate, checked at a [`Pace`]: every second
+//! while the logs grow, backing off to every [`CHECK_MAX`] while they do not,
+//! so quiet workloads do not wake the agent every second. A file is bounded
+//! by [`MAX_LOG_BYTES`] plus what the workload writes between two checks
+//! (one second's worth while it keeps writing, at most [`CHECK_MAX`]'s worth
+//! right after a quiet spell), and [`KEPT_FILES`] older copies are kept
+//! (`stdout.log.1`, …).
 
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::Path;
+use std::time::Duration;
 
 use verge_shared::logs::{
     LogRequest, LogResponse, LogStream, MAX_LOG_REQUEST_BYTES, MAX_LOG_TAIL_BYTES,
@@ -23,14 +28,64 @@ pub const MAX_LOG_BYTES: u64 = 1024 * 1024;
 /// Rotated copies kept per stream.
 pub const KEPT_FILES: u32 = 2;
 
-/// Rotates each stream's log in `dir` that grew over `max_bytes`.
-pub fn rotate(dir: &Path, max_bytes: u64) -> std::io::Result<()> {
+/// The pace of rotation checks while a workload's logs grow.
+pub const CHECK_MIN: Duration = Duration::from_secs(1);
+/// The slowest pace, reached after a few checks that found nothing new.
+pub const CHECK_MAX: Duration = Duration::from_secs(30);
+
+/// When to look at one workload's logs next: after [`CHECK_MIN`] while they
+/// grow, doubling up to [`CHECK_MAX`] while they stay the same size (or
+/// cannot be checked).
+#[derive(Clone, Debug)]
+pub struct Pace {
+    last_len: Option<u64>,
+    delay: Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            last_len: None,
+            delay: CHECK_MIN,
+        }
+    }
+}
+
+impl Pace {
+    /// Rotates what is due in `dir`; [`Pace::delay`] then says when to check again.
+    pub fn check(&mut self, dir: &Path) -> std::io::Result<()> {
+        let result = rotate(dir, MAX_LOG_BYTES);
+        self.note(result.as_ref().ok().copied());
+        result.map(|_| ())
+    }
+
+    /// Records the logs' total size at a check (`None`: it failed).
+    fn note(&mut self, len: Option<u64>) {
+        self.delay = if len.is_some() && len != self.last_len {
+            CHECK_MIN
+        } else {
+            (self.delay * 2).min(CHECK_MAX)
+        };
+        self.last_len = len;
+    }
+
+    /// How long to wait before the next check.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+}
+
+/// Rotates each stream's log in `dir` that grew over `max_bytes`; returns
+/// the streams' total size before rotating.
+pub fn rotate(dir: &Path, max_bytes: u64) -> std::io::Result<u64> {
+    let mut total = 0u64;
     for stream in [LogStream::Stdout, LogStream::Stderr] {
         let name = stream.file_name();
         let path = dir.join(name);
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
+        total = total.saturating_add(meta.len());
         if meta.len() <= max_bytes {
             continue;
         }
@@ -48,7 +103,7 @@ pub fn rotate(dir: &Path, max_bytes: u64) -> std::io::Result<()> {
             .open(&path)?
             .set_len(0)?;
     }
-    Ok(())
+    Ok(total)
 }
 
 /// The last `lines` lines of a stream's current log file, oldest first,
@@ -193,6 +248,28 @@ mod tests {
         std::fs::write(&log, "short\n").expect("write");
         rotate(dir.path(), 50).expect("rotate");
         assert_eq!(std::fs::read_to_string(&log).expect("log"), "short\n");
+    }
+
+    #[test]
+    fn checks_slow_down_while_logs_are_quiet_and_speed_up_when_they_grow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("stdout.log");
+        std::fs::write(&log, "hello\n").expect("write");
+        let mut pace = Pace::default();
+        pace.check(dir.path()).expect("check");
+        assert_eq!(pace.delay(), CHECK_MIN, "a first look counts as growth");
+        let mut delays = Vec::new();
+        for _ in 0..7 {
+            pace.check(dir.path()).expect("check");
+            delays.push(pace.delay().as_secs());
+        }
+        assert_eq!(delays, [2, 4, 8, 16, 30, 30, 30]);
+        std::fs::write(&log, "hello\nagain\n").expect("write");
+        pace.check(dir.path()).expect("check");
+        assert_eq!(pace.delay(), CHECK_MIN);
+        // A failed check backs off too, instead of failing every second.
+        pace.note(None);
+        assert_eq!(pace.delay(), 2 * CHECK_MIN);
     }
 
     #[test]

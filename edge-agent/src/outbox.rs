@@ -55,7 +55,7 @@ impl OutboxError {
     /// Did the write fail because the file system is full?
     pub fn is_disk_full(&self) -> bool {
         matches!(self, OutboxError::Store { source: sled::Error::Io(e), .. }
-            if e.raw_os_error() == Some(nix::libc::ENOSPC))
+            if crate::disk::is_no_space(e))
     }
 }
 

@@ -18,7 +18,7 @@ use verge_shared::ServiceName;
 use verge_shared::messages::{DesiredState, Workload, WorkloadState};
 
 use crate::artifacts::{ArtifactCache, ArtifactError};
-use crate::report::{Board, waiting_status};
+use crate::report::{Board, DiskUser, waiting_status};
 use crate::runtime::{Runtime, RuntimeError};
 
 const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -79,6 +79,20 @@ pub enum PassError {
     Runtime(#[from] RuntimeError),
 }
 
+impl PassError {
+    /// Did the pass stop because the disk is full? Nothing running was
+    /// touched then (artifacts are fetched before anything is stopped).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            PassError::Artifact(e) => matches!(e, ArtifactError::DiskFull { .. }),
+            PassError::Runtime(RuntimeError::Prepare { source, .. }) => {
+                crate::disk::is_no_space(source)
+            }
+            PassError::Runtime(_) => false,
+        }
+    }
+}
+
 /// Applies desired states as they arrive until `shutdown`.
 pub struct Reconciler<R> {
     pub runtime: Arc<R>,
@@ -122,10 +136,15 @@ impl<R: Runtime> Reconciler<R> {
             };
             match outcome {
                 Ok(()) => {
+                    self.board.clear_disk_full(DiskUser::Artifacts);
                     retry_at = None;
                     retry_delay = RETRY_INITIAL;
                 }
                 Err(e) => {
+                    if e.is_disk_full() {
+                        self.board
+                            .set_disk_full(DiskUser::Artifacts, &e.to_string());
+                    }
                     warn!(generation = %desired.generation, error = %e, retry_in = ?retry_delay, "Reconcile pass failed.");
                     retry_at = Some(tokio::time::Instant::now() + retry_delay);
                     retry_delay = (retry_delay * 2).min(RETRY_MAX);

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 use verge_shared::messages::{
-    Heartbeat, Presence, Rejection, Resources, SCHEMA_VERSION, Status, WorkloadState,
-    WorkloadStatus, payload_type,
+    Heartbeat, Presence, Rejection, Resources, SCHEMA_VERSION, Status, StorageProblem,
+    StorageReason, WorkloadState, WorkloadStatus, bounded_message, payload_type,
 };
 use verge_shared::{AgentId, Generation, RegionId, ServiceName, SigningKey, Timestamp};
 
@@ -23,7 +23,7 @@ pub struct Board {
     changed: Notify,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default, PartialEq)]
 struct BoardState {
     /// The last desired state intake accepted (and persisted).
     accepted: Option<Generation>,
@@ -36,6 +36,20 @@ struct BoardState {
     /// Desired workloads the runtime does not run yet (pending, fetching,
     /// failed to fetch); written by the reconciler.
     waiting: BTreeMap<ServiceName, WorkloadStatus>,
+    /// Who currently cannot write for lack of disk space.
+    disk_full: BTreeMap<DiskUser, StorageProblem>,
+}
+
+/// The parts of the agent that report running out of disk space; each
+/// clears its own report once it can write again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DiskUser {
+    /// Downloads, extractions and workload records (the reconciler).
+    Artifacts,
+    /// The outbox of Status and telemetry.
+    Outbox,
+    /// The store of the accepted desired state.
+    State,
 }
 
 impl Board {
@@ -54,10 +68,20 @@ impl Board {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Applies `change`; only a real change wakes the status debouncer, so
+    /// the reconciler's periodic pass (which rewrites the same notes) sends
+    /// nothing on an idle node.
     fn update(&self, change: impl FnOnce(&mut BoardState)) {
-        change(&mut self.lock());
-        // One waiter (the status debouncer); a stored permit means no change is lost.
-        self.changed.notify_one();
+        let changed = {
+            let mut state = self.lock();
+            let before = state.clone();
+            change(&mut state);
+            *state != before
+        };
+        if changed {
+            // One waiter (the status debouncer); a stored permit means no change is lost.
+            self.changed.notify_one();
+        }
     }
 
     /// Resolves after the next change (or at once if one happened unobserved).
@@ -119,6 +143,32 @@ impl Board {
         self.update(|s| s.waiting = waiting);
     }
 
+    /// Records that `user` cannot write for lack of space. A repeat keeps
+    /// the time it started, so retries do not count as changes.
+    pub fn set_disk_full(&self, user: DiskUser, detail: &str) {
+        self.update(|s| {
+            let since = s
+                .disk_full
+                .get(&user)
+                .map_or_else(Timestamp::now, |p| p.since);
+            s.disk_full.insert(
+                user,
+                StorageProblem {
+                    reason: StorageReason::DiskFull,
+                    detail: bounded_message(detail),
+                    since,
+                },
+            );
+        });
+    }
+
+    /// `user` could write again.
+    pub fn clear_disk_full(&self, user: DiskUser) {
+        self.update(|s| {
+            s.disk_full.remove(&user);
+        });
+    }
+
     /// The runtime's view of one workload.
     pub fn running(&self, service: &ServiceName) -> Option<WorkloadStatus> {
         self.lock().running.get(service).cloned()
@@ -132,9 +182,18 @@ impl Board {
         all.into_values().collect()
     }
 
-    fn snapshot(&self) -> (Option<Generation>, Option<Rejection>) {
+    /// What a Status carries besides the workloads; of several storage
+    /// problems, the oldest.
+    fn snapshot(
+        &self,
+    ) -> (
+        Option<Generation>,
+        Option<Rejection>,
+        Option<StorageProblem>,
+    ) {
         let s = self.lock();
-        (s.applied, s.last_rejection.clone())
+        let storage = s.disk_full.values().min_by_key(|p| p.since).cloned();
+        (s.applied, s.last_rejection.clone(), storage)
     }
 }
 
@@ -217,7 +276,7 @@ impl Reporter {
     }
 
     pub fn status_document(&self) -> Status {
-        let (applied_generation, last_rejection) = self.board.snapshot();
+        let (applied_generation, last_rejection, storage_problem) = self.board.snapshot();
         Status {
             schema_version: SCHEMA_VERSION,
             agent: self.identity.agent.clone(),
@@ -225,6 +284,7 @@ impl Reporter {
             applied_generation,
             workloads: self.board.workloads(),
             last_rejection,
+            storage_problem,
         }
     }
 
@@ -337,5 +397,73 @@ mod tests {
         assert!(!presence.online);
         assert_eq!(presence.public_key, public);
         assert!(reporter.heartbeat().len() <= limits::MAX_HEARTBEAT_BYTES);
+    }
+
+    #[test]
+    fn disk_full_is_reported_until_each_user_clears_it() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let board = Arc::new(Board::new(None));
+        let identity = Identity {
+            agent: AgentId::new("edge-1").expect("valid"),
+            region: RegionId::new("local").expect("valid"),
+            labels: BTreeMap::new(),
+            capacity: Resources::default(),
+            probe_addr: None,
+        };
+        let reporter = Reporter::new(key, identity, board.clone());
+        assert_eq!(reporter.status_document().storage_problem, None);
+        board.set_disk_full(DiskUser::Artifacts, "no room for the artifact");
+        let first = reporter
+            .status_document()
+            .storage_problem
+            .expect("reported");
+        assert_eq!(first.reason, StorageReason::DiskFull);
+        assert_eq!(first.detail, "no room for the artifact");
+        // A retry that fails the same way is the same problem, same start.
+        board.set_disk_full(DiskUser::Artifacts, "no room for the artifact");
+        board.set_disk_full(DiskUser::Outbox, "no room for a status");
+        assert_eq!(reporter.status_document().storage_problem, Some(first));
+        board.clear_disk_full(DiskUser::Artifacts);
+        let left = reporter
+            .status_document()
+            .storage_problem
+            .expect("outbox still full");
+        assert_eq!(left.detail, "no room for a status");
+        board.clear_disk_full(DiskUser::Outbox);
+        assert_eq!(reporter.status_document().storage_problem, None);
+    }
+
+    // Paused time: the timeouts below resolve as soon as nothing else can run.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_real_change_wakes_the_status_sender() {
+        let board = Board::new(None);
+        let a = workload("a");
+        let note = || {
+            [(
+                a.service.clone(),
+                waiting_status(&a, WorkloadState::Fetching, None),
+            )]
+            .into()
+        };
+        board.set_waiting(note());
+        // The first change left a permit: consumed at once.
+        tokio::time::timeout(std::time::Duration::from_secs(5), board.changed())
+            .await
+            .expect("a new note is a change");
+        board.set_waiting(note());
+        board.set_applied(Generation::new(1));
+        board.set_applied(Generation::new(1));
+        tokio::time::timeout(std::time::Duration::from_secs(5), board.changed())
+            .await
+            .expect("the new generation is a change");
+        // The same notes and generation again: nothing to send.
+        board.set_waiting(note());
+        board.set_applied(Generation::new(1));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), board.changed())
+                .await
+                .is_err(),
+            "a rewrite of the same state must not wake the sender"
+        );
     }
 }

@@ -27,6 +27,13 @@ pub enum StateError {
     Key { path: PathBuf, detail: String },
 }
 
+impl StateError {
+    /// Did the write fail because the file system is full?
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StateError::Store { source: sled::Error::Io(e), .. } if crate::disk::is_no_space(e))
+    }
+}
+
 /// A desired state the agent accepted: the envelope exactly as received
 /// (evidence of what the controller signed) and the parsed document.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -34,8 +34,9 @@ use crate::limits::Launcher;
 use crate::logs;
 use crate::report::Board;
 
-/// How often an adopted process is checked and logs are rotated.
-const TICK: Duration = Duration::from_secs(1);
+/// How often an adopted process (not our child, so no exit notification)
+/// is checked for life.
+const ADOPTED_TICK: Duration = Duration::from_secs(1);
 /// How long to wait for a process group to vanish after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -277,6 +278,7 @@ impl Launch {
             &self.executable,
             &self.workload.run.args,
             &self.workload.resources,
+            Some(&self.workload.service),
         );
         command
             .env_clear()
@@ -300,10 +302,12 @@ impl Launch {
     fn exec_command(self: &Arc<Self>) -> ExecCommand {
         let launch = Arc::clone(self);
         Arc::new(move |argv: &[String]| {
-            let (mut command, _) =
-                launch
-                    .launcher
-                    .command(Path::new(&argv[0]), &argv[1..], &Resources::default());
+            let (mut command, _) = launch.launcher.command(
+                Path::new(&argv[0]),
+                &argv[1..],
+                &Resources::default(),
+                None,
+            );
             command
                 .env_clear()
                 .envs(&launch.env)
@@ -366,7 +370,7 @@ impl Proc {
                 Err(_) => Exit::Unknown,
             },
             Proc::Adopted => loop {
-                tokio::time::sleep(TICK).await;
+                tokio::time::sleep(ADOPTED_TICK).await;
                 if !id.alive() {
                     return Exit::Unknown;
                 }
@@ -483,12 +487,16 @@ pub async fn supervise(
                 }
                 let _stop_health = health.drop_guard();
                 let began = Instant::now();
-                let mut ticks = tokio::time::interval(TICK);
+                // Logs are checked at a pace that slows while they are
+                // quiet: an idle workload costs the agent no wake-ups.
+                let mut pace = logs::Pace::default();
+                let mut next_check = Instant::now();
                 let exit = loop {
                     tokio::select! {
                         biased;
                         () = controls.stop.cancelled() => {
                             proc.terminate(id, launch.grace).await;
+                            launch.launcher.release(&service);
                             remove_pid_file(&launch.dir);
                             info!(service = %service, pid = id.pid, "Stopped workload.");
                             board.remove_running(&service);
@@ -499,10 +507,11 @@ pub async fn supervise(
                             return;
                         }
                         exit = proc.wait(id) => break exit,
-                        _ = ticks.tick() => {
-                            if let Err(e) = logs::rotate(&launch.dir, logs::MAX_LOG_BYTES) {
+                        () = tokio::time::sleep_until(next_check) => {
+                            if let Err(e) = pace.check(&launch.dir) {
                                 warn!(service = %service, error = %e, "Cannot rotate the workload's logs.");
                             }
+                            next_check = Instant::now() + pace.delay();
                         }
                     }
                 };

@@ -669,6 +669,25 @@ pub struct Rejection {
     pub at: Timestamp,
 }
 
+/// Why an agent cannot write what it needs to; machine-readable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageReason {
+    /// The file system of the agent's data directory has no room left.
+    DiskFull,
+}
+
+/// A storage problem the agent is in. Every Status repeats it until it
+/// clears (the agent retries on its own, so it clears when space returns).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageProblem {
+    pub reason: StorageReason,
+    /// What could not be written and how much room was missing.
+    pub detail: String,
+    /// When the agent first ran into it.
+    pub since: Timestamp,
+}
+
 /// An agent's report of what it runs. Sent on every change and on reconnect.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -681,6 +700,9 @@ pub struct Status {
     pub workloads: Vec<WorkloadStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rejection: Option<Rejection>,
+    /// Present while the agent cannot write to its data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_problem: Option<StorageProblem>,
 }
 
 /// Truncates free text to the wire limit on a character boundary.

@@ -236,6 +236,17 @@ impl App {
             {
                 warn!(agent = %agent, reason = ?rejection.reason, detail = %rejection.detail, "The agent reports a rejected desired state.");
             }
+            let had_problem = node
+                .last_status
+                .as_ref()
+                .is_some_and(|s| s.storage_problem.is_some());
+            match &status.storage_problem {
+                Some(problem) if !had_problem => {
+                    warn!(agent = %agent, reason = ?problem.reason, detail = %problem.detail, "The agent reports a storage problem.");
+                }
+                None if had_problem => info!(agent = %agent, "The agent's storage problem cleared."),
+                _ => {}
+            }
             node.last_seen = Some(now);
             if status.applied_generation.is_some() {
                 node.applied_generation = status.applied_generation;

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use verge_shared::messages::{
-    ExitInfo, HealthState, Isolation, Rejection, Resources, WorkloadState, WorkloadStatus,
+    ExitInfo, HealthState, Isolation, Rejection, Resources, StorageProblem, WorkloadState,
+    WorkloadStatus,
 };
 use verge_shared::{AgentId, Generation, KeyId, RegionId, ServiceName, Timestamp};
 
@@ -85,6 +86,8 @@ pub struct NodeView {
     pub applied_generation: Option<Generation>,
     pub workloads: Vec<WorkloadStatus>,
     pub last_rejection: Option<Rejection>,
+    /// The agent cannot write to its data directory (disk full), while it lasts.
+    pub storage_problem: Option<StorageProblem>,
     /// `cordoned` or `drained` when an operator set it.
     pub cordon: Option<Cordon>,
     pub probe_addr: Option<std::net::SocketAddr>,
@@ -216,6 +219,7 @@ impl App {
             applied_generation: node.applied_generation,
             workloads: status.map(|s| s.workloads.clone()).unwrap_or_default(),
             last_rejection: status.and_then(|s| s.last_rejection.clone()),
+            storage_problem: status.and_then(|s| s.storage_problem.clone()),
             cordon: node.cordon,
             probe_addr: node.probe_addr,
             latency: self.node_latency(&node.id, now),

@@ -349,6 +349,21 @@ impl Cluster {
         extra: &str,
     ) -> Result<usize> {
         let data_dir = self.dir.path().join(format!("agent-{id}"));
+        self.add_agent_at(id, region, broker, extra, &data_dir)
+            .await
+    }
+
+    /// [`Cluster::add_agent_with`] with the agent's data in `data_dir`
+    /// (a small file system a test mounted, say).
+    pub async fn add_agent_at(
+        &mut self,
+        id: &str,
+        region: &str,
+        broker: SocketAddr,
+        extra: &str,
+        data_dir: &Path,
+    ) -> Result<usize> {
+        let data_dir = data_dir.to_owned();
         fs::create_dir_all(&data_dir)?;
         let config = self.dir.path().join(format!("agent-{id}.toml"));
         fs::write(

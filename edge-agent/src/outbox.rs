@@ -308,10 +308,19 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path, quota: u64) -> (sled::Db, Outbox) {
-        let db = sled::Config::new()
-            .path(dir.join("state"))
-            .open()
-            .expect("open db");
+        // A dropped sled Db lets go of its file lock only when its flusher
+        // thread ends, which on a loaded machine can be after the drop
+        // returns: a reopen waits for it, up to a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let db = loop {
+            match sled::Config::new().path(dir.join("state")).open() {
+                Ok(db) => break db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("open db: {e}"),
+            }
+        };
         let outbox = Outbox::open(&db, dir.join("state"), quota).expect("outbox");
         (db, outbox)
     }

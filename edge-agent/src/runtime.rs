@@ -434,7 +434,13 @@ mod tests {
                 if let Some(s) = board.running(service).filter(|s| ok(s)) {
                     return s;
                 }
-                board.changed().await;
+                // Conditions may also depend on the process itself (what it
+                // runs once it has exec'd), which changes nothing on the
+                // board: look again after a while as well.
+                tokio::select! {
+                    () = board.changed() => {}
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
             }
         })
         .await
@@ -506,10 +512,10 @@ mod tests {
             f.runtime.start(&w, &sleep),
             Err(RuntimeError::AlreadyRunning(_))
         ));
-        // Running with a pid that runs the artifact. Under the full
-        // workspace suite the very first child of this test process has
-        // been seen to die at once (cause not yet found); the restart policy
-        // then brings the workload back, which this wait accepts.
+        // Running with a pid that runs the artifact. "Running" is reported
+        // as soon as the child exists, which may be before it has exec'd
+        // (its command line is still this test's): the wait re-checks until
+        // the exec shows.
         let status = f
             .wait_for(&w.service, |s| {
                 s.state == WorkloadState::Running

@@ -231,6 +231,28 @@ impl ProcessId {
     }
 }
 
+/// Is any process (a zombie included) still in process group `pgid`?
+fn group_has_members(pgid: i32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        // Cannot tell: signalling is what the caller asked for.
+        return true;
+    };
+    procs.flatten().any(|entry| {
+        let is_pid = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        is_pid
+            && std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+                // Field 5 of stat(5), the third after the ')' of the name.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+                    .and_then(|pgrp| pgrp.parse::<i32>().ok())
+                    == Some(pgid)
+            })
+    })
+}
+
 /// The files in a workload directory that record a running process.
 pub const PID_FILE: &str = "pid";
 
@@ -385,8 +407,14 @@ impl Proc {
         if tokio::time::timeout(grace, self.wait(id)).await.is_err() {
             warn!(pid = id.pid, grace = ?grace, "Workload ignored SIGTERM; killing its process group.");
         }
-        // ESRCH when the whole group is gone already: nothing to do.
-        let _ = killpg(Pid::from_raw(id.pid), Signal::SIGKILL);
+        // Stragglers the leader left behind. Once the group is empty and the
+        // leader reaped, its id is free for the kernel to hand out again
+        // (pid_max may be 32768), and a new process group with that id
+        // would get the SIGKILL: signal only a group that still has members,
+        // whose id the kernel cannot reuse meanwhile.
+        if group_has_members(id.pid) {
+            let _ = killpg(Pid::from_raw(id.pid), Signal::SIGKILL);
+        }
         let _ = tokio::time::timeout(KILL_WAIT, self.wait(id)).await;
     }
 }
@@ -602,6 +630,14 @@ mod tests {
             crash_loop_after: 5,
             crash_loop_delay: Duration::from_secs(300),
         }
+    }
+
+    #[test]
+    fn process_groups_are_found_by_their_members() {
+        let own = nix::unistd::getpgrp().as_raw();
+        assert!(group_has_members(own), "this test's own group");
+        // A pid beyond pid_max is never a group.
+        assert!(!group_has_members(i32::MAX));
     }
 
     const QUICK: Duration = Duration::from_millis(10);

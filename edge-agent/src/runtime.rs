@@ -159,8 +159,19 @@ impl ProcessRuntime {
         };
         for entry in entries.flatten() {
             let dir = entry.path();
+            // With cgroups, whatever is left in the group of a workload that
+            // is not adopted below is ended: processes that escaped its
+            // process group, or one started just before an agent crash that
+            // left no pid file.
+            let release = |why: &str| {
+                if let Some(service) = service_of(&dir) {
+                    debug!(service = %service, why, "Ending what is left in the workload's cgroup, if it has one.");
+                    self.launcher.release(&service);
+                }
+            };
             let Some((pid, executable, start_ticks)) = read_pid_file(&dir) else {
                 debug!(dir = %dir.display(), "No usable pid file; nothing to adopt here.");
+                release("no pid file");
                 continue;
             };
             let live = ProcessId::of(pid).filter(|id| match start_ticks {
@@ -171,6 +182,7 @@ impl ProcessRuntime {
             let Some(id) = live else {
                 debug!(pid, dir = %dir.display(), recorded_start = ?start_ticks, "The recorded process is gone; forgetting it.");
                 let _ = std::fs::remove_file(dir.join(supervise::PID_FILE));
+                release("the recorded process is gone");
                 continue;
             };
             let record = std::fs::read(dir.join(RECORD_FILE))
@@ -188,6 +200,7 @@ impl ProcessRuntime {
                 None => {
                     warn!(pid, dir = %dir.display(), "Killing a workload process that has no readable record.");
                     supervise::kill_unaccounted(id, grace).await;
+                    release("its process had no record");
                     let _ = std::fs::remove_file(dir.join(supervise::PID_FILE));
                     found.killed.push(pid);
                 }
@@ -672,6 +685,46 @@ mod tests {
         assert_eq!(adopted.killed, [pid]);
         wait_gone(pid).await;
         assert!(next.observe().is_empty());
+    }
+
+    #[tokio::test]
+    async fn adoption_ends_what_is_left_in_the_groups_of_workloads_it_does_not_adopt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().join("cg/verge");
+        std::fs::create_dir_all(&base).expect("mkdir");
+        std::fs::write(base.join("cgroup.controllers"), "cpu memory").expect("write");
+        let cgroups = crate::cgroup::Cgroups::setup(
+            dir.path(),
+            "9 1 0:9 / /cg rw - cgroup2 cgroup2 rw",
+            "0::/verge",
+            7,
+        )
+        .expect("fake cgroup v2");
+        // A workload directory without a pid file (an agent killed between
+        // fork and the pid write) and its group.
+        std::fs::create_dir_all(dir.path().join("workloads/lost")).expect("mkdir");
+        let lost = ServiceName::new("lost").expect("valid");
+        let group = cgroups.prepare(&lost, &Default::default()).expect("group");
+        let runtime = ProcessRuntime::new(
+            dir.path().join("workloads"),
+            Placement {
+                agent: AgentId::new("edge-1").expect("valid"),
+                region: RegionId::new("local").expect("valid"),
+            },
+            RestartTiming::default(),
+            Launcher::Helper {
+                exe: PathBuf::from("/nonexistent/edge-agent"),
+                user: None,
+                cgroups: Some(cgroups),
+            },
+            Arc::new(Board::default()),
+        );
+        let adopted = runtime.adopt(Duration::from_secs(1)).await;
+        assert!(adopted.adopted.is_empty() && adopted.killed.is_empty());
+        assert_eq!(
+            std::fs::read_to_string(group.join("cgroup.kill")).expect("killed"),
+            "1"
+        );
     }
 
     #[test]

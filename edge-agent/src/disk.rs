@@ -9,9 +9,11 @@ use std::path::Path;
 /// instead of filling the disk to the last byte.
 pub const RESERVE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Did this I/O error happen because the file system is full?
+/// Did this I/O error happen because the file system is full? sled hands
+/// out copies of its first write error with the kind only (no OS code).
 pub fn is_no_space(error: &std::io::Error) -> bool {
     error.raw_os_error() == Some(nix::libc::ENOSPC)
+        || error.kind() == std::io::ErrorKind::StorageFull
 }
 
 /// Bytes an unprivileged process can still write on the file system that
@@ -57,5 +59,10 @@ mod tests {
             nix::libc::EACCES
         )));
         assert!(!is_no_space(&std::io::Error::other("x")));
+        // How sled repeats its first error on every later write.
+        assert!(is_no_space(&std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            "Os { code: 28 }"
+        )));
     }
 }

@@ -286,6 +286,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         reporter.clone(),
         outbox.clone(),
         status_topic,
+        data_dir.clone(),
         stop.clone(),
     ));
     tasks.spawn(telemetry::telemetry_loop(
@@ -435,6 +436,9 @@ async fn intake_loop(
                         desired_tx.send_replace(Some(Arc::new(accepted.desired)));
                     }
                     Ok(Err(e)) => {
+                        if e.is_disk_full() && store_stuck(&config.data_dir) {
+                            return;
+                        }
                         error!(agent = %config.id, generation = %generation, error = %e, retry_in = ?retry_delay, "Cannot persist the desired state; not applying it yet.");
                         if e.is_disk_full() {
                             board.set_disk_full(DiskUser::State, &e.to_string());
@@ -457,12 +461,27 @@ async fn intake_loop(
     }
 }
 
+/// After a store write failed for lack of space: has the space come back
+/// while the store still refuses? sled keeps the first I/O error of its log
+/// and fails every later write with it, even once there is room again
+/// (docs/storage.md#disk-full), so only a new agent process can write: the
+/// caller ends its task, which stops the agent (workloads keep running and
+/// are adopted), and the service manager starts it again.
+fn store_stuck(data_dir: &std::path::Path) -> bool {
+    let stuck = disk::free_bytes(data_dir).is_ok_and(|free| free >= disk::RESERVE_BYTES);
+    if stuck {
+        error!(data_dir = %data_dir.display(), "The state store still fails with \"no space left\" although space has returned (sled keeps its first write error); stopping so that a restart opens it afresh.");
+    }
+    stuck
+}
+
 /// Queues a Status in the outbox after each burst of board changes.
 async fn status_loop(
     board: Arc<Board>,
     reporter: Arc<Reporter>,
     outbox: Arc<Outbox>,
     topic: String,
+    data_dir: PathBuf,
     stop: CancellationToken,
 ) {
     loop {
@@ -484,6 +503,9 @@ async fn status_loop(
         match pushed {
             Ok(Ok(())) => board.clear_disk_full(DiskUser::Outbox),
             Ok(Err(e)) if e.is_disk_full() => {
+                if store_stuck(&data_dir) {
+                    return;
+                }
                 error!(error = %e, "The disk is full: a Status cannot be queued; the next change after space returns sends a full one.");
                 board.set_disk_full(DiskUser::Outbox, &e.to_string());
             }

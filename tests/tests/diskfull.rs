@@ -81,24 +81,26 @@ fn free_bytes(path: &Path) -> u64 {
     edge_agent::disk::free_bytes(path).expect("statvfs")
 }
 
-/// Writes a file of zeros that leaves `leave` bytes free under `dir`
-/// (tmpfs allocates what is written, so it is not sparse).
-fn fill(dir: &Path, leave: u64) -> PathBuf {
-    let path = dir.join("filler");
+/// Writes a file of zeros named `name` that leaves `leave` bytes free under
+/// `dir` (tmpfs allocates what is written, so it is not sparse); with
+/// `leave` 0 it writes until the file system refuses.
+fn fill(dir: &Path, name: &str, leave: u64) -> PathBuf {
+    let path = dir.join(name);
     let mut file = std::fs::File::create(&path).expect("create the filler");
-    let chunk = vec![0u8; 1024 * 1024];
-    let size = free_bytes(dir).saturating_sub(leave);
-    let mut left = size;
-    // At most TMPFS_MIB + 1 rounds: the loop is bounded by the file system.
-    for _ in 0..=TMPFS_MIB {
-        if left == 0 {
+    let chunk = vec![0u8; 64 * 1024];
+    let mut left = free_bytes(dir).saturating_sub(leave);
+    // Bounded by the file system's size, plus a few rounds to reach ENOSPC.
+    for _ in 0..TMPFS_MIB * 16 + 16 {
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
+        if leave > 0 && n == 0 {
             break;
         }
-        let n = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
-        file.write_all(&chunk[..n]).expect("write the filler");
-        left -= n as u64;
+        match file.write(&chunk[..n.max(1)]) {
+            Ok(written) => left = left.saturating_sub(written as u64),
+            Err(e) if leave == 0 && e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+            Err(e) => panic!("write the filler: {e}"),
+        }
     }
-    file.sync_all().expect("sync the filler");
     path
 }
 
@@ -160,6 +162,7 @@ async fn a_full_disk_is_reported_keeps_what_runs_and_recovers() {
     // Leave room for the agent's own writes, not for the big artifact.
     let filler = fill(
         tmpfs.path(),
+        "filler",
         edge_agent::disk::RESERVE_BYTES + 2 * 1024 * 1024,
     );
     assert!(
@@ -245,4 +248,139 @@ async fn a_full_disk_is_reported_keeps_what_runs_and_recovers() {
     let big_after = wait_running(&cluster.api, "big", "big").await;
     assert_eq!(keep_after[0].pid, keep_pid);
     assert_eq!(big_after[0].pid, both[0].pid);
+}
+
+/// Waits until the node shows `service` running with the pid the workload
+/// itself answers with; returns that pid.
+async fn wait_answering(cluster: &Cluster, service: &str) -> u64 {
+    wait_running(&cluster.api, service, service).await[0].pid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_without_a_free_byte_breaks_nothing_and_the_next_state_applies_later() {
+    let tmpfs = match Tmpfs::mount(TMPFS_MIB) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("SKIPPED: this test needs a tmpfs for the agent's data: {e}");
+            return;
+        }
+    };
+    let mut cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster");
+    let broker = cluster.mqtt_addr;
+    cluster
+        .add_agent_at(AGENT, "region-a", broker, "", tmpfs.path())
+        .await
+        .expect("agent on the tmpfs");
+    let agent_pid = cluster.agent(AGENT).pid().expect("agent runs");
+    let small = cluster
+        .api
+        .upload_artifact(hello_artifact())
+        .await
+        .expect("upload");
+    cluster
+        .api
+        .put_service("keep", &hello_spec(&small, "keep", 1, &["region-a"]))
+        .await
+        .expect("put")
+        .ok()
+        .expect("keep accepted");
+    let keep = wait_running(&cluster.api, "keep", "keep").await;
+    let keep_pid = keep[0].pid;
+
+    // Not one byte left: the next desired state needs no download (its
+    // artifact is cached), only writes of the agent's own state.
+    let filler = fill(tmpfs.path(), "filler", 0);
+    assert_eq!(free_bytes(tmpfs.path()), 0, "the file system is full");
+    cluster
+        .api
+        .put_service("second", &hello_spec(&small, "second", 1, &["region-a"]))
+        .await
+        .expect("put")
+        .ok()
+        .expect("second accepted");
+    // The agent cannot say much now (its outbox cannot grow either); it
+    // must not fall over, and what runs must keep running.
+    let desired = wait_for(
+        "the controller to issue the new desired state",
+        Duration::from_secs(30),
+        || async {
+            let node = node(&cluster).await?;
+            node["desired_generation"]
+                .as_u64()
+                .filter(|g| *g >= 2)
+                .ok_or(node.to_string())
+        },
+    )
+    .await;
+    // Give the agent a few of its own retry rounds on the full disk.
+    wait_for(
+        "the agent to fail a write on the full disk",
+        Duration::from_secs(30),
+        || async {
+            let logs = cluster.logs();
+            if logs.contains("No space left on device") || logs.contains("the disk is full") {
+                Ok(())
+            } else {
+                Err("no disk-full error in the agent's log yet".to_owned())
+            }
+        },
+    )
+    .await;
+    assert_eq!(cluster.agent(AGENT).pid(), Some(agent_pid));
+    assert!(
+        verge_tests::cluster::process_alive(agent_pid),
+        "the agent survives a full disk"
+    );
+    // The API shows keep pending (its node has not applied the new
+    // generation); keep itself says it still runs.
+    let answer = ask(keep[0].port).await.expect("keep answers");
+    assert_eq!(answer["pid"], keep_pid);
+
+    // Space returns. sled keeps failing with the error it hit first, so
+    // the agent stops itself (leaving its workloads running) once it sees
+    // room but a store that still refuses; a service manager starts it
+    // again, as this test does, and the new process applies the state.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    wait_for(
+        "the agent to stop on its stuck store",
+        Duration::from_secs(60),
+        || async {
+            if verge_tests::cluster::process_alive(agent_pid) {
+                Err(format!(
+                    "the agent still runs; {} bytes free",
+                    free_bytes(tmpfs.path())
+                ))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let answer = ask(keep[0].port).await.expect("keep answers");
+    assert_eq!(answer["pid"], keep_pid, "the workload outlives the agent");
+    cluster.agent(AGENT).restart().expect("restart");
+    cluster.wait_node_online(AGENT).await;
+    wait_answering(&cluster, "second").await;
+    let node_after = wait_for(
+        "the node to report the new generation",
+        Duration::from_secs(60),
+        || async {
+            let node = node(&cluster).await?;
+            if node["applied_generation"].as_u64() >= Some(desired)
+                && node["storage_problem"].is_null()
+            {
+                Ok(node)
+            } else {
+                Err(node.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        workload(&node_after, "keep").map(|w| w["pid"].clone()),
+        Some(Value::from(keep_pid)),
+        "keep was adopted, not started again"
+    );
 }

@@ -242,7 +242,7 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     controller: Option<Child>,
     controller_log: PathBuf,
-    mosquitto: Option<Child>,
+    mosquitto: Option<Mosquitto>,
     pub agents: Vec<AgentHandle>,
     pub api: Api,
     pub broker: BrokerKind,
@@ -464,9 +464,7 @@ impl Drop for Cluster {
         if let Some(mut c) = self.controller.take() {
             stop_child(&mut c, Signal::SIGTERM, Duration::from_secs(10));
         }
-        if let Some(mut m) = self.mosquitto.take() {
-            stop_child(&mut m, Signal::SIGTERM, Duration::from_secs(5));
-        }
+        drop(self.mosquitto.take());
     }
 }
 
@@ -484,15 +482,8 @@ async fn wait_healthy(base: &str) {
 }
 
 /// Starts `mosquitto` from the Debian package on `port` with a config of our
-/// own, and waits until it accepts connections.
-async fn start_mosquitto(dir: &Path, port: u16) -> Result<Child> {
-    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    let Some(exe) = exe else {
-        bail!("mosquitto is not installed (apt-get install -y mosquitto; .ci/run does this)");
-    };
+/// own (plain TCP, anonymous), and waits until it accepts connections.
+async fn start_mosquitto(dir: &Path, port: u16) -> Result<Mosquitto> {
     let conf = dir.join("mosquitto.conf");
     fs::write(
         &conf,
@@ -501,15 +492,61 @@ async fn start_mosquitto(dir: &Path, port: u16) -> Result<Child> {
              log_dest stderr\nlog_type error\nlog_type warning\n"
         ),
     )?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("-c").arg(&conf);
-    let child = spawn_logged(cmd, &dir.join("mosquitto.log"))?;
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_for("mosquitto to accept connections", START_TIMEOUT, || async {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-            .map(drop)
-            .map_err(|e| e.to_string())
-    })
-    .await;
-    Ok(child)
+    Mosquitto::start(&conf, &dir.join("mosquitto.log"), port).await
+}
+
+/// A `mosquitto` process, stopped by PID when dropped (its log is printed
+/// if that happens while a test panics).
+pub struct Mosquitto {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Mosquitto {
+    /// Runs `mosquitto -c <conf>` from the Debian package with its output in
+    /// `log`, and waits until it accepts TCP connections on loopback `port`.
+    pub async fn start(conf: &Path, log: &Path, port: u16) -> Result<Mosquitto> {
+        let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists());
+        let Some(exe) = exe else {
+            bail!("mosquitto is not installed (apt-get install -y mosquitto; .ci/run does this)");
+        };
+        let mut cmd = Command::new(exe);
+        cmd.arg("-c").arg(conf);
+        let mut mosquitto = Mosquitto {
+            child: spawn_logged(cmd, log)?,
+            log: log.to_owned(),
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + START_TIMEOUT;
+        // Bounded by START_TIMEOUT; a broker that exits (a bad config) fails at once.
+        loop {
+            if let Ok(Some(status)) = mosquitto.child.try_wait() {
+                bail!("mosquitto exited with {status}: {}", tail(log, 20));
+            }
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(_) => return Ok(mosquitto),
+                Err(e) if Instant::now() >= deadline => {
+                    mosquitto.stop();
+                    bail!("mosquitto does not accept connections on {addr}: {e}");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        stop_child(&mut self.child, Signal::SIGTERM, Duration::from_secs(5));
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.log.display(), tail(&self.log, 60));
+        }
+    }
 }

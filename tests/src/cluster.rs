@@ -537,6 +537,13 @@ impl Mosquitto {
         }
     }
 
+    /// Asks the broker to reload its configuration (SIGHUP), as an operator
+    /// does after changing its access list or revocation list.
+    pub fn reload(&self) -> Result<()> {
+        let pid = Pid::from_raw(i32::try_from(self.child.id())?);
+        kill(pid, Signal::SIGHUP).context("SIGHUP mosquitto")
+    }
+
     fn stop(&mut self) {
         stop_child(&mut self.child, Signal::SIGTERM, Duration::from_secs(5));
     }

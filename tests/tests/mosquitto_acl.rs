@@ -11,11 +11,13 @@ use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber, date_time_ymd,
 };
 use rumqttc::{LastWill, MqttOptions, QoS, SubscribeReasonCode, TlsConfiguration, Transport};
 use verge_shared::topic::{Channel, DEFAULT_PREFIX, Topics};
@@ -52,6 +54,7 @@ fn replace(text: &str, from: &str, to: &str) -> String {
 struct Identity {
     /// The certificate's Common Name.
     name: String,
+    serial: u64,
     cert: String,
     key: String,
 }
@@ -67,7 +70,10 @@ fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 /// A certificate with Common Name `name` issued by `ca`: for the broker
 /// (127.0.0.1, server auth) or for a client (client auth).
 fn issue(ca: &CertifiedIssuer<'static, KeyPair>, name: &str, server: bool) -> Identity {
+    static SERIAL: AtomicU64 = AtomicU64::new(1);
+    let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
     let mut params = CertificateParams::default();
+    params.serial_number = Some(SerialNumber::from(serial));
     params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if server {
@@ -80,9 +86,32 @@ fn issue(ca: &CertifiedIssuer<'static, KeyPair>, name: &str, server: bool) -> Id
     let cert = params.signed_by(&key, ca).expect("certificate");
     Identity {
         name: name.to_owned(),
+        serial,
         cert: cert.pem(),
         key: key.serialize_pem(),
     }
+}
+
+/// A revocation list from `ca` naming `revoked`, PEM.
+fn revocation_list(ca: &CertifiedIssuer<'static, KeyPair>, revoked: &[&Identity]) -> String {
+    static NUMBER: AtomicU64 = AtomicU64::new(1);
+    let params = CertificateRevocationListParams {
+        this_update: date_time_ymd(2020, 1, 1),
+        next_update: date_time_ymd(2100, 1, 1),
+        crl_number: SerialNumber::from(NUMBER.fetch_add(1, Ordering::Relaxed)),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|i| RevokedCertParams {
+                serial_number: SerialNumber::from(i.serial),
+                revocation_time: date_time_ymd(2020, 1, 1),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    params.signed_by(ca).expect("CRL").pem().expect("PEM")
 }
 
 /// Writes `contents` readable by the `mosquitto` user, which the broker
@@ -106,13 +135,25 @@ struct Broker {
     a: AgentId,
     b: AgentId,
     region: RegionId,
+    verge_ca: CertifiedIssuer<'static, KeyPair>,
     // Dropped before the directory it reads from.
-    _mosquitto: Mosquitto,
-    _dir: tempfile::TempDir,
+    mosquitto: Mosquitto,
+    dir: tempfile::TempDir,
 }
 
 impl Broker {
+    /// The shipped files as they are.
     async fn start() -> Broker {
+        Broker::launch(false).await
+    }
+
+    /// The shipped files with the `crlfile` line uncommented, and a
+    /// revocation list that revokes nothing yet.
+    async fn start_with_crl() -> Broker {
+        Broker::launch(true).await
+    }
+
+    async fn launch(crl: bool) -> Broker {
         // ring is the only provider compiled in; the first test installs it.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::Builder::new()
@@ -131,10 +172,14 @@ impl Broker {
         write_readable(&dir.path().join("server.crt"), &server.cert);
         write_readable(&dir.path().join("server.key"), &server.key);
         write_readable(&dir.path().join("verge.acl"), &shipped("verge.acl"));
+        let mut conf = shipped("verge.conf");
+        if crl {
+            write_readable(&dir.path().join("ca.crl"), &revocation_list(&verge_ca, &[]));
+            conf = replace(&conf, "#crlfile ", "crlfile ");
+        }
 
         let port = free_port();
         let files = format!("{}/", dir.path().display());
-        let conf = shipped("verge.conf");
         let conf = replace(
             &conf,
             "listener 8883\n",
@@ -164,9 +209,18 @@ impl Broker {
             a: AgentId::new("edge-a").expect("id"),
             b: AgentId::new("edge-b").expect("id"),
             region: RegionId::new(REGION).expect("region"),
-            _mosquitto: mosquitto,
-            _dir: dir,
+            verge_ca,
+            mosquitto,
+            dir,
         }
+    }
+
+    /// Replaces the revocation list with one naming `revoked` and has the
+    /// broker reload it.
+    fn revoke(&self, revoked: &[&Identity]) {
+        let list = revocation_list(&self.verge_ca, revoked);
+        write_readable(&self.dir.path().join("ca.crl"), &list);
+        self.mosquitto.reload().expect("SIGHUP");
     }
 
     /// TLS options trusting the Verge CA and presenting `identity`, if any,
@@ -342,15 +396,16 @@ async fn an_agent_cannot_publish_on_another_agents_topics() {
         .iter()
         .map(|m| (m.topic.as_str(), m.payload.as_slice()))
         .collect();
-    let telemetry_a = broker.telemetry(a);
+    let (presence_a, telemetry_a) = (broker.agent(a, Channel::Presence), broker.telemetry(a));
     assert_eq!(
         seen,
         [
+            (presence_a.as_str(), b"own".as_slice()),
             (telemetry_a.as_str(), b"own".as_slice()),
             (marker.as_str(), b"own".as_slice()),
             (marker.as_str(), b"marker".as_slice()),
         ],
-        "the consumer reads edge-a's telemetry and events, nothing else"
+        "the consumer reads edge-a's presence, telemetry and events, nothing else"
     );
 
     // Whatever edge-a sent to edge-b's controller topics was dropped before
@@ -594,6 +649,44 @@ async fn clients_without_a_verge_certificate_are_refused() {
         .await
         .expect("publish");
     wait_pubacks(&agent_b, "edge-b", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_after_a_reload() {
+    let broker = Broker::start_with_crl().await;
+    let desired_a = broker.topics.desired(&broker.a);
+    let controller = broker.connect(&broker.controller).await;
+    let mut agent_a = broker.connect(&broker.edge_a).await;
+    agent_a.subscribe_acked(&desired_a).await.expect("SUBACK");
+
+    // Revoke edge-a and the consumer; the consumer shows when the broker
+    // has reloaded the list.
+    broker.revoke(&[&broker.edge_a, &broker.consumer]);
+    let refusal = wait_for("the consumer to be refused", DEADLINE, || async {
+        match TestClient::connect_with(broker.options(Some(&broker.consumer))).await {
+            Ok(_) => Err("the consumer still connects".to_owned()),
+            Err(e) => Ok(format!("{e:#}")),
+        }
+    })
+    .await;
+    assert!(refusal.contains("CertificateRevoked"), "{refusal}");
+
+    // edge-a's open connection is not cut by the reload...
+    controller
+        .publish(&desired_a, b"marker".to_vec())
+        .await
+        .expect("publish");
+    let seen = until_marker(&mut agent_a, &desired_a, b"marker").await;
+    assert_eq!(seen.len(), 1);
+    // ...but it cannot connect again, while edge-b, not revoked, can.
+    let Err(again) = TestClient::connect_with(broker.options(Some(&broker.edge_a))).await else {
+        panic!("a revoked certificate connected");
+    };
+    assert!(
+        format!("{again:#}").contains("CertificateRevoked"),
+        "{again:#}"
+    );
+    broker.connect(&broker.edge_b).await;
 }
 
 #[test]

@@ -3,9 +3,11 @@
 //! the shipped `verge.conf` with only its paths and port changed, and the
 //! shipped `verge.acl` as it is. An agent cannot publish on another agent's
 //! topics, read another's desired state (also through wildcards), pose as the
-//! controller, plant a Last Will on another's topic, or connect without a
-//! certificate from the Verge CA. Every refusal is paired with the same
-//! action on the agent's own topics, which must get through.
+//! controller, plant a Last Will on another's topic, take over another's
+//! session through its client id, or connect without a certificate from the
+//! Verge CA or with a revoked one. Every refusal is paired with the same
+//! action on the agent's own topics, or by another identity, which must get
+//! through.
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -277,8 +279,8 @@ async fn until_marker(client: &mut TestClient, topic: &str, payload: &[u8]) -> V
     panic!("no marker on {topic} among {MAX_MESSAGES} messages");
 }
 
-/// Waits until `client` has `count` PUBACKs, and checks it gets no more: the
-/// broker acknowledges every QoS 1 publish, refused or not.
+/// Waits until `client` has `count` PUBACKs and checks that it has exactly
+/// that many: the broker acknowledges every QoS 1 publish, refused or not.
 async fn wait_pubacks(client: &TestClient, who: &str, count: usize) {
     wait_for(&format!("{count} PUBACKs for {who}"), DEADLINE, || async {
         match client.pubacks() {
@@ -290,10 +292,12 @@ async fn wait_pubacks(client: &TestClient, who: &str, count: usize) {
     assert_eq!(client.pubacks(), count, "PUBACKs for {who}");
 }
 
+/// Whether a SUBACK granted the subscription.
 fn subscribed(code: SubscribeReasonCode) -> bool {
     matches!(code, SubscribeReasonCode::Success(_))
 }
 
+/// The messages on edge-b's topics or forged by edge-a: none may arrive.
 fn from_b(messages: &[Message]) -> Vec<&Message> {
     messages
         .iter()

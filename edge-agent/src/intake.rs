@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use verge_shared::messages::{
-    ArtifactRef, Assignment, CONFIG_ENV_PREFIX, Delivery, DesiredState, RejectReason, Rejection,
-    Workload, bounded_message, check_schema_version, payload_type,
+    Assignment, Delivery, DesiredState, RejectReason, Rejection, Workload, bounded_message,
+    check_schema_version, payload_type,
 };
-use verge_shared::trust::{Release, TrustBundle, TrustError};
+use verge_shared::trust::{TrustBundle, TrustError};
 use verge_shared::{AgentId, Envelope, Generation, ServiceName, Sha256Digest, Timestamp, limits};
 
 /// An accepted desired state with every release resolved: what the agent
@@ -62,8 +62,12 @@ pub fn parse_delivery(bytes: &[u8]) -> Result<Delivery, (RejectReason, String)> 
             ),
         ));
     }
-    let delivery: Delivery = serde_json::from_slice(bytes)
-        .map_err(|e| (RejectReason::Malformed, format!("delivery is not valid JSON: {e}")))?;
+    let delivery: Delivery = serde_json::from_slice(bytes).map_err(|e| {
+        (
+            RejectReason::Malformed,
+            format!("delivery is not valid JSON: {e}"),
+        )
+    })?;
     check_schema_version(delivery.schema_version)
         .map_err(|e| (RejectReason::UnsupportedSchema, format!("delivery {e}")))?;
     if delivery.releases.len() > limits::MAX_WORKLOADS_PER_AGENT {
@@ -152,10 +156,15 @@ pub fn check(delivery: &Delivery, ctx: &Context<'_>) -> Result<Decision, Rejecti
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            resolve(a, &releases, ctx.trust, running.get(&a.service).copied())
-                .map_err(|(reason, detail)| {
-                    reject(reason, generation, &format!("workloads[{i}] ({}): {detail}", a.service))
-                })
+            resolve(a, &releases, ctx.trust, running.get(&a.service).copied()).map_err(
+                |(reason, detail)| {
+                    reject(
+                        reason,
+                        generation,
+                        &format!("workloads[{i}] ({}): {detail}", a.service),
+                    )
+                },
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Decision::Accept(ResolvedState {
@@ -218,39 +227,18 @@ fn resolve(
             ),
         ));
     }
-    let artifact = release
-        .artifact()
-        .map(|a| ArtifactRef {
-            sha256: a.sha256,
-            size: a.size,
-        })
-        .ok_or_else(|| (RejectReason::ReleaseInvalid, "release has no artifact".to_owned()))?;
     tracing::debug!(service = %release.service, version = %release.version, publisher = %publisher.name, "Release verified.");
-    Ok(workload(assignment, release, artifact))
-}
-
-fn workload(assignment: &Assignment, release: Release, artifact: ArtifactRef) -> Workload {
-    let mut run = release.run;
-    for (key, value) in &assignment.config {
-        run.env.insert(format!("{CONFIG_ENV_PREFIX}{key}"), value.clone());
-    }
-    Workload {
-        service: release.service,
-        replica: assignment.replica,
-        release: assignment.release,
-        version: release.version,
-        artifact,
-        run,
-        resources: release.resources,
-    }
+    release
+        .workload(assignment)
+        .map_err(|e| (RejectReason::ReleaseInvalid, e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use verge_shared::SigningKey;
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as B64;
+    use verge_shared::SigningKey;
     use verge_shared::messages::{Resources, RunSpec, SCHEMA_VERSION};
     use verge_shared::trust::{
         MediaType, Publisher, ReleaseArtifact, RootRole, payload_type as trust_type,
@@ -342,19 +330,18 @@ mod tests {
 
     impl Fixture {
         fn sign_release(&self, r: &Release) -> Envelope {
-            self.publisher.sign(
-                trust_type::RELEASE,
-                &serde_json::to_vec(r).expect("json"),
-            )
+            self.publisher
+                .sign(trust_type::RELEASE, &serde_json::to_vec(r).expect("json"))
         }
 
         fn deliver(&self, d: &DesiredState, releases: Vec<Envelope>) -> Delivery {
             Delivery {
                 schema_version: SCHEMA_VERSION,
                 trust: None,
-                desired: self
-                    .controller
-                    .sign(payload_type::DESIRED_STATE, &serde_json::to_vec(d).expect("json")),
+                desired: self.controller.sign(
+                    payload_type::DESIRED_STATE,
+                    &serde_json::to_vec(d).expect("json"),
+                ),
                 releases,
             }
         }
@@ -365,7 +352,12 @@ mod tests {
             self.deliver(&doc(g, vec![assign("web", &r)]), vec![r])
         }
 
-        fn check(&self, d: &Delivery, last: Option<u64>, running: &[Workload]) -> Result<Decision, Rejection> {
+        fn check(
+            &self,
+            d: &Delivery,
+            last: Option<u64>,
+            running: &[Workload],
+        ) -> Result<Decision, Rejection> {
             check(
                 d,
                 &Context {
@@ -379,7 +371,9 @@ mod tests {
         }
 
         fn reason(&self, d: &Delivery, last: Option<u64>) -> RejectReason {
-            self.check(d, last, &[]).expect_err("must be rejected").reason
+            self.check(d, last, &[])
+                .expect_err("must be rejected")
+                .reason
         }
 
         fn accepted(&self, d: &Delivery) -> ResolvedState {
@@ -412,22 +406,36 @@ mod tests {
     #[test]
     fn same_generation_is_ignored_even_if_resigned_or_expired() {
         let f = fixture();
-        assert_eq!(f.check(&f.web(3, "1.0.0"), Some(3), &[]), Ok(Decision::IgnoreSame));
+        assert_eq!(
+            f.check(&f.web(3, "1.0.0"), Some(3), &[]),
+            Ok(Decision::IgnoreSame)
+        );
         let r = f.sign_release(&release("web", "1.0.0"));
         let mut d = doc(3, vec![assign("web", &r)]);
         d.issued_at = ts(-2);
         d.expires_at = ts(-1);
-        assert_eq!(f.check(&f.deliver(&d, vec![r]), Some(3), &[]), Ok(Decision::IgnoreSame));
+        assert_eq!(
+            f.check(&f.deliver(&d, vec![r]), Some(3), &[]),
+            Ok(Decision::IgnoreSame)
+        );
     }
 
     #[test]
     fn oversized_and_malformed_deliveries() {
         let big = vec![b' '; limits::MAX_DELIVERY_BYTES + 1];
-        assert_eq!(parse_delivery(&big).expect_err("big").0, RejectReason::TooLarge);
-        assert_eq!(parse_delivery(b"{nope").expect_err("json").0, RejectReason::Malformed);
+        assert_eq!(
+            parse_delivery(&big).expect_err("big").0,
+            RejectReason::TooLarge
+        );
+        assert_eq!(
+            parse_delivery(b"{nope").expect_err("json").0,
+            RejectReason::Malformed
+        );
         let f = fixture();
         let mut d = f.web(1, "1.0.0");
-        d.desired = f.controller.sign(payload_type::DESIRED_STATE, b"{\"not\":\"a doc\"}");
+        d.desired = f
+            .controller
+            .sign(payload_type::DESIRED_STATE, b"{\"not\":\"a doc\"}");
         assert_eq!(f.reason(&d, None), RejectReason::Malformed);
     }
 
@@ -440,7 +448,10 @@ mod tests {
         assert_eq!(f.reason(&d, None), RejectReason::WrongType);
         // Signed by a key the trust bundle does not list (a publisher's, even).
         let mut d = f.web(1, "1.0.0");
-        d.desired = f.publisher.sign(payload_type::DESIRED_STATE, &B64.decode(&d.desired.payload).expect("b64"));
+        d.desired = f.publisher.sign(
+            payload_type::DESIRED_STATE,
+            &B64.decode(&d.desired.payload).expect("b64"),
+        );
         assert_eq!(f.reason(&d, None), RejectReason::UnknownKey);
         // Tampered payload.
         let mut d = f.web(1, "1.0.0");
@@ -458,19 +469,36 @@ mod tests {
         let r = f.sign_release(&release("web", "1.0.0"));
         let mut d = doc(1, vec![assign("web", &r)]);
         d.schema_version = 2;
-        assert_eq!(f.reason(&f.deliver(&d, vec![r.clone()]), None), RejectReason::UnsupportedSchema);
+        assert_eq!(
+            f.reason(&f.deliver(&d, vec![r.clone()]), None),
+            RejectReason::UnsupportedSchema
+        );
         let d = doc(1, vec![assign("web", &r), assign("web", &r)]);
-        let rejection = f.check(&f.deliver(&d, vec![r.clone()]), None, &[]).expect_err("dup");
+        let rejection = f
+            .check(&f.deliver(&d, vec![r.clone()]), None, &[])
+            .expect_err("dup");
         assert_eq!(rejection.reason, RejectReason::Invalid);
-        assert!(rejection.detail.starts_with("workloads[1]"), "{}", rejection.detail);
+        assert!(
+            rejection.detail.starts_with("workloads[1]"),
+            "{}",
+            rejection.detail
+        );
         let mut d = doc(1, vec![assign("web", &r)]);
         d.agent = AgentId::new("edge-2").expect("valid");
-        assert_eq!(f.reason(&f.deliver(&d, vec![r.clone()]), None), RejectReason::WrongAgent);
-        assert_eq!(f.reason(&f.web(2, "1.0.0"), Some(5)), RejectReason::StaleGeneration);
+        assert_eq!(
+            f.reason(&f.deliver(&d, vec![r.clone()]), None),
+            RejectReason::WrongAgent
+        );
+        assert_eq!(
+            f.reason(&f.web(2, "1.0.0"), Some(5)),
+            RejectReason::StaleGeneration
+        );
         let mut d = doc(2, vec![assign("web", &r)]);
         d.issued_at = ts(-10);
         d.expires_at = ts(0);
-        let rejection = f.check(&f.deliver(&d, vec![r]), Some(1), &[]).expect_err("expired");
+        let rejection = f
+            .check(&f.deliver(&d, vec![r]), Some(1), &[])
+            .expect_err("expired");
         assert_eq!(rejection.reason, RejectReason::Expired);
         assert_eq!(rejection.at, ts(0));
     }
@@ -481,7 +509,11 @@ mod tests {
         f.trust.expires_at = ts(0);
         let rejection = f.check(&f.web(1, "1.0.0"), None, &[]).expect_err("frozen");
         assert_eq!(rejection.reason, RejectReason::Expired);
-        assert!(rejection.detail.contains("trust bundle"), "{}", rejection.detail);
+        assert!(
+            rejection.detail.contains("trust bundle"),
+            "{}",
+            rejection.detail
+        );
     }
 
     #[test]
@@ -493,8 +525,14 @@ mod tests {
         let d = f.deliver(&doc(1, vec![assign("web", &r1)]), vec![r2.clone()]);
         assert_eq!(f.reason(&d, None), RejectReason::ReleaseMissing);
         // Unknown publisher (the controller signing code itself).
-        let by_controller = f.controller.sign(trust_type::RELEASE, &serde_json::to_vec(&release("web", "1.0.0")).expect("json"));
-        let d = f.deliver(&doc(1, vec![assign("web", &by_controller)]), vec![by_controller]);
+        let by_controller = f.controller.sign(
+            trust_type::RELEASE,
+            &serde_json::to_vec(&release("web", "1.0.0")).expect("json"),
+        );
+        let d = f.deliver(
+            &doc(1, vec![assign("web", &by_controller)]),
+            vec![by_controller],
+        );
         assert_eq!(f.reason(&d, None), RejectReason::UnknownPublisher);
         // A publisher not allowed the service.
         let db = f.sign_release(&release("db", "1.0.0"));

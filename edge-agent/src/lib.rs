@@ -540,7 +540,10 @@ impl Intake {
         detail: &str,
     ) {
         let envelope = self.reporter.event(kind, reason, generation, detail);
-        let topic = self.config.topics.events(&self.config.region, &self.config.id);
+        let topic = self
+            .config
+            .topics
+            .events(&self.config.region, &self.config.id);
         let outbox = self.outbox.clone();
         let pushed = tokio::task::spawn_blocking(move || outbox.push(&topic, &envelope)).await;
         if !matches!(pushed, Ok(Ok(()))) {

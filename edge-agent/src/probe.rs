@@ -280,11 +280,21 @@ mod tests {
             Err(PlanError::Stale)
         );
         assert!(matches!(
-            accept_plan(&sign(&other, &plan("me", 11)), &[key.public_key()], &me, None),
+            accept_plan(
+                &sign(&other, &plan("me", 11)),
+                &[key.public_key()],
+                &me,
+                None
+            ),
             Err(PlanError::Envelope(_))
         ));
         assert!(matches!(
-            accept_plan(&sign(&key, &plan("you", 11)), &[key.public_key()], &me, None),
+            accept_plan(
+                &sign(&key, &plan("you", 11)),
+                &[key.public_key()],
+                &me,
+                None
+            ),
             Err(PlanError::WrongAgent(_))
         ));
         let mut bad = plan("me", 11);

@@ -83,8 +83,8 @@ impl TrustStore {
                     std::io::ErrorKind::NotFound => TrustLoadError::Missing(file.clone()),
                     _ => unusable(format!("cannot read: {e}")),
                 })?;
-                let verified =
-                    TrustBundle::verify_initial(&bytes, now).map_err(|e| unusable(e.to_string()))?;
+                let verified = TrustBundle::verify_initial(&bytes, now)
+                    .map_err(|e| unusable(e.to_string()))?;
                 tree.insert(KEY_ENVELOPE, verified.envelope.as_slice())
                     .and_then(|_| tree.flush())
                     .map_err(store_err)?;

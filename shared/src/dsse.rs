@@ -303,9 +303,9 @@ impl Envelope {
         }
         Err(match bad {
             Some(id) => VerifyError::BadSignature(id),
-            None => VerifyError::UnknownKey(KeyId(
-                self.signatures[0].keyid.chars().take(64).collect(),
-            )),
+            None => {
+                VerifyError::UnknownKey(KeyId(self.signatures[0].keyid.chars().take(64).collect()))
+            }
         })
     }
 
@@ -501,7 +501,10 @@ mod tests {
         // Tampering invalidates every signature.
         env.payload = B64.encode(b"y");
         assert!(env.verify_threshold(T, &keys, 1).is_err());
-        assert!(env.verify_threshold(T, &keys, 0).is_err(), "0 is never enough");
+        assert!(
+            env.verify_threshold(T, &keys, 0).is_err(),
+            "0 is never enough"
+        );
     }
 
     #[test]

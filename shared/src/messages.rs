@@ -344,7 +344,8 @@ pub struct Delivery {
 /// The environment variable prefix of [`Assignment::config`] entries.
 pub const CONFIG_ENV_PREFIX: &str = "VERGE_CONFIG_";
 
-fn validate_config(config: &BTreeMap<String, String>) -> Result<(), String> {
+/// Checks an assignment's per-agent config; the error names the key.
+pub fn validate_config(config: &BTreeMap<String, String>) -> Result<(), String> {
     if config.len() > limits::MAX_CONFIG_ENTRIES {
         return Err(format!(
             "config: at most {} entries",
@@ -859,7 +860,9 @@ mod tests {
     }
 
     fn check(w: &W) -> Result<(), String> {
-        w.run.validate().map_err(|e| format!("workloads[0].run.{e}"))
+        w.run
+            .validate()
+            .map_err(|e| format!("workloads[0].run.{e}"))
     }
 
     fn desired(workloads: Vec<Assignment>) -> DesiredState {

@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use crate::dsse::{Envelope, PublicKey, VerifyError};
 use crate::id::ServiceName;
 use crate::limits;
-use crate::messages::{Resources, RunSpec, Sha256Digest, check_schema_version};
+use crate::messages::{
+    ArtifactRef, Assignment, CONFIG_ENV_PREFIX, Resources, RunSpec, Sha256Digest, Workload,
+    check_schema_version,
+};
 use crate::time::Timestamp;
 
 /// DSSE payload types of the two root-of-trust documents.
@@ -167,9 +170,7 @@ fn valid_pattern(pattern: &str) -> bool {
 }
 
 fn distinct(keys: &[PublicKey]) -> bool {
-    keys.iter()
-        .enumerate()
-        .all(|(i, k)| !keys[..i].contains(k))
+    keys.iter().enumerate().all(|(i, k)| !keys[..i].contains(k))
 }
 
 impl TrustBundle {
@@ -204,7 +205,9 @@ impl TrustBundle {
         }
         for (i, p) in self.publishers.iter().enumerate() {
             if p.name.is_empty() || p.name.len() > 64 || p.name.chars().any(char::is_control) {
-                return Err(format!("publishers[{i}].name: 1 to 64 printable characters"));
+                return Err(format!(
+                    "publishers[{i}].name: 1 to 64 printable characters"
+                ));
             }
             if self.controllers.contains(&p.key) || self.root.keys.contains(&p.key) {
                 return Err(format!(
@@ -271,8 +274,8 @@ impl TrustBundle {
             &claimed.root.keys,
             claimed.threshold(),
         )?;
-        let bundle: TrustBundle = serde_json::from_slice(&payload)
-            .map_err(|e| VerifyError::BadPayload(e.to_string()))?;
+        let bundle: TrustBundle =
+            serde_json::from_slice(&payload).map_err(|e| VerifyError::BadPayload(e.to_string()))?;
         bundle.validate().map_err(TrustError::Invalid)?;
         Ok(VerifiedBundle {
             bundle,
@@ -297,8 +300,8 @@ impl TrustBundle {
             &self.root.keys,
             self.threshold(),
         )?;
-        let bundle: TrustBundle = serde_json::from_slice(&payload)
-            .map_err(|e| VerifyError::BadPayload(e.to_string()))?;
+        let bundle: TrustBundle =
+            serde_json::from_slice(&payload).map_err(|e| VerifyError::BadPayload(e.to_string()))?;
         if bundle.version == self.version {
             return if bundle == *self {
                 Ok(BundleUpdate::Same)
@@ -325,21 +328,22 @@ impl TrustBundle {
         envelope: &Envelope,
     ) -> Result<(Release, &'a Publisher), TrustError> {
         let keys: Vec<PublicKey> = self.publishers.iter().map(|p| p.key).collect();
-        let (payload, key) = envelope
-            .verify_any(payload_type::RELEASE, &keys)
-            .map_err(|e| match e {
-                VerifyError::UnknownKey(_) | VerifyError::Unsigned => {
-                    TrustError::UnknownPublisher(e)
-                }
-                other => TrustError::Envelope(other),
-            })?;
+        let (payload, key) =
+            envelope
+                .verify_any(payload_type::RELEASE, &keys)
+                .map_err(|e| match e {
+                    VerifyError::UnknownKey(_) | VerifyError::Unsigned => {
+                        TrustError::UnknownPublisher(e)
+                    }
+                    other => TrustError::Envelope(other),
+                })?;
         let publisher = self
             .publishers
             .iter()
             .find(|p| p.key == key)
             .ok_or_else(|| TrustError::UnknownPublisher(VerifyError::UnknownKey(key.key_id())))?;
-        let release: Release = serde_json::from_slice(&payload)
-            .map_err(|e| VerifyError::BadPayload(e.to_string()))?;
+        let release: Release =
+            serde_json::from_slice(&payload).map_err(|e| VerifyError::BadPayload(e.to_string()))?;
         release.validate().map_err(TrustError::Invalid)?;
         if !publisher
             .services
@@ -382,6 +386,33 @@ impl Release {
     /// The one artifact (validated releases have exactly one).
     pub fn artifact(&self) -> Option<&ReleaseArtifact> {
         self.artifacts.first()
+    }
+
+    /// What an agent runs for `assignment` of this release: the release's
+    /// run spec with the assignment's config added as `VERGE_CONFIG_<KEY>`.
+    /// The agent and the controller both resolve through here, so the
+    /// controller's record of a workload is what the agent runs.
+    pub fn workload(&self, assignment: &Assignment) -> Result<Workload, String> {
+        let artifact = self
+            .artifact()
+            .ok_or_else(|| "artifacts: the release has none".to_owned())?;
+        let mut run = self.run.clone();
+        for (key, value) in &assignment.config {
+            run.env
+                .insert(format!("{CONFIG_ENV_PREFIX}{key}"), value.clone());
+        }
+        Ok(Workload {
+            service: self.service.clone(),
+            replica: assignment.replica,
+            release: assignment.release,
+            version: self.version.clone(),
+            artifact: ArtifactRef {
+                sha256: artifact.sha256,
+                size: artifact.size,
+            },
+            run,
+            resources: self.resources,
+        })
     }
 }
 
@@ -505,7 +536,10 @@ mod tests {
         let by_new = sign_by(&next, &[&new.roots[0], &new.roots[1]]);
         assert!(matches!(
             current.verify_update(&by_new, at(0)),
-            Err(TrustError::Envelope(VerifyError::Threshold { valid: 0, .. }))
+            Err(TrustError::Envelope(VerifyError::Threshold {
+                valid: 0,
+                ..
+            }))
         ));
         // Signed by one old root only: under the threshold.
         let by_one_old = sign_by(&next, &[&old.roots[0], &new.roots[0], &new.roots[1]]);
@@ -565,13 +599,25 @@ mod tests {
         let k = keys(1);
         let mut b = bundle(&k, 1, 1);
         b.publishers[0].key = k.controller.public_key();
-        assert!(b.validate().expect_err("shared key").contains("publishers[0].key"));
+        assert!(
+            b.validate()
+                .expect_err("shared key")
+                .contains("publishers[0].key")
+        );
         let mut b = bundle(&k, 1, 1);
         b.controllers.push(k.roots[0].public_key());
-        assert!(b.validate().expect_err("root online").starts_with("controllers"));
+        assert!(
+            b.validate()
+                .expect_err("root online")
+                .starts_with("controllers")
+        );
         let mut b = bundle(&k, 1, 1);
         b.root.threshold = 2;
-        assert!(b.validate().expect_err("threshold").starts_with("root.threshold"));
+        assert!(
+            b.validate()
+                .expect_err("threshold")
+                .starts_with("root.threshold")
+        );
         let mut b = bundle(&k, 1, 1);
         b.publishers[0].services = vec!["Web/#".into()];
         assert!(b.validate().expect_err("pattern").contains("services"));
@@ -582,15 +628,15 @@ mod tests {
         let k = keys(1);
         let b = bundle(&k, 1, 1);
         let sign = |r: &Release, key: &SigningKey| {
-            key.sign(
-                payload_type::RELEASE,
-                &serde_json::to_vec(r).expect("json"),
-            )
+            key.sign(payload_type::RELEASE, &serde_json::to_vec(r).expect("json"))
         };
         let (r, publisher) = b
             .verify_release(&sign(&release("web-eu"), &k.publisher))
             .expect("allowed");
-        assert_eq!((r.service.as_str(), publisher.name.as_str()), ("web-eu", "web team"));
+        assert_eq!(
+            (r.service.as_str(), publisher.name.as_str()),
+            ("web-eu", "web team")
+        );
         assert_eq!(
             b.verify_release(&sign(&release("db"), &k.publisher)),
             Err(TrustError::NotAllowed {

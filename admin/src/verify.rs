@@ -65,6 +65,9 @@ pub fn run(file: &Path, trust: Option<&Path>, previous: Option<&Path>) -> Result
             verdict.fail(problem.clone());
         }
     }
+    if !verdict.verified() {
+        return Ok(finish(verdict, &file.display().to_string()));
+    }
     let trust = trust.and_then(Result::ok);
     let previous = previous.and_then(Result::ok);
 
@@ -521,5 +524,83 @@ fn explain_envelope(e: &VerifyError, whose: &str) -> String {
             format!("not signed by {whose} (signed by key {id})")
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verge_shared::SigningKey;
+    use verge_shared::trust::{RootRole, payload_type as trust_type};
+
+    fn key() -> SigningKey {
+        SigningKey::generate().expect("key").0
+    }
+
+    fn bundle(root: &SigningKey, version: u64, expires_in: i64) -> TrustBundle {
+        let now = Timestamp::now().unix_millis();
+        TrustBundle {
+            schema_version: 1,
+            version,
+            issued_at: Timestamp::from_unix_millis(now - 7_200_000),
+            expires_at: Timestamp::from_unix_millis(now.saturating_add_signed(expires_in)),
+            root: RootRole {
+                keys: vec![root.public_key()],
+                threshold: 1,
+            },
+            controllers: vec![key().public_key()],
+            publishers: vec![],
+            reset_generations: false,
+        }
+    }
+
+    fn write(dir: &Path, name: &str, root: &SigningKey, b: &TrustBundle) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, root.sign_json(trust_type::TRUST_BUNDLE, b)).expect("write");
+        path
+    }
+
+    #[test]
+    fn expired_conflicting_and_good_bundles_get_their_reasons() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = key();
+        let v1 = write(dir.path(), "v1.json", &root, &bundle(&root, 1, 3_600_000));
+        let good = run(&v1, None, None).expect("runs");
+        assert!(good.verified(), "{:?}", good.problems);
+
+        let expired = write(dir.path(), "old.json", &root, &bundle(&root, 2, -60_000));
+        let verdict = run(&expired, None, None).expect("runs");
+        assert!(
+            verdict.problems[0].starts_with("expired at "),
+            "{:?}",
+            verdict.problems
+        );
+
+        // Version 1 again, different content: refused against version 1.
+        let other = write(
+            dir.path(),
+            "other.json",
+            &root,
+            &bundle(&root, 1, 3_600_000),
+        );
+        let verdict = run(&other, None, Some(&v1)).expect("runs");
+        assert!(
+            verdict.problems[0]
+                .contains("version 1 is the previous bundle's version with different content"),
+            "{:?}",
+            verdict.problems
+        );
+
+        // A --trust bundle that does not verify stops the check, with the reason.
+        let mut forged = bundle(&root, 1, 3_600_000);
+        forged.root.keys = vec![key().public_key()];
+        let forged = write(dir.path(), "forged.json", &root, &forged);
+        let verdict = run(&v1, Some(&forged), None).expect("runs");
+        assert!(
+            verdict.problems[0].contains("--trust")
+                && verdict.problems[0].contains("threshold not met: 0 of 1"),
+            "{:?}",
+            verdict.problems
+        );
     }
 }

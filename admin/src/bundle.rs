@@ -49,6 +49,9 @@ impl BundleSpec {
     /// The bundle this spec describes, issued at `now`. Errors name the
     /// spec field (`root.keys[1]`, `expires_at`, ...).
     pub fn build(&self, spec_path: &Path, now: Timestamp) -> Result<TrustBundle> {
+        if self.version == 0 {
+            bail!("version: must be 1 or more");
+        }
         let key =
             |field: String, value: &str| keys::from_spec(spec_path, value).with_context(|| field);
         let root_keys = self
@@ -89,9 +92,6 @@ impl BundleSpec {
             publishers,
             reset_generations: self.reset_generations,
         };
-        if self.version == 0 {
-            bail!("version: must be 1 or more");
-        }
         bundle.validate().map_err(anyhow::Error::msg)?;
         Ok(bundle)
     }
@@ -117,11 +117,38 @@ impl BundleSpec {
 
 /// A TOML date-time with a date, a time and an offset, as a timestamp.
 fn parse_datetime(at: &toml::value::Datetime) -> Result<Timestamp> {
-    if at.date.is_none() || at.time.is_none() || at.offset.is_none() {
+    let (Some(date), Some(time), Some(offset)) = (at.date, at.time, at.offset) else {
         bail!("{at} needs a date, a time and an offset, e.g. 2027-06-30T00:00:00Z");
-    }
-    let json = serde_json::Value::String(at.to_string());
-    serde_json::from_value(json).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let offset_minutes = match offset {
+        toml::value::Offset::Z => 0,
+        toml::value::Offset::Custom { minutes } => i64::from(minutes),
+    };
+    let days = days_from_civil(
+        i64::from(date.year),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
+    let secs = days * 86_400
+        + i64::from(time.hour) * 3600
+        + i64::from(time.minute) * 60
+        + i64::from(time.second.unwrap_or(0))
+        - offset_minutes * 60;
+    let millis = secs * 1000 + i64::from(time.nanosecond.unwrap_or(0) / 1_000_000);
+    u64::try_from(millis)
+        .map(Timestamp::from_unix_millis)
+        .map_err(|_| anyhow::anyhow!("{at} is before 1970"))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// `days_from_civil`); the TOML parser has already checked the ranges.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// `trust sign`: builds the bundle from the spec and signs it with `keys`.
@@ -395,5 +422,31 @@ services = ["web-*"]
         let fixed = SPEC.replace("expires_in_days = 30", "expires_at = 2099-01-01T00:00:00Z");
         let b = spec(&fixed).build(&path, now).expect("explicit expiry");
         assert_eq!(b.expires_at.to_string(), "2099-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn toml_datetimes_with_offsets_are_instants() {
+        let at = |text: &str| {
+            parse_datetime(&text.parse::<toml::value::Datetime>().expect("datetime"))
+                .map(|t| t.to_string())
+        };
+        assert_eq!(
+            at("1970-01-01T00:00:00Z").expect("epoch"),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            at("2000-03-01T00:00:00Z").expect("leap"),
+            "2000-03-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            at("2027-06-30T02:00:00.250+02:00").expect("offset"),
+            "2027-06-30T00:00:00.250Z"
+        );
+        assert_eq!(
+            at("2027-01-01T00:30:00-01:00").expect("west"),
+            "2027-01-01T01:30:00.000Z"
+        );
+        assert!(at("1969-12-31T23:59:59Z").is_err());
+        assert!(at("2027-01-01T00:00:00").is_err(), "no offset");
     }
 }

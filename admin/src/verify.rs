@@ -32,6 +32,7 @@ impl Verdict {
 }
 
 /// A trust bundle given on the command line, with where it came from.
+#[derive(Clone)]
 struct Anchor {
     name: String,
     bundle: TrustBundle,
@@ -416,10 +417,7 @@ fn delivery_trust(
         (None, None) => {
             bail!("the delivery carries no trust bundle: give --trust bundle.json")
         }
-        (None, Some(a)) => Some(Anchor {
-            name: a.name.clone(),
-            bundle: a.bundle.clone(),
-        }),
+        (None, Some(a)) => Some(a.clone()),
         (Some(bytes), None) => match TrustBundle::verify_initial(&bytes, now) {
             Ok(v) => {
                 println!(
@@ -439,39 +437,33 @@ fn delivery_trust(
                 None
             }
         },
-        (Some(bytes), Some(a)) => {
-            let keep = || Anchor {
-                name: a.name.clone(),
-                bundle: a.bundle.clone(),
-            };
-            match a.bundle.verify_update(&bytes, now) {
-                Ok(BundleUpdate::Newer(v)) => {
-                    println!(
-                        "It carries trust bundle version {}, a valid successor of version {}.",
-                        v.bundle.version, a.bundle.version
-                    );
-                    Some(Anchor {
-                        name: carried_name(&v.bundle),
-                        bundle: v.bundle,
-                    })
-                }
-                Ok(BundleUpdate::Same) => Some(keep()),
-                Err(TrustError::Stale { found, .. }) => {
-                    println!(
-                        "It carries an older trust bundle (version {found}); agents keep the {}.",
-                        a.name
-                    );
-                    Some(keep())
-                }
-                Err(e) => {
-                    verdict.fail(format!(
-                        "trust: the bundle it carries is refused: {}",
-                        explain(&e, &format!("the root keys of the {}", a.name), None)
-                    ));
-                    Some(keep())
-                }
+        (Some(bytes), Some(a)) => match a.bundle.verify_update(&bytes, now) {
+            Ok(BundleUpdate::Newer(v)) => {
+                println!(
+                    "It carries trust bundle version {}, a valid successor of version {}.",
+                    v.bundle.version, a.bundle.version
+                );
+                Some(Anchor {
+                    name: carried_name(&v.bundle),
+                    bundle: v.bundle,
+                })
             }
-        }
+            Ok(BundleUpdate::Same) => Some(a.clone()),
+            Err(TrustError::Stale { found, .. }) => {
+                println!(
+                    "It carries an older trust bundle (version {found}); agents keep the {}.",
+                    a.name
+                );
+                Some(a.clone())
+            }
+            Err(e) => {
+                verdict.fail(format!(
+                    "trust: the bundle it carries is refused: {}",
+                    explain(&e, &format!("the root keys of the {}", a.name), None)
+                ));
+                Some(a.clone())
+            }
+        },
     })
 }
 

@@ -346,6 +346,24 @@ fn delivery_checks(dir: &Path, release_digest: &str) {
         std::fs::write(dir.join(name), serde_json::to_vec(&delivery).expect("json"))
             .expect("write");
     };
+    // A bare desired state: the controller's signature, not the releases.
+    let bare = controller.sign_json(payload_type::DESIRED_STATE, &desired(release_digest));
+    std::fs::write(dir.join("desired.json"), bare).expect("write");
+    expect(
+        &admin(dir, &["verify", "desired.json", "--trust", "bundle.json"]),
+        0,
+        "Releases are not checked",
+    );
+    let stranger = SigningKey::from_pkcs8(&std::fs::read(dir.join("stranger.pk8")).expect("read"))
+        .expect("key");
+    let forged = stranger.sign_json(payload_type::DESIRED_STATE, &desired(release_digest));
+    std::fs::write(dir.join("forged.json"), forged).expect("write");
+    expect(
+        &admin(dir, &["verify", "forged.json", "--trust", "bundle.json"]),
+        1,
+        "not signed by a controller key of the trust bundle version 1",
+    );
+
     write("delivery.json", release_digest);
     let ok = admin(dir, &["verify", "delivery.json", "--trust", "bundle.json"]);
     expect(&ok, 0, "VERIFIED: the delivery verifies");

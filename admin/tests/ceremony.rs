@@ -243,6 +243,36 @@ fn full_ceremony_with_the_shipped_specs() {
         "threshold not met: 0 of 2",
     );
 
+    // A release over the envelope limit is refused before it is written.
+    let long = format!(
+        "args = [{}]",
+        vec![format!("\"{}\"", "x".repeat(4000)); 20].join(", ")
+    );
+    let big = edit(
+        &dir.join("release.toml"),
+        "args = [\"--greeting\", \"hello from a signed release\"]",
+        &long,
+    );
+    std::fs::write(dir.join("big.toml"), big).expect("write");
+    expect(
+        &admin(
+            dir,
+            &[
+                "release",
+                "sign",
+                "--spec",
+                "big.toml",
+                "--key",
+                "publisher.pk8",
+                "--out",
+                "big.json",
+            ],
+        ),
+        2,
+        "over the limit of 65536",
+    );
+    assert!(!dir.join("big.json").exists());
+
     // A publisher outside its services, and a key that is no publisher.
     let db = edit(
         &dir.join("release.toml"),

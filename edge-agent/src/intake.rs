@@ -241,7 +241,7 @@ mod tests {
     use verge_shared::SigningKey;
     use verge_shared::messages::{Resources, RunSpec, SCHEMA_VERSION};
     use verge_shared::trust::{
-        MediaType, Publisher, ReleaseArtifact, RootRole, payload_type as trust_type,
+        MediaType, Publisher, Release, ReleaseArtifact, RootRole, payload_type as trust_type,
     };
 
     const NOW: u64 = 1_800_000_000_000;

@@ -75,10 +75,24 @@ pub fn next_generation(
     }
 }
 
-/// Whether a stored document should be re-signed with fresh times before it
-/// is republished: less than half of its validity remains.
-pub fn needs_resign(record: &DesiredRecord, now: Timestamp, ttl: Duration) -> bool {
-    record.expires_at.saturating_since(now) < ttl / 2
+/// Whether a stored document should be re-signed (same generation, fresh
+/// times) before it is republished: less than half of its validity remains,
+/// or it is not signed by `key` (the controller key was rotated, for
+/// instance after a fast-forward attack, and agents no longer trust the old
+/// one).
+pub fn needs_resign(
+    record: &DesiredRecord,
+    key: &verge_shared::PublicKey,
+    now: Timestamp,
+    ttl: Duration,
+) -> bool {
+    let signed_by_key = Envelope::parse(&record.envelope, limits::MAX_DESIRED_STATE_BYTES)
+        .is_ok_and(|e| {
+            e.signatures
+                .iter()
+                .any(|s| s.keyid == key.key_id().as_str())
+        });
+    !signed_by_key || record.expires_at.saturating_since(now) < ttl / 2
 }
 
 /// Why a desired state could not be produced.
@@ -272,9 +286,13 @@ mod tests {
             TTL,
         )
         .expect("sign");
-        assert!(!needs_resign(&record, start, TTL));
+        let public = key.public_key();
+        assert!(!needs_resign(&record, &public, start, TTL));
         let later = start.saturating_add(Duration::from_secs(51));
-        assert!(needs_resign(&record, later, TTL));
+        assert!(needs_resign(&record, &public, later, TTL));
+        // A rotated controller key re-signs everything at once.
+        let rotated = SigningKey::generate().expect("key").0.public_key();
+        assert!(needs_resign(&record, &rotated, start, TTL));
         let again = sign(
             &key,
             &agent(),
@@ -289,6 +307,7 @@ mod tests {
 
         let envelope =
             Envelope::parse(&again.envelope, limits::MAX_DESIRED_STATE_BYTES).expect("parse");
+        assert!(!needs_resign(&again, &public, later, TTL));
         let document: DesiredState = envelope
             .open(payload_type::DESIRED_STATE, &key.public_key())
             .expect("verifies with the controller key");

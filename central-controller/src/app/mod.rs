@@ -432,12 +432,13 @@ impl App {
     }
 
     /// Publishes every stored desired state again (retained), re-signing with
-    /// the same generation and fresh times when less than half the TTL remains.
+    /// the same generation and fresh times when less than half the TTL
+    /// remains or another key signed it.
     async fn republish_all(&self, now: Timestamp) -> Result<(), AppError> {
         let _state = self.deploy.lock().await;
         let ttl = self.settings.deploy.desired_state_ttl;
         for record in self.store.desired_states()? {
-            let record = if deployer::needs_resign(&record, now, ttl) {
+            let record = if deployer::needs_resign(&record, &self.key.public_key(), now, ttl) {
                 let fresh = deployer::sign(
                     &self.key,
                     &record.agent,

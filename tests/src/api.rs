@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use verge_shared::messages::RunSpec;
+use verge_shared::trust::payload_type::RELEASE;
 
 use crate::trust::{self, Roles};
 
@@ -96,16 +96,22 @@ impl Api {
     }
 
     /// Signs and uploads a release of `service` made from the release
-    /// fields of a short spec; returns its digest. Versions follow the
-    /// clock, so each new release is newer than the last.
-    async fn release_from_spec(&self, service: &str, spec: &Value) -> Result<String> {
+    /// fields of a short spec; returns its digest, or the controller's
+    /// refusal. The run fields are signed as written (not parsed here), so
+    /// the controller's own validation answers for bad ones. Versions follow
+    /// the clock, so each new release is newer than the last.
+    async fn release_from_spec(
+        &self,
+        service: &str,
+        spec: &Value,
+    ) -> Result<Result<String, Reply>> {
         let roles = self
             .roles
             .as_ref()
             .context("this client has no publisher key for short specs")?;
         let key = format!("{service} {spec}");
         if let Some(digest) = self.releases.lock().expect("lock").get(&key) {
-            return Ok(digest.clone());
+            return Ok(Ok(digest.clone()));
         }
         let artifact = spec["artifact"].as_str().context("spec has no artifact")?;
         let size = *self
@@ -118,25 +124,30 @@ impl Api {
         if let Some(fields) = run.as_object_mut() {
             fields.retain(|k, _| RELEASE_FIELDS.contains(&k.as_str()) && k != "artifact");
         }
-        let run: RunSpec = serde_json::from_value(run).context("run spec fields")?;
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
-        let mut release = trust::release(
-            service,
-            &format!("1.0.{millis}"),
-            artifact.parse().map_err(anyhow::Error::msg)?,
-            size,
-            run,
-        );
-        release.resources = serde_json::from_value(spec["resources"].clone()).unwrap_or_default();
-        let envelope = trust::sign_release(&release, &[&roles.publisher]);
-        let reply = self
-            .post_release(serde_json::to_vec(&envelope)?)
-            .await?
-            .ok()?;
-        let digest = reply["digest"]
+        let media_type = if run.get("entrypoint").is_some() {
+            "application/vnd.verge.archive.tar+gzip"
+        } else {
+            "application/vnd.verge.executable"
+        };
+        let release = serde_json::json!({
+            "schema_version": 1,
+            "service": service,
+            "version": format!("1.0.{millis}"),
+            "issued_at": verge_shared::Timestamp::now(),
+            "artifacts": [{"sha256": artifact, "size": size, "media_type": media_type}],
+            "run": run,
+            "resources": spec.get("resources").cloned().unwrap_or_else(|| serde_json::json!({})),
+        });
+        let envelope = trust::sign_by(RELEASE, &release, &[&roles.publisher]);
+        let reply = self.post_release(serde_json::to_vec(&envelope)?).await?;
+        if !reply.status.is_success() {
+            return Ok(Err(reply));
+        }
+        let digest = reply.body["digest"]
             .as_str()
             .context("release reply has no digest")?
             .to_owned();
@@ -144,7 +155,7 @@ impl Api {
             .lock()
             .expect("lock")
             .insert(key, digest.clone());
-        Ok(digest)
+        Ok(Ok(digest))
     }
 
     /// Sends a request with the admin token and an optional body.
@@ -182,10 +193,14 @@ impl Api {
 
     /// PUTs a service. A short spec (with `artifact` and run fields, as
     /// tests write it) becomes a release signed by the cluster's publisher
-    /// plus a spec naming it; a spec with `release` goes as it is.
+    /// plus a spec naming it; a refused release is the reply. A spec with
+    /// `release` goes as it is.
     pub async fn put_service(&self, name: &str, spec: &Value) -> Result<Reply> {
         let spec = if spec.get("artifact").is_some() {
-            let digest = self.release_from_spec(name, spec).await?;
+            let digest = match self.release_from_spec(name, spec).await? {
+                Ok(digest) => digest,
+                Err(refused) => return Ok(refused),
+            };
             let mut short = spec.clone();
             if let Some(fields) = short.as_object_mut() {
                 fields.retain(|k, _| !RELEASE_FIELDS.contains(&k.as_str()) && k != "resources");

@@ -249,7 +249,6 @@ pub struct Cluster {
     pub broker: BrokerKind,
     pub mqtt_addr: SocketAddr,
     pub controller_data: PathBuf,
-    pub controller_public_key: String,
     /// The root, controller and publisher keys of this cluster.
     pub roles: std::sync::Arc<Roles>,
     /// The signed trust bundle every part starts from.
@@ -313,10 +312,6 @@ impl Cluster {
             .context("controller wrote no admin-token")?
             .trim()
             .to_owned();
-        let controller_public_key = fs::read_to_string(controller_data.join("keys/controller.pub"))
-            .context("controller wrote no keys/controller.pub")?
-            .trim()
-            .to_owned();
         Ok(Cluster {
             dir,
             controller: Some(controller),
@@ -327,7 +322,6 @@ impl Cluster {
             broker: options.broker,
             mqtt_addr,
             controller_data,
-            controller_public_key,
             roles,
             bundle_file,
         })

@@ -7,14 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use verge_shared::messages::{
-    Delivery, DesiredState, Resources, RunSpec, SCHEMA_VERSION, payload_type,
-};
-use verge_shared::trust::{
-    MediaType, Publisher, Release, ReleaseArtifact, RootRole, TrustBundle,
-    payload_type as trust_type,
-};
-use verge_shared::{Envelope, ServiceName, Sha256Digest, SigningKey, Timestamp};
+use verge_shared::messages::{Delivery, DesiredState, SCHEMA_VERSION, payload_type};
+use verge_shared::trust::{Publisher, Release, RootRole, TrustBundle, payload_type as trust_type};
+use verge_shared::{Envelope, SigningKey, Timestamp};
 
 /// The keys of one test cluster.
 pub struct Roles {
@@ -95,33 +90,6 @@ impl Roles {
             &[&self.root],
         ))
         .expect("json")
-    }
-}
-
-/// A release of `service` at `version` running the executable `artifact`.
-pub fn release(
-    service: &str,
-    version: &str,
-    artifact: Sha256Digest,
-    size: u64,
-    run: RunSpec,
-) -> Release {
-    Release {
-        schema_version: SCHEMA_VERSION,
-        service: ServiceName::new(service).expect("service name"),
-        version: version.parse().expect("semver"),
-        issued_at: Timestamp::now(),
-        artifacts: vec![ReleaseArtifact {
-            sha256: artifact,
-            size,
-            media_type: if run.entrypoint.is_some() {
-                MediaType::TarGzip
-            } else {
-                MediaType::Executable
-            },
-        }],
-        run,
-        resources: Resources::default(),
     }
 }
 

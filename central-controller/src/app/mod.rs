@@ -24,6 +24,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use verge_shared::messages::validate_config;
+use verge_shared::trust::TrustError;
 use verge_shared::{
     AgentId, Envelope, PublicKey, RegionId, ServiceName, Sha256Digest, SigningKey, Timestamp,
     Topics, limits,
@@ -614,9 +615,14 @@ impl App {
             return Ok((existing, false));
         }
         let bundle = self.trust.bundle();
-        let (release, publisher) = bundle
-            .verify_release(&envelope)
-            .map_err(|e| AppError::invalid("release", e.to_string()))?;
+        let (release, publisher) = bundle.verify_release(&envelope).map_err(|e| match e {
+            // "run.health.probe.port: ..." names the field inside the release.
+            TrustError::Invalid(message) => match message.split_once(": ") {
+                Some((field, detail)) => AppError::invalid(field, detail),
+                None => AppError::invalid("release", message),
+            },
+            other => AppError::invalid("release", other.to_string()),
+        })?;
         for (i, artifact) in release.artifacts.iter().enumerate() {
             let field = format!("artifacts[{i}]");
             let stored = self.store.artifact(&artifact.sha256)?.ok_or_else(|| {

@@ -26,6 +26,15 @@ pub struct Config {
     pub deploy: DeployConfig,
     pub nodes: NodesConfig,
     pub placement: PlacementConfig,
+    pub trust: TrustConfig,
+}
+
+/// Where the root-signed trust bundle comes from (`[trust]`).
+#[derive(Clone, Debug, Default)]
+pub struct TrustConfig {
+    /// Installed at first start, and later whenever it holds a newer
+    /// version than the controller's copy in `<data_dir>/trust/`.
+    pub bundle_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -199,6 +208,14 @@ struct RawConfig {
     nodes: RawNodes,
     #[serde(default)]
     placement: RawPlacement,
+    #[serde(default)]
+    trust: RawTrust,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    bundle_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -253,6 +270,11 @@ impl Config {
             && file.is_relative()
         {
             config.placement.regions_file = Some(dir.join(file));
+        }
+        if let (Some(file), Some(dir)) = (&config.trust.bundle_file, path.parent())
+            && file.is_relative()
+        {
+            config.trust.bundle_file = Some(dir.join(file));
         }
         Ok(config)
     }
@@ -454,6 +476,9 @@ impl RawConfig {
                 deploy,
                 nodes,
                 placement,
+                trust: TrustConfig {
+                    bundle_file: self.trust.bundle_file,
+                },
             }),
             _ => Err(problems),
         }

@@ -20,6 +20,7 @@ pub mod scheduler;
 pub mod store;
 #[cfg(test)]
 mod testing;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Trust(#[from] trust::TrustLoadError),
     #[error("cannot listen for probes (UDP) on {address}: {source}")]
     ProbeListen {
         address: SocketAddr,
@@ -100,6 +103,12 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         None => regions::Regions::default(),
     };
     let key = keys::load_or_create_signing_key(&data_dir)?;
+    let trust = Arc::new(trust::TrustState::load(
+        &data_dir,
+        config.trust.bundle_file.as_deref(),
+        key.public_key(),
+        verge_shared::Timestamp::now(),
+    )?);
     let admin_token = keys::load_or_create_admin_token(&data_dir)?;
     let store: Arc<dyn store::Store> = Arc::new(store::SledStore::open(&data_dir.join("store"))?);
     let files =
@@ -136,7 +145,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let public_key = key.public_key();
-    let app = App::new(store, files, key, settings, outbox_tx)?;
+    let app = App::new(store, files, key, trust, settings, outbox_tx)?;
 
     let tracker = TaskTracker::new();
     mqtt::spawn(&broker_url, Arc::clone(&app), outbox_rx, &tracker, &cancel);

@@ -113,7 +113,10 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     let agent_bin = match command {
-        Command::Dev { agent_bin, .. } => Some(dev::locate_agent(agent_bin)?),
+        Command::Dev { agent_bin, .. } => {
+            dev::prepare_trust(&config.data_dir)?;
+            Some(dev::locate_agent(agent_bin)?)
+        }
         Command::Run { .. } | Command::Node { .. } => None,
     };
     let cancel = CancellationToken::new();

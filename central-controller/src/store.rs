@@ -9,9 +9,10 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use verge_shared::messages::{HealthCheck, PortSpec, Resources, RestartPolicy, Status, Workload};
+use verge_shared::messages::{Assignment, Resources, Status, Workload};
+use verge_shared::trust::Release;
 use verge_shared::{
-    AgentId, Generation, PublicKey, RegionId, ServiceName, Sha256Digest, Timestamp,
+    AgentId, Envelope, Generation, PublicKey, RegionId, ServiceName, Sha256Digest, Timestamp,
 };
 
 /// What a failed store operation was about.
@@ -30,27 +31,17 @@ pub enum StoreError {
 /// A service as the operator declared it (validated).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
-    pub artifact: Sha256Digest,
+    /// The signed digest of the release every replica runs.
+    pub release: Sha256Digest,
     pub replicas: u32,
     pub regions: Vec<RegionId>,
-    pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub ports: Vec<PortSpec>,
-    pub resources: Resources,
-    /// Restart policy, stop grace and health check; records stored before
-    /// these existed read as the defaults.
-    #[serde(default)]
-    pub restart: RestartPolicy,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_grace_secs: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<HealthCheck>,
-    /// The executable inside a tar.gz artifact; absent in older records and
-    /// for single-file artifacts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entrypoint: Option<String>,
-    /// Latency target, spread and priority; absent in records stored before
-    /// placement intent existed.
+    /// An operator rollback to an older release version than replicas run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
+    /// Per-agent settings (`VERGE_CONFIG_<KEY>` in the workload).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Latency target, spread and priority.
     #[serde(default)]
     pub placement: PlacementSpec,
 }
@@ -102,8 +93,8 @@ pub enum Cordon {
 pub struct ServiceRecord {
     pub name: ServiceName,
     pub spec: ServiceSpec,
-    /// Size of `spec.artifact`, resolved from the artifact index when stored.
-    pub artifact_size: u64,
+    /// The release `spec.release` names, as verified when the spec was stored.
+    pub release: Release,
     /// Grows by one whenever the spec changes.
     pub revision: u64,
     pub created_at: Timestamp,
@@ -141,13 +132,28 @@ pub struct ArtifactRecord {
     pub created_at: Timestamp,
 }
 
+/// A publisher-signed release the controller accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// The envelope's signed digest: how desired states name it.
+    pub digest: Sha256Digest,
+    pub envelope: Envelope,
+    pub release: Release,
+    /// The name of the publisher whose key signed it, from the trust bundle.
+    pub publisher: String,
+    pub created_at: Timestamp,
+}
+
 /// The signed desired state last issued to one agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredRecord {
     pub agent: AgentId,
     pub generation: Generation,
-    /// The exact envelope JSON that is (re)published.
+    /// The exact envelope JSON of the signed desired state.
     pub envelope: Vec<u8>,
+    /// What was signed: releases by digest.
+    pub assignments: Vec<Assignment>,
+    /// What the agent runs once it resolves those releases.
     pub workloads: Vec<Workload>,
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
@@ -177,6 +183,11 @@ pub trait Store: Send + Sync {
     /// Durable.
     fn put_artifact(&self, record: &ArtifactRecord) -> Result<(), StoreError>;
 
+    fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError>;
+    fn release(&self, digest: &Sha256Digest) -> Result<Option<ReleaseRecord>, StoreError>;
+    /// Durable.
+    fn put_release(&self, record: &ReleaseRecord) -> Result<(), StoreError>;
+
     fn desired_states(&self) -> Result<Vec<DesiredRecord>, StoreError>;
     fn desired_state(&self, agent: &AgentId) -> Result<Option<DesiredRecord>, StoreError>;
     /// Durable: a desired state is stored before it is published.
@@ -189,6 +200,7 @@ pub struct SledStore {
     services: sled::Tree,
     nodes: sled::Tree,
     artifacts: sled::Tree,
+    releases: sled::Tree,
     desired: sled::Tree,
 }
 
@@ -199,6 +211,7 @@ impl SledStore {
             services: db.open_tree("services")?,
             nodes: db.open_tree("nodes")?,
             artifacts: db.open_tree("artifacts")?,
+            releases: db.open_tree("releases")?,
             desired: db.open_tree("desired")?,
             db,
         })
@@ -217,6 +230,7 @@ fn tree_name(tree: &sled::Tree) -> &'static str {
         b"services" => "services",
         b"nodes" => "nodes",
         b"artifacts" => "artifacts",
+        b"releases" => "releases",
         b"desired" => "desired",
         _ => "unknown",
     }
@@ -294,6 +308,19 @@ impl Store for SledStore {
 
     fn put_artifact(&self, record: &ArtifactRecord) -> Result<(), StoreError> {
         put(&self.artifacts, &record.sha256.to_string(), record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError> {
+        all(&self.releases)
+    }
+
+    fn release(&self, digest: &Sha256Digest) -> Result<Option<ReleaseRecord>, StoreError> {
+        get(&self.releases, &digest.to_string())
+    }
+
+    fn put_release(&self, record: &ReleaseRecord) -> Result<(), StoreError> {
+        put(&self.releases, &record.digest.to_string(), record)?;
         self.flush(Durability::Flush)
     }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use verge_shared::limits;
 use verge_shared::messages::Resources;
 use verge_shared::topic::DEFAULT_PREFIX;
-use verge_shared::{AgentId, PublicKey, RegionId, Topics};
+use verge_shared::{AgentId, RegionId, Topics};
 
 /// sysexits(3) `EX_CONFIG`: the exit code for an unusable configuration.
 pub const EX_CONFIG: u8 = 78;
@@ -34,7 +34,7 @@ struct RawConfig {
     data_dir: Option<PathBuf>,
     broker_url: Option<String>,
     controller_url: Option<String>,
-    controller_public_key: Option<String>,
+    trust_bundle_file: Option<PathBuf>,
     topic_prefix: Option<String>,
     heartbeat_interval_secs: Option<u64>,
     keep_alive_secs: Option<u64>,
@@ -140,7 +140,10 @@ pub struct Config {
     pub broker: BrokerAddr,
     /// Base URL of the controller's HTTP API, without a trailing slash.
     pub controller_url: String,
-    pub controller_public_key: PublicKey,
+    /// The root-signed trust bundle to start from when the agent holds
+    /// none yet (docs/security.md, "Roles"); `<data_dir>/trust-bundle.json`
+    /// (written at enrollment) when unset.
+    pub trust_bundle_file: Option<PathBuf>,
     pub topics: Topics,
     pub heartbeat_interval: Duration,
     pub keep_alive: Duration,
@@ -169,7 +172,7 @@ const ENV_OVERRIDES: [(&str, &str); 6] = [
     ("VERGE_AGENT_DATA_DIR", "data_dir"),
     ("VERGE_AGENT_BROKER_URL", "broker_url"),
     ("VERGE_AGENT_CONTROLLER_URL", "controller_url"),
-    ("VERGE_AGENT_CONTROLLER_PUBLIC_KEY", "controller_public_key"),
+    ("VERGE_AGENT_TRUST_BUNDLE_FILE", "trust_bundle_file"),
 ];
 
 impl Config {
@@ -205,7 +208,7 @@ impl RawConfig {
             "data_dir" => self.data_dir = Some(PathBuf::from(value)),
             "broker_url" => self.broker_url = Some(value),
             "controller_url" => self.controller_url = Some(value),
-            _ => self.controller_public_key = Some(value),
+            _ => self.trust_bundle_file = Some(PathBuf::from(value)),
         }
     }
 
@@ -243,10 +246,13 @@ impl RawConfig {
             "controller_url",
             required(self.controller_url).and_then(|u| parse_controller_url(&u)),
         );
-        let controller_public_key = take(
+        let trust_bundle_file = take(
             e,
-            "controller_public_key",
-            required(self.controller_public_key).and_then(|k| PublicKey::from_base64(&k)),
+            "trust_bundle_file",
+            match self.trust_bundle_file {
+                Some(path) if path.as_os_str().is_empty() => Err("must not be empty".to_owned()),
+                other => Ok(other),
+            },
         );
         let topics = take(
             e,
@@ -312,7 +318,7 @@ impl RawConfig {
             data_dir,
             broker,
             controller_url,
-            controller_public_key,
+            trust_bundle_file,
             topics,
             heartbeat,
             keep_alive,
@@ -324,7 +330,7 @@ impl RawConfig {
                 Some(data_dir),
                 Some(broker),
                 Some(controller_url),
-                Some(controller_public_key),
+                Some(trust_bundle_file),
                 Some(topics),
                 Some(heartbeat),
                 Some(keep_alive),
@@ -335,7 +341,7 @@ impl RawConfig {
                 data_dir,
                 broker,
                 controller_url,
-                controller_public_key,
+                trust_bundle_file,
                 topics,
                 heartbeat_interval: Duration::from_secs(heartbeat),
                 keep_alive: Duration::from_secs(keep_alive),
@@ -436,23 +442,20 @@ fn parse_controller_url(url: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-
     fn good() -> String {
-        format!(
-            r#"
+        r#"
 id = "edge-1"
 region = "local"
 data_dir = "/tmp/verge"
 broker_url = "mqtt://127.0.0.1:7883"
 controller_url = "http://127.0.0.1:7700/"
-controller_public_key = "{KEY}"
+trust_bundle_file = "/etc/verge/trust-bundle.json"
 [labels]
 site = "lab"
 [capacity]
 cpu_millis = 2000
 "#
-        )
+        .to_owned()
     }
 
     fn no_env(_: &str) -> Option<String> {
@@ -498,7 +501,7 @@ id = "a/b"
 region = "EU"
 broker_url = "tcp://x"
 controller_url = "https://x"
-controller_public_key = "AAAA"
+trust_bundle_file = ""
 heartbeat_interval_secs = 0
 keep_alive_secs = 1
 telemetry_interval_secs = 0
@@ -512,7 +515,7 @@ cache_quota_bytes = 10
             "data_dir: is required",
             "broker_url: expected mqtt://host:port",
             "controller_url:",
-            "controller_public_key:",
+            "trust_bundle_file: must not be empty",
             "heartbeat_interval_secs:",
             "keep_alive_secs:",
             "telemetry_interval_secs:",

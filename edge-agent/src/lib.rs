@@ -7,6 +7,7 @@
 //! - [`config`]: TOML configuration with environment overrides;
 //! - [`mqtt`]: the broker connection (the only module that knows rumqttc);
 //! - [`intake`]: the pure accept / ignore / reject decision;
+//! - [`trust`]: the trust bundle held (root-signed keys of every role);
 //! - [`state`]: the last accepted desired state (sled) and the node key;
 //! - [`archive`]: safe extraction of tar.gz artifacts;
 //! - [`artifacts`]: the content-addressed artifact cache;
@@ -37,6 +38,7 @@ pub mod runtime;
 pub mod state;
 pub mod supervise;
 pub mod telemetry;
+pub mod trust;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,12 +49,12 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-use verge_shared::messages::{DEFAULT_STOP_GRACE_SECS, DesiredState};
+use verge_shared::messages::{DEFAULT_STOP_GRACE_SECS, EventKind, RejectReason, Rejection};
 
 pub use config::{Config, EX_CONFIG};
 
 use crate::artifacts::ArtifactCache;
-use crate::intake::Decision;
+use crate::intake::{Decision, ResolvedState};
 use crate::limits::Launcher;
 use crate::outbox::Outbox;
 use crate::reconcile::Reconciler;
@@ -60,6 +62,7 @@ use crate::report::{Board, Identity, Reporter};
 use crate::runtime::{Placement, ProcessRuntime};
 use crate::state::{Accepted, SledStore, StateStore};
 use crate::supervise::RestartTiming;
+use crate::trust::{Offered, TrustStore};
 
 /// Log requests waiting to be answered; more are dropped (the controller
 /// times out and the operator asks again).
@@ -88,6 +91,8 @@ pub enum AgentError {
     State(#[from] state::StateError),
     #[error(transparent)]
     Outbox(#[from] outbox::OutboxError),
+    #[error(transparent)]
+    Trust(#[from] trust::TrustLoadError),
     #[error("a core task ended unexpectedly: {0}")]
     TaskDied(String),
     #[error(transparent)]
@@ -112,6 +117,8 @@ impl AgentError {
             AgentError::TaskDied(_) => 70,
             // EX_CONFIG: the configured workload user is unusable.
             AgentError::WorkloadUser(_) => EX_CONFIG,
+            // EX_CONFIG: no trust bundle, or an unusable one.
+            AgentError::Trust(_) => EX_CONFIG,
             // EX_OSERR.
             AgentError::SelfExe(_) => 71,
             // EX_UNAVAILABLE: the probe address is taken or not ours.
@@ -130,6 +137,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         sled_store.db(),
         data_dir.join("state"),
         config.outbox_quota_bytes,
+    )?);
+    let trust = Arc::new(TrustStore::open(
+        sled_store.db(),
+        config.trust_bundle_file.as_deref(),
+        &data_dir,
+        verge_shared::Timestamp::now(),
     )?);
     let store: Arc<dyn StateStore> = Arc::new(sled_store);
     let accepted = store.load()?;
@@ -238,15 +251,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     // and its service manager restarts it.
     let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
-    tasks.spawn(intake_loop(
-        config.clone(),
-        store,
-        board.clone(),
-        inbox_rx,
-        desired_tx,
-        startup.clone(),
-        stop.clone(),
-    ));
+    tasks.spawn(
+        Intake {
+            config: config.clone(),
+            store,
+            trust: trust.clone(),
+            board: board.clone(),
+            reporter: reporter.clone(),
+            outbox: outbox.clone(),
+            desired_tx,
+        }
+        .run(inbox_rx, startup.clone(), stop.clone()),
+    );
     let reconciler = Reconciler {
         runtime: runtime.clone(),
         artifacts,
@@ -279,7 +295,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     if let Some((socket, _)) = probe_socket {
         let prober = probe::Prober {
             agent: config.id.clone(),
-            controller_key: config.controller_public_key,
+            controller_keys: {
+                let trust = trust.clone();
+                Box::new(move || trust.controller_keys())
+            },
             reporter: reporter_for_probes,
             outbox: outbox.clone(),
             topic: config
@@ -290,6 +309,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     }
     tasks.spawn(log_request_loop(
         config.clone(),
+        trust,
         workloads_dir,
         reporter.clone(),
         log_requests_rx,
@@ -345,67 +365,189 @@ fn prepare_data_dir(path: &std::path::Path) -> Result<PathBuf, AgentError> {
     std::fs::canonicalize(path).map_err(fail)
 }
 
-/// Checks each received desired state; persists and publishes accepted ones.
-async fn intake_loop(
+/// Checks each received delivery; persists and publishes accepted desired
+/// states, takes newer trust bundles, and reports every refusal.
+struct Intake {
     config: Config,
     store: Arc<dyn StateStore>,
+    trust: Arc<TrustStore>,
     board: Arc<Board>,
-    mut inbox_rx: watch::Receiver<Option<Bytes>>,
-    desired_tx: watch::Sender<Option<Arc<DesiredState>>>,
-    handled: Arc<Notify>,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            changed = inbox_rx.changed() => if changed.is_err() { break },
+    reporter: Arc<Reporter>,
+    outbox: Arc<Outbox>,
+    desired_tx: watch::Sender<Option<Arc<ResolvedState>>>,
+}
+
+impl Intake {
+    async fn run(
+        self,
+        mut inbox_rx: watch::Receiver<Option<Bytes>>,
+        handled: Arc<Notify>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                changed = inbox_rx.changed() => if changed.is_err() { break },
+            }
+            let Some(bytes) = inbox_rx.borrow_and_update().clone() else {
+                continue;
+            };
+            // Whatever the decision, the broker has spoken: start-up may go on.
+            handled.notify_one();
+            self.handle(&bytes).await;
         }
-        let Some(bytes) = inbox_rx.borrow_and_update().clone() else {
-            continue;
+    }
+
+    async fn handle(&self, bytes: &[u8]) {
+        let now = verge_shared::Timestamp::now();
+        let delivery = match intake::parse_delivery(bytes) {
+            Ok(delivery) => delivery,
+            Err((reason, detail)) => {
+                self.rejected(Rejection {
+                    reason,
+                    generation: None,
+                    detail: verge_shared::messages::bounded_message(&detail),
+                    at: now,
+                })
+                .await;
+                return;
+            }
         };
-        // Whatever the decision, the broker has spoken: start-up may go on.
-        handled.notify_one();
+        if let Some(bundle) = &delivery.trust {
+            self.offer_trust(bundle, now).await;
+        }
+        let bundle = self.trust.bundle();
+        let current = self.desired_tx.borrow().clone();
+        let last = if self.trust.reset_pending() {
+            None
+        } else {
+            self.board.accepted()
+        };
         let decision = intake::check(
-            &bytes,
-            &config.controller_public_key,
-            &config.id,
-            board.accepted(),
-            verge_shared::Timestamp::now(),
+            &delivery,
+            &intake::Context {
+                trust: &bundle,
+                me: &self.config.id,
+                last,
+                running: current.as_ref().map_or(&[], |c| c.workloads.as_slice()),
+                now,
+            },
         );
         match decision {
-            Ok(Decision::Accept(desired)) => {
-                let generation = desired.generation;
-                let accepted = Accepted {
-                    envelope: bytes.to_vec(),
-                    desired,
-                };
-                // Persist before acting: a crash after this point replays it.
-                let store = store.clone();
-                let saved =
-                    tokio::task::spawn_blocking(move || store.save(&accepted).map(|()| accepted))
-                        .await;
-                match saved {
-                    Ok(Ok(accepted)) => {
-                        info!(agent = %config.id, generation = %generation, "Accepted desired state.");
-                        board.set_accepted(generation);
-                        desired_tx.send_replace(Some(Arc::new(accepted.desired)));
-                    }
-                    Ok(Err(e)) => {
-                        error!(agent = %config.id, generation = %generation, error = %e, "Cannot persist the desired state; not applying it.");
-                    }
-                    Err(e) => {
-                        error!(agent = %config.id, generation = %generation, error = %e, "Persisting the desired state failed.");
-                    }
+            Ok(Decision::Accept(desired)) => self.accept(bytes, desired).await,
+            Ok(Decision::IgnoreSame) => {
+                debug!(agent = %self.config.id, "Ignored a republished desired state of the applied generation.");
+            }
+            Err(rejection) => self.rejected(rejection).await,
+        }
+    }
+
+    async fn accept(&self, bytes: &[u8], desired: ResolvedState) {
+        let generation = desired.generation;
+        let accepted = Accepted {
+            envelope: bytes.to_vec(),
+            desired,
+        };
+        // Persist before acting: a crash after this point replays it.
+        let store = self.store.clone();
+        let saved =
+            tokio::task::spawn_blocking(move || store.save(&accepted).map(|()| accepted)).await;
+        match saved {
+            Ok(Ok(accepted)) => {
+                info!(agent = %self.config.id, generation = %generation, "Accepted desired state.");
+                if self.trust.reset_pending()
+                    && let Err(e) = self.trust.clear_reset()
+                {
+                    warn!(error = %e, "Cannot record that the generation reset was used; it applies once more after a restart.");
+                }
+                self.board.set_accepted(generation);
+                self.desired_tx
+                    .send_replace(Some(Arc::new(accepted.desired)));
+            }
+            Ok(Err(e)) => {
+                error!(agent = %self.config.id, generation = %generation, error = %e, "Cannot persist the desired state; not applying it.");
+            }
+            Err(e) => {
+                error!(agent = %self.config.id, generation = %generation, error = %e, "Persisting the desired state failed.");
+            }
+        }
+    }
+
+    /// Reports a refused desired state: status, a security event (once per
+    /// distinct refusal, not on every republish) and a log line.
+    async fn rejected(&self, rejection: Rejection) {
+        warn!(agent = %self.config.id, reason = ?rejection.reason, generation = ?rejection.generation, detail = %rejection.detail, "Rejected desired state.");
+        let repeated = self.board.last_rejection().is_some_and(|last| {
+            (last.reason, last.generation, &last.detail)
+                == (rejection.reason, rejection.generation, &rejection.detail)
+        });
+        if !repeated {
+            self.event(
+                EventKind::DesiredStateRejected,
+                Some(rejection.reason),
+                rejection.generation,
+                &rejection.detail,
+            )
+            .await;
+        }
+        self.board.set_rejection(rejection);
+    }
+
+    async fn offer_trust(&self, bundle: &verge_shared::Envelope, now: verge_shared::Timestamp) {
+        let bytes = serde_json::to_vec(bundle).unwrap_or_default();
+        match self.trust.offer(&bytes, now) {
+            Ok(Offered::Unchanged) => {}
+            Ok(Offered::Updated { version, reset }) => {
+                info!(agent = %self.config.id, version, reset, "Trusting a newer trust bundle.");
+                let detail = format!("trust bundle version {version} is trusted from now on");
+                self.event(EventKind::TrustBundleUpdated, None, None, &detail)
+                    .await;
+                if reset {
+                    self.event(
+                        EventKind::GenerationsReset,
+                        None,
+                        self.board.accepted(),
+                        "a root-signed reset cleared the highest accepted generation",
+                    )
+                    .await;
                 }
             }
-            Ok(Decision::IgnoreSame) => {
-                debug!(agent = %config.id, "Ignored a republished desired state of the applied generation.");
+            // The controller's copy may lag one the operator installed by file.
+            Err(e @ verge_shared::trust::TrustError::Stale { .. }) => {
+                debug!(agent = %self.config.id, error = %e, "Ignored an older trust bundle.");
             }
-            Err(rejection) => {
-                warn!(agent = %config.id, reason = ?rejection.reason, generation = ?rejection.generation, detail = %rejection.detail, "Rejected desired state.");
-                board.set_rejection(rejection);
+            Err(e) => {
+                warn!(agent = %self.config.id, error = %e, "Rejected a trust bundle; keeping the trusted one.");
+                let reason = RejectReason::from(&e);
+                self.event(
+                    EventKind::TrustBundleRejected,
+                    Some(reason),
+                    None,
+                    &e.to_string(),
+                )
+                .await;
             }
+        }
+    }
+
+    /// Queues a signed security event in the outbox.
+    async fn event(
+        &self,
+        kind: EventKind,
+        reason: Option<RejectReason>,
+        generation: Option<verge_shared::Generation>,
+        detail: &str,
+    ) {
+        let envelope = self.reporter.event(kind, reason, generation, detail);
+        let topic = self
+            .config
+            .topics
+            .events(&self.config.region, &self.config.id);
+        let outbox = self.outbox.clone();
+        let pushed = tokio::task::spawn_blocking(move || outbox.push(&topic, &envelope)).await;
+        if !matches!(pushed, Ok(Ok(()))) {
+            warn!(agent = %self.config.id, ?kind, "Cannot queue a security event; it is in the log only.");
         }
     }
 }
@@ -450,6 +592,7 @@ async fn status_loop(
 /// Answers log requests, one at a time, from the workloads' log files.
 async fn log_request_loop(
     config: Config,
+    trust: Arc<TrustStore>,
     workloads_dir: PathBuf,
     reporter: Arc<Reporter>,
     mut requests_rx: mpsc::Receiver<Bytes>,
@@ -465,14 +608,14 @@ async fn log_request_loop(
                 None => break,
             },
         };
-        let (key, agent, dir) = (
-            config.controller_public_key,
+        let (keys, agent, dir) = (
+            trust.controller_keys(),
             config.id.clone(),
             workloads_dir.clone(),
         );
         // File reads: off the runtime thread.
         let answered = tokio::task::spawn_blocking(move || {
-            logs::answer(&bytes, &key, &agent, &dir, verge_shared::Timestamp::now())
+            logs::answer(&bytes, &keys, &agent, &dir, verge_shared::Timestamp::now())
         })
         .await;
         match answered {

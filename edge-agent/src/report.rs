@@ -84,6 +84,11 @@ impl Board {
         }
     }
 
+    /// The most recent refusal, if any.
+    pub fn last_rejection(&self) -> Option<Rejection> {
+        self.lock().last_rejection.clone()
+    }
+
     pub fn set_rejection(&self, rejection: Rejection) {
         self.update(|s| s.last_rejection = Some(rejection));
     }
@@ -228,6 +233,26 @@ impl Reporter {
         }
     }
 
+    /// A signed security event.
+    pub fn event(
+        &self,
+        kind: verge_shared::messages::EventKind,
+        reason: Option<verge_shared::messages::RejectReason>,
+        generation: Option<Generation>,
+        detail: &str,
+    ) -> Vec<u8> {
+        let doc = verge_shared::messages::Event {
+            schema_version: SCHEMA_VERSION,
+            agent: self.identity.agent.clone(),
+            at: Timestamp::now(),
+            kind,
+            reason,
+            generation,
+            detail: verge_shared::messages::bounded_message(detail),
+        };
+        self.key.sign_json(payload_type::EVENT, &doc)
+    }
+
     /// A signed latency report of one probing round.
     pub fn latency(&self, samples: Vec<verge_shared::latency::LatencySample>) -> Vec<u8> {
         let doc = verge_shared::latency::LatencyReport {
@@ -280,6 +305,8 @@ mod tests {
         Workload {
             service: ServiceName::new(service).expect("valid"),
             replica: 0,
+            release: Sha256Digest::of(b"release"),
+            version: "1.0.0".parse().expect("version"),
             artifact: ArtifactRef {
                 sha256: Sha256Digest::of(service.as_bytes()),
                 size: 1,

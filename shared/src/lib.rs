@@ -10,7 +10,8 @@
 //! - [`dsse`]: signed envelopes (DSSE over Ed25519) — verify the bytes, then parse;
 //! - [`limits`]: every size bound as a named constant;
 //! - [`telemetry`]: telemetry and events for consumers, with sequence numbers;
-//! - [`latency`]: the probe datagram, probe targets and signed latency reports.
+//! - [`latency`]: the probe datagram, probe targets and signed latency reports;
+//! - [`trust`]: the root-signed trust bundle and publisher-signed releases.
 
 pub mod dsse;
 pub mod id;
@@ -21,6 +22,7 @@ pub mod messages;
 pub mod telemetry;
 pub mod time;
 pub mod topic;
+pub mod trust;
 
 pub use dsse::{Envelope, KeyId, PublicKey, SigningKey, VerifyError};
 pub use id::{AgentId, IdError, RegionId, ServiceName};

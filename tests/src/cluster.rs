@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use verge_shared::SigningKey;
 
 use crate::api::Api;
+use crate::trust::Roles;
 use crate::wait::wait_for;
 
 /// Which broker carries the cluster's MQTT traffic.
@@ -248,7 +249,10 @@ pub struct Cluster {
     pub broker: BrokerKind,
     pub mqtt_addr: SocketAddr,
     pub controller_data: PathBuf,
-    pub controller_public_key: String,
+    /// The root, controller and publisher keys of this cluster.
+    pub roles: std::sync::Arc<Roles>,
+    /// The signed trust bundle every part starts from.
+    pub bundle_file: PathBuf,
 }
 
 impl Cluster {
@@ -260,6 +264,10 @@ impl Cluster {
         let mqtt_port = free_port();
         let mqtt_addr: SocketAddr = ([127, 0, 0, 1], mqtt_port).into();
         let controller_data = dir.path().join("controller");
+        let roles = std::sync::Arc::new(Roles::generate());
+        roles.install_controller_key(&controller_data)?;
+        let bundle_file = dir.path().join("trust-bundle.json");
+        fs::write(&bundle_file, roles.signed_bundle(1))?;
 
         let mosquitto = match options.broker {
             BrokerKind::Embedded => None,
@@ -272,8 +280,10 @@ impl Cluster {
         let config = format!(
             "data_dir = \"{data}\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n\
              [broker]\n{broker_section}\n\n[deploy]\n{republish}\n\
-             [nodes]\n{heartbeat_timeout}failover_grace_secs = {grace}\n\n{extra}\n",
+             [nodes]\n{heartbeat_timeout}failover_grace_secs = {grace}\n\n\
+             [trust]\nbundle_file = \"{bundle}\"\n\n{extra}\n",
             data = controller_data.display(),
+            bundle = bundle_file.display(),
             grace = options.failover_grace_secs,
             extra = options.controller_extra,
             republish = if options.default_intervals {
@@ -302,21 +312,18 @@ impl Cluster {
             .context("controller wrote no admin-token")?
             .trim()
             .to_owned();
-        let controller_public_key = fs::read_to_string(controller_data.join("keys/controller.pub"))
-            .context("controller wrote no keys/controller.pub")?
-            .trim()
-            .to_owned();
         Ok(Cluster {
             dir,
             controller: Some(controller),
             controller_log,
             mosquitto,
             agents: Vec::new(),
-            api: Api::new(base, token),
+            api: Api::new(base, token).with_publisher(roles.clone()),
             broker: options.broker,
             mqtt_addr,
             controller_data,
-            controller_public_key,
+            roles,
+            bundle_file,
         })
     }
 
@@ -356,12 +363,12 @@ impl Cluster {
             format!(
                 "id = \"{id}\"\nregion = \"{region}\"\ndata_dir = \"{data}\"\n\
                  broker_url = \"mqtt://{mqtt}\"\ncontroller_url = \"{api}\"\n\
-                 controller_public_key = \"{key}\"\nheartbeat_interval_secs = 1\n{extra}\n\n\
+                 trust_bundle_file = \"{bundle}\"\nheartbeat_interval_secs = 1\n{extra}\n\n\
                  [capacity]\ncpu_millis = 4000\nmemory_mb = 4096\n",
                 data = data_dir.display(),
                 mqtt = broker,
                 api = self.api.base,
-                key = self.controller_public_key,
+                bundle = self.bundle_file.display(),
             ),
         )?;
         let mut agent = AgentHandle {
@@ -426,12 +433,10 @@ impl Cluster {
         self.controller.as_ref().map(Child::id)
     }
 
-    /// The controller's signing key, read from its data directory: tests use
-    /// it to forge documents that only fail the checks they mean to test.
-    pub fn controller_signing_key(&self) -> SigningKey {
-        let pkcs8 = fs::read(self.controller_data.join("keys/controller.pk8"))
-            .expect("controller key file");
-        SigningKey::from_pkcs8(&pkcs8).expect("controller key parses")
+    /// The controller's signing key: tests use it to forge documents that
+    /// only fail the checks they mean to test.
+    pub fn controller_signing_key(&self) -> &SigningKey {
+        &self.roles.controller
     }
 
     /// The last lines of every log, for a failing test's output.

@@ -9,13 +9,26 @@
 use std::time::Duration;
 
 use rumqttc::SubscribeReasonCode;
-use verge_shared::messages::{Presence, payload_type};
+use verge_shared::messages::{Delivery, DesiredState, Presence, payload_type};
 use verge_shared::{Envelope, PublicKey, Topics, limits};
 use verge_tests::mqtt::TestClient;
 use verge_tests::workload::{hello_artifact, hello_spec, wait_running};
 use verge_tests::{Cluster, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Whether `payload` is a delivery whose desired state the controller signed.
+fn genuine(payload: &[u8], controller: &PublicKey) -> Result<(), String> {
+    if payload.len() > limits::MAX_DELIVERY_BYTES {
+        return Err(format!("{} bytes", payload.len()));
+    }
+    let delivery: Delivery = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    let _: DesiredState = delivery
+        .desired
+        .open(payload_type::DESIRED_STATE, controller)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_client_reads_and_writes_every_agents_topics() {
@@ -24,7 +37,7 @@ async fn any_client_reads_and_writes_every_agents_topics() {
     let topics = Topics::default();
     let b = "edge-b".parse().expect("id");
     let (desired, presence, status) = (topics.desired(&b), topics.presence(&b), topics.status(&b));
-    let controller_key = PublicKey::from_base64(&cluster.controller_public_key).expect("key");
+    let controller_key = cluster.roles.controller.public_key();
     let artifact = api.upload_artifact(hello_artifact()).await.expect("upload");
     api.put_service("hello", &hello_spec(&artifact, "v1", 1, &["region-a"]))
         .await
@@ -50,11 +63,7 @@ async fn any_client_reads_and_writes_every_agents_topics() {
             got_desired = Some(msg.payload);
         }
     }
-    let got = got_desired.unwrap_or_default();
-    let envelope = Envelope::parse(&got, limits::MAX_DESIRED_STATE_BYTES).expect("parse");
-    envelope
-        .verify(payload_type::DESIRED_STATE, &controller_key)
-        .expect("edge-b's genuine desired state");
+    genuine(&got_desired.unwrap_or_default(), &controller_key).expect("edge-b's delivery");
 
     // Writing: a status published as edge-b reaches every subscriber (the
     // controller drops it: it is not signed by edge-b's node key).
@@ -103,10 +112,7 @@ async fn any_client_reads_and_writes_every_agents_topics() {
             let got = verge_tests::mqtt::retained(cluster.mqtt_addr, "reader-2", &desired)
                 .await
                 .map_err(|e| e.to_string())?;
-            Envelope::parse(&got.payload, limits::MAX_DESIRED_STATE_BYTES)
-                .and_then(|e| e.verify(payload_type::DESIRED_STATE, &controller_key))
-                .map(drop)
-                .map_err(|e| e.to_string())
+            genuine(&got.payload, &controller_key)
         },
     )
     .await;

@@ -253,9 +253,8 @@ impl Broker {
         self.topics.telemetry(&self.region, agent)
     }
 
-    /// The events topic (agent → consumers) for `agent`.
     fn events(&self, agent: &AgentId) -> String {
-        format!("{}/events/{}/{agent}", self.topics.prefix(), self.region)
+        self.topics.events(&self.region, agent)
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod error;
 mod logs;
+mod releases;
 
 use std::sync::Arc;
 
@@ -65,6 +66,15 @@ pub fn router(app: Arc<App>, token: TokenCheck) -> Router {
         .route("/api/v1/regions", get(list_regions))
         .route("/api/v1/latency", get(get_latency))
         .route("/api/v1/artifacts", axum::routing::post(upload_artifact))
+        .route(
+            "/api/v1/releases",
+            get(releases::list_releases).post(releases::upload_release),
+        )
+        .route("/api/v1/releases/{digest}", get(releases::get_release))
+        .route(
+            "/api/v1/trust",
+            get(releases::get_trust).put(releases::put_trust),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -88,23 +98,24 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
 
 /// Reads a JSON body of at most [`MAX_JSON_BYTES`].
 async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let limited = http_body_util::Limited::new(body, MAX_JSON_BYTES);
-    let bytes = match limited.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::too_large(format!(
-                "JSON bodies are limited to {MAX_JSON_BYTES} bytes"
-            )));
-        }
-        Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                e.to_string(),
-            ));
-        }
-    };
+    let bytes = read_bytes(body, MAX_JSON_BYTES).await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(&e))
+}
+
+/// Reads a body of at most `limit` bytes.
+async fn read_bytes(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(format!(
+            "this body is limited to {limit} bytes"
+        ))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            e.to_string(),
+        )),
+    }
 }
 
 async fn list_services(State(state): State<ApiState>) -> Result<Response, ApiError> {

@@ -211,7 +211,7 @@ pub(super) fn service_input(service: &ServiceRecord) -> ServiceInput {
         name: service.name.clone(),
         replicas: service.spec.replicas,
         regions: service.spec.regions.clone(),
-        resources: service.spec.resources,
+        resources: service.release.resources,
         latency: placement.latency.as_ref().map(|l| LatencyTarget {
             to: l.to.clone(),
             max_ms: f64::from(l.max_ms),

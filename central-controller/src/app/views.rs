@@ -65,6 +65,8 @@ pub struct ReplicaView {
 pub struct ServiceView {
     pub name: ServiceName,
     pub spec: ServiceSpec,
+    /// The version of the release `spec.release` names.
+    pub version: String,
     pub revision: u64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -94,7 +96,8 @@ pub struct NodeView {
 
 /// One replica's view from its node's latest report. The report counts only
 /// once the node has applied the desired state that carries this replica,
-/// and only for the artifact the service now names; until then it is pending.
+/// and only for the artifact of the release the service now names; until
+/// then it is pending.
 fn replica_view(
     service: &ServiceRecord,
     index: u32,
@@ -105,10 +108,12 @@ fn replica_view(
     let status = node.and_then(|n| n.last_status.as_ref());
     let applied_generation = status.and_then(|s| s.applied_generation);
     let current = match (status, desired_generation) {
-        (Some(s), Some(wanted)) if s.applied_generation.is_some_and(|g| g >= wanted) => s
-            .workloads
-            .iter()
-            .find(|w| w.service == service.name && w.artifact == service.spec.artifact),
+        (Some(s), Some(wanted)) if s.applied_generation.is_some_and(|g| g >= wanted) => {
+            s.workloads.iter().find(|w| {
+                w.service == service.name
+                    && service.release.artifact().map(|a| a.sha256) == Some(w.artifact)
+            })
+        }
         _ => None,
     };
     ReplicaView {
@@ -176,6 +181,7 @@ impl App {
         Ok(ServiceView {
             name: service.name.clone(),
             spec: service.spec.clone(),
+            version: service.release.version.to_string(),
             revision: service.revision,
             created_at: service.created_at,
             updated_at: service.updated_at,

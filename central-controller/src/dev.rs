@@ -70,6 +70,11 @@ pub fn config(data_dir: &Path, api_listen: SocketAddr, mqtt_listen: SocketAddr) 
         deploy: DeployConfig::default(),
         nodes: NodesConfig::default(),
         placement: crate::config::PlacementConfig::default(),
+        // Development mode is the one place plain TCP is the default.
+        tls: crate::config::TlsConfig {
+            enabled: false,
+            ..crate::config::TlsConfig::default()
+        },
     }
 }
 

@@ -32,6 +32,8 @@ enum IngestError {
     ReservedId(&'static str),
     #[error("no presence has been seen from this agent, so its key is unknown")]
     UnknownAgent,
+    #[error("the node is revoked")]
+    Revoked,
     #[error("invalid document: {0}")]
     Invalid(String),
     #[error(transparent)]
@@ -62,6 +64,7 @@ impl App {
         let route = self.settings.topics.route(topic);
         let result = match &route {
             None => Err(IngestError::UnknownTopic),
+            Some(route) if self.is_revoked(&route.agent) => Err(IngestError::Revoked),
             Some(route) => match route.channel {
                 Channel::Presence => self.ingest_presence(&route.agent, payload, now),
                 Channel::Heartbeat => self.ingest_heartbeat(&route.agent, payload, now),
@@ -120,6 +123,7 @@ impl App {
                 last_status: None,
                 cordon: None,
                 probe_addr: presence.probe_addr,
+                revoked: false,
             });
             let changed = pinned
                 || node.region != presence.region

@@ -677,7 +677,11 @@ mod tests {
         );
         let err = Config::parse(&text, "t", no_env).expect_err("invalid");
         let joined = err.problems.join("\n");
-        for field in ["tls.server_names[0]", "tls.client_cert_ttl_secs", "api.listen"] {
+        for field in [
+            "tls.server_names[0]",
+            "tls.client_cert_ttl_secs",
+            "api.listen",
+        ] {
             assert!(joined.contains(field), "{field} missing from {joined}");
         }
     }

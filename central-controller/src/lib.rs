@@ -22,9 +22,9 @@ pub mod regions;
 pub mod scheduler;
 pub mod store;
 pub mod terminator;
-pub mod tls;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -138,7 +138,10 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
             let internal = internal_broker_address()?;
             start_embedded_broker(internal).await?;
             info!(address = %listen, "The broker listener requires TLS client certificates.");
-            (config.broker.endpoint.client_url_at(internal), Some(listener))
+            (
+                config.broker.endpoint.client_url_at(internal),
+                Some(listener),
+            )
         }
         (BrokerEndpoint::Embedded(listen), None) => {
             start_embedded_broker(*listen).await?;

@@ -222,7 +222,10 @@ pub async fn run_token(command: TokenCommand) -> anyhow::Result<()> {
             let token = call(&api, reqwest::Method::POST, "/api/v1/tokens", Some(body)).await?;
             println!("{}", describe_token(&token));
             // The token itself, alone on the last line (shown only this once).
-            println!("{}", token.get("token").and_then(Value::as_str).unwrap_or("-"));
+            println!(
+                "{}",
+                token.get("token").and_then(Value::as_str).unwrap_or("-")
+            );
         }
         TokenCommand::List { api } => {
             let tokens = call(&api, reqwest::Method::GET, "/api/v1/tokens", None).await?;

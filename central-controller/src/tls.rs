@@ -13,8 +13,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
@@ -292,7 +292,9 @@ pub async fn serve_https(
             let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return debug!(%peer, error = %e, "A TLS handshake on the API failed."),
+                Ok(Err(e)) => {
+                    return debug!(%peer, error = %e, "A TLS handshake on the API failed.");
+                }
                 Err(_) => return debug!(%peer, "A TLS handshake on the API timed out."),
             };
             serve_connection(tls, peer, router, cancel).await;

@@ -512,7 +512,10 @@ cpu_millis = 2000
         assert!(c.broker.tls);
         assert_eq!(c.broker.port, 8883);
         assert_eq!(c.controller_url, "https://controller.example:7700");
-        assert_eq!(c.enroll_token.as_ref().map(EnrollToken::expose), Some("abc.def"));
+        assert_eq!(
+            c.enroll_token.as_ref().map(EnrollToken::expose),
+            Some("abc.def")
+        );
         assert_eq!(c.ca_file, Some(PathBuf::from("/etc/verge/ca.pem")));
         // The token never shows in debug output.
         assert!(!format!("{c:?}").contains("abc.def"));

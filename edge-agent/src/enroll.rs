@@ -116,7 +116,8 @@ pub async fn prepare(
         node_public_key: node_key,
     };
     let url = format!("{}/api/v1/enroll", config.controller_url);
-    let response: EnrollResponse = post(&url, serde_json::to_vec(&request).unwrap_or_default()).await?;
+    let response: EnrollResponse =
+        post(&url, serde_json::to_vec(&request).unwrap_or_default()).await?;
     let material = Material::from_pem(&response.certificate_pem, &key_pem)?;
     files.store(&response.certificate_pem, &key_pem, &response.ca_pem)?;
     if let Some(bundle) = &response.trust_bundle {
@@ -174,14 +175,20 @@ async fn post<T: serde::de::DeserializeOwned>(url: &str, body: Vec<u8>) -> Resul
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| http(error_chain(&e)))?;
         if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(http(format!("the answer is over {MAX_RESPONSE_BYTES} bytes")));
+            return Err(http(format!(
+                "the answer is over {MAX_RESPONSE_BYTES} bytes"
+            )));
         }
         bytes.extend_from_slice(&chunk);
     }
     if !status.is_success() {
         let message = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
-            .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_owned))
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
         return Err(EnrollError::Refused {
             url: url.to_owned(),

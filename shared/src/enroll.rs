@@ -160,7 +160,11 @@ mod tests {
     const NOW: u64 = 1_000_000_000;
     const GRACE: Duration = Duration::from_secs(3600);
 
-    fn check(request: &RenewalRequest, revoked: bool, not_after_ms: u64) -> Result<(), RenewalRefusal> {
+    fn check(
+        request: &RenewalRequest,
+        revoked: bool,
+        not_after_ms: u64,
+    ) -> Result<(), RenewalRefusal> {
         check_renewal(
             request,
             &AgentId::new("edge-1").expect("id"),
@@ -176,21 +180,36 @@ mod tests {
         // Valid certificate, fresh request.
         assert_eq!(check(&request(NOW), false, NOW + 10_000), Ok(()));
         // Expired, but within the grace.
-        assert_eq!(check(&request(NOW - 299_000), false, NOW - 3_599_000), Ok(()));
+        assert_eq!(
+            check(&request(NOW - 299_000), false, NOW - 3_599_000),
+            Ok(())
+        );
         // Expired past the grace.
         assert!(matches!(
             check(&request(NOW), false, NOW - 3_601_000),
             Err(RenewalRefusal::PastGrace { .. })
         ));
         // Revoked.
-        assert_eq!(check(&request(NOW), true, NOW + 10_000), Err(RenewalRefusal::Revoked));
+        assert_eq!(
+            check(&request(NOW), true, NOW + 10_000),
+            Err(RenewalRefusal::Revoked)
+        );
         // Stale and future requests.
-        assert!(matches!(check(&request(NOW - 301_000), false, NOW), Err(RenewalRefusal::Clock { .. })));
-        assert!(matches!(check(&request(NOW + 301_000), false, NOW), Err(RenewalRefusal::Clock { .. })));
+        assert!(matches!(
+            check(&request(NOW - 301_000), false, NOW),
+            Err(RenewalRefusal::Clock { .. })
+        ));
+        assert!(matches!(
+            check(&request(NOW + 301_000), false, NOW),
+            Err(RenewalRefusal::Clock { .. })
+        ));
         // Another agent's request.
         let mut other = request(NOW);
         other.agent = AgentId::new("edge-2").expect("id");
-        assert!(matches!(check(&other, false, NOW), Err(RenewalRefusal::WrongAgent { .. })));
+        assert!(matches!(
+            check(&other, false, NOW),
+            Err(RenewalRefusal::WrongAgent { .. })
+        ));
         let mut old = request(NOW);
         old.schema_version = 9;
         assert_eq!(check(&old, false, NOW), Err(RenewalRefusal::Schema(9)));

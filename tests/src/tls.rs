@@ -73,7 +73,10 @@ fn connect_packet(client_id: &str) -> Vec<u8> {
 }
 
 /// Sends CONNECT and reads the answer: `Ok(())` only for an accepting CONNACK.
-async fn connect_over<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, client_id: &str) -> Result<()> {
+async fn connect_over<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    client_id: &str,
+) -> Result<()> {
     stream.write_all(&connect_packet(client_id)).await?;
     stream.flush().await?;
     let mut answer = [0u8; 4];

@@ -96,11 +96,8 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
     files_under(dir)
         .into_iter()
         .filter(|p| {
-            std::fs::read(p).is_ok_and(|bytes| {
-                bytes
-                    .windows(needle.len())
-                    .any(|w| w == needle.as_bytes())
-            })
+            std::fs::read(p)
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
         })
         .collect()
 }
@@ -147,7 +144,10 @@ async fn a_token_enrolls_one_agent_over_mtls_and_is_never_stored_on_the_node() {
     let listed = cluster.api.get("/api/v1/tokens").await.expect("list");
     let text = listed.to_string();
     assert!(text.contains(&token_id), "{text}");
-    assert!(!text.contains(&token), "the token text must not be listed: {text}");
+    assert!(
+        !text.contains(&token),
+        "the token text must not be listed: {text}"
+    );
     assert_eq!(listed["tokens"][0]["uses_left"], 1, "{listed}");
 
     // An agent with only the token and the CA file enrolls, connects over
@@ -172,7 +172,11 @@ async fn a_token_enrolls_one_agent_over_mtls_and_is_never_stored_on_the_node() {
     let (revoked_id, revoked_token) = create_token(&cluster, "region-a", 5).await;
     let reply = cluster
         .api
-        .request(reqwest::Method::DELETE, &format!("/api/v1/tokens/{revoked_id}"), None)
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tokens/{revoked_id}"),
+            None,
+        )
         .await
         .expect("DELETE token");
     assert_eq!(reply.status, 204, "{}", reply.body);
@@ -190,10 +194,18 @@ async fn a_token_enrolls_one_agent_over_mtls_and_is_never_stored_on_the_node() {
         "the search must find the stored certificate"
     );
     let secret = token.split_once('.').map(|(_, s)| s).expect("token format");
-    assert_eq!(files_containing(&data_dir, &token), Vec::<std::path::PathBuf>::new());
-    assert_eq!(files_containing(&data_dir, secret), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        files_containing(&data_dir, &token),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_eq!(
+        files_containing(&data_dir, secret),
+        Vec::<std::path::PathBuf>::new()
+    );
     let key_mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(data_dir.join("tls/key.pem")).expect("key.pem").permissions(),
+        &std::fs::metadata(data_dir.join("tls/key.pem"))
+            .expect("key.pem")
+            .permissions(),
     );
     assert_eq!(key_mode & 0o777, 0o600);
 
@@ -207,9 +219,13 @@ async fn a_token_enrolls_one_agent_over_mtls_and_is_never_stored_on_the_node() {
     let none = mqtt_tls_connect(broker, &ca_pem, None, "probe-none").await;
     assert!(none.is_err(), "a client without a certificate got in");
     let (foreign_cert, foreign_key) = foreign_identity();
-    let foreign =
-        mqtt_tls_connect(broker, &ca_pem, Some((&foreign_cert, &foreign_key)), "probe-foreign")
-            .await;
+    let foreign = mqtt_tls_connect(
+        broker,
+        &ca_pem,
+        Some((&foreign_cert, &foreign_key)),
+        "probe-foreign",
+    )
+    .await;
     assert!(foreign.is_err(), "a certificate from another CA got in");
     let plain = mqtt_plain_connect(broker, "probe-plain").await;
     assert!(plain.is_err(), "a plain-TCP client got a CONNACK");
@@ -283,27 +299,43 @@ async fn certificates_renew_online_without_touching_workloads() {
 
     // Status keeps flowing on the same session: last_seen moves on.
     let seen = cluster.api.node("edge-a").await.expect("node")["last_seen"].clone();
-    wait_for("a newer status or heartbeat", Duration::from_secs(30), || async {
-        let node = cluster.api.node("edge-a").await.map_err(|e| e.to_string())?;
-        if node["last_seen"] != seen && node["online"] == true {
-            Ok(())
-        } else {
-            Err(node.to_string())
-        }
-    })
+    wait_for(
+        "a newer status or heartbeat",
+        Duration::from_secs(30),
+        || async {
+            let node = cluster
+                .api
+                .node("edge-a")
+                .await
+                .map_err(|e| e.to_string())?;
+            if node["last_seen"] != seen && node["online"] == true {
+                Ok(())
+            } else {
+                Err(node.to_string())
+            }
+        },
+    )
     .await;
 
     // A new TLS handshake uses the renewed certificate: cut the uplink,
     // let the agent reconnect, and the session works again.
     proxy.cut();
-    wait_for("the node to go offline", Duration::from_secs(60), || async {
-        let node = cluster.api.node("edge-a").await.map_err(|e| e.to_string())?;
-        if node["online"] == false {
-            Ok(())
-        } else {
-            Err(node.to_string())
-        }
-    })
+    wait_for(
+        "the node to go offline",
+        Duration::from_secs(60),
+        || async {
+            let node = cluster
+                .api
+                .node("edge-a")
+                .await
+                .map_err(|e| e.to_string())?;
+            if node["online"] == false {
+                Ok(())
+            } else {
+                Err(node.to_string())
+            }
+        },
+    )
     .await;
     proxy.restore();
     cluster.wait_node_online("edge-a").await;
@@ -316,9 +348,14 @@ async fn certificates_renew_online_without_touching_workloads() {
     assert_eq!(before[0].applied_generation, after[0].applied_generation);
     // The renewed certificate is what the broker accepts now.
     let (cert, key) = agent_identity(&data_dir);
-    mqtt_tls_connect(cluster.mqtt_addr, &ca_pem, Some((&cert, &key)), "probe-renewed")
-        .await
-        .expect("the renewed certificate is accepted");
+    mqtt_tls_connect(
+        cluster.mqtt_addr,
+        &ca_pem,
+        Some((&cert, &key)),
+        "probe-renewed",
+    )
+    .await
+    .expect("the renewed certificate is accepted");
 }
 
 /// A renewal request for `agent` signed by `key`.
@@ -336,7 +373,10 @@ async fn post_renewal(cluster: &Cluster, agent: &str, body: Vec<u8>) -> (u16, Va
     let response = cluster
         .api
         .http()
-        .post(format!("{}/api/v1/nodes/{agent}/certificate", cluster.api.base))
+        .post(format!(
+            "{}/api/v1/nodes/{agent}/certificate",
+            cluster.api.base
+        ))
         .body(body)
         .send()
         .await
@@ -418,14 +458,20 @@ async fn revocation_cuts_a_node_off_and_withdraws_its_desired_state() {
     // handshake: the agent's own certificate no longer gets a CONNACK.
     let refused = mqtt_tls_connect(broker, &ca_pem, Some((&cert, &key)), "probe-after").await;
     assert!(refused.is_err(), "a revoked certificate got in");
-    wait_for("the terminator to close the revoked connection", Duration::from_secs(60), || async {
-        let log = cluster.controller_log();
-        if log.contains("Closed a broker connection") && log.contains("its certificate was revoked") {
-            Ok(())
-        } else {
-            Err("no closed connection in the controller log yet".to_owned())
-        }
-    })
+    wait_for(
+        "the terminator to close the revoked connection",
+        Duration::from_secs(60),
+        || async {
+            let log = cluster.controller_log();
+            if log.contains("Closed a broker connection")
+                && log.contains("its certificate was revoked")
+            {
+                Ok(())
+            } else {
+                Err("no closed connection in the controller log yet".to_owned())
+            }
+        },
+    )
     .await;
     // The API refuses its certificate, and its renewals.
     assert!(api_with_cert(&cluster, &cert, &key).await.is_err());
@@ -435,17 +481,29 @@ async fn revocation_cuts_a_node_off_and_withdraws_its_desired_state() {
 
     // Its desired state is withdrawn: a new generation with no workloads,
     // and the replica is unplaced rather than kept on the revoked node.
-    wait_for("the replica to leave edge-a", Duration::from_secs(30), || async {
-        let service = cluster.api.service("hello").await.map_err(|e| e.to_string())?;
-        let node = cluster.api.node("edge-a").await.map_err(|e| e.to_string())?;
-        let placed_here = service.to_string().contains("\"node\":\"edge-a\"");
-        let generation = node["desired_generation"].as_u64().unwrap_or(0);
-        if !placed_here && generation > desired_before {
-            Ok(())
-        } else {
-            Err(format!("service {service}, node {node}"))
-        }
-    })
+    wait_for(
+        "the replica to leave edge-a",
+        Duration::from_secs(30),
+        || async {
+            let service = cluster
+                .api
+                .service("hello")
+                .await
+                .map_err(|e| e.to_string())?;
+            let node = cluster
+                .api
+                .node("edge-a")
+                .await
+                .map_err(|e| e.to_string())?;
+            let placed_here = service.to_string().contains("\"node\":\"edge-a\"");
+            let generation = node["desired_generation"].as_u64().unwrap_or(0);
+            if !placed_here && generation > desired_before {
+                Ok(())
+            } else {
+                Err(format!("service {service}, node {node}"))
+            }
+        },
+    )
     .await;
     let node = cluster.api.node("edge-a").await.expect("node");
     assert_eq!(node["revoked"], true, "{node}");

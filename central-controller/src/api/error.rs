@@ -113,7 +113,9 @@ impl From<AppError> for ApiError {
                 };
                 ApiError::new(status, code, message)
             }
-            AppError::TlsDisabled => ApiError::new(StatusCode::CONFLICT, "tls_disabled", e.to_string()),
+            AppError::TlsDisabled => {
+                ApiError::new(StatusCode::CONFLICT, "tls_disabled", e.to_string())
+            }
             AppError::Upload(UploadError::Io(_))
             | AppError::Store(_)
             | AppError::Sign(_)

@@ -225,7 +225,10 @@ impl App {
     /// Takes one use of `token`, or says why it cannot be used.
     fn spend_token(&self, token: &str, now: Timestamp) -> Result<TokenRecord, AppError> {
         let unknown = || unauthorized("token_unknown", "the token is not known to this controller");
-        let id = token.split_once('.').map(|(id, _)| id).ok_or_else(unknown)?;
+        let id = token
+            .split_once('.')
+            .map(|(id, _)| id)
+            .ok_or_else(unknown)?;
         let record = self.store.token(id)?.ok_or_else(unknown)?;
         if record.sha256 != Sha256Digest::of(token.as_bytes()) {
             return Err(unknown());
@@ -298,18 +301,19 @@ impl App {
         if reenrolled {
             self.reconcile(now, true).await?;
         }
-        let trust_bundle = match std::fs::read(&pki.trust_bundle) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
-                AppError::Internal(format!("{}: {e}", pki.trust_bundle.display()))
-            })?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(AppError::Internal(format!(
-                    "{}: {e}",
-                    pki.trust_bundle.display()
-                )));
-            }
-        };
+        let trust_bundle =
+            match std::fs::read(&pki.trust_bundle) {
+                Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    AppError::Internal(format!("{}: {e}", pki.trust_bundle.display()))
+                })?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(AppError::Internal(format!(
+                        "{}: {e}",
+                        pki.trust_bundle.display()
+                    )));
+                }
+            };
         Ok(EnrollResponse {
             certificate_pem: issued.pem,
             ca_pem: pki.ca.ca_pem().to_owned(),
@@ -387,9 +391,7 @@ impl App {
                 RenewalRefusal::Revoked => "node_revoked",
                 RenewalRefusal::PastGrace { .. } => "renewal_grace_passed",
                 RenewalRefusal::Clock { .. } => "stale_request",
-                RenewalRefusal::WrongAgent { .. } | RenewalRefusal::Schema(_) => {
-                    "invalid_request"
-                }
+                RenewalRefusal::WrongAgent { .. } | RenewalRefusal::Schema(_) => "invalid_request",
             };
             warn!(agent = %agent, reason = %refusal, "Refused a certificate renewal.");
             denied(code, refusal.to_string())
@@ -514,5 +516,246 @@ impl App {
     /// Whether messages from this node are to be ignored.
     pub(super) fn is_revoked(&self, agent: &AgentId) -> bool {
         lock(&self.nodes).get(agent).is_some_and(|n| n.revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::fixture;
+    use verge_shared::SigningKey;
+
+    fn pki(dir: &std::path::Path) -> Pki {
+        Pki {
+            ca: Ca::load_or_create(&dir.join("ca")).expect("ca"),
+            revocations: Arc::new(Revocations::default()),
+            client_cert_ttl: Duration::from_secs(60),
+            renew_grace: Duration::from_secs(3600),
+            broker_url: "mqtts://127.0.0.1:1".into(),
+            trust_bundle: dir.join("trust/bundle.json"),
+        }
+    }
+
+    fn csr() -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem")
+    }
+
+    fn request(token: &str, agent: &str, key: &SigningKey) -> EnrollRequest {
+        EnrollRequest {
+            token: token.to_owned(),
+            agent_id: AgentId::new(agent).expect("id"),
+            csr_pem: csr(),
+            node_public_key: key.public_key(),
+        }
+    }
+
+    fn code(result: Result<impl std::fmt::Debug, AppError>) -> &'static str {
+        match result {
+            Err(AppError::Denied { code, .. }) => code,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_stored_hashed_and_spent_once_per_use_within_their_ttl() {
+        let f = fixture();
+        let dir = tempfile::tempdir().expect("tempdir");
+        f.app.set_pki(pki(dir.path()));
+        let created = f
+            .app
+            .create_token(TokenRequest {
+                region: "r".into(),
+                uses: Some(2),
+                ttl_secs: None,
+            })
+            .expect("token");
+        let text = created.token.clone().expect("shown once");
+        // Only the digest is stored; listing never shows the text.
+        let stored = f
+            .app
+            .store
+            .token(&created.id)
+            .expect("get")
+            .expect("stored");
+        assert_eq!(stored.sha256, Sha256Digest::of(text.as_bytes()));
+        let secret = text.split_once('.').map(|(_, s)| s).expect("format");
+        assert!(
+            !serde_json::to_string(&stored)
+                .expect("json")
+                .contains(secret)
+        );
+        let listed = serde_json::to_string(&f.app.tokens().expect("list")).expect("json");
+        assert!(!listed.contains(secret), "{listed}");
+        assert!(created.expires_at > Timestamp::now().saturating_add(Duration::from_secs(86_000)));
+
+        // Two uses, then spent; the region comes from the token.
+        let (a, b, c) = (
+            SigningKey::generate().expect("key").0,
+            SigningKey::generate().expect("key").0,
+            SigningKey::generate().expect("key").0,
+        );
+        let enrolled = f
+            .app
+            .enroll(request(&text, "edge-a", &a))
+            .await
+            .expect("first use");
+        assert_eq!(enrolled.region.as_str(), "r");
+        assert_eq!(enrolled.trust_bundle, None);
+        f.app
+            .enroll(request(&text, "edge-b", &b))
+            .await
+            .expect("second use");
+        assert_eq!(
+            code(f.app.enroll(request(&text, "edge-c", &c)).await),
+            "token_spent"
+        );
+        // The pinned key is the enrolled one; another key cannot take the id.
+        assert_eq!(
+            lock(&f.app.nodes)
+                .get(&AgentId::new("edge-a").expect("id"))
+                .map(|n| n.public_key),
+            Some(a.public_key())
+        );
+
+        let more = f
+            .app
+            .create_token(TokenRequest {
+                region: "r".into(),
+                uses: Some(5),
+                ttl_secs: Some(60),
+            })
+            .expect("token");
+        let more_text = more.token.clone().expect("text");
+        assert_eq!(
+            code(f.app.enroll(request(&more_text, "edge-a", &c)).await),
+            "agent_enrolled"
+        );
+        // A wrong secret with a known id is as unknown as a made-up token.
+        let forged = format!("{}.{}", more.id, "0".repeat(64));
+        assert_eq!(
+            code(f.app.enroll(request(&forged, "edge-c", &c)).await),
+            "token_unknown"
+        );
+        // Expired.
+        let mut record = f.app.store.token(&more.id).expect("get").expect("stored");
+        record.expires_at = Timestamp::from_unix_millis(1);
+        f.app.store.put_token(&record).expect("put");
+        assert_eq!(
+            code(f.app.enroll(request(&more_text, "edge-c", &c)).await),
+            "token_expired"
+        );
+        // Revoked.
+        f.app.revoke_token(&created.id).expect("revoke");
+        assert_eq!(
+            code(f.app.enroll(request(&text, "edge-c", &c)).await),
+            "token_revoked"
+        );
+        // Bounds on creation.
+        for (uses, ttl_secs) in [(Some(0), None), (None, Some(0)), (Some(1_000_000), None)] {
+            let refused = f.app.create_token(TokenRequest {
+                region: "r".into(),
+                uses,
+                ttl_secs,
+            });
+            assert!(
+                matches!(refused, Err(AppError::InvalidField { .. })),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn renewal_needs_the_pinned_key_and_stops_at_revocation() {
+        let f = fixture();
+        let dir = tempfile::tempdir().expect("tempdir");
+        f.app.set_pki(pki(dir.path()));
+        let token = f
+            .app
+            .create_token(TokenRequest {
+                region: "r".into(),
+                uses: None,
+                ttl_secs: None,
+            })
+            .expect("token")
+            .token
+            .expect("text");
+        let key = SigningKey::generate().expect("key").0;
+        f.app
+            .enroll(request(&token, "edge-a", &key))
+            .await
+            .expect("enroll");
+        let renewal = |signer: &SigningKey| {
+            signer.sign_json(
+                RENEWAL_PAYLOAD_TYPE,
+                &RenewalRequest {
+                    schema_version: enroll::RENEWAL_SCHEMA_VERSION,
+                    agent: AgentId::new("edge-a").expect("id"),
+                    csr_pem: csr(),
+                    at: Timestamp::now(),
+                },
+            )
+        };
+        f.app
+            .renew_certificate("edge-a", &renewal(&key))
+            .expect("renewed");
+        let stranger = SigningKey::generate().expect("key").0;
+        assert_eq!(
+            code(f.app.renew_certificate("edge-a", &renewal(&stranger))),
+            "bad_signature"
+        );
+        let identity = f
+            .app
+            .store
+            .identity(&AgentId::new("edge-a").expect("id"))
+            .expect("get")
+            .expect("identity");
+        assert_eq!(identity.certificates.len(), 2);
+
+        f.app.revoke_node("edge-a").await.expect("revoke");
+        assert_eq!(
+            code(f.app.renew_certificate("edge-a", &renewal(&key))),
+            "node_revoked"
+        );
+        // Both certificates are in the CRL and refused by the TLS layer.
+        let crl = std::fs::read(dir.path().join("ca/crl.pem")).expect("crl");
+        assert!(!crl.is_empty());
+        let pki = f.app.pki().expect("pki");
+        for cert in &identity.certificates {
+            let peer = crate::ca::PeerIdentity {
+                common_name: "someone-else".into(),
+                serial: cert.serial.clone(),
+                not_after: cert.not_after,
+            };
+            assert!(pki.revocations.is_revoked(&peer));
+        }
+        // Re-enrolling with a new token lets the node in again, with a new key.
+        let again = f
+            .app
+            .create_token(TokenRequest {
+                region: "r".into(),
+                uses: None,
+                ttl_secs: None,
+            })
+            .expect("token")
+            .token
+            .expect("text");
+        let new_key = SigningKey::generate().expect("key").0;
+        f.app
+            .enroll(request(&again, "edge-a", &new_key))
+            .await
+            .expect("re-enroll after revocation");
+        assert!(!f.app.is_revoked(&AgentId::new("edge-a").expect("id")));
+        // ...while the old certificates stay refused.
+        let old = crate::ca::PeerIdentity {
+            common_name: "edge-a".into(),
+            serial: identity.certificates[0].serial.clone(),
+            not_after: identity.certificates[0].not_after,
+        };
+        assert!(pki.revocations.is_revoked(&old));
     }
 }

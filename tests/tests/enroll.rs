@@ -508,3 +508,122 @@ async fn revocation_cuts_a_node_off_and_withdraws_its_desired_state() {
     let node = cluster.api.node("edge-a").await.expect("node");
     assert_eq!(node["revoked"], true, "{node}");
 }
+
+/// The `notAfter` of a PEM certificate, in Unix seconds.
+fn not_after(cert_pem: &str) -> i64 {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert pem");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("cert parses");
+    cert.validity().not_after.timestamp()
+}
+
+fn unix_now() -> i64 {
+    i64::try_from(Timestamp::now().unix_millis() / 1000).expect("time fits")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_offline_past_expiry_keeps_its_workloads_and_renews_when_back() {
+    const TTL_SECS: u64 = 20;
+    let mut cluster = tls_cluster(Some(TTL_SECS)).await;
+    let (_, token) = create_token(&cluster, "region-a", 1).await;
+    // Both of the agent's links (broker and API) go through cuttable proxies.
+    let broker = Proxy::start(cluster.mqtt_addr).await.expect("broker proxy");
+    let api_addr: std::net::SocketAddr = cluster
+        .api
+        .base
+        .trim_start_matches("https://")
+        .parse()
+        .expect("API address");
+    let api = Proxy::start(api_addr).await.expect("API proxy");
+    let env = vec![
+        ("VERGE_AGENT_ENROLL_TOKEN".to_owned(), token),
+        (
+            "VERGE_AGENT_CONTROLLER_URL".to_owned(),
+            format!("https://{}", api.addr),
+        ),
+    ];
+    cluster
+        .spawn_agent("edge-a", "region-a", broker.addr, "", env)
+        .expect("agent starts");
+    cluster.wait_node_online("edge-a").await;
+    let data_dir = cluster.agent("edge-a").data_dir.clone();
+    let artifact = cluster
+        .api
+        .upload_artifact(hello_artifact())
+        .await
+        .expect("upload");
+    let reply = cluster
+        .api
+        .put_service("hello", &hello_spec(&artifact, "v1", 1, &["region-a"]))
+        .await
+        .expect("PUT");
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let before = wait_running(&cluster.api, "hello", "v1").await;
+
+    // The uplink goes; the certificate the node holds then expires.
+    broker.cut();
+    api.cut();
+    let held = wait_for(
+        "the node's certificate to expire while it is offline",
+        Duration::from_secs(TTL_SECS * 3),
+        || async {
+            let (cert, _) = agent_identity(&data_dir);
+            if not_after(&cert) < unix_now() {
+                Ok(cert)
+            } else {
+                Err(format!("valid until {}", not_after(&cert)))
+            }
+        },
+    )
+    .await;
+    // The workload kept running all along.
+    assert!(
+        verge_tests::cluster::process_alive(u32::try_from(before[0].pid).expect("pid")),
+        "the workload stopped while the node was offline"
+    );
+
+    // Back online: the agent renews (within the grace) and reconnects.
+    api.restore();
+    broker.restore();
+    wait_for(
+        "a certificate renewed after expiry",
+        Duration::from_secs(60),
+        || async {
+            let (cert, _) = agent_identity(&data_dir);
+            if serial(&cert) != serial(&held) && not_after(&cert) > unix_now() {
+                Ok(())
+            } else {
+                Err("still the expired certificate".to_owned())
+            }
+        },
+    )
+    .await;
+    cluster.wait_node_online("edge-a").await;
+    let after = wait_running(&cluster.api, "hello", "v1").await;
+    assert_eq!(before[0].pid, after[0].pid, "the workload was restarted");
+}
+
+#[test]
+fn an_agent_with_tls_urls_but_no_token_and_no_certificate_exits_78() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.toml");
+    let key = SigningKey::generate().expect("key").0.public_key();
+    std::fs::write(
+        &config,
+        format!(
+            "id = \"edge-x\"\nregion = \"r\"\ndata_dir = \"{}\"\n\
+             broker_url = \"mqtts://127.0.0.1:1\"\ncontroller_url = \"https://127.0.0.1:1\"\n\
+             controller_public_key = \"{key}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("config");
+    let output = std::process::Command::new(verge_tests::cluster::binary("edge-agent"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("VERGE_AGENT_ENROLL_TOKEN")
+        .output()
+        .expect("agent runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("VERGE_AGENT_ENROLL_TOKEN"), "{stderr}");
+}

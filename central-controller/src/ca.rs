@@ -16,7 +16,6 @@ use rcgen::{
     Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
 };
 use ring::rand::SecureRandom as _;
-use serde::{Deserialize, Serialize};
 use verge_shared::{AgentId, Timestamp};
 
 /// The common name of the controller's own client certificate.
@@ -26,7 +25,9 @@ pub const CONTROLLER_CN: &str = "controller";
 /// years for the CA, one year for the others; both are re-issued at start).
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
 const SERVICE_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
-/// Issued certificates start a little in the past, for clocks that lag.
+/// Issued certificates start a little in the past, for clocks that lag:
+/// this much, but at most a tenth of the lifetime, so that a short-lived
+/// certificate's "2/3 of the lifetime" still lies ahead when it is issued.
 const BACKDATE: Duration = Duration::from_secs(300);
 /// How long a CRL says it stays current (it is rewritten on every revocation).
 const CRL_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
@@ -51,12 +52,11 @@ pub enum CaError {
 }
 
 /// A certificate the CA issued.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Issued {
     /// Lower-case hex of the serial number.
     pub serial: String,
     pub not_after: Timestamp,
-    #[serde(skip)]
     pub pem: String,
 }
 
@@ -137,9 +137,10 @@ fn random_serial() -> Result<SerialNumber, CaError> {
 }
 
 fn validity(params: &mut CertificateParams, now: Timestamp, lifetime: Duration) -> Timestamp {
+    let backdate = BACKDATE.min(lifetime / 10);
     let not_before = Timestamp::from_unix_millis(
         now.unix_millis()
-            .saturating_sub(u64::try_from(BACKDATE.as_millis()).unwrap_or(0)),
+            .saturating_sub(u64::try_from(backdate.as_millis()).unwrap_or(0)),
     );
     let not_after = now.saturating_add(lifetime);
     params.not_before = offset_time(not_before);

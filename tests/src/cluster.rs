@@ -183,6 +183,16 @@ impl AgentHandle {
         Ok(())
     }
 
+    /// Everything this agent logged, over all its starts.
+    pub fn log_text(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                fs::read_to_string(self.log_dir.join(format!("agent-{}-{n}.log", self.id)))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
     /// The agent process's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -346,6 +346,19 @@ async fn certificates_renew_online_without_touching_workloads() {
     assert_eq!(after.len(), 1);
     assert_eq!(before[0].pid, after[0].pid, "the workload was restarted");
     assert_eq!(before[0].applied_generation, after[0].applied_generation);
+    // Renewal runs at 2/3 of the lifetime, not in a loop: at most one
+    // renewal per ~13 s since enrollment (plus slack for retries).
+    let renewals = cluster
+        .agent("edge-a")
+        .log_text()
+        .matches("Renewed the node certificate.")
+        .count();
+    let bound = usize::try_from(enrolled_at.elapsed().as_secs() / 10).expect("fits") + 2;
+    assert!(
+        (2..=bound).contains(&renewals),
+        "{renewals} renewals in {:?}",
+        enrolled_at.elapsed()
+    );
     // The renewed certificate is what the broker accepts now.
     let (cert, key) = agent_identity(&data_dir);
     mqtt_tls_connect(

@@ -104,6 +104,15 @@ impl App {
         };
         let presence: Presence = envelope.open(payload_type::PRESENCE, &key)?;
         check_header(agent, &presence.agent, presence.schema_version)?;
+        // An enrolled node stays in the region its token bound it to.
+        if let Some(identity) = self.store.identity(agent)?
+            && identity.region != presence.region
+        {
+            return Err(IngestError::Invalid(format!(
+                "presence names region {}, but the node enrolled in {}",
+                presence.region, identity.region
+            )));
+        }
 
         let (record, changed, pinned) = {
             let mut nodes = lock(&self.nodes);

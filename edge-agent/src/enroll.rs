@@ -59,12 +59,14 @@ pub enum EnrollError {
 }
 
 impl EnrollError {
-    /// Whether retrying cannot help (the binary exits with EX_CONFIG).
+    /// Whether retrying cannot help (the binary exits with EX_CONFIG): no
+    /// token or CA file, or the controller refused the request (4xx).
     pub fn is_config(&self) -> bool {
-        matches!(
-            self,
-            EnrollError::NotEnrolled(_) | EnrollError::NoCaFile | EnrollError::Refused { .. }
-        )
+        match self {
+            EnrollError::NotEnrolled(_) | EnrollError::NoCaFile => true,
+            EnrollError::Refused { status, .. } => (400..500).contains(status),
+            _ => false,
+        }
     }
 }
 

@@ -25,7 +25,30 @@ pub struct TestClient {
 impl TestClient {
     /// Connects to `addr` as `client_id` and waits for the broker's CONNACK.
     pub async fn connect(addr: std::net::SocketAddr, client_id: &str) -> Result<Self> {
+        Self::connect_with(addr, client_id, None).await
+    }
+
+    /// [`TestClient::connect`] over TLS with `tls` (its client certificate
+    /// and the CA it trusts).
+    pub async fn connect_tls(
+        addr: std::net::SocketAddr,
+        client_id: &str,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self> {
+        Self::connect_with(addr, client_id, Some(tls)).await
+    }
+
+    async fn connect_with(
+        addr: std::net::SocketAddr,
+        client_id: &str,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Self> {
         let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        if let Some(tls) = tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
+            ));
+        }
         options.set_keep_alive(Duration::from_secs(5));
         let max = verge_shared::limits::MAX_MQTT_PACKET_BYTES;
         options.set_max_packet_size(max, max);

@@ -10,6 +10,7 @@ use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 use verge_shared::enroll::{RENEWAL_PAYLOAD_TYPE, RENEWAL_SCHEMA_VERSION, RenewalRequest};
 use verge_shared::{AgentId, SigningKey, Timestamp};
+use verge_tests::mqtt::TestClient;
 use verge_tests::proxy::Proxy;
 use verge_tests::tls::{client_config, mqtt_plain_connect, mqtt_tls_connect};
 use verge_tests::workload::{hello_artifact, hello_spec, wait_running};
@@ -444,6 +445,27 @@ async fn revocation_cuts_a_node_off_and_withdraws_its_desired_state() {
     let desired_before = cluster.api.node("edge-a").await.expect("node")["desired_generation"]
         .as_u64()
         .expect("a desired generation");
+    // A watcher on the broker with the controller's own client certificate
+    // sees edge-a's retained desired state now (positive control) and its
+    // clearing later.
+    let topic = verge_shared::Topics::default().desired(&AgentId::new("edge-a").expect("id"));
+    let read = |name: &str| {
+        std::fs::read_to_string(cluster.controller_data.join("ca").join(name)).expect("CA file")
+    };
+    let watcher_tls = client_config(
+        Some(&ca_pem),
+        Some((&read("controller.pem"), &read("controller.key"))),
+    )
+    .expect("TLS config");
+    let mut watcher = TestClient::connect_tls(broker, "watcher", watcher_tls)
+        .await
+        .expect("the controller's client certificate is accepted");
+    watcher.subscribe(&topic).await.expect("subscribe");
+    let retained = watcher
+        .next_on(&topic, Duration::from_secs(30))
+        .await
+        .expect("the retained desired state");
+    assert!(retained.retain && !retained.payload.is_empty());
 
     // Positive controls: before revocation the node's certificate works at
     // the broker and the API, and a signed renewal is accepted.
@@ -492,8 +514,25 @@ async fn revocation_cuts_a_node_off_and_withdraws_its_desired_state() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "node_revoked", "{body}");
 
-    // Its desired state is withdrawn: a new generation with no workloads,
-    // and the replica is unplaced rather than kept on the revoked node.
+    // Its retained desired state is cleared (an empty retained publish)...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let mut cleared = false;
+    for _ in 0..100 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = watcher
+            .next_on(&topic, left)
+            .await
+            .unwrap_or_else(|e| panic!("no clearing publish ({e}); saw {seen:?} bytes"));
+        if message.payload.is_empty() {
+            cleared = true;
+            break;
+        }
+        seen.push(message.payload.len());
+    }
+    assert!(cleared, "no clearing publish among {seen:?}");
+    // ...and it is withdrawn: a new generation with no workloads, and the
+    // replica is unplaced rather than kept on the revoked node.
     wait_for(
         "the replica to leave edge-a",
         Duration::from_secs(30),

@@ -679,3 +679,87 @@ fn an_agent_with_tls_urls_but_no_token_and_no_certificate_exits_78() {
     assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("VERGE_AGENT_ENROLL_TOKEN"), "{stderr}");
 }
+
+/// Runs `central-controller <args>` against the cluster's HTTPS API.
+fn controller_cli(cluster: &Cluster, args: &[&str], with_ca: bool) -> std::process::Output {
+    let mut command =
+        std::process::Command::new(verge_tests::cluster::binary("central-controller"));
+    command.args(args).args([
+        "--api",
+        &cluster.api.base,
+        "--token-file",
+        &cluster
+            .controller_data
+            .join("admin-token")
+            .display()
+            .to_string(),
+    ]);
+    if with_ca {
+        command
+            .arg("--ca-file")
+            .arg(cluster.controller_data.join("ca/ca.pem"));
+    }
+    command.output().expect("the controller binary runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_and_node_commands_work_over_https() {
+    let mut cluster = tls_cluster(None).await;
+    // Without the CA the command cannot verify the API and fails.
+    let unverified = controller_cli(&cluster, &["token", "list"], false);
+    assert!(
+        !unverified.status.success(),
+        "an unverified HTTPS API was trusted"
+    );
+
+    let created = controller_cli(
+        &cluster,
+        &[
+            "token",
+            "create",
+            "--region",
+            "region-a",
+            "--uses",
+            "1",
+            "--ttl-secs",
+            "600",
+        ],
+        true,
+    );
+    let stdout = String::from_utf8_lossy(&created.stdout).into_owned();
+    assert!(
+        created.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let token = stdout
+        .lines()
+        .last()
+        .expect("the token line")
+        .trim()
+        .to_owned();
+    let broker = cluster.mqtt_addr;
+    cluster
+        .add_enrolling_agent("edge-a", "region-a", &token, broker)
+        .await
+        .expect("the agent enrolls with the command's token");
+
+    let listed = controller_cli(&cluster, &["token", "list"], true);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("spent"), "{listed}");
+    assert!(
+        !listed.contains(&token),
+        "the token text was listed: {listed}"
+    );
+
+    let revoked = controller_cli(&cluster, &["node", "revoke", "edge-a"], true);
+    let revoked = String::from_utf8_lossy(&revoked.stdout).into_owned();
+    assert!(
+        revoked.contains("edge-a") && revoked.contains("revoked"),
+        "{revoked}"
+    );
+    assert_eq!(
+        cluster.api.node("edge-a").await.expect("node")["revoked"],
+        true
+    );
+}

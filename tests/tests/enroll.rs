@@ -559,6 +559,7 @@ async fn revocation_cuts_a_node_off_and_withdraws_its_desired_state() {
     .await;
     let node = cluster.api.node("edge-a").await.expect("node");
     assert_eq!(node["revoked"], true, "{node}");
+    assert_eq!(node["online"], false, "{node}");
 }
 
 /// The `notAfter` of a PEM certificate, in Unix seconds.

@@ -428,6 +428,12 @@ impl App {
                 let mut nodes = lock(&self.nodes);
                 let node = nodes.get_mut(&agent).ok_or_else(not_found)?;
                 node.revoked = true;
+                // Its connections are closed below and its messages (the
+                // Last Will included) ignored from now on.
+                if node.online {
+                    node.online = false;
+                    node.offline_since = Some(now);
+                }
                 node.clone()
             };
             self.store.put_node(&record, Durability::Flush)?;

@@ -77,6 +77,11 @@ pub fn config(data_dir: &Path, api_listen: SocketAddr, mqtt_listen: SocketAddr) 
         trust: crate::config::TrustConfig {
             bundle_file: Some(bundle_path(data_dir)),
         },
+        // Development mode is the one place plain TCP is the default.
+        tls: crate::config::TlsConfig {
+            enabled: false,
+            ..crate::config::TlsConfig::default()
+        },
     }
 }
 

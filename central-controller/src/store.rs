@@ -123,6 +123,47 @@ pub struct NodeRecord {
     /// Where the node's probe listener answers, from its presence.
     #[serde(default)]
     pub probe_addr: Option<std::net::SocketAddr>,
+    /// Revoked by an operator: placed nothing, heard from no more, until it
+    /// enrolls again with a new token.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// A bootstrap token, kept only as the SHA-256 of its text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub sha256: Sha256Digest,
+    pub region: RegionId,
+    pub uses_left: u32,
+    pub expires_at: Timestamp,
+    pub created_at: Timestamp,
+    pub revoked: bool,
+}
+
+/// A client certificate issued to a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCert {
+    /// Lower-case hex of the serial number.
+    pub serial: String,
+    pub not_after: Timestamp,
+}
+
+/// An enrolled node's identity: its pinned node key and its certificates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    pub agent: AgentId,
+    pub public_key: PublicKey,
+    pub region: RegionId,
+    pub enrolled_at: Timestamp,
+    /// Certificates not yet long expired, oldest first; the last is current.
+    pub certificates: Vec<IssuedCert>,
+    /// Set by revocation, cleared by a new enrollment.
+    pub revoked_at: Option<Timestamp>,
+    /// Serials revoked and not yet expired, kept across re-enrollment so
+    /// that an old certificate stays refused (and listed in the CRL).
+    #[serde(default)]
+    pub revoked_serials: Vec<IssuedCert>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +233,16 @@ pub trait Store: Send + Sync {
     fn desired_state(&self, agent: &AgentId) -> Result<Option<DesiredRecord>, StoreError>;
     /// Durable: a desired state is stored before it is published.
     fn put_desired(&self, record: &DesiredRecord) -> Result<(), StoreError>;
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Durable: a spent use must not come back after a crash.
+    fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError>;
+
+    fn identities(&self) -> Result<Vec<IdentityRecord>, StoreError>;
+    fn identity(&self, agent: &AgentId) -> Result<Option<IdentityRecord>, StoreError>;
+    /// Durable.
+    fn put_identity(&self, record: &IdentityRecord) -> Result<(), StoreError>;
 }
 
 /// [`Store`] on a sled database.
@@ -202,6 +253,8 @@ pub struct SledStore {
     artifacts: sled::Tree,
     releases: sled::Tree,
     desired: sled::Tree,
+    tokens: sled::Tree,
+    identities: sled::Tree,
 }
 
 impl SledStore {
@@ -213,6 +266,8 @@ impl SledStore {
             artifacts: db.open_tree("artifacts")?,
             releases: db.open_tree("releases")?,
             desired: db.open_tree("desired")?,
+            tokens: db.open_tree("tokens")?,
+            identities: db.open_tree("identities")?,
             db,
         })
     }
@@ -232,6 +287,8 @@ fn tree_name(tree: &sled::Tree) -> &'static str {
         b"artifacts" => "artifacts",
         b"releases" => "releases",
         b"desired" => "desired",
+        b"tokens" => "tokens",
+        b"identities" => "identities",
         _ => "unknown",
     }
 }
@@ -334,6 +391,32 @@ impl Store for SledStore {
 
     fn put_desired(&self, record: &DesiredRecord) -> Result<(), StoreError> {
         put(&self.desired, record.agent.as_str(), record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        all(&self.tokens)
+    }
+
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        get(&self.tokens, id)
+    }
+
+    fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        put(&self.tokens, &record.id, record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn identities(&self) -> Result<Vec<IdentityRecord>, StoreError> {
+        all(&self.identities)
+    }
+
+    fn identity(&self, agent: &AgentId) -> Result<Option<IdentityRecord>, StoreError> {
+        get(&self.identities, agent.as_str())
+    }
+
+    fn put_identity(&self, record: &IdentityRecord) -> Result<(), StoreError> {
+        put(&self.identities, record.agent.as_str(), record)?;
         self.flush(Durability::Flush)
     }
 }

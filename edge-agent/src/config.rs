@@ -35,6 +35,8 @@ struct RawConfig {
     broker_url: Option<String>,
     controller_url: Option<String>,
     trust_bundle_file: Option<PathBuf>,
+    enroll_token: Option<String>,
+    ca_file: Option<PathBuf>,
     topic_prefix: Option<String>,
     heartbeat_interval_secs: Option<u64>,
     keep_alive_secs: Option<u64>,
@@ -124,11 +126,30 @@ fn mem_total_mb(meminfo: &str) -> Option<u32> {
     Some(u32::try_from(kib / 1024).unwrap_or(u32::MAX))
 }
 
-/// Where the MQTT broker listens (`mqtt://host:port`; TLS comes later).
+/// Where the MQTT broker listens: `mqtt://host:port`, or `mqtts://host:port`
+/// for TLS with the agent's client certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerAddr {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
+}
+
+/// A bootstrap token: used once for enrollment, never written anywhere
+/// and never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnrollToken(String);
+
+impl EnrollToken {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for EnrollToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnrollToken(..)")
+    }
 }
 
 /// A validated agent configuration.
@@ -144,6 +165,10 @@ pub struct Config {
     /// none yet (docs/security.md, "Roles"); `<data_dir>/trust-bundle.json`
     /// (written at enrollment) when unset.
     pub trust_bundle_file: Option<PathBuf>,
+    /// A bootstrap token for the first start (`VERGE_AGENT_ENROLL_TOKEN`).
+    pub enroll_token: Option<EnrollToken>,
+    /// The controller's CA certificate (PEM), trusted at first contact.
+    pub ca_file: Option<PathBuf>,
     pub topics: Topics,
     pub heartbeat_interval: Duration,
     pub keep_alive: Duration,
@@ -166,7 +191,8 @@ pub struct Config {
 }
 
 /// Environment variables that override file fields, applied after the file.
-const ENV_OVERRIDES: [(&str, &str); 6] = [
+const ENV_OVERRIDES: [(&str, &str); 7] = [
+    ("VERGE_AGENT_ENROLL_TOKEN", "enroll_token"),
     ("VERGE_AGENT_ID", "id"),
     ("VERGE_AGENT_REGION", "region"),
     ("VERGE_AGENT_DATA_DIR", "data_dir"),
@@ -208,6 +234,7 @@ impl RawConfig {
             "data_dir" => self.data_dir = Some(PathBuf::from(value)),
             "broker_url" => self.broker_url = Some(value),
             "controller_url" => self.controller_url = Some(value),
+            "enroll_token" => self.enroll_token = Some(value),
             _ => self.trust_bundle_file = Some(PathBuf::from(value)),
         }
     }
@@ -351,6 +378,11 @@ impl RawConfig {
                 labels: self.labels,
                 capacity: self.capacity,
                 probe: probe.flatten(),
+                enroll_token: self
+                    .enroll_token
+                    .filter(|t| !t.trim().is_empty())
+                    .map(|t| EnrollToken(t.trim().to_owned())),
+                ca_file: self.ca_file,
                 workload_user: self.workload_user,
                 stop_workloads_on_exit: self.stop_workloads_on_exit.unwrap_or(false),
             }),
@@ -408,10 +440,13 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     }
 }
 
-/// Parses `mqtt://host:port`; IPv6 hosts go in brackets.
+/// Parses `mqtt://host:port` or `mqtts://host:port`; IPv6 hosts go in brackets.
 fn parse_broker_url(url: &str) -> Result<BrokerAddr, String> {
-    let expected = || format!("expected mqtt://host:port, got {url:?}");
-    let rest = url.strip_prefix("mqtt://").ok_or_else(expected)?;
+    let expected = || format!("expected mqtt://host:port or mqtts://host:port, got {url:?}");
+    let (tls, rest) = match url.strip_prefix("mqtts://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("mqtt://").ok_or_else(expected)?),
+    };
     let (host, port) = rest.rsplit_once(':').ok_or_else(expected)?;
     let host = host
         .strip_prefix('[')
@@ -424,16 +459,20 @@ fn parse_broker_url(url: &str) -> Result<BrokerAddr, String> {
     Ok(BrokerAddr {
         host: host.to_owned(),
         port,
+        tls,
     })
 }
 
-/// Accepts `http://host[:port][/path]`, returned without a trailing slash.
+/// Accepts `http://host[:port][/path]` or `https://...`, returned without a
+/// trailing slash.
 fn parse_controller_url(url: &str) -> Result<String, String> {
+    let expected = || format!("expected http://host[:port] or https://host[:port], got {url:?}");
     let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("expected http://host[:port], got {url:?}"))?;
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(expected)?;
     if rest.is_empty() || rest.starts_with('/') || rest.contains(['?', '#', ' ']) {
-        return Err(format!("expected http://host[:port], got {url:?}"));
+        return Err(expected());
     }
     Ok(url.trim_end_matches('/').to_owned())
 }
@@ -463,6 +502,29 @@ cpu_millis = 2000
     }
 
     #[test]
+    fn tls_urls_and_the_enroll_token_are_read() {
+        // Top-level keys go before the tables of `good()`.
+        let text = format!(
+            "ca_file = \"/etc/verge/ca.pem\"\n{}",
+            good()
+                .replace("mqtt://127.0.0.1:7883", "mqtts://broker.example:8883")
+                .replace("http://127.0.0.1:7700/", "https://controller.example:7700")
+        );
+        let env = |name: &str| (name == "VERGE_AGENT_ENROLL_TOKEN").then(|| "abc.def".to_owned());
+        let c = Config::from_toml(&text, env).expect("valid");
+        assert!(c.broker.tls);
+        assert_eq!(c.broker.port, 8883);
+        assert_eq!(c.controller_url, "https://controller.example:7700");
+        assert_eq!(
+            c.enroll_token.as_ref().map(EnrollToken::expose),
+            Some("abc.def")
+        );
+        assert_eq!(c.ca_file, Some(PathBuf::from("/etc/verge/ca.pem")));
+        // The token never shows in debug output.
+        assert!(!format!("{c:?}").contains("abc.def"));
+    }
+
+    #[test]
     fn a_good_file_loads_with_defaults() {
         let c = Config::from_toml(&good(), no_env).expect("valid");
         assert_eq!(c.id.as_str(), "edge-1");
@@ -470,10 +532,12 @@ cpu_millis = 2000
             c.broker,
             BrokerAddr {
                 host: "127.0.0.1".into(),
-                port: 7883
+                port: 7883,
+                tls: false,
             }
         );
         assert_eq!(c.controller_url, "http://127.0.0.1:7700");
+        assert!(c.enroll_token.is_none());
         assert_eq!(c.topics.prefix(), "verge/v1");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(120));
         assert_eq!(c.keep_alive, Duration::from_secs(15));
@@ -500,7 +564,7 @@ cpu_millis = 2000
 id = "a/b"
 region = "EU"
 broker_url = "tcp://x"
-controller_url = "https://x"
+controller_url = "ftp://x"
 trust_bundle_file = ""
 heartbeat_interval_secs = 0
 keep_alive_secs = 1

@@ -5,6 +5,8 @@
 //! `mqtt → intake (verify, check generation, persist) → watch channel → reconciler → runtime`.
 //!
 //! - [`config`]: TOML configuration with environment overrides;
+//! - [`enroll`]: token enrollment and online certificate renewal;
+//! - [`tls`]: the client certificate and the rustls configurations;
 //! - [`mqtt`]: the broker connection (the only module that knows rumqttc);
 //! - [`intake`]: the pure accept / ignore / reject decision;
 //! - [`trust`]: the trust bundle held (root-signed keys of every role);
@@ -25,6 +27,7 @@
 pub mod archive;
 pub mod artifacts;
 pub mod config;
+pub mod enroll;
 pub mod health;
 pub mod intake;
 pub mod limits;
@@ -38,6 +41,7 @@ pub mod runtime;
 pub mod state;
 pub mod supervise;
 pub mod telemetry;
+pub mod tls;
 pub mod trust;
 
 use std::path::PathBuf;
@@ -105,6 +109,10 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Enroll(#[from] enroll::EnrollError),
+    #[error("the TLS configuration for the broker is unusable: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 impl AgentError {
@@ -123,6 +131,11 @@ impl AgentError {
             AgentError::SelfExe(_) => 71,
             // EX_UNAVAILABLE: the probe address is taken or not ours.
             AgentError::ProbeListen { .. } => 69,
+            // No certificate and no usable token, or the token was refused:
+            // EX_CONFIG; otherwise the controller was unreachable: EX_UNAVAILABLE.
+            AgentError::Enroll(e) if e.is_config() => EX_CONFIG,
+            AgentError::Enroll(_) => 69,
+            AgentError::Tls(_) => EX_CONFIG,
         }
     }
 }
@@ -132,6 +145,18 @@ impl AgentError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
     let data_dir = prepare_data_dir(&config.data_dir)?;
     let key = state::load_or_create_node_key(&data_dir.join("node.key"))?;
+    // With a TLS URL: the stored certificate, or enrollment with the token.
+    let identity = match enroll::wants_tls(&config) {
+        true => Some(enroll::prepare(&config, &data_dir, key.public_key()).await?),
+        false => None,
+    };
+    let mqtt_tls = match (&identity, config.broker.tls) {
+        (Some(identity), true) => Some(Arc::new(tls::mutual_config(
+            &identity.ca_pem,
+            identity.current.clone(),
+        )?)),
+        _ => None,
+    };
     let sled_store = SledStore::open(&data_dir.join("state"))?;
     let outbox = Arc::new(Outbox::open(
         sled_store.db(),
@@ -239,6 +264,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             probes_tx: probes_tx.clone(),
             log_requests: log_requests_tx,
             unreachable: startup.clone(),
+            tls: mqtt_tls,
         },
         reporter.clone(),
         inbox_tx,
@@ -281,7 +307,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         reconciler.run(desired_rx, reconcile_stop).await
     });
     tasks.spawn(status_loop(
-        board,
+        board.clone(),
         reporter.clone(),
         outbox.clone(),
         status_topic,
@@ -316,6 +342,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         outbox_tx.clone(),
         stop.clone(),
     ));
+    if let Some(identity) = identity {
+        tasks.spawn(enroll::renewal_loop(
+            identity,
+            config.controller_url.clone(),
+            reporter.clone(),
+            board.clone(),
+            stop.clone(),
+        ));
+    }
     tasks.spawn(heartbeat_loop(
         config.heartbeat_interval,
         outbox_tx,

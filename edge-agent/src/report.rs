@@ -36,6 +36,8 @@ struct BoardState {
     /// Desired workloads the runtime does not run yet (pending, fetching,
     /// failed to fetch); written by the reconciler.
     waiting: BTreeMap<ServiceName, WorkloadStatus>,
+    /// Set while certificate renewal keeps failing close to expiry.
+    certificate_warning: Option<String>,
 }
 
 impl Board {
@@ -87,6 +89,16 @@ impl Board {
     /// The most recent refusal, if any.
     pub fn last_rejection(&self) -> Option<Rejection> {
         self.lock().last_rejection.clone()
+    }
+
+    /// Records (or with `None` clears) that certificate renewal keeps failing.
+    pub fn set_certificate_warning(&self, warning: Option<String>) {
+        self.lock().certificate_warning = warning;
+    }
+
+    /// Why certificate renewal keeps failing close to expiry, if it does.
+    pub fn certificate_warning(&self) -> Option<String> {
+        self.lock().certificate_warning.clone()
     }
 
     pub fn set_rejection(&self, rejection: Rejection) {
@@ -282,6 +294,18 @@ impl Reporter {
     }
 
     /// A signed Heartbeat envelope.
+    /// A certificate renewal request for a new CSR, signed by the node key.
+    pub fn renewal_request(&self, csr_pem: String) -> Vec<u8> {
+        let request = verge_shared::enroll::RenewalRequest {
+            schema_version: verge_shared::enroll::RENEWAL_SCHEMA_VERSION,
+            agent: self.identity.agent.clone(),
+            csr_pem,
+            at: verge_shared::Timestamp::now(),
+        };
+        self.key
+            .sign_json(verge_shared::enroll::RENEWAL_PAYLOAD_TYPE, &request)
+    }
+
     pub fn heartbeat(&self) -> Vec<u8> {
         let doc = Heartbeat {
             schema_version: SCHEMA_VERSION,

@@ -72,15 +72,27 @@ impl Reply {
 }
 
 impl Api {
+    /// A client for a plain-HTTP API.
     pub fn new(base: String, token: String) -> Self {
+        Self::with_ca(base, token, None)
+    }
+
+    /// A client trusting `ca_pem` for an HTTPS API (plain HTTP without one).
+    pub fn with_ca(base: String, token: String, ca_pem: Option<&str>) -> Self {
+        let http = crate::tls::http_client(ca_pem).expect("the TLS client configuration builds");
         Self {
             base,
             token,
-            http: reqwest::Client::new(),
+            http,
             roles: None,
             sizes: Arc::default(),
             releases: Arc::default(),
         }
+    }
+
+    /// The HTTP client (trusting the controller's CA in TLS mode).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// Lets [`Api::put_service`] turn short specs into signed releases.

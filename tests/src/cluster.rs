@@ -38,6 +38,12 @@ pub struct ClusterOptions {
     /// timeout instead of the tests' short ones (for the footprint benchmark,
     /// which measures default behaviour).
     pub default_intervals: bool,
+    /// Run with TLS: HTTPS API, client certificates required at the embedded
+    /// broker, agents enrolled with bootstrap tokens
+    /// ([`Cluster::add_enrolling_agent`]). Off by default: plain TCP.
+    pub tls: bool,
+    /// `tls.client_cert_ttl_secs` in TLS mode (the controller's default when `None`).
+    pub client_cert_ttl_secs: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -47,6 +53,8 @@ impl Default for ClusterOptions {
             failover_grace_secs: 120,
             controller_extra: String::new(),
             default_intervals: false,
+            tls: false,
+            client_cert_ttl_secs: None,
         }
     }
 }
@@ -157,6 +165,8 @@ pub struct AgentHandle {
     log_dir: PathBuf,
     starts: u32,
     child: Option<Child>,
+    /// Extra environment (the enrollment token in TLS mode).
+    env: Vec<(String, String)>,
 }
 
 impl AgentHandle {
@@ -164,6 +174,7 @@ impl AgentHandle {
         let mut cmd = Command::new(binary("edge-agent"));
         cmd.arg("--config").arg(&self.config);
         cmd.env("RUST_LOG", "info,edge_agent=debug");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         // Each start logs to its own file so a restart keeps the earlier log.
         self.starts += 1;
         let log = self
@@ -171,6 +182,16 @@ impl AgentHandle {
             .join(format!("agent-{}-{}.log", self.id, self.starts));
         self.child = Some(spawn_logged(cmd, &log)?);
         Ok(())
+    }
+
+    /// Everything this agent logged, over all its starts.
+    pub fn log_text(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                fs::read_to_string(self.log_dir.join(format!("agent-{}-{n}.log", self.id)))
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
     /// The agent process's pid, while it runs.
@@ -253,6 +274,8 @@ pub struct Cluster {
     pub roles: std::sync::Arc<Roles>,
     /// The signed trust bundle every part starts from.
     pub bundle_file: PathBuf,
+    /// The controller's CA certificate (PEM) in TLS mode.
+    pub ca_pem: Option<String>,
 }
 
 impl Cluster {
@@ -281,9 +304,14 @@ impl Cluster {
             "data_dir = \"{data}\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n\
              [broker]\n{broker_section}\n\n[deploy]\n{republish}\n\
              [nodes]\n{heartbeat_timeout}failover_grace_secs = {grace}\n\n\
-             [trust]\nbundle_file = \"{bundle}\"\n\n{extra}\n",
+             [trust]\nbundle_file = \"{bundle}\"\n\n[tls]\nenabled = {tls}\n{ttl}\n{extra}\n",
             data = controller_data.display(),
             bundle = bundle_file.display(),
+            tls = options.tls,
+            ttl = options
+                .client_cert_ttl_secs
+                .map(|s| format!("client_cert_ttl_secs = {s}\n"))
+                .unwrap_or_default(),
             grace = options.failover_grace_secs,
             extra = options.controller_extra,
             republish = if options.default_intervals {
@@ -306,8 +334,22 @@ impl Cluster {
         let controller_log = dir.path().join("controller.log");
         let controller = spawn_logged(cmd, &controller_log)?;
 
-        let base = format!("http://127.0.0.1:{api_port}");
-        wait_healthy(&base).await;
+        crate::tls::install_provider();
+        let ca_pem = if options.tls {
+            let path = controller_data.join("ca/ca.pem");
+            Some(
+                wait_for("the controller's CA certificate", START_TIMEOUT, || async {
+                    fs::read_to_string(&path).map_err(|e| e.to_string())
+                })
+                .await,
+            )
+        } else {
+            None
+        };
+        let scheme = if options.tls { "https" } else { "http" };
+        let base = format!("{scheme}://127.0.0.1:{api_port}");
+        let health_client = crate::tls::http_client(ca_pem.as_deref())?;
+        wait_healthy(&health_client, &base).await;
         let token = fs::read_to_string(controller_data.join("admin-token"))
             .context("controller wrote no admin-token")?
             .trim()
@@ -318,12 +360,13 @@ impl Cluster {
             controller_log,
             mosquitto,
             agents: Vec::new(),
-            api: Api::new(base, token).with_publisher(roles.clone()),
+            api: Api::with_ca(base, token, ca_pem.as_deref()).with_publisher(roles.clone()),
             broker: options.broker,
             mqtt_addr,
             controller_data,
             roles,
             bundle_file,
+            ca_pem,
         })
     }
 
@@ -355,14 +398,55 @@ impl Cluster {
         broker: SocketAddr,
         extra: &str,
     ) -> Result<usize> {
+        self.spawn_agent(id, region, broker, extra, Vec::new())?;
+        self.wait_node_online(id).await;
+        Ok(self.agents.len() - 1)
+    }
+
+    /// TLS mode: starts an agent that has only `token` (in its environment,
+    /// never in a file) and the CA file, connecting to `broker` (the
+    /// cluster's, or a proxy in front of it), and waits until it has
+    /// enrolled and the controller lists it as online.
+    pub async fn add_enrolling_agent(
+        &mut self,
+        id: &str,
+        region: &str,
+        token: &str,
+        broker: SocketAddr,
+    ) -> Result<usize> {
+        let env = vec![("VERGE_AGENT_ENROLL_TOKEN".to_owned(), token.to_owned())];
+        self.spawn_agent(id, region, broker, "", env)?;
+        self.wait_node_online(id).await;
+        Ok(self.agents.len() - 1)
+    }
+
+    /// Writes an agent's config and starts it, without waiting.
+    pub fn spawn_agent(
+        &mut self,
+        id: &str,
+        region: &str,
+        broker: SocketAddr,
+        extra: &str,
+        env: Vec<(String, String)>,
+    ) -> Result<usize> {
         let data_dir = self.dir.path().join(format!("agent-{id}"));
         fs::create_dir_all(&data_dir)?;
         let config = self.dir.path().join(format!("agent-{id}.toml"));
+        let (scheme, ca_line) = match &self.ca_pem {
+            Some(_) => (
+                "mqtts",
+                format!(
+                    "ca_file = \"{}\"\n",
+                    self.controller_data.join("ca/ca.pem").display()
+                ),
+            ),
+            None => ("mqtt", String::new()),
+        };
         fs::write(
             &config,
             format!(
                 "id = \"{id}\"\nregion = \"{region}\"\ndata_dir = \"{data}\"\n\
-                 broker_url = \"mqtt://{mqtt}\"\ncontroller_url = \"{api}\"\n\
+                 broker_url = \"{scheme}://{mqtt}\"\ncontroller_url = \"{api}\"\n{ca_line}\
                  trust_bundle_file = \"{bundle}\"\nheartbeat_interval_secs = 1\n{extra}\n\n\
                  [capacity]\ncpu_millis = 4000\nmemory_mb = 4096\n",
                 data = data_dir.display(),
@@ -379,10 +463,10 @@ impl Cluster {
             log_dir: self.dir.path().to_owned(),
             starts: 0,
             child: None,
+            env,
         };
         agent.spawn()?;
         self.agents.push(agent);
-        self.wait_node_online(id).await;
         Ok(self.agents.len() - 1)
     }
 
@@ -424,7 +508,7 @@ impl Cluster {
         cmd.env("RUST_LOG", "info,central_controller=debug,rumqttd=warn");
         let log = self.dir.path().join("controller-restarted.log");
         self.controller = Some(spawn_logged(cmd, &log)?);
-        wait_healthy(&self.api.base).await;
+        wait_healthy(self.api.http(), &self.api.base).await;
         Ok(())
     }
 
@@ -437,6 +521,11 @@ impl Cluster {
     /// only fail the checks they mean to test.
     pub fn controller_signing_key(&self) -> &SigningKey {
         &self.roles.controller
+    }
+
+    /// The whole controller log so far (of its first start).
+    pub fn controller_log(&self) -> String {
+        fs::read_to_string(&self.controller_log).unwrap_or_default()
     }
 
     /// The last lines of every log, for a failing test's output.
@@ -474,10 +563,10 @@ impl Drop for Cluster {
 }
 
 /// Waits until the controller at `base` answers `/healthz`.
-async fn wait_healthy(base: &str) {
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
     let health = format!("{base}/healthz");
     wait_for("the controller's /healthz", START_TIMEOUT, || async {
-        match reqwest::get(&health).await {
+        match client.get(&health).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(format!("HTTP {}", r.status())),
             Err(e) => Err(e.to_string()),

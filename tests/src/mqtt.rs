@@ -37,6 +37,20 @@ impl TestClient {
         options
     }
 
+    /// [`TestClient::connect`] over TLS with `tls` (its client certificate
+    /// and the CA it trusts).
+    pub async fn connect_tls(
+        addr: std::net::SocketAddr,
+        client_id: &str,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self> {
+        let mut options = Self::options(addr, client_id);
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+        ));
+        Self::connect_with(options).await
+    }
+
     /// Connects to `addr` as `client_id` and waits for the broker's CONNACK.
     pub async fn connect(addr: std::net::SocketAddr, client_id: &str) -> Result<Self> {
         Self::connect_with(Self::options(addr, client_id)).await

@@ -108,9 +108,25 @@ impl From<AppError> for ApiError {
             AppError::AgentUnavailable(message) => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "agent_unavailable", message)
             }
-            AppError::Upload(UploadError::Io(_)) | AppError::Store(_) | AppError::Sign(_) => {
-                ApiError::internal(&e)
+            AppError::Denied {
+                unauthorized,
+                code,
+                message,
+            } => {
+                let status = if unauthorized {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                ApiError::new(status, code, message)
             }
+            AppError::TlsDisabled => {
+                ApiError::new(StatusCode::CONFLICT, "tls_disabled", e.to_string())
+            }
+            AppError::Upload(UploadError::Io(_))
+            | AppError::Store(_)
+            | AppError::Sign(_)
+            | AppError::Internal(_) => ApiError::internal(&e),
         }
     }
 }

@@ -4,10 +4,12 @@
 //! Every `/api/v1/*` route needs `Authorization: Bearer <admin token>` except
 //! `GET /api/v1/artifacts/{sha256}`: artifacts are content-addressed and every
 //! agent verifies the digest of what it downloads, so reading them reveals
-//! only what a desired state already names. Per-node access control arrives
-//! with enrollment.
+//! only what a desired state already names; `POST /api/v1/enroll`, which is
+//! authenticated by the bootstrap token in its body; and
+//! `POST /api/v1/nodes/{id}/certificate`, signed by the node's pinned key.
 
 mod error;
+mod identity;
 mod logs;
 mod releases;
 
@@ -63,6 +65,15 @@ pub fn router(app: Arc<App>, token: TokenCheck) -> Router {
         .route("/api/v1/nodes/{id}/cordon", post(cordon_node))
         .route("/api/v1/nodes/{id}/drain", post(drain_node))
         .route("/api/v1/nodes/{id}/uncordon", post(uncordon_node))
+        .route("/api/v1/nodes/{id}/revoke", post(identity::revoke_node))
+        .route(
+            "/api/v1/tokens",
+            post(identity::create_token).get(identity::list_tokens),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(identity::revoke_token),
+        )
         .route("/api/v1/regions", get(list_regions))
         .route("/api/v1/latency", get(get_latency))
         .route("/api/v1/artifacts", axum::routing::post(upload_artifact))
@@ -79,6 +90,11 @@ pub fn router(app: Arc<App>, token: TokenCheck) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/api/v1/artifacts/{sha256}", get(download_artifact))
+        .route("/api/v1/enroll", post(identity::enroll))
+        .route(
+            "/api/v1/nodes/{id}/certificate",
+            post(identity::renew_certificate),
+        )
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)

@@ -5,6 +5,7 @@
 //! async mutex, and a desired state is stored before it is published.
 
 mod deployer;
+mod enroll;
 mod health;
 mod ingest;
 mod logs;
@@ -14,7 +15,7 @@ mod views;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,6 +42,7 @@ use crate::store::{
 };
 use crate::trust::{InstallError, TrustState};
 
+pub use enroll::{Pki, TokenRequest, TokenView};
 pub use placement::{LatencyRequest, PlacementRequest};
 
 pub use health::Health;
@@ -97,6 +99,17 @@ pub enum AppError {
     /// An agent did not (or cannot) answer a request in time.
     #[error("{0}")]
     AgentUnavailable(String),
+    /// A token, signature or node was refused (401 when `unauthorized`, else 403).
+    #[error("{message}")]
+    Denied {
+        unauthorized: bool,
+        code: &'static str,
+        message: String,
+    },
+    #[error("TLS and node identities are disabled on this controller ([tls] enabled = false)")]
+    TlsDisabled,
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl AppError {
@@ -160,6 +173,10 @@ pub struct App {
     latency: Mutex<LatencyBook>,
     /// The probe plan last published to each agent: its targets and envelope.
     probe_plans: Mutex<BTreeMap<AgentId, placement::PublishedProbes>>,
+    /// The CA and certificate rules, when TLS is enabled.
+    pki: OnceLock<enroll::Pki>,
+    /// Serialises token uses, enrollments, renewals and revocations.
+    enrolling: Mutex<()>,
 }
 
 /// Locks a std mutex; a panic elsewhere must not take the controller down with it.
@@ -214,6 +231,8 @@ impl App {
             logs: logs::Pending::default(),
             latency: Mutex::new(LatencyBook::default()),
             probe_plans: Mutex::new(BTreeMap::new()),
+            pki: OnceLock::new(),
+            enrolling: Mutex::new(()),
         }))
     }
 
@@ -439,6 +458,10 @@ impl App {
         let _state = self.deploy.lock().await;
         let ttl = self.settings.deploy.desired_state_ttl;
         for record in self.store.desired_states()? {
+            // A revoked node's retained desired state stays cleared.
+            if self.is_revoked(&record.agent) {
+                continue;
+            }
             let record = if deployer::needs_resign(&record, &self.key.public_key(), now, ttl) {
                 let fresh = deployer::sign(
                     &self.key,

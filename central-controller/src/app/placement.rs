@@ -185,7 +185,13 @@ pub(super) fn node_input(
     regions: &Regions,
     figures: Option<BTreeMap<RegionId, Estimate>>,
 ) -> NodeInput {
-    let schedulable = health.schedulable.and(match node.cordon {
+    // A revoked node is treated like a drained one.
+    let cordon = if node.revoked {
+        Some(Cordon::Drained)
+    } else {
+        node.cordon
+    };
+    let schedulable = health.schedulable.and(match cordon {
         None => Ok(()),
         Some(Cordon::Cordoned) => Err(Unschedulable::Cordoned),
         Some(Cordon::Drained) => Err(Unschedulable::Drained),

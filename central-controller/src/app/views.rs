@@ -89,6 +89,8 @@ pub struct NodeView {
     pub last_rejection: Option<Rejection>,
     /// `cordoned` or `drained` when an operator set it.
     pub cordon: Option<Cordon>,
+    /// Revoked by an operator: certificates refused, nothing placed.
+    pub revoked: bool,
     pub probe_addr: Option<std::net::SocketAddr>,
     /// The node's latency to each region, with how it was obtained.
     pub latency: BTreeMap<RegionId, crate::latency::Estimate>,
@@ -223,6 +225,7 @@ impl App {
             workloads: status.map(|s| s.workloads.clone()).unwrap_or_default(),
             last_rejection: status.and_then(|s| s.last_rejection.clone()),
             cordon: node.cordon,
+            revoked: node.revoked,
             probe_addr: node.probe_addr,
             latency: self.node_latency(&node.id, now),
         })

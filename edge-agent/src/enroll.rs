@@ -25,8 +25,9 @@ use verge_shared::enroll::{EnrollRequest, EnrollResponse, RenewalResponse};
 use verge_shared::{AgentId, PublicKey, Timestamp};
 
 use crate::config::Config;
-use crate::report::{Board, Reporter};
+use crate::report::{Board, EventSink, Reporter};
 use crate::tls::{self, CurrentCert, Material, TlsError, TlsFiles};
+use verge_shared::messages::EventKind;
 
 /// Largest answer accepted from the enrollment and renewal endpoints.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -217,6 +218,7 @@ pub async fn renewal_loop(
     controller_url: String,
     reporter: Arc<Reporter>,
     board: Arc<Board>,
+    events: EventSink,
     stop: CancellationToken,
 ) {
     let agent = reporter.agent().clone();
@@ -248,6 +250,12 @@ pub async fn renewal_loop(
                             material.not_after
                         );
                         warn!(agent = %agent, expires_at = %material.not_after, error = %e, "Certificate renewal keeps failing close to expiry.");
+                        // One alarm per episode, not per retry.
+                        if board.certificate_warning().is_none() {
+                            events
+                                .raise(EventKind::CertificateRenewalFailing, None, None, &text)
+                                .await;
+                        }
                         board.set_certificate_warning(Some(text));
                     } else {
                         info!(agent = %agent, error = %e, retry_in = ?backoff, "Certificate renewal failed; retrying.");

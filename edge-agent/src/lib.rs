@@ -62,7 +62,7 @@ use crate::intake::{Decision, ResolvedState};
 use crate::limits::Launcher;
 use crate::outbox::Outbox;
 use crate::reconcile::Reconciler;
-use crate::report::{Board, Identity, Reporter};
+use crate::report::{Board, EventSink, Identity, Reporter};
 use crate::runtime::{Placement, ProcessRuntime};
 use crate::state::{Accepted, SledStore, StateStore};
 use crate::supervise::RestartTiming;
@@ -244,6 +244,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         board.clone(),
     ));
     let reporter_for_probes = reporter.clone();
+    let events = EventSink {
+        reporter: reporter.clone(),
+        outbox: outbox.clone(),
+        topic: config.topics.events(&config.region, &config.id),
+    };
 
     let (desired_tx, desired_rx) = watch::channel(accepted.map(|a| Arc::new(a.desired)));
     let (inbox_tx, inbox_rx) = watch::channel(None::<Bytes>);
@@ -283,8 +288,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             store,
             trust: trust.clone(),
             board: board.clone(),
-            reporter: reporter.clone(),
-            outbox: outbox.clone(),
+            events: events.clone(),
             desired_tx,
         }
         .run(inbox_rx, startup.clone(), stop.clone()),
@@ -348,6 +352,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             config.controller_url.clone(),
             reporter.clone(),
             board.clone(),
+            events.clone(),
             stop.clone(),
         ));
     }
@@ -407,8 +412,7 @@ struct Intake {
     store: Arc<dyn StateStore>,
     trust: Arc<TrustStore>,
     board: Arc<Board>,
-    reporter: Arc<Reporter>,
-    outbox: Arc<Outbox>,
+    events: EventSink,
     desired_tx: watch::Sender<Option<Arc<ResolvedState>>>,
 }
 
@@ -518,13 +522,14 @@ impl Intake {
                 == (rejection.reason, rejection.generation, &rejection.detail)
         });
         if !repeated {
-            self.event(
-                EventKind::DesiredStateRejected,
-                Some(rejection.reason),
-                rejection.generation,
-                &rejection.detail,
-            )
-            .await;
+            self.events
+                .raise(
+                    EventKind::DesiredStateRejected,
+                    Some(rejection.reason),
+                    rejection.generation,
+                    &rejection.detail,
+                )
+                .await;
         }
         self.board.set_rejection(rejection);
     }
@@ -536,16 +541,18 @@ impl Intake {
             Ok(Offered::Updated { version, reset }) => {
                 info!(agent = %self.config.id, version, reset, "Trusting a newer trust bundle.");
                 let detail = format!("trust bundle version {version} is trusted from now on");
-                self.event(EventKind::TrustBundleUpdated, None, None, &detail)
+                self.events
+                    .raise(EventKind::TrustBundleUpdated, None, None, &detail)
                     .await;
                 if reset {
-                    self.event(
-                        EventKind::GenerationsReset,
-                        None,
-                        self.board.accepted(),
-                        "a root-signed reset cleared the highest accepted generation",
-                    )
-                    .await;
+                    self.events
+                        .raise(
+                            EventKind::GenerationsReset,
+                            None,
+                            self.board.accepted(),
+                            "a root-signed reset cleared the highest accepted generation",
+                        )
+                        .await;
                 }
             }
             // The controller's copy may lag one the operator installed by file.
@@ -555,34 +562,15 @@ impl Intake {
             Err(e) => {
                 warn!(agent = %self.config.id, error = %e, "Rejected a trust bundle; keeping the trusted one.");
                 let reason = RejectReason::from(&e);
-                self.event(
-                    EventKind::TrustBundleRejected,
-                    Some(reason),
-                    None,
-                    &e.to_string(),
-                )
-                .await;
+                self.events
+                    .raise(
+                        EventKind::TrustBundleRejected,
+                        Some(reason),
+                        None,
+                        &e.to_string(),
+                    )
+                    .await;
             }
-        }
-    }
-
-    /// Queues a signed security event in the outbox.
-    async fn event(
-        &self,
-        kind: EventKind,
-        reason: Option<RejectReason>,
-        generation: Option<verge_shared::Generation>,
-        detail: &str,
-    ) {
-        let envelope = self.reporter.event(kind, reason, generation, detail);
-        let topic = self
-            .config
-            .topics
-            .events(&self.config.region, &self.config.id);
-        let outbox = self.outbox.clone();
-        let pushed = tokio::task::spawn_blocking(move || outbox.push(&topic, &envelope)).await;
-        if !matches!(pushed, Ok(Ok(()))) {
-            warn!(agent = %self.config.id, ?kind, "Cannot queue a security event; it is in the log only.");
         }
     }
 }

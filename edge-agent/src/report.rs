@@ -318,6 +318,34 @@ impl Reporter {
     }
 }
 
+/// Where security events go: signed with the node key, queued in the disk
+/// outbox for `{prefix}/events/{region}/{agent}`.
+#[derive(Clone)]
+pub struct EventSink {
+    pub reporter: std::sync::Arc<Reporter>,
+    pub outbox: std::sync::Arc<crate::outbox::Outbox>,
+    pub topic: String,
+}
+
+impl EventSink {
+    /// Signs and queues one event; a failure to queue is logged (the event
+    /// is then in the log only).
+    pub async fn raise(
+        &self,
+        kind: verge_shared::messages::EventKind,
+        reason: Option<verge_shared::messages::RejectReason>,
+        generation: Option<Generation>,
+        detail: &str,
+    ) {
+        let envelope = self.reporter.event(kind, reason, generation, detail);
+        let (outbox, topic) = (self.outbox.clone(), self.topic.clone());
+        let pushed = tokio::task::spawn_blocking(move || outbox.push(&topic, &envelope)).await;
+        if !matches!(pushed, Ok(Ok(()))) {
+            tracing::warn!(agent = %self.reporter.agent(), ?kind, "Cannot queue a security event; it is in the log only.");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

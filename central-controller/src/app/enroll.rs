@@ -24,6 +24,10 @@ use crate::ca::{Ca, CaError, RevokedSerial};
 use crate::store::{Durability, IdentityRecord, IssuedCert, NodeRecord, TokenRecord};
 use crate::tls::Revocations;
 
+/// The certificate name the shipped Mosquitto ACL gives read-only rights to
+/// telemetry, presence and events; never an agent id.
+const RESERVED_CONSUMER: &str = "consumer";
+
 /// Default lifetime of a bootstrap token.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 /// Longest lifetime of a bootstrap token.
@@ -243,12 +247,15 @@ impl App {
         let pki = self.pki()?;
         let now = Timestamp::now();
         let agent = request.agent_id.clone();
+        // The shipped Mosquitto ACL (configs/mosquitto/verge.acl) gives the
+        // `controller` and `consumer` certificate names their own rights.
         if agent.as_str() == verge_shared::latency::CONTROLLER_TARGET
             || agent.as_str() == crate::ca::CONTROLLER_CN
+            || agent.as_str() == RESERVED_CONSUMER
         {
             return Err(AppError::invalid(
                 "agent_id",
-                format!("{agent:?} is reserved for the controller"),
+                format!("{agent:?} is reserved for the controller and broker roles"),
             ));
         }
         let (issued, region, reenrolled) = {

@@ -246,6 +246,7 @@ struct RawConfig {
     placement: RawPlacement,
     #[serde(default)]
     trust: RawTrust,
+    #[serde(default)]
     tls: RawTls,
 }
 

@@ -26,6 +26,42 @@ pub struct Config {
     pub deploy: DeployConfig,
     pub nodes: NodesConfig,
     pub placement: PlacementConfig,
+    pub trust: TrustConfig,
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: the controller's CA, TLS on the API and the broker listener,
+/// and the lifetime of agents' client certificates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// TLS on the API and (embedded broker) client certificates required on
+    /// the broker listener. Plain TCP only in `dev` or when set to false.
+    pub enabled: bool,
+    /// DNS names and IP addresses in the server certificate.
+    pub server_names: Vec<String>,
+    /// Lifetime of an agent's client certificate.
+    pub client_cert_ttl: Duration,
+    /// How long after its certificate expired a node may still renew online.
+    pub renew_grace: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            server_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            client_cert_ttl: Duration::from_secs(86_400),
+            renew_grace: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+/// Where the root-signed trust bundle comes from (`[trust]`).
+#[derive(Clone, Debug, Default)]
+pub struct TrustConfig {
+    /// Installed at first start, and later whenever it holds a newer
+    /// version than the controller's copy in `<data_dir>/trust/`.
+    pub bundle_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -54,7 +90,16 @@ impl BrokerEndpoint {
     pub fn client_url(&self) -> BrokerUrl {
         match self {
             BrokerEndpoint::External(url) => url.clone(),
-            BrokerEndpoint::Embedded(addr) => {
+            BrokerEndpoint::Embedded(addr) => self.client_url_at(*addr),
+        }
+    }
+
+    /// The URL of an embedded broker listening on `addr` (its internal
+    /// port when the terminator fronts it).
+    pub fn client_url_at(&self, addr: SocketAddr) -> BrokerUrl {
+        match self {
+            BrokerEndpoint::External(url) => url.clone(),
+            BrokerEndpoint::Embedded(_) => {
                 let host = if addr.ip().is_unspecified() {
                     "127.0.0.1".to_owned()
                 } else {
@@ -206,6 +251,25 @@ struct RawConfig {
     nodes: RawNodes,
     #[serde(default)]
     placement: RawPlacement,
+    #[serde(default)]
+    trust: RawTrust,
+    #[serde(default)]
+    tls: RawTls,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    bundle_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    enabled: Option<bool>,
+    server_names: Option<Vec<String>>,
+    client_cert_ttl_secs: Option<u64>,
+    renew_grace_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -260,6 +324,11 @@ impl Config {
             && file.is_relative()
         {
             config.placement.regions_file = Some(dir.join(file));
+        }
+        if let (Some(file), Some(dir)) = (&config.trust.bundle_file, path.parent())
+            && file.is_relative()
+        {
+            config.trust.bundle_file = Some(dir.join(file));
         }
         Ok(config)
     }
@@ -455,6 +524,7 @@ impl RawConfig {
         if placement.latency_window < placement.probe_interval * 2 {
             problems.push("placement.latency_window_secs: must be at least twice placement.probe_interval_secs".to_owned());
         }
+        let tls = self.tls.validate(&mut problems);
         match (listen, endpoint, topics) {
             (Some(listen), Some(endpoint), Some(topics)) if problems.is_empty() => Ok(Config {
                 data_dir,
@@ -466,8 +536,53 @@ impl RawConfig {
                 deploy,
                 nodes,
                 placement,
+                trust: TrustConfig {
+                    bundle_file: self.trust.bundle_file,
+                },
+                tls,
             }),
             _ => Err(problems),
+        }
+    }
+}
+
+impl RawTls {
+    fn validate(self, problems: &mut Vec<String>) -> TlsConfig {
+        let defaults = TlsConfig::default();
+        let server_names = self.server_names.unwrap_or(defaults.server_names);
+        if server_names.is_empty() {
+            problems.push("tls.server_names: must name at least one host or address".to_owned());
+        }
+        for (i, name) in server_names.iter().enumerate() {
+            let usable = name.parse::<std::net::IpAddr>().is_ok()
+                || (!name.is_empty()
+                    && name.len() <= 253
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+            if !usable {
+                problems.push(format!(
+                    "tls.server_names[{i}]: {name:?} is neither a DNS name nor an IP address"
+                ));
+            }
+        }
+        let client_cert_ttl = positive_secs(
+            problems,
+            "tls.client_cert_ttl_secs",
+            self.client_cert_ttl_secs,
+            defaults.client_cert_ttl,
+        );
+        // Agents renew at 2/3 of the lifetime and need a few seconds for it.
+        if client_cert_ttl < Duration::from_secs(10) {
+            problems.push("tls.client_cert_ttl_secs: must be at least 10".to_owned());
+        }
+        TlsConfig {
+            enabled: self.enabled.unwrap_or(defaults.enabled),
+            server_names,
+            client_cert_ttl,
+            renew_grace: self
+                .renew_grace_secs
+                .map_or(defaults.renew_grace, Duration::from_secs),
         }
     }
 }
@@ -594,6 +709,32 @@ mod tests {
             err.to_string().contains("needs placement.probe_listen"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tls_section_defaults_and_problems() {
+        let c = Config::parse(MINIMAL, "t", no_env).expect("valid");
+        assert_eq!(c.tls, TlsConfig::default());
+        assert!(c.tls.enabled);
+        let text = format!(
+            "{MINIMAL}\n[tls]\nenabled = false\nserver_names = [\"edge.example\", \"10.0.0.1\"]\nclient_cert_ttl_secs = 20\nrenew_grace_secs = 0\n"
+        );
+        let c = Config::parse(&text, "t", no_env).expect("valid");
+        assert!(!c.tls.enabled);
+        assert_eq!(c.tls.client_cert_ttl, Duration::from_secs(20));
+        assert_eq!(c.tls.renew_grace, Duration::ZERO);
+        let text = format!(
+            "{MINIMAL}\n[tls]\nserver_names = [\"a b\"]\nclient_cert_ttl_secs = 5\n[api]\nlisten = \"x\"\n"
+        );
+        let err = Config::parse(&text, "t", no_env).expect_err("invalid");
+        let joined = err.problems.join("\n");
+        for field in [
+            "tls.server_names[0]",
+            "tls.client_cert_ttl_secs",
+            "api.listen",
+        ] {
+            assert!(joined.contains(field), "{field} missing from {joined}");
+        }
     }
 
     #[test]

@@ -13,6 +13,10 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use verge_shared::SigningKey;
+use verge_shared::trust::payload_type::TRUST_BUNDLE;
+use verge_shared::trust::{Publisher, RootRole, TrustBundle};
+
 use crate::Controller;
 use crate::config::{
     ApiConfig, BrokerConfig, BrokerEndpoint, Config, DEFAULT_MAX_ARTIFACT_BYTES, DeployConfig,
@@ -70,7 +74,87 @@ pub fn config(data_dir: &Path, api_listen: SocketAddr, mqtt_listen: SocketAddr) 
         deploy: DeployConfig::default(),
         nodes: NodesConfig::default(),
         placement: crate::config::PlacementConfig::default(),
+        trust: crate::config::TrustConfig {
+            bundle_file: Some(bundle_path(data_dir)),
+        },
+        // Development mode is the one place plain TCP is the default.
+        tls: crate::config::TlsConfig {
+            enabled: false,
+            ..crate::config::TlsConfig::default()
+        },
     }
+}
+
+/// Where dev mode keeps its root and publisher keys and the bundle it signs.
+fn dev_keys_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("dev-keys")
+}
+
+/// The trust bundle dev mode signs, for the controller and the local agent.
+pub fn bundle_path(data_dir: &Path) -> PathBuf {
+    dev_keys_dir(data_dir).join("bundle.json")
+}
+
+/// The dev publisher key, for `verge-admin release sign --key ...`.
+pub fn publisher_key_path(data_dir: &Path) -> PathBuf {
+    dev_keys_dir(data_dir).join("publisher.pk8")
+}
+
+fn dev_key(path: &Path) -> Result<SigningKey, DevError> {
+    let write_error = |source| DevError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read(path) {
+        Ok(pkcs8) => SigningKey::from_pkcs8(&pkcs8)
+            .map_err(|e| write_error(std::io::Error::other(e.to_string()))),
+        Err(_) => {
+            let (key, pkcs8) = SigningKey::generate()
+                .map_err(|e| write_error(std::io::Error::other(e.to_string())))?;
+            crate::keys::create_file(path, &pkcs8, 0o600)
+                .map_err(|e| write_error(std::io::Error::other(e.to_string())))?;
+            Ok(key)
+        }
+    }
+}
+
+/// Creates (once) a dev root key and a dev publisher key allowed every
+/// service, and signs a fresh trust bundle listing them and the controller
+/// key. Each start signs a higher version, which installs as an update.
+pub fn prepare_trust(data_dir: &Path) -> Result<(), DevError> {
+    let controller =
+        crate::keys::load_or_create_signing_key(data_dir).map_err(|e| DevError::Write {
+            path: data_dir.join("keys"),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let dir = dev_keys_dir(data_dir);
+    std::fs::create_dir_all(&dir).map_err(|source| DevError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    let root = dev_key(&dir.join("root.pk8"))?;
+    let publisher = dev_key(&publisher_key_path(data_dir))?;
+    let now = verge_shared::Timestamp::now();
+    let bundle = TrustBundle {
+        schema_version: verge_shared::messages::SCHEMA_VERSION,
+        version: now.unix_millis(),
+        issued_at: now,
+        expires_at: now.saturating_add(Duration::from_secs(365 * 86_400)),
+        root: RootRole {
+            keys: vec![root.public_key()],
+            threshold: 1,
+        },
+        controllers: vec![controller.public_key()],
+        publishers: vec![Publisher {
+            name: "dev publisher".to_owned(),
+            key: publisher.public_key(),
+            services: vec!["*".to_owned()],
+        }],
+        reset_generations: false,
+    };
+    let path = bundle_path(data_dir);
+    std::fs::write(&path, root.sign_json(TRUST_BUNDLE, &bundle))
+        .map_err(|source| DevError::Write { path, source })
 }
 
 /// Finds the agent binary: `explicit`, else next to the current executable,
@@ -126,14 +210,14 @@ fn toml_string(text: &str) -> String {
 
 fn agent_config_text(controller: &Controller, agent_data: &Path) -> String {
     format!(
-        "id = {}\nregion = {}\ndata_dir = {}\nbroker_url = {}\ncontroller_url = {}\ncontroller_public_key = {}\nheartbeat_interval_secs = 10\n\
+        "id = {}\nregion = {}\ndata_dir = {}\nbroker_url = {}\ncontroller_url = {}\ntrust_bundle_file = {}\nheartbeat_interval_secs = 10\n\
          # Ctrl-C stops everything dev started, workloads included.\nstop_workloads_on_exit = true\n",
         toml_string(AGENT_ID),
         toml_string(AGENT_REGION),
         toml_string(&agent_data.display().to_string()),
         toml_string(&controller.broker_url.to_string()),
         toml_string(&format!("http://{}", controller.api_addr)),
-        toml_string(&controller.public_key.to_string()),
+        toml_string(&bundle_path(&controller.data_dir).display().to_string()),
     )
 }
 
@@ -164,13 +248,18 @@ pub fn print_banner(controller: &Controller, agent_pid: Option<u32>, log: &Path)
     let token = &controller.admin_token.value;
     println!("################################################################");
     println!("#  DEV MODE: DEV KEYS ARE IN USE                               #");
-    println!("#  Keys and token were generated locally in the data dir.      #");
-    println!("#  They are NOT for production.                                #");
+    println!("#  Root, publisher and controller keys and the admin token     #");
+    println!("#  were generated locally in the data dir, and the root and    #");
+    println!("#  publisher keys sit next to the controller: NOT production.  #");
     println!("################################################################");
     println!("api:         {api}");
     println!("mqtt:        {}", controller.broker_url);
     println!("admin token: {token}");
     println!("data dir:    {}", controller.data_dir.display());
+    println!(
+        "publisher:   {} (dev key; sign releases with verge-admin)",
+        publisher_key_path(&controller.data_dir).display()
+    );
     match agent_pid {
         Some(pid) => println!("agent:       {AGENT_ID} (pid {pid}), log {}", log.display()),
         None => println!(
@@ -183,6 +272,13 @@ pub fn print_banner(controller: &Controller, agent_pid: Option<u32>, log: &Path)
     println!("  curl -H 'Authorization: Bearer {token}' {api}/api/v1/nodes");
     println!(
         "  curl -H 'Authorization: Bearer {token}' --data-binary @./my-binary {api}/api/v1/artifacts"
+    );
+    println!(
+        "  verge-admin release sign --spec release.toml --key {} --out release.json",
+        publisher_key_path(&controller.data_dir).display()
+    );
+    println!(
+        "  curl -H 'Authorization: Bearer {token}' --data-binary @release.json {api}/api/v1/releases"
     );
 }
 

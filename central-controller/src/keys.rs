@@ -32,7 +32,7 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> KeyFileError + '_ {
 }
 
 /// Writes a new file with `mode`; fails if it already exists.
-fn create_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyFileError> {
+pub fn create_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyFileError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io_error(parent))?;
     }

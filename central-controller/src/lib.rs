@@ -3,12 +3,15 @@
 //!
 //! Layers point one way: [`api`] → [`app`] → [`store`] and [`scheduler`];
 //! [`mqtt`] is the only module that knows rumqttc, [`broker`] the only one
-//! that knows rumqttd.
+//! that knows rumqttd, [`ca`] the only one that knows rcgen. With TLS on,
+//! [`tls`] serves the API over HTTPS and [`terminator`] fronts the embedded
+//! broker, requiring client certificates.
 
 pub mod api;
 pub mod app;
 pub mod artifacts;
 pub mod broker;
+pub mod ca;
 pub mod config;
 pub mod dev;
 pub mod keys;
@@ -18,8 +21,11 @@ pub mod probe;
 pub mod regions;
 pub mod scheduler;
 pub mod store;
+pub mod terminator;
 #[cfg(test)]
 mod testing;
+pub mod tls;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,11 +67,19 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Trust(#[from] trust::TrustLoadError),
     #[error("cannot listen for probes (UDP) on {address}: {source}")]
     ProbeListen {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("loading revoked nodes: {0}")]
+    Revocations(String),
 }
 
 /// A started controller.
@@ -77,6 +91,8 @@ pub struct Controller {
     pub public_key: PublicKey,
     pub admin_token: keys::AdminToken,
     pub data_dir: PathBuf,
+    /// Whether the API speaks HTTPS and the broker listener requires client certificates.
+    pub tls: bool,
     tracker: TaskTracker,
 }
 
@@ -100,6 +116,12 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         None => regions::Regions::default(),
     };
     let key = keys::load_or_create_signing_key(&data_dir)?;
+    let trust = Arc::new(trust::TrustState::load(
+        &data_dir,
+        config.trust.bundle_file.as_deref(),
+        key.public_key(),
+        verge_shared::Timestamp::now(),
+    )?);
     let admin_token = keys::load_or_create_admin_token(&data_dir)?;
     let store: Arc<dyn store::Store> = Arc::new(store::SledStore::open(&data_dir.join("store"))?);
     let files =
@@ -108,12 +130,34 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
             source,
         })?;
 
-    if let BrokerEndpoint::Embedded(listen) = config.broker.endpoint {
-        let started = tokio::task::spawn_blocking(move || broker::start(listen)).await;
-        started.unwrap_or_else(|e| Err(broker::BrokerError::Thread(std::io::Error::other(e))))?;
-        info!(address = %listen, "The embedded MQTT broker accepts connections.");
-    }
-    let broker_url = config.broker.endpoint.client_url();
+    let tls = match config.tls.enabled {
+        true => Some(TlsParts::prepare(&config, &data_dir)?),
+        false => None,
+    };
+    // With TLS, rumqttd listens on an internal loopback port behind the
+    // terminator, and the controller's own client uses that port.
+    let (broker_url, terminator) = match (&config.broker.endpoint, &tls) {
+        (BrokerEndpoint::Embedded(listen), Some(_)) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    address: *listen,
+                    source,
+                })?;
+            let internal = internal_broker_address()?;
+            start_embedded_broker(internal).await?;
+            info!(address = %listen, "The broker listener requires TLS client certificates.");
+            (
+                config.broker.endpoint.client_url_at(internal),
+                Some(listener),
+            )
+        }
+        (BrokerEndpoint::Embedded(listen), None) => {
+            start_embedded_broker(*listen).await?;
+            (config.broker.endpoint.client_url(), None)
+        }
+        (BrokerEndpoint::External(_), _) => (config.broker.endpoint.client_url(), None),
+    };
 
     // Bound before anything is published, so every probe plan naming the
     // controller names a listener that answers.
@@ -130,15 +174,34 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         topics: config.broker.topics.clone(),
         deploy: config.deploy,
         nodes: config.nodes,
-        placement: config.placement,
+        placement: config.placement.clone(),
         regions,
         max_artifact_bytes: config.api.max_artifact_bytes,
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let public_key = key.public_key();
-    let app = App::new(store, files, key, settings, outbox_tx)?;
+    let app = App::new(store, files, key, trust, settings, outbox_tx)?;
 
     let tracker = TaskTracker::new();
+    let tls_configs = match tls {
+        Some(parts) => {
+            let configs = parts.install(&app, &config)?;
+            if let (Some(listener), BrokerEndpoint::Embedded(_)) =
+                (terminator, &config.broker.endpoint)
+            {
+                let upstream = SocketAddr::from(([127, 0, 0, 1], broker_url.port));
+                tracker.spawn(terminator::run(
+                    listener,
+                    Arc::clone(&configs.broker),
+                    upstream,
+                    Arc::clone(&configs.revocations),
+                    cancel.clone(),
+                ));
+            }
+            Some(configs)
+        }
+        None => None,
+    };
     mqtt::spawn(&broker_url, Arc::clone(&app), outbox_rx, &tracker, &cancel);
     tracker.spawn(Arc::clone(&app).run_background(cancel.clone()));
     if let Some(socket) = probe_socket {
@@ -157,24 +220,149 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
     })?;
     let router = api::router(app, keys::TokenCheck::new(&admin_token.value));
     let shutdown = cancel.clone();
-    tracker.spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            warn!(error = %e, "The HTTP server stopped with an error.");
+    let https = tls_configs.as_ref().map(|c| Arc::clone(&c.api));
+    match https {
+        Some(server_config) => {
+            tracker.spawn(tls::serve_https(listener, server_config, router, shutdown));
         }
-    });
+        None => {
+            tracker.spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    warn!(error = %e, "The HTTP server stopped with an error.");
+                }
+            });
+        }
+    }
     tracker.close();
-    info!(api = %api_addr, broker = %broker_url, key_id = %public_key.key_id(), "The controller is running.");
+    let tls = tls_configs.is_some();
+    info!(api = %api_addr, tls, broker = %broker_url, key_id = %public_key.key_id(), "The controller is running.");
     Ok(Controller {
         api_addr,
         broker_url,
         public_key,
         admin_token,
         data_dir,
+        tls,
         tracker,
     })
+}
+
+async fn start_embedded_broker(listen: SocketAddr) -> Result<(), StartError> {
+    let started = tokio::task::spawn_blocking(move || broker::start(listen)).await;
+    started.unwrap_or_else(|e| Err(broker::BrokerError::Thread(std::io::Error::other(e))))?;
+    info!(address = %listen, "The embedded MQTT broker accepts connections.");
+    Ok(())
+}
+
+/// A free loopback port for rumqttd behind the terminator. The port is
+/// released before rumqttd binds it; the broker's readiness check catches
+/// the rare case that another process took it in between.
+fn internal_broker_address() -> Result<SocketAddr, StartError> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let fail = |source| StartError::Listen {
+        address: any,
+        source,
+    };
+    std::net::TcpListener::bind(any)
+        .and_then(|l| l.local_addr())
+        .map_err(fail)
+}
+
+/// The CA and the certificates issued at start, before the app exists.
+struct TlsParts {
+    ca: ca::Ca,
+    server: ca::KeyedCertificate,
+}
+
+/// The TLS server configurations the listeners use.
+struct TlsConfigs {
+    api: Arc<rustls::ServerConfig>,
+    broker: Arc<rustls::ServerConfig>,
+    revocations: Arc<tls::Revocations>,
+}
+
+impl TlsParts {
+    /// Loads or creates the CA and (re-)issues the server certificate and
+    /// the controller's client certificate, written next to the CA for
+    /// external brokers (`server.pem`/`server.key`, `controller.pem`/`controller.key`).
+    fn prepare(config: &Config, data_dir: &std::path::Path) -> Result<Self, StartError> {
+        let ca = ca::Ca::load_or_create(&data_dir.join("ca"))?;
+        let server = ca.issue_server(&config.tls.server_names)?;
+        let client = ca.issue_controller_client()?;
+        for (name, keyed) in [("server", &server), ("controller", &client)] {
+            let dir = ca.dir();
+            ca::write_private(
+                &dir.join(format!("{name}.pem")),
+                keyed.cert_pem.as_bytes(),
+                0o644,
+            )?;
+            ca::write_private(
+                &dir.join(format!("{name}.key")),
+                keyed.key_pem.as_bytes(),
+                0o600,
+            )?;
+        }
+        Ok(Self { ca, server })
+    }
+
+    /// Gives the app its CA and loads the revocations; returns the listeners' configurations.
+    fn install(self, app: &App, config: &Config) -> Result<TlsConfigs, StartError> {
+        let revocations = Arc::new(tls::Revocations::default());
+        let api = tls::server_config(
+            self.ca.ca_pem(),
+            &self.server,
+            tls::ClientAuth::Optional,
+            Arc::clone(&revocations),
+        )?;
+        let broker = tls::server_config(
+            self.ca.ca_pem(),
+            &self.server,
+            tls::ClientAuth::Required,
+            Arc::clone(&revocations),
+        )?;
+        let broker_url = match &config.broker.endpoint {
+            BrokerEndpoint::Embedded(listen) => {
+                let host = if listen.ip().is_unspecified() {
+                    config
+                        .tls
+                        .server_names
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "localhost".to_owned())
+                } else {
+                    listen.ip().to_string()
+                };
+                format!("mqtts://{}", host_port(&host, listen.port()))
+            }
+            BrokerEndpoint::External(url) => url.to_string(),
+        };
+        app.set_pki(app::Pki {
+            ca: self.ca,
+            revocations: Arc::clone(&revocations),
+            client_cert_ttl: config.tls.client_cert_ttl,
+            renew_grace: config.tls.renew_grace,
+            broker_url,
+            trust_bundle: config.data_dir.join("trust").join("bundle.json"),
+        });
+        app.load_revocations()
+            .map_err(|e| StartError::Revocations(e.to_string()))?;
+        Ok(TlsConfigs {
+            api,
+            broker,
+            revocations,
+        })
+    }
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 impl Controller {

@@ -46,10 +46,15 @@ enum Command {
         #[arg(long)]
         agent_bin: Option<PathBuf>,
     },
-    /// Cordon, drain, uncordon or list nodes through a running controller's API.
+    /// Cordon, drain, uncordon, revoke or list nodes through a running controller's API.
     Node {
         #[command(subcommand)]
         command: node_cmd::NodeCommand,
+    },
+    /// Create, list or revoke bootstrap tokens through a running controller's API.
+    Token {
+        #[command(subcommand)]
+        command: node_cmd::TokenCommand,
     },
 }
 
@@ -69,11 +74,13 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
+    // Before anything builds a TLS configuration (rustls with ring only).
+    central_controller::tls::install_provider();
     let cli = Cli::parse();
     init_tracing();
     // `node` talks to a running controller and needs no configuration.
     let config = match &cli.command {
-        Command::Node { .. } => None,
+        Command::Node { .. } | Command::Token { .. } => None,
         Command::Run { config } => Some(Config::load(config)),
         Command::Dev {
             data_dir,
@@ -98,8 +105,9 @@ fn main() -> ExitCode {
     };
     let outcome = match (cli.command, config) {
         (Command::Node { command }, _) => runtime.block_on(node_cmd::run(command)),
+        (Command::Token { command }, _) => runtime.block_on(node_cmd::run_token(command)),
         (command, Some(config)) => runtime.block_on(run(command, config)),
-        // Every command but `node` has a configuration (see above).
+        // Every command but `node` and `token` has a configuration (see above).
         (_, None) => Ok(()),
     };
     match outcome {
@@ -113,8 +121,11 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     let agent_bin = match command {
-        Command::Dev { agent_bin, .. } => Some(dev::locate_agent(agent_bin)?),
-        Command::Run { .. } | Command::Node { .. } => None,
+        Command::Dev { agent_bin, .. } => {
+            dev::prepare_trust(&config.data_dir)?;
+            Some(dev::locate_agent(agent_bin)?)
+        }
+        Command::Run { .. } | Command::Node { .. } | Command::Token { .. } => None,
     };
     let cancel = CancellationToken::new();
     let controller = start(config, cancel.clone())

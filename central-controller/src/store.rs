@@ -9,9 +9,10 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use verge_shared::messages::{HealthCheck, PortSpec, Resources, RestartPolicy, Status, Workload};
+use verge_shared::messages::{Assignment, Resources, Status, Workload};
+use verge_shared::trust::Release;
 use verge_shared::{
-    AgentId, Generation, PublicKey, RegionId, ServiceName, Sha256Digest, Timestamp,
+    AgentId, Envelope, Generation, PublicKey, RegionId, ServiceName, Sha256Digest, Timestamp,
 };
 
 /// What a failed store operation was about.
@@ -30,27 +31,17 @@ pub enum StoreError {
 /// A service as the operator declared it (validated).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
-    pub artifact: Sha256Digest,
+    /// The signed digest of the release every replica runs.
+    pub release: Sha256Digest,
     pub replicas: u32,
     pub regions: Vec<RegionId>,
-    pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub ports: Vec<PortSpec>,
-    pub resources: Resources,
-    /// Restart policy, stop grace and health check; records stored before
-    /// these existed read as the defaults.
-    #[serde(default)]
-    pub restart: RestartPolicy,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_grace_secs: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<HealthCheck>,
-    /// The executable inside a tar.gz artifact; absent in older records and
-    /// for single-file artifacts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entrypoint: Option<String>,
-    /// Latency target, spread and priority; absent in records stored before
-    /// placement intent existed.
+    /// An operator rollback to an older release version than replicas run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
+    /// Per-agent settings (`VERGE_CONFIG_<KEY>` in the workload).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Latency target, spread and priority.
     #[serde(default)]
     pub placement: PlacementSpec,
 }
@@ -102,8 +93,8 @@ pub enum Cordon {
 pub struct ServiceRecord {
     pub name: ServiceName,
     pub spec: ServiceSpec,
-    /// Size of `spec.artifact`, resolved from the artifact index when stored.
-    pub artifact_size: u64,
+    /// The release `spec.release` names, as verified when the spec was stored.
+    pub release: Release,
     /// Grows by one whenever the spec changes.
     pub revision: u64,
     pub created_at: Timestamp,
@@ -132,6 +123,47 @@ pub struct NodeRecord {
     /// Where the node's probe listener answers, from its presence.
     #[serde(default)]
     pub probe_addr: Option<std::net::SocketAddr>,
+    /// Revoked by an operator: placed nothing, heard from no more, until it
+    /// enrolls again with a new token.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// A bootstrap token, kept only as the SHA-256 of its text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub sha256: Sha256Digest,
+    pub region: RegionId,
+    pub uses_left: u32,
+    pub expires_at: Timestamp,
+    pub created_at: Timestamp,
+    pub revoked: bool,
+}
+
+/// A client certificate issued to a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCert {
+    /// Lower-case hex of the serial number.
+    pub serial: String,
+    pub not_after: Timestamp,
+}
+
+/// An enrolled node's identity: its pinned node key and its certificates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    pub agent: AgentId,
+    pub public_key: PublicKey,
+    pub region: RegionId,
+    pub enrolled_at: Timestamp,
+    /// Certificates not yet long expired, oldest first; the last is current.
+    pub certificates: Vec<IssuedCert>,
+    /// Set by revocation, cleared by a new enrollment.
+    pub revoked_at: Option<Timestamp>,
+    /// Serials revoked and not yet expired, kept across re-enrollment so
+    /// that an old certificate stays refused (and listed in the CRL).
+    #[serde(default)]
+    pub revoked_serials: Vec<IssuedCert>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,13 +173,28 @@ pub struct ArtifactRecord {
     pub created_at: Timestamp,
 }
 
+/// A publisher-signed release the controller accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// The envelope's signed digest: how desired states name it.
+    pub digest: Sha256Digest,
+    pub envelope: Envelope,
+    pub release: Release,
+    /// The name of the publisher whose key signed it, from the trust bundle.
+    pub publisher: String,
+    pub created_at: Timestamp,
+}
+
 /// The signed desired state last issued to one agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredRecord {
     pub agent: AgentId,
     pub generation: Generation,
-    /// The exact envelope JSON that is (re)published.
+    /// The exact envelope JSON of the signed desired state.
     pub envelope: Vec<u8>,
+    /// What was signed: releases by digest.
+    pub assignments: Vec<Assignment>,
+    /// What the agent runs once it resolves those releases.
     pub workloads: Vec<Workload>,
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
@@ -177,10 +224,25 @@ pub trait Store: Send + Sync {
     /// Durable.
     fn put_artifact(&self, record: &ArtifactRecord) -> Result<(), StoreError>;
 
+    fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError>;
+    fn release(&self, digest: &Sha256Digest) -> Result<Option<ReleaseRecord>, StoreError>;
+    /// Durable.
+    fn put_release(&self, record: &ReleaseRecord) -> Result<(), StoreError>;
+
     fn desired_states(&self) -> Result<Vec<DesiredRecord>, StoreError>;
     fn desired_state(&self, agent: &AgentId) -> Result<Option<DesiredRecord>, StoreError>;
     /// Durable: a desired state is stored before it is published.
     fn put_desired(&self, record: &DesiredRecord) -> Result<(), StoreError>;
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Durable: a spent use must not come back after a crash.
+    fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError>;
+
+    fn identities(&self) -> Result<Vec<IdentityRecord>, StoreError>;
+    fn identity(&self, agent: &AgentId) -> Result<Option<IdentityRecord>, StoreError>;
+    /// Durable.
+    fn put_identity(&self, record: &IdentityRecord) -> Result<(), StoreError>;
 }
 
 /// [`Store`] on a sled database.
@@ -189,7 +251,10 @@ pub struct SledStore {
     services: sled::Tree,
     nodes: sled::Tree,
     artifacts: sled::Tree,
+    releases: sled::Tree,
     desired: sled::Tree,
+    tokens: sled::Tree,
+    identities: sled::Tree,
 }
 
 impl SledStore {
@@ -199,7 +264,10 @@ impl SledStore {
             services: db.open_tree("services")?,
             nodes: db.open_tree("nodes")?,
             artifacts: db.open_tree("artifacts")?,
+            releases: db.open_tree("releases")?,
             desired: db.open_tree("desired")?,
+            tokens: db.open_tree("tokens")?,
+            identities: db.open_tree("identities")?,
             db,
         })
     }
@@ -217,7 +285,10 @@ fn tree_name(tree: &sled::Tree) -> &'static str {
         b"services" => "services",
         b"nodes" => "nodes",
         b"artifacts" => "artifacts",
+        b"releases" => "releases",
         b"desired" => "desired",
+        b"tokens" => "tokens",
+        b"identities" => "identities",
         _ => "unknown",
     }
 }
@@ -297,6 +368,19 @@ impl Store for SledStore {
         self.flush(Durability::Flush)
     }
 
+    fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError> {
+        all(&self.releases)
+    }
+
+    fn release(&self, digest: &Sha256Digest) -> Result<Option<ReleaseRecord>, StoreError> {
+        get(&self.releases, &digest.to_string())
+    }
+
+    fn put_release(&self, record: &ReleaseRecord) -> Result<(), StoreError> {
+        put(&self.releases, &record.digest.to_string(), record)?;
+        self.flush(Durability::Flush)
+    }
+
     fn desired_states(&self) -> Result<Vec<DesiredRecord>, StoreError> {
         all(&self.desired)
     }
@@ -307,6 +391,32 @@ impl Store for SledStore {
 
     fn put_desired(&self, record: &DesiredRecord) -> Result<(), StoreError> {
         put(&self.desired, record.agent.as_str(), record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        all(&self.tokens)
+    }
+
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        get(&self.tokens, id)
+    }
+
+    fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        put(&self.tokens, &record.id, record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn identities(&self) -> Result<Vec<IdentityRecord>, StoreError> {
+        all(&self.identities)
+    }
+
+    fn identity(&self, agent: &AgentId) -> Result<Option<IdentityRecord>, StoreError> {
+        get(&self.identities, agent.as_str())
+    }
+
+    fn put_identity(&self, record: &IdentityRecord) -> Result<(), StoreError> {
+        put(&self.identities, record.agent.as_str(), record)?;
         self.flush(Durability::Flush)
     }
 }

@@ -5,16 +5,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use verge_shared::messages::{Presence, Resources, SCHEMA_VERSION, payload_type};
-use verge_shared::{AgentId, RegionId, SigningKey, Timestamp, Topics};
+use verge_shared::messages::{
+    PortSpec, Presence, Resources, RunSpec, SCHEMA_VERSION, payload_type,
+};
+use verge_shared::trust::{
+    MediaType, Publisher, Release, ReleaseArtifact, RootRole, TrustBundle,
+    payload_type as trust_type,
+};
+use verge_shared::{AgentId, PublicKey, RegionId, ServiceName, SigningKey, Timestamp, Topics};
 
 use crate::app::{App, Outgoing, Settings};
 use crate::artifacts::ArtifactFiles;
 use crate::config::{DeployConfig, NodesConfig};
 use crate::store::SledStore;
+use crate::trust::TrustState;
 
 pub struct Fixture {
     pub app: Arc<App>,
+    /// Allowed every service by the fixture's trust bundle.
+    pub publisher: SigningKey,
     pub outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
     /// Kept so the directory lives as long as the fixture.
     _dir: tempfile::TempDir,
@@ -25,6 +34,22 @@ pub fn fixture() -> Fixture {
     let store = Arc::new(SledStore::open(&dir.path().join("store")).expect("store"));
     let files = ArtifactFiles::open(dir.path()).expect("artifact dir");
     let key = SigningKey::generate().expect("key").0;
+    let publisher = SigningKey::generate().expect("key").0;
+    let bundle_file = dir.path().join("bundle.json");
+    std::fs::write(
+        &bundle_file,
+        trust_bundle(&key.public_key(), &publisher.public_key()),
+    )
+    .expect("write bundle");
+    let trust = Arc::new(
+        TrustState::load(
+            dir.path(),
+            Some(&bundle_file),
+            key.public_key(),
+            Timestamp::now(),
+        )
+        .expect("trust"),
+    );
     let settings = Settings {
         topics: Topics::default(),
         deploy: DeployConfig {
@@ -37,11 +62,70 @@ pub fn fixture() -> Fixture {
         max_artifact_bytes: 1024,
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
-    let app = App::new(store, files, key, settings, outbox_tx).expect("app");
+    let app = App::new(store, files, key, trust, settings, outbox_tx).expect("app");
     Fixture {
         app,
+        publisher,
         outbox_rx,
         _dir: dir,
+    }
+}
+
+/// A trust bundle (signed by a throwaway root key) listing `controller`
+/// and `publisher`, the latter allowed every service.
+pub fn trust_bundle(controller: &PublicKey, publisher: &PublicKey) -> Vec<u8> {
+    let root = SigningKey::generate().expect("key").0;
+    let now = Timestamp::now();
+    let bundle = TrustBundle {
+        schema_version: SCHEMA_VERSION,
+        version: 1,
+        issued_at: now,
+        expires_at: now.saturating_add(Duration::from_secs(3600)),
+        root: RootRole {
+            keys: vec![root.public_key()],
+            threshold: 1,
+        },
+        controllers: vec![*controller],
+        publishers: vec![Publisher {
+            name: "test publisher".into(),
+            key: *publisher,
+            services: vec!["*".into()],
+        }],
+        reset_generations: false,
+    };
+    root.sign_json(trust_type::TRUST_BUNDLE, &bundle)
+}
+
+impl Fixture {
+    /// Uploads `artifact` and a release of `service` running it with `args`
+    /// and an `http` port; returns the release digest.
+    pub async fn release(&self, service: &str, artifact: &'static [u8], args: &[&str]) -> String {
+        let body =
+            futures_util::stream::iter([Ok::<_, String>(bytes::Bytes::from_static(artifact))]);
+        let stored = self.app.upload_artifact(body).await.expect("upload").0;
+        let release = Release {
+            schema_version: SCHEMA_VERSION,
+            service: ServiceName::new(service).expect("service"),
+            version: semver::Version::new(1, 0, 0),
+            issued_at: Timestamp::now(),
+            artifacts: vec![ReleaseArtifact {
+                sha256: stored.sha256,
+                size: stored.size,
+                media_type: MediaType::Executable,
+            }],
+            run: RunSpec {
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                ports: vec![PortSpec {
+                    name: "http".into(),
+                    port: None,
+                }],
+                ..RunSpec::default()
+            },
+            resources: Resources::default(),
+        };
+        let envelope = self.publisher.sign_json(trust_type::RELEASE, &release);
+        let (record, _) = self.app.upload_release(&envelope).expect("release");
+        record.digest.to_string()
     }
 }
 

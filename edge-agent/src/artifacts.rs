@@ -145,7 +145,8 @@ impl ArtifactCache {
         std::fs::create_dir_all(&done_dir)?;
         std::fs::create_dir_all(&unpacked_dir)?;
         std::fs::create_dir_all(&tmp_dir)?;
-        let client = reqwest::Client::builder()
+        let client = crate::tls::http_client_builder()
+            .map_err(std::io::Error::other)?
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()

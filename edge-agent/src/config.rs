@@ -9,7 +9,7 @@ use serde::Deserialize;
 use verge_shared::limits;
 use verge_shared::messages::Resources;
 use verge_shared::topic::DEFAULT_PREFIX;
-use verge_shared::{AgentId, PublicKey, RegionId, Topics};
+use verge_shared::{AgentId, RegionId, Topics};
 
 /// sysexits(3) `EX_CONFIG`: the exit code for an unusable configuration.
 pub const EX_CONFIG: u8 = 78;
@@ -34,7 +34,9 @@ struct RawConfig {
     data_dir: Option<PathBuf>,
     broker_url: Option<String>,
     controller_url: Option<String>,
-    controller_public_key: Option<String>,
+    trust_bundle_file: Option<PathBuf>,
+    enroll_token: Option<String>,
+    ca_file: Option<PathBuf>,
     topic_prefix: Option<String>,
     heartbeat_interval_secs: Option<u64>,
     keep_alive_secs: Option<u64>,
@@ -124,11 +126,30 @@ fn mem_total_mb(meminfo: &str) -> Option<u32> {
     Some(u32::try_from(kib / 1024).unwrap_or(u32::MAX))
 }
 
-/// Where the MQTT broker listens (`mqtt://host:port`; TLS comes later).
+/// Where the MQTT broker listens: `mqtt://host:port`, or `mqtts://host:port`
+/// for TLS with the agent's client certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerAddr {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
+}
+
+/// A bootstrap token: used once for enrollment, never written anywhere
+/// and never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnrollToken(String);
+
+impl EnrollToken {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for EnrollToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnrollToken(..)")
+    }
 }
 
 /// A validated agent configuration.
@@ -140,7 +161,14 @@ pub struct Config {
     pub broker: BrokerAddr,
     /// Base URL of the controller's HTTP API, without a trailing slash.
     pub controller_url: String,
-    pub controller_public_key: PublicKey,
+    /// The root-signed trust bundle to start from when the agent holds
+    /// none yet (docs/security.md, "Roles"); `<data_dir>/trust-bundle.json`
+    /// (written at enrollment) when unset.
+    pub trust_bundle_file: Option<PathBuf>,
+    /// A bootstrap token for the first start (`VERGE_AGENT_ENROLL_TOKEN`).
+    pub enroll_token: Option<EnrollToken>,
+    /// The controller's CA certificate (PEM), trusted at first contact.
+    pub ca_file: Option<PathBuf>,
     pub topics: Topics,
     pub heartbeat_interval: Duration,
     pub keep_alive: Duration,
@@ -163,13 +191,14 @@ pub struct Config {
 }
 
 /// Environment variables that override file fields, applied after the file.
-const ENV_OVERRIDES: [(&str, &str); 6] = [
+const ENV_OVERRIDES: [(&str, &str); 7] = [
+    ("VERGE_AGENT_ENROLL_TOKEN", "enroll_token"),
     ("VERGE_AGENT_ID", "id"),
     ("VERGE_AGENT_REGION", "region"),
     ("VERGE_AGENT_DATA_DIR", "data_dir"),
     ("VERGE_AGENT_BROKER_URL", "broker_url"),
     ("VERGE_AGENT_CONTROLLER_URL", "controller_url"),
-    ("VERGE_AGENT_CONTROLLER_PUBLIC_KEY", "controller_public_key"),
+    ("VERGE_AGENT_TRUST_BUNDLE_FILE", "trust_bundle_file"),
 ];
 
 impl Config {
@@ -205,7 +234,8 @@ impl RawConfig {
             "data_dir" => self.data_dir = Some(PathBuf::from(value)),
             "broker_url" => self.broker_url = Some(value),
             "controller_url" => self.controller_url = Some(value),
-            _ => self.controller_public_key = Some(value),
+            "enroll_token" => self.enroll_token = Some(value),
+            _ => self.trust_bundle_file = Some(PathBuf::from(value)),
         }
     }
 
@@ -243,10 +273,13 @@ impl RawConfig {
             "controller_url",
             required(self.controller_url).and_then(|u| parse_controller_url(&u)),
         );
-        let controller_public_key = take(
+        let trust_bundle_file = take(
             e,
-            "controller_public_key",
-            required(self.controller_public_key).and_then(|k| PublicKey::from_base64(&k)),
+            "trust_bundle_file",
+            match self.trust_bundle_file {
+                Some(path) if path.as_os_str().is_empty() => Err("must not be empty".to_owned()),
+                other => Ok(other),
+            },
         );
         let topics = take(
             e,
@@ -312,7 +345,7 @@ impl RawConfig {
             data_dir,
             broker,
             controller_url,
-            controller_public_key,
+            trust_bundle_file,
             topics,
             heartbeat,
             keep_alive,
@@ -324,7 +357,7 @@ impl RawConfig {
                 Some(data_dir),
                 Some(broker),
                 Some(controller_url),
-                Some(controller_public_key),
+                Some(trust_bundle_file),
                 Some(topics),
                 Some(heartbeat),
                 Some(keep_alive),
@@ -335,7 +368,7 @@ impl RawConfig {
                 data_dir,
                 broker,
                 controller_url,
-                controller_public_key,
+                trust_bundle_file,
                 topics,
                 heartbeat_interval: Duration::from_secs(heartbeat),
                 keep_alive: Duration::from_secs(keep_alive),
@@ -345,6 +378,11 @@ impl RawConfig {
                 labels: self.labels,
                 capacity: self.capacity,
                 probe: probe.flatten(),
+                enroll_token: self
+                    .enroll_token
+                    .filter(|t| !t.trim().is_empty())
+                    .map(|t| EnrollToken(t.trim().to_owned())),
+                ca_file: self.ca_file,
                 workload_user: self.workload_user,
                 stop_workloads_on_exit: self.stop_workloads_on_exit.unwrap_or(false),
             }),
@@ -402,10 +440,13 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     }
 }
 
-/// Parses `mqtt://host:port`; IPv6 hosts go in brackets.
+/// Parses `mqtt://host:port` or `mqtts://host:port`; IPv6 hosts go in brackets.
 fn parse_broker_url(url: &str) -> Result<BrokerAddr, String> {
-    let expected = || format!("expected mqtt://host:port, got {url:?}");
-    let rest = url.strip_prefix("mqtt://").ok_or_else(expected)?;
+    let expected = || format!("expected mqtt://host:port or mqtts://host:port, got {url:?}");
+    let (tls, rest) = match url.strip_prefix("mqtts://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("mqtt://").ok_or_else(expected)?),
+    };
     let (host, port) = rest.rsplit_once(':').ok_or_else(expected)?;
     let host = host
         .strip_prefix('[')
@@ -418,16 +459,20 @@ fn parse_broker_url(url: &str) -> Result<BrokerAddr, String> {
     Ok(BrokerAddr {
         host: host.to_owned(),
         port,
+        tls,
     })
 }
 
-/// Accepts `http://host[:port][/path]`, returned without a trailing slash.
+/// Accepts `http://host[:port][/path]` or `https://...`, returned without a
+/// trailing slash.
 fn parse_controller_url(url: &str) -> Result<String, String> {
+    let expected = || format!("expected http://host[:port] or https://host[:port], got {url:?}");
     let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("expected http://host[:port], got {url:?}"))?;
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(expected)?;
     if rest.is_empty() || rest.starts_with('/') || rest.contains(['?', '#', ' ']) {
-        return Err(format!("expected http://host[:port], got {url:?}"));
+        return Err(expected());
     }
     Ok(url.trim_end_matches('/').to_owned())
 }
@@ -436,27 +481,47 @@ fn parse_controller_url(url: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
-
     fn good() -> String {
-        format!(
-            r#"
+        r#"
 id = "edge-1"
 region = "local"
 data_dir = "/tmp/verge"
 broker_url = "mqtt://127.0.0.1:7883"
 controller_url = "http://127.0.0.1:7700/"
-controller_public_key = "{KEY}"
+trust_bundle_file = "/etc/verge/trust-bundle.json"
 [labels]
 site = "lab"
 [capacity]
 cpu_millis = 2000
 "#
-        )
+        .to_owned()
     }
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn tls_urls_and_the_enroll_token_are_read() {
+        // Top-level keys go before the tables of `good()`.
+        let text = format!(
+            "ca_file = \"/etc/verge/ca.pem\"\n{}",
+            good()
+                .replace("mqtt://127.0.0.1:7883", "mqtts://broker.example:8883")
+                .replace("http://127.0.0.1:7700/", "https://controller.example:7700")
+        );
+        let env = |name: &str| (name == "VERGE_AGENT_ENROLL_TOKEN").then(|| "abc.def".to_owned());
+        let c = Config::from_toml(&text, env).expect("valid");
+        assert!(c.broker.tls);
+        assert_eq!(c.broker.port, 8883);
+        assert_eq!(c.controller_url, "https://controller.example:7700");
+        assert_eq!(
+            c.enroll_token.as_ref().map(EnrollToken::expose),
+            Some("abc.def")
+        );
+        assert_eq!(c.ca_file, Some(PathBuf::from("/etc/verge/ca.pem")));
+        // The token never shows in debug output.
+        assert!(!format!("{c:?}").contains("abc.def"));
     }
 
     #[test]
@@ -467,10 +532,12 @@ cpu_millis = 2000
             c.broker,
             BrokerAddr {
                 host: "127.0.0.1".into(),
-                port: 7883
+                port: 7883,
+                tls: false,
             }
         );
         assert_eq!(c.controller_url, "http://127.0.0.1:7700");
+        assert!(c.enroll_token.is_none());
         assert_eq!(c.topics.prefix(), "verge/v1");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(120));
         assert_eq!(c.keep_alive, Duration::from_secs(15));
@@ -497,8 +564,8 @@ cpu_millis = 2000
 id = "a/b"
 region = "EU"
 broker_url = "tcp://x"
-controller_url = "https://x"
-controller_public_key = "AAAA"
+controller_url = "ftp://x"
+trust_bundle_file = ""
 heartbeat_interval_secs = 0
 keep_alive_secs = 1
 telemetry_interval_secs = 0
@@ -512,7 +579,7 @@ cache_quota_bytes = 10
             "data_dir: is required",
             "broker_url: expected mqtt://host:port",
             "controller_url:",
-            "controller_public_key:",
+            "trust_bundle_file: must not be empty",
             "heartbeat_interval_secs:",
             "keep_alive_secs:",
             "telemetry_interval_secs:",

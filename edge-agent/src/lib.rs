@@ -5,8 +5,11 @@
 //! `mqtt → intake (verify, check generation, persist) → watch channel → reconciler → runtime`.
 //!
 //! - [`config`]: TOML configuration with environment overrides;
+//! - [`enroll`]: token enrollment and online certificate renewal;
+//! - [`tls`]: the client certificate and the rustls configurations;
 //! - [`mqtt`]: the broker connection (the only module that knows rumqttc);
 //! - [`intake`]: the pure accept / ignore / reject decision;
+//! - [`trust`]: the trust bundle held (root-signed keys of every role);
 //! - [`state`]: the last accepted desired state (sled) and the node key;
 //! - [`archive`]: safe extraction of tar.gz artifacts;
 //! - [`artifacts`]: the content-addressed artifact cache;
@@ -29,6 +32,7 @@ pub mod artifacts;
 pub mod cgroup;
 pub mod config;
 pub mod disk;
+pub mod enroll;
 pub mod health;
 pub mod intake;
 pub mod limits;
@@ -43,6 +47,8 @@ pub mod runtime;
 pub mod state;
 pub mod supervise;
 pub mod telemetry;
+pub mod tls;
+pub mod trust;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,19 +59,22 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-use verge_shared::messages::{DEFAULT_STOP_GRACE_SECS, DesiredState, LimitMechanism};
+use verge_shared::messages::{
+    DEFAULT_STOP_GRACE_SECS, EventKind, LimitMechanism, RejectReason, Rejection,
+};
 
 pub use config::{Config, EX_CONFIG};
 
 use crate::artifacts::ArtifactCache;
-use crate::intake::Decision;
+use crate::intake::{Decision, ResolvedState};
 use crate::limits::Launcher;
 use crate::outbox::Outbox;
 use crate::reconcile::Reconciler;
-use crate::report::{Board, DiskUser, Identity, Reporter};
+use crate::report::{Board, DiskUser, EventSink, Identity, Reporter};
 use crate::runtime::{Placement, ProcessRuntime};
 use crate::state::{Accepted, SledStore, StateStore};
 use crate::supervise::RestartTiming;
+use crate::trust::{Offered, TrustStore};
 
 /// Log requests waiting to be answered; more are dropped (the controller
 /// times out and the operator asks again).
@@ -98,6 +107,8 @@ pub enum AgentError {
     State(#[from] state::StateError),
     #[error(transparent)]
     Outbox(#[from] outbox::OutboxError),
+    #[error(transparent)]
+    Trust(#[from] trust::TrustLoadError),
     #[error("a core task ended unexpectedly: {0}")]
     TaskDied(String),
     #[error(transparent)]
@@ -110,6 +121,10 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Enroll(#[from] enroll::EnrollError),
+    #[error("the TLS configuration for the broker is unusable: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 impl AgentError {
@@ -122,10 +137,17 @@ impl AgentError {
             AgentError::TaskDied(_) => 70,
             // EX_CONFIG: the configured workload user is unusable.
             AgentError::WorkloadUser(_) => EX_CONFIG,
+            // EX_CONFIG: no trust bundle, or an unusable one.
+            AgentError::Trust(_) => EX_CONFIG,
             // EX_OSERR.
             AgentError::SelfExe(_) => 71,
             // EX_UNAVAILABLE: the probe address is taken or not ours.
             AgentError::ProbeListen { .. } => 69,
+            // No certificate and no usable token, or the token was refused:
+            // EX_CONFIG; otherwise the controller was unreachable: EX_UNAVAILABLE.
+            AgentError::Enroll(e) if e.is_config() => EX_CONFIG,
+            AgentError::Enroll(_) => 69,
+            AgentError::Tls(_) => EX_CONFIG,
         }
     }
 }
@@ -135,11 +157,29 @@ impl AgentError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
     let data_dir = prepare_data_dir(&config.data_dir)?;
     let key = state::load_or_create_node_key(&data_dir.join("node.key"))?;
+    // With a TLS URL: the stored certificate, or enrollment with the token.
+    let identity = match enroll::wants_tls(&config) {
+        true => Some(enroll::prepare(&config, &data_dir, key.public_key()).await?),
+        false => None,
+    };
+    let mqtt_tls = match (&identity, config.broker.tls) {
+        (Some(identity), true) => Some(Arc::new(tls::mutual_config(
+            &identity.ca_pem,
+            identity.current.clone(),
+        )?)),
+        _ => None,
+    };
     let sled_store = SledStore::open(&data_dir.join("state"))?;
     let outbox = Arc::new(Outbox::open(
         sled_store.db(),
         data_dir.join("state"),
         config.outbox_quota_bytes,
+    )?);
+    let trust = Arc::new(TrustStore::open(
+        sled_store.db(),
+        config.trust_bundle_file.as_deref(),
+        &data_dir,
+        verge_shared::Timestamp::now(),
     )?);
     let store: Arc<dyn StateStore> = Arc::new(sled_store);
     let accepted = store.load()?;
@@ -223,6 +263,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         board.clone(),
     ));
     let reporter_for_probes = reporter.clone();
+    let events = EventSink {
+        reporter: reporter.clone(),
+        outbox: outbox.clone(),
+        topic: config.topics.events(&config.region, &config.id),
+    };
 
     let (desired_tx, desired_rx) = watch::channel(accepted.map(|a| Arc::new(a.desired)));
     let (inbox_tx, inbox_rx) = watch::channel(None::<Bytes>);
@@ -243,6 +288,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             probes_tx: probes_tx.clone(),
             log_requests: log_requests_tx,
             unreachable: startup.clone(),
+            tls: mqtt_tls,
         },
         reporter.clone(),
         inbox_tx,
@@ -255,15 +301,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     // and its service manager restarts it.
     let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
-    tasks.spawn(intake_loop(
-        config.clone(),
-        store,
-        board.clone(),
-        inbox_rx,
-        desired_tx,
-        startup.clone(),
-        stop.clone(),
-    ));
+    tasks.spawn(
+        Intake {
+            config: config.clone(),
+            store,
+            trust: trust.clone(),
+            board: board.clone(),
+            events: events.clone(),
+            desired_tx,
+        }
+        .run(inbox_rx, startup.clone(), stop.clone()),
+    );
     let reconciler = Reconciler {
         runtime: runtime.clone(),
         artifacts,
@@ -282,7 +330,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         reconciler.run(desired_rx, reconcile_stop).await
     });
     tasks.spawn(status_loop(
-        board,
+        board.clone(),
         reporter.clone(),
         outbox.clone(),
         status_topic,
@@ -297,7 +345,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     if let Some((socket, _)) = probe_socket {
         let prober = probe::Prober {
             agent: config.id.clone(),
-            controller_key: config.controller_public_key,
+            controller_keys: {
+                let trust = trust.clone();
+                Box::new(move || trust.controller_keys())
+            },
             reporter: reporter_for_probes,
             outbox: outbox.clone(),
             topic: config
@@ -308,12 +359,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     }
     tasks.spawn(log_request_loop(
         config.clone(),
+        trust,
         workloads_dir,
         reporter.clone(),
         log_requests_rx,
         outbox_tx.clone(),
         stop.clone(),
     ));
+    if let Some(identity) = identity {
+        tasks.spawn(enroll::renewal_loop(
+            identity,
+            config.controller_url.clone(),
+            reporter.clone(),
+            board.clone(),
+            events.clone(),
+            stop.clone(),
+        ));
+    }
     tasks.spawn(heartbeat_loop(
         config.heartbeat_interval,
         outbox_tx,
@@ -363,99 +425,221 @@ fn prepare_data_dir(path: &std::path::Path) -> Result<PathBuf, AgentError> {
     std::fs::canonicalize(path).map_err(fail)
 }
 
-/// Checks each received desired state; persists and publishes accepted ones.
-async fn intake_loop(
+/// Checks each received delivery; persists and publishes accepted desired
+/// states, takes newer trust bundles, and reports every refusal.
+struct Intake {
     config: Config,
     store: Arc<dyn StateStore>,
+    trust: Arc<TrustStore>,
     board: Arc<Board>,
-    mut inbox_rx: watch::Receiver<Option<Bytes>>,
-    desired_tx: watch::Sender<Option<Arc<DesiredState>>>,
-    handled: Arc<Notify>,
-    stop: CancellationToken,
-) {
-    // An accepted document that could not be persisted (disk full, say) is
-    // tried again until it is, or until a newer one arrives: the broker
-    // delivers a retained document only once per subscription.
-    let mut unsaved: Option<Bytes> = None;
-    let mut retry_delay = SAVE_RETRY_INITIAL;
-    loop {
-        let retry = async {
-            match unsaved {
-                Some(_) => tokio::time::sleep(retry_delay).await,
-                None => std::future::pending().await,
+    events: EventSink,
+    desired_tx: watch::Sender<Option<Arc<ResolvedState>>>,
+}
+
+/// What became of one delivery.
+enum Handled {
+    Done,
+    /// Accepted but not persisted (disk full, say): try again later.
+    RetrySave,
+    /// The store cannot write even with space free again: stop the agent so
+    /// that its service manager starts it afresh (docs/storage.md).
+    StoreStuck,
+}
+
+impl Intake {
+    async fn run(
+        self,
+        mut inbox_rx: watch::Receiver<Option<Bytes>>,
+        handled: Arc<Notify>,
+        stop: CancellationToken,
+    ) {
+        // An accepted document that could not be persisted is tried again
+        // until it is, or until a newer one arrives: the broker delivers a
+        // retained document only once per subscription.
+        let mut unsaved: Option<Bytes> = None;
+        let mut retry_delay = SAVE_RETRY_INITIAL;
+        loop {
+            let retry = async {
+                match unsaved {
+                    Some(_) => tokio::time::sleep(retry_delay).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let bytes = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                changed = inbox_rx.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let Some(bytes) = inbox_rx.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    // Whatever the decision, the broker has spoken: start-up may go on.
+                    handled.notify_one();
+                    unsaved = None;
+                    retry_delay = SAVE_RETRY_INITIAL;
+                    bytes
+                }
+                () = retry => {
+                    retry_delay = (retry_delay * 2).min(SAVE_RETRY_MAX);
+                    match unsaved.take() {
+                        Some(bytes) => bytes,
+                        None => continue,
+                    }
+                }
+            };
+            match self.handle(&bytes).await {
+                Handled::Done => {}
+                Handled::RetrySave => unsaved = Some(bytes),
+                Handled::StoreStuck => return,
+            }
+        }
+    }
+
+    async fn handle(&self, bytes: &[u8]) -> Handled {
+        let now = verge_shared::Timestamp::now();
+        let delivery = match intake::parse_delivery(bytes) {
+            Ok(delivery) => delivery,
+            Err((reason, detail)) => {
+                self.rejected(Rejection {
+                    reason,
+                    generation: None,
+                    detail: verge_shared::messages::bounded_message(&detail),
+                    at: now,
+                })
+                .await;
+                return Handled::Done;
             }
         };
-        let bytes = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            changed = inbox_rx.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let Some(bytes) = inbox_rx.borrow_and_update().clone() else {
-                    continue;
-                };
-                // Whatever the decision, the broker has spoken: start-up may go on.
-                handled.notify_one();
-                unsaved = None;
-                retry_delay = SAVE_RETRY_INITIAL;
-                bytes
-            }
-            () = retry => {
-                retry_delay = (retry_delay * 2).min(SAVE_RETRY_MAX);
-                match unsaved.take() {
-                    Some(bytes) => bytes,
-                    None => continue,
-                }
-            }
+        if let Some(bundle) = &delivery.trust {
+            self.offer_trust(bundle, now).await;
+        }
+        let bundle = self.trust.bundle();
+        let current = self.desired_tx.borrow().clone();
+        let last = if self.trust.reset_pending() {
+            None
+        } else {
+            self.board.accepted()
         };
         let decision = intake::check(
-            &bytes,
-            &config.controller_public_key,
-            &config.id,
-            board.accepted(),
-            verge_shared::Timestamp::now(),
+            &delivery,
+            &intake::Context {
+                trust: &bundle,
+                me: &self.config.id,
+                last,
+                running: current.as_ref().map_or(&[], |c| c.workloads.as_slice()),
+                now,
+            },
         );
         match decision {
-            Ok(Decision::Accept(desired)) => {
-                let generation = desired.generation;
-                let accepted = Accepted {
-                    envelope: bytes.to_vec(),
-                    desired,
-                };
-                // Persist before acting: a crash after this point replays it.
-                let store = store.clone();
-                let saved =
-                    tokio::task::spawn_blocking(move || store.save(&accepted).map(|()| accepted))
+            Ok(Decision::Accept(desired)) => return self.accept(bytes, desired).await,
+            Ok(Decision::IgnoreSame) => {
+                debug!(agent = %self.config.id, "Ignored a republished desired state of the applied generation.");
+            }
+            Err(rejection) => self.rejected(rejection).await,
+        }
+        Handled::Done
+    }
+
+    async fn accept(&self, bytes: &[u8], desired: ResolvedState) -> Handled {
+        let generation = desired.generation;
+        let accepted = Accepted {
+            envelope: bytes.to_vec(),
+            desired,
+        };
+        // Persist before acting: a crash after this point replays it.
+        let store = self.store.clone();
+        let saved =
+            tokio::task::spawn_blocking(move || store.save(&accepted).map(|()| accepted)).await;
+        match saved {
+            Ok(Ok(accepted)) => {
+                info!(agent = %self.config.id, generation = %generation, "Accepted desired state.");
+                if self.trust.reset_pending()
+                    && let Err(e) = self.trust.clear_reset()
+                {
+                    warn!(error = %e, "Cannot record that the generation reset was used; it applies once more after a restart.");
+                }
+                self.board.clear_disk_full(DiskUser::State);
+                self.board.set_accepted(generation);
+                self.desired_tx
+                    .send_replace(Some(Arc::new(accepted.desired)));
+                Handled::Done
+            }
+            Ok(Err(e)) => {
+                if e.is_disk_full() && store_stuck(&self.config.data_dir) {
+                    return Handled::StoreStuck;
+                }
+                error!(agent = %self.config.id, generation = %generation, error = %e, "Cannot persist the desired state; not applying it yet.");
+                if e.is_disk_full() {
+                    self.board.set_disk_full(DiskUser::State, &e.to_string());
+                }
+                Handled::RetrySave
+            }
+            Err(e) => {
+                error!(agent = %self.config.id, generation = %generation, error = %e, "Persisting the desired state failed.");
+                Handled::Done
+            }
+        }
+    }
+
+    /// Reports a refused desired state: status, a security event (once per
+    /// distinct refusal, not on every republish) and a log line.
+    async fn rejected(&self, rejection: Rejection) {
+        warn!(agent = %self.config.id, reason = ?rejection.reason, generation = ?rejection.generation, detail = %rejection.detail, "Rejected desired state.");
+        let repeated = self.board.last_rejection().is_some_and(|last| {
+            (last.reason, last.generation, &last.detail)
+                == (rejection.reason, rejection.generation, &rejection.detail)
+        });
+        if !repeated {
+            self.events
+                .raise(
+                    EventKind::DesiredStateRejected,
+                    Some(rejection.reason),
+                    rejection.generation,
+                    &rejection.detail,
+                )
+                .await;
+        }
+        self.board.set_rejection(rejection);
+    }
+
+    async fn offer_trust(&self, bundle: &verge_shared::Envelope, now: verge_shared::Timestamp) {
+        let bytes = serde_json::to_vec(bundle).unwrap_or_default();
+        match self.trust.offer(&bytes, now) {
+            Ok(Offered::Unchanged) => {}
+            Ok(Offered::Updated { version, reset }) => {
+                info!(agent = %self.config.id, version, reset, "Trusting a newer trust bundle.");
+                let detail = format!("trust bundle version {version} is trusted from now on");
+                self.events
+                    .raise(EventKind::TrustBundleUpdated, None, None, &detail)
+                    .await;
+                if reset {
+                    self.events
+                        .raise(
+                            EventKind::GenerationsReset,
+                            None,
+                            self.board.accepted(),
+                            "a root-signed reset cleared the highest accepted generation",
+                        )
                         .await;
-                match saved {
-                    Ok(Ok(accepted)) => {
-                        info!(agent = %config.id, generation = %generation, "Accepted desired state.");
-                        board.clear_disk_full(DiskUser::State);
-                        board.set_accepted(generation);
-                        desired_tx.send_replace(Some(Arc::new(accepted.desired)));
-                    }
-                    Ok(Err(e)) => {
-                        if e.is_disk_full() && store_stuck(&config.data_dir) {
-                            return;
-                        }
-                        error!(agent = %config.id, generation = %generation, error = %e, retry_in = ?retry_delay, "Cannot persist the desired state; not applying it yet.");
-                        if e.is_disk_full() {
-                            board.set_disk_full(DiskUser::State, &e.to_string());
-                        }
-                        unsaved = Some(bytes);
-                    }
-                    Err(e) => {
-                        error!(agent = %config.id, generation = %generation, error = %e, "Persisting the desired state failed.");
-                    }
                 }
             }
-            Ok(Decision::IgnoreSame) => {
-                debug!(agent = %config.id, "Ignored a republished desired state of the applied generation.");
+            // The controller's copy may lag one the operator installed by file.
+            Err(e @ verge_shared::trust::TrustError::Stale { .. }) => {
+                debug!(agent = %self.config.id, error = %e, "Ignored an older trust bundle.");
             }
-            Err(rejection) => {
-                warn!(agent = %config.id, reason = ?rejection.reason, generation = ?rejection.generation, detail = %rejection.detail, "Rejected desired state.");
-                board.set_rejection(rejection);
+            Err(e) => {
+                warn!(agent = %self.config.id, error = %e, "Rejected a trust bundle; keeping the trusted one.");
+                let reason = RejectReason::from(&e);
+                self.events
+                    .raise(
+                        EventKind::TrustBundleRejected,
+                        Some(reason),
+                        None,
+                        &e.to_string(),
+                    )
+                    .await;
             }
         }
     }
@@ -520,6 +704,7 @@ async fn status_loop(
 /// Answers log requests, one at a time, from the workloads' log files.
 async fn log_request_loop(
     config: Config,
+    trust: Arc<TrustStore>,
     workloads_dir: PathBuf,
     reporter: Arc<Reporter>,
     mut requests_rx: mpsc::Receiver<Bytes>,
@@ -535,14 +720,14 @@ async fn log_request_loop(
                 None => break,
             },
         };
-        let (key, agent, dir) = (
-            config.controller_public_key,
+        let (keys, agent, dir) = (
+            trust.controller_keys(),
             config.id.clone(),
             workloads_dir.clone(),
         );
         // File reads: off the runtime thread.
         let answered = tokio::task::spawn_blocking(move || {
-            logs::answer(&bytes, &key, &agent, &dir, verge_shared::Timestamp::now())
+            logs::answer(&bytes, &keys, &agent, &dir, verge_shared::Timestamp::now())
         })
         .await;
         match answered {

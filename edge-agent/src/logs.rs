@@ -144,13 +144,13 @@ pub fn last_line(dir: &Path, stream: LogStream) -> Option<String> {
 /// request that is fine but finds no log gets an answer with `error` set.
 pub fn answer(
     bytes: &[u8],
-    controller_key: &PublicKey,
+    controller_keys: &[PublicKey],
     agent: &AgentId,
     workloads_dir: &Path,
     now: Timestamp,
 ) -> Result<LogResponse, String> {
     let request: LogRequest = Envelope::parse(bytes, MAX_LOG_REQUEST_BYTES)
-        .and_then(|e| e.open(REQUEST_PAYLOAD_TYPE, controller_key))
+        .and_then(|e| e.open_any(REQUEST_PAYLOAD_TYPE, controller_keys))
         .map_err(|e| e.to_string())?;
     request.validate()?;
     if &request.agent != agent {
@@ -214,21 +214,21 @@ mod tests {
         };
         let key = controller.public_key();
         let signed = controller.sign_json(REQUEST_PAYLOAD_TYPE, &request("hello"));
-        let ok = answer(&signed, &key, &agent, dir.path(), now).expect("answered");
+        let ok = answer(&signed, &[key], &agent, dir.path(), now).expect("answered");
         assert_eq!(ok.lines, ["b", "c"]);
         assert!(ok.truncated);
         assert_eq!(ok.request_id, "r1");
 
         let missing = controller.sign_json(REQUEST_PAYLOAD_TYPE, &request("other"));
-        let none = answer(&missing, &key, &agent, dir.path(), now).expect("answered");
+        let none = answer(&missing, &[key], &agent, dir.path(), now).expect("answered");
         assert!(none.error.is_some_and(|e| e.contains("no stdout.log")));
 
         let forged = stranger.sign_json(REQUEST_PAYLOAD_TYPE, &request("hello"));
-        assert!(answer(&forged, &key, &agent, dir.path(), now).is_err());
+        assert!(answer(&forged, &[key], &agent, dir.path(), now).is_err());
         let later = now.saturating_add(std::time::Duration::from_secs(11));
-        assert!(answer(&signed, &key, &agent, dir.path(), later).is_err());
+        assert!(answer(&signed, &[key], &agent, dir.path(), later).is_err());
         let other = AgentId::new("edge-2").expect("valid");
-        assert!(answer(&signed, &key, &other, dir.path(), now).is_err());
+        assert!(answer(&signed, &[key], &other, dir.path(), now).is_err());
     }
 
     #[test]

@@ -33,6 +33,8 @@ fn main() -> anyhow::Result<ExitCode> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn agent_main() -> anyhow::Result<ExitCode> {
+    // ring is the only crypto provider; installed before any TLS use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     // VERGE_LOG wins over RUST_LOG; default: info.
     let filter = std::env::var("VERGE_LOG")

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use ring::rand::SecureRandom as _;
 use rumqttc::{
     AsyncClient, ClientError, Event, EventLoop, LastWill, MqttOptions, Outgoing as MqttOutgoing,
-    Packet, QoS, Request,
+    Packet, QoS, Request, TlsConfiguration, Transport,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -76,6 +76,9 @@ pub struct Settings {
     /// Told when a connection attempt fails, so that start-up does not wait
     /// for a desired state from a broker it cannot reach.
     pub unreachable: Arc<Notify>,
+    /// TLS with the client certificate (`mqtts://`); its resolver presents
+    /// the current certificate at every handshake.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Runs the MQTT connection until `stop`, then says goodbye: an explicit
@@ -111,6 +114,11 @@ pub async fn run(
         .set_keep_alive(settings.keep_alive)
         .set_max_packet_size(limits::MAX_MQTT_PACKET_BYTES, limits::MAX_MQTT_PACKET_BYTES)
         .set_request_channel_capacity(REQUEST_CAPACITY);
+    if let Some(tls) = &settings.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.clone(),
+        )));
+    }
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let topics = Arc::new(topics);
     let link = Arc::new(Link::new(client.clone()));

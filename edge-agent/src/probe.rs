@@ -54,14 +54,14 @@ pub enum PlanError {
 /// later than the plan in use.
 pub fn accept_plan(
     bytes: &[u8],
-    controller_key: &PublicKey,
+    controller_keys: &[PublicKey],
     agent: &AgentId,
     current: Option<&ProbePlan>,
 ) -> Result<ProbePlan, PlanError> {
     let envelope =
         Envelope::parse(bytes, MAX_PLAN_BYTES).map_err(|e| PlanError::Envelope(e.to_string()))?;
     let plan: ProbePlan = envelope
-        .open(PLAN_PAYLOAD_TYPE, controller_key)
+        .open_any(PLAN_PAYLOAD_TYPE, controller_keys)
         .map_err(|e| PlanError::Envelope(e.to_string()))?;
     if plan.schema_version != SCHEMA_VERSION {
         return Err(PlanError::Invalid(format!(
@@ -90,7 +90,8 @@ struct Round {
 /// What the probe task needs besides its socket.
 pub struct Prober {
     pub agent: AgentId,
-    pub controller_key: PublicKey,
+    /// Whose signatures on probe plans count (the trust bundle's controller keys).
+    pub controller_keys: Box<dyn Fn() -> Vec<PublicKey> + Send + Sync>,
     pub reporter: Arc<Reporter>,
     pub outbox: Arc<Outbox>,
     /// The topic latency reports go to.
@@ -122,7 +123,7 @@ impl Prober {
                         break;
                     }
                     let Some(bytes) = plans_rx.borrow_and_update().clone() else { continue };
-                    match accept_plan(&bytes, &self.controller_key, &self.agent, plan.as_ref()) {
+                    match accept_plan(&bytes, &(self.controller_keys)(), &self.agent, plan.as_ref()) {
                         Ok(accepted) => {
                             info!(agent = %self.agent, n_targets = accepted.targets.len(), interval_secs = accepted.interval_secs, "Accepted a probe plan.");
                             plan = Some(accepted);
@@ -267,29 +268,39 @@ mod tests {
         let (other, _) = SigningKey::generate().expect("key");
         let me = AgentId::new("me").expect("id");
         let sign = |k: &SigningKey, p: &ProbePlan| k.sign_json(PLAN_PAYLOAD_TYPE, p);
-        let first = accept_plan(&sign(&key, &plan("me", 10)), &key.public_key(), &me, None)
+        let first = accept_plan(&sign(&key, &plan("me", 10)), &[key.public_key()], &me, None)
             .expect("accepted");
         assert_eq!(
             accept_plan(
                 &sign(&key, &plan("me", 10)),
-                &key.public_key(),
+                &[key.public_key()],
                 &me,
                 Some(&first)
             ),
             Err(PlanError::Stale)
         );
         assert!(matches!(
-            accept_plan(&sign(&other, &plan("me", 11)), &key.public_key(), &me, None),
+            accept_plan(
+                &sign(&other, &plan("me", 11)),
+                &[key.public_key()],
+                &me,
+                None
+            ),
             Err(PlanError::Envelope(_))
         ));
         assert!(matches!(
-            accept_plan(&sign(&key, &plan("you", 11)), &key.public_key(), &me, None),
+            accept_plan(
+                &sign(&key, &plan("you", 11)),
+                &[key.public_key()],
+                &me,
+                None
+            ),
             Err(PlanError::WrongAgent(_))
         ));
         let mut bad = plan("me", 11);
         bad.interval_secs = 0;
         assert!(matches!(
-            accept_plan(&sign(&key, &bad), &key.public_key(), &me, None),
+            accept_plan(&sign(&key, &bad), &[key.public_key()], &me, None),
             Err(PlanError::Invalid(_))
         ));
     }
@@ -315,7 +326,7 @@ mod tests {
         ));
         let prober = Prober {
             agent: AgentId::new("me").expect("id"),
-            controller_key: key.public_key(),
+            controller_keys: Box::new(move || vec![key.public_key()]),
             reporter,
             outbox,
             topic: "t".into(),

@@ -15,7 +15,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use verge_shared::ServiceName;
-use verge_shared::messages::{DesiredState, Workload, WorkloadState};
+use verge_shared::messages::{Workload, WorkloadState};
+
+use crate::intake::ResolvedState;
 
 use crate::artifacts::{ArtifactCache, ArtifactError};
 use crate::report::{Board, DiskUser, waiting_status};
@@ -105,7 +107,7 @@ impl<R: Runtime> Reconciler<R> {
     /// sender is gone; stopping the workloads is the caller's job.
     pub async fn run(
         &self,
-        mut desired_rx: watch::Receiver<Option<Arc<DesiredState>>>,
+        mut desired_rx: watch::Receiver<Option<Arc<ResolvedState>>>,
         shutdown: CancellationToken,
     ) {
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
@@ -154,7 +156,7 @@ impl<R: Runtime> Reconciler<R> {
     }
 
     /// One pass: fetch every artifact needed, then stop → replace → start.
-    pub async fn pass(&self, desired: &DesiredState) -> Result<(), PassError> {
+    pub async fn pass(&self, desired: &ResolvedState) -> Result<(), PassError> {
         // What this desired state refers to must survive cache eviction.
         self.artifacts.set_needed(
             desired
@@ -232,6 +234,8 @@ mod tests {
         Workload {
             service: ServiceName::new(service).expect("valid"),
             replica: 0,
+            release: Sha256Digest::of(b"release"),
+            version: "1.0.0".parse().expect("version"),
             artifact: ArtifactRef {
                 sha256: Sha256Digest::of(artifact),
                 size: artifact.len() as u64,

@@ -38,6 +38,8 @@ struct BoardState {
     waiting: BTreeMap<ServiceName, WorkloadStatus>,
     /// Who currently cannot write for lack of disk space.
     disk_full: BTreeMap<DiskUser, StorageProblem>,
+    /// Set while certificate renewal keeps failing close to expiry.
+    certificate_warning: Option<String>,
 }
 
 /// The parts of the agent that report running out of disk space; each
@@ -106,6 +108,21 @@ impl Board {
         if self.applied() != Some(generation) {
             self.update(|s| s.applied = Some(generation));
         }
+    }
+
+    /// The most recent refusal, if any.
+    pub fn last_rejection(&self) -> Option<Rejection> {
+        self.lock().last_rejection.clone()
+    }
+
+    /// Records (or with `None` clears) that certificate renewal keeps failing.
+    pub fn set_certificate_warning(&self, warning: Option<String>) {
+        self.lock().certificate_warning = warning;
+    }
+
+    /// Why certificate renewal keeps failing close to expiry, if it does.
+    pub fn certificate_warning(&self) -> Option<String> {
+        self.lock().certificate_warning.clone()
     }
 
     pub fn set_rejection(&self, rejection: Rejection) {
@@ -288,6 +305,26 @@ impl Reporter {
         }
     }
 
+    /// A signed security event.
+    pub fn event(
+        &self,
+        kind: verge_shared::messages::EventKind,
+        reason: Option<verge_shared::messages::RejectReason>,
+        generation: Option<Generation>,
+        detail: &str,
+    ) -> Vec<u8> {
+        let doc = verge_shared::messages::Event {
+            schema_version: SCHEMA_VERSION,
+            agent: self.identity.agent.clone(),
+            at: Timestamp::now(),
+            kind,
+            reason,
+            generation,
+            detail: verge_shared::messages::bounded_message(detail),
+        };
+        self.key.sign_json(payload_type::EVENT, &doc)
+    }
+
     /// A signed latency report of one probing round.
     pub fn latency(&self, samples: Vec<verge_shared::latency::LatencySample>) -> Vec<u8> {
         let doc = verge_shared::latency::LatencyReport {
@@ -317,6 +354,18 @@ impl Reporter {
     }
 
     /// A signed Heartbeat envelope.
+    /// A certificate renewal request for a new CSR, signed by the node key.
+    pub fn renewal_request(&self, csr_pem: String) -> Vec<u8> {
+        let request = verge_shared::enroll::RenewalRequest {
+            schema_version: verge_shared::enroll::RENEWAL_SCHEMA_VERSION,
+            agent: self.identity.agent.clone(),
+            csr_pem,
+            at: verge_shared::Timestamp::now(),
+        };
+        self.key
+            .sign_json(verge_shared::enroll::RENEWAL_PAYLOAD_TYPE, &request)
+    }
+
     pub fn heartbeat(&self) -> Vec<u8> {
         let doc = Heartbeat {
             schema_version: SCHEMA_VERSION,
@@ -326,6 +375,34 @@ impl Reporter {
             applied_generation: self.board.applied(),
         };
         self.key.sign_json(payload_type::HEARTBEAT, &doc)
+    }
+}
+
+/// Where security events go: signed with the node key, queued in the disk
+/// outbox for `{prefix}/events/{region}/{agent}`.
+#[derive(Clone)]
+pub struct EventSink {
+    pub reporter: std::sync::Arc<Reporter>,
+    pub outbox: std::sync::Arc<crate::outbox::Outbox>,
+    pub topic: String,
+}
+
+impl EventSink {
+    /// Signs and queues one event; a failure to queue is logged (the event
+    /// is then in the log only).
+    pub async fn raise(
+        &self,
+        kind: verge_shared::messages::EventKind,
+        reason: Option<verge_shared::messages::RejectReason>,
+        generation: Option<Generation>,
+        detail: &str,
+    ) {
+        let envelope = self.reporter.event(kind, reason, generation, detail);
+        let (outbox, topic) = (self.outbox.clone(), self.topic.clone());
+        let pushed = tokio::task::spawn_blocking(move || outbox.push(&topic, &envelope)).await;
+        if !matches!(pushed, Ok(Ok(()))) {
+            tracing::warn!(agent = %self.reporter.agent(), ?kind, "Cannot queue a security event; it is in the log only.");
+        }
     }
 }
 
@@ -340,6 +417,8 @@ mod tests {
         Workload {
             service: ServiceName::new(service).expect("valid"),
             replica: 0,
+            release: Sha256Digest::of(b"release"),
+            version: "1.0.0".parse().expect("version"),
             artifact: ArtifactRef {
                 sha256: Sha256Digest::of(service.as_bytes()),
                 size: 1,

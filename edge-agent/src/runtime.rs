@@ -469,6 +469,8 @@ mod tests {
         Workload {
             service: ServiceName::new(service).expect("valid"),
             replica: 0,
+            release: Sha256Digest::of(b"release"),
+            version: "1.0.0".parse().expect("version"),
             artifact: ArtifactRef {
                 sha256: Sha256Digest::of(service.as_bytes()),
                 size: 1,

@@ -10,7 +10,8 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use verge_shared::SigningKey;
-use verge_shared::messages::DesiredState;
+
+use crate::intake::ResolvedState;
 
 /// Why durable state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +35,13 @@ impl StateError {
     }
 }
 
-/// A desired state the agent accepted: the envelope exactly as received
-/// (evidence of what the controller signed) and the parsed document.
+/// A desired state the agent accepted: the delivery exactly as received
+/// (evidence of what the controller and the publishers signed) and what it
+/// resolved to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Accepted {
     pub envelope: Vec<u8>,
-    pub desired: DesiredState,
+    pub desired: ResolvedState,
 }
 
 /// Where the last accepted desired state lives.
@@ -146,16 +148,13 @@ pub fn load_or_create_node_key(path: &Path) -> Result<SigningKey, StateError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
-    use verge_shared::{AgentId, Generation, Timestamp};
+    use verge_shared::{Generation, Timestamp};
 
     fn accepted(generation: u64) -> Accepted {
         Accepted {
             envelope: format!("envelope {generation}").into_bytes(),
-            desired: DesiredState {
-                schema_version: 1,
-                agent: AgentId::new("edge-1").expect("valid"),
+            desired: ResolvedState {
                 generation: Generation::new(generation),
-                issued_at: Timestamp::from_unix_millis(1),
                 expires_at: Timestamp::from_unix_millis(2),
                 workloads: vec![],
             },

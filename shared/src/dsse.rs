@@ -48,6 +48,10 @@ pub enum VerifyError {
     BadSignature(KeyId),
     #[error("signed payload does not parse: {0}")]
     BadPayload(String),
+    #[error("the envelope carries no signature")]
+    Unsigned,
+    #[error("{valid} valid signature(s) by distinct listed keys, {threshold} required")]
+    Threshold { valid: usize, threshold: usize },
 }
 
 /// The pre-authentication encoding DSSE signs:
@@ -230,21 +234,14 @@ impl Envelope {
     /// Checks the payload type and `key`'s signature over the exact payload
     /// bytes, and returns those bytes. Signatures by other keys are ignored.
     pub fn verify(&self, expected_type: &str, key: &PublicKey) -> Result<Vec<u8>, VerifyError> {
-        if self.payload_type != expected_type {
-            return Err(VerifyError::WrongType {
-                found: self.payload_type.chars().take(128).collect(),
-                expected: expected_type.to_owned(),
-            });
-        }
+        self.check_type(expected_type)?;
         let key_id = key.key_id();
         let signature = self
             .signatures
             .iter()
             .find(|s| s.keyid == key_id.0)
             .ok_or_else(|| VerifyError::UnknownKey(key_id.clone()))?;
-        let payload = B64
-            .decode(&self.payload)
-            .map_err(|e| VerifyError::Malformed(format!("payload is not base64: {e}")))?;
+        let payload = self.payload_bytes()?;
         let sig = B64
             .decode(&signature.sig)
             .map_err(|_| VerifyError::BadSignature(key_id.clone()))?;
@@ -253,6 +250,115 @@ impl Envelope {
         } else {
             Err(VerifyError::BadSignature(key_id))
         }
+    }
+
+    /// The SHA-256 of the signed bytes, `PAE(payloadType, payload)`: the
+    /// identity of a signed document, independent of how its JSON is laid
+    /// out and of how many signatures it carries.
+    pub fn signed_digest(&self) -> Result<crate::Sha256Digest, VerifyError> {
+        let payload = self.payload_bytes()?;
+        Ok(crate::Sha256Digest::of(&pae(&self.payload_type, &payload)))
+    }
+
+    fn payload_bytes(&self) -> Result<Vec<u8>, VerifyError> {
+        B64.decode(&self.payload)
+            .map_err(|e| VerifyError::Malformed(format!("payload is not base64: {e}")))
+    }
+
+    fn check_type(&self, expected_type: &str) -> Result<(), VerifyError> {
+        if self.payload_type == expected_type {
+            Ok(())
+        } else {
+            Err(VerifyError::WrongType {
+                found: self.payload_type.chars().take(128).collect(),
+                expected: expected_type.to_owned(),
+            })
+        }
+    }
+
+    /// Checks that a signature by one of `keys` verifies and returns the
+    /// payload bytes with the key that signed them. The error names the
+    /// first problem: no signature at all, none by a listed key, or a listed
+    /// key whose signature does not verify.
+    pub fn verify_any(
+        &self,
+        expected_type: &str,
+        keys: &[PublicKey],
+    ) -> Result<(Vec<u8>, PublicKey), VerifyError> {
+        self.check_type(expected_type)?;
+        if self.signatures.is_empty() {
+            return Err(VerifyError::Unsigned);
+        }
+        let payload = self.payload_bytes()?;
+        let message = pae(expected_type, &payload);
+        let mut bad = None;
+        for key in keys {
+            let id = key.key_id();
+            for signature in self.signatures.iter().filter(|s| s.keyid == id.0) {
+                match B64.decode(&signature.sig) {
+                    Ok(sig) if key.verify_raw(&message, &sig) => return Ok((payload, *key)),
+                    _ => bad = Some(id.clone()),
+                }
+            }
+        }
+        Err(match bad {
+            Some(id) => VerifyError::BadSignature(id),
+            None => {
+                VerifyError::UnknownKey(KeyId(self.signatures[0].keyid.chars().take(64).collect()))
+            }
+        })
+    }
+
+    /// Checks that at least `threshold` distinct keys of `keys` signed the
+    /// envelope; returns the payload bytes. Signatures by other keys, bad
+    /// signatures and repeats of one key do not count.
+    pub fn verify_threshold(
+        &self,
+        expected_type: &str,
+        keys: &[PublicKey],
+        threshold: usize,
+    ) -> Result<Vec<u8>, VerifyError> {
+        self.check_type(expected_type)?;
+        let payload = self.payload_bytes()?;
+        let message = pae(expected_type, &payload);
+        let mut seen = std::collections::BTreeSet::new();
+        for key in keys {
+            let id = key.key_id();
+            let signed = self.signatures.iter().any(|s| {
+                s.keyid == id.0
+                    && B64
+                        .decode(&s.sig)
+                        .is_ok_and(|sig| key.verify_raw(&message, &sig))
+            });
+            if signed {
+                seen.insert(id);
+            }
+        }
+        if threshold > 0 && seen.len() >= threshold {
+            Ok(payload)
+        } else {
+            Err(VerifyError::Threshold {
+                valid: seen.len(),
+                threshold,
+            })
+        }
+    }
+
+    /// Adds `key`'s signature over the same payload (threshold signing:
+    /// each offline key holder adds theirs). A key that already signed is
+    /// not added twice.
+    pub fn add_signature(&mut self, key: &SigningKey) -> Result<(), VerifyError> {
+        let payload = self.payload_bytes()?;
+        let id = key.key_id();
+        if self.signatures.iter().any(|s| s.keyid == id.0) {
+            return Ok(());
+        }
+        let sig = key.pair.sign(&pae(&self.payload_type, &payload));
+        self.signatures.push(Signature {
+            keyid: id.0,
+            sig: B64.encode(sig.as_ref()),
+        });
+        Ok(())
     }
 
     /// Verifies, then parses the payload as `T`.
@@ -265,14 +371,22 @@ impl Envelope {
         serde_json::from_slice(&payload).map_err(|e| VerifyError::BadPayload(e.to_string()))
     }
 
+    /// Verifies a signature by any of `keys`, then parses the payload as `T`.
+    pub fn open_any<T: DeserializeOwned>(
+        &self,
+        expected_type: &str,
+        keys: &[PublicKey],
+    ) -> Result<T, VerifyError> {
+        let (payload, _) = self.verify_any(expected_type, keys)?;
+        serde_json::from_slice(&payload).map_err(|e| VerifyError::BadPayload(e.to_string()))
+    }
+
     /// The payload parsed as `T` **without** checking any signature.
     ///
     /// Only for bootstrapping trust, where the payload names the key that must
     /// then verify the very same envelope (first-contact key pinning).
     pub fn peek_unverified<T: DeserializeOwned>(&self) -> Result<T, VerifyError> {
-        let payload = B64
-            .decode(&self.payload)
-            .map_err(|e| VerifyError::Malformed(format!("payload is not base64: {e}")))?;
+        let payload = self.payload_bytes()?;
         serde_json::from_slice(&payload).map_err(|e| VerifyError::BadPayload(e.to_string()))
     }
 }
@@ -361,6 +475,76 @@ mod tests {
             Envelope::parse(b"{not json", 100),
             Err(VerifyError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn threshold_counts_distinct_valid_listed_keys() {
+        let (a, b, c) = (key(), key(), key());
+        let keys = [a.public_key(), b.public_key(), c.public_key()];
+        let mut env = a.sign(T, b"x");
+        assert_eq!(
+            env.verify_threshold(T, &keys, 2),
+            Err(VerifyError::Threshold {
+                valid: 1,
+                threshold: 2
+            })
+        );
+        // The same key twice is still one key.
+        let again = env.signatures[0].clone();
+        env.signatures.push(again);
+        assert!(env.verify_threshold(T, &keys, 2).is_err());
+        // A signature by an unlisted key does not count.
+        env.add_signature(&key()).expect("sign");
+        assert!(env.verify_threshold(T, &keys, 2).is_err());
+        env.add_signature(&b).expect("sign");
+        assert_eq!(env.verify_threshold(T, &keys, 2).expect("2 of 3"), b"x");
+        // Tampering invalidates every signature.
+        env.payload = B64.encode(b"y");
+        assert!(env.verify_threshold(T, &keys, 1).is_err());
+        assert!(
+            env.verify_threshold(T, &keys, 0).is_err(),
+            "0 is never enough"
+        );
+    }
+
+    #[test]
+    fn any_of_several_keys_and_the_reasons_when_none() {
+        let (a, b) = (key(), key());
+        let env = b.sign(T, b"x");
+        let (payload, by) = env
+            .verify_any(T, &[a.public_key(), b.public_key()])
+            .expect("b signed");
+        assert_eq!((payload.as_slice(), by), (&b"x"[..], b.public_key()));
+        assert!(matches!(
+            env.verify_any(T, &[a.public_key()]),
+            Err(VerifyError::UnknownKey(_))
+        ));
+        let mut unsigned = env.clone();
+        unsigned.signatures.clear();
+        assert_eq!(
+            unsigned.verify_any(T, &[b.public_key()]),
+            Err(VerifyError::Unsigned)
+        );
+        let mut forged = env.clone();
+        forged.payload = B64.encode(b"y");
+        assert!(matches!(
+            forged.verify_any(T, &[b.public_key()]),
+            Err(VerifyError::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn signed_digest_ignores_signatures_but_not_content() {
+        let (a, b) = (key(), key());
+        let mut env = a.sign(T, b"x");
+        let digest = env.signed_digest().expect("digest");
+        env.add_signature(&b).expect("sign");
+        assert_eq!(env.signed_digest().expect("digest"), digest);
+        assert_ne!(b.sign(T, b"y").signed_digest().expect("digest"), digest);
+        assert_ne!(
+            b.sign("other", b"x").signed_digest().expect("digest"),
+            digest
+        );
     }
 
     #[test]

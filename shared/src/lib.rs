@@ -8,11 +8,14 @@
 //! - [`topic`]: the MQTT topic tree, built only by constructors and inverted by a router;
 //! - [`messages`]: desired state, status, heartbeat and presence documents;
 //! - [`dsse`]: signed envelopes (DSSE over Ed25519) — verify the bytes, then parse;
+//! - [`enroll`]: enrollment and signed certificate renewal requests;
 //! - [`limits`]: every size bound as a named constant;
 //! - [`telemetry`]: telemetry and events for consumers, with sequence numbers;
-//! - [`latency`]: the probe datagram, probe targets and signed latency reports.
+//! - [`latency`]: the probe datagram, probe targets and signed latency reports;
+//! - [`trust`]: the root-signed trust bundle and publisher-signed releases.
 
 pub mod dsse;
+pub mod enroll;
 pub mod id;
 pub mod latency;
 pub mod limits;
@@ -21,6 +24,7 @@ pub mod messages;
 pub mod telemetry;
 pub mod time;
 pub mod topic;
+pub mod trust;
 
 pub use dsse::{Envelope, KeyId, PublicKey, SigningKey, VerifyError};
 pub use id::{AgentId, IdError, RegionId, ServiceName};

@@ -9,8 +9,24 @@
 /// Largest MQTT packet either side sends or accepts.
 pub const MAX_MQTT_PACKET_BYTES: usize = 512 * 1024;
 
-/// Largest signed desired-state envelope an agent accepts.
-pub const MAX_DESIRED_STATE_BYTES: usize = 256 * 1024;
+/// Largest desired-state delivery an agent accepts: the controller-signed
+/// desired state, the publisher-signed releases it names and the current
+/// trust bundle, in one retained message.
+pub const MAX_DELIVERY_BYTES: usize = 480 * 1024;
+
+/// Largest signed desired-state envelope inside a delivery.
+pub const MAX_DESIRED_STATE_BYTES: usize = 128 * 1024;
+
+/// Largest signed release envelope (publisher tool, controller and agent
+/// all refuse larger ones).
+pub const MAX_RELEASE_BYTES: usize = 64 * 1024;
+
+/// Largest signed trust-bundle envelope.
+pub const MAX_TRUST_BUNDLE_BYTES: usize = 64 * 1024;
+
+/// Most entries in a desired state's per-agent `config`, and the longest value.
+pub const MAX_CONFIG_ENTRIES: usize = 32;
+pub const MAX_CONFIG_VALUE_BYTES: usize = 1024;
 
 /// Largest signed status envelope the controller accepts.
 pub const MAX_STATUS_BYTES: usize = 64 * 1024;

@@ -26,6 +26,7 @@ pub mod payload_type {
     pub const PRESENCE: &str = "application/vnd.verge.presence.v1+json";
     pub const HEARTBEAT: &str = "application/vnd.verge.heartbeat.v1+json";
     pub const STATUS: &str = "application/vnd.verge.status.v1+json";
+    pub const EVENT: &str = "application/vnd.verge.event.v1+json";
 }
 
 /// A per-agent counter that grows exactly when that agent's workloads change.
@@ -277,17 +278,41 @@ impl Probe {
     }
 }
 
-/// One replica of a service assigned to one agent.
+/// One replica of a service on one agent, resolved from its verified
+/// release: what the agent runs (and the controller records it issued).
+/// Not a wire document by itself; see [`Assignment`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     pub service: ServiceName,
     /// Index of this replica within the service, from 0.
     pub replica: u32,
+    /// The [`crate::Envelope::signed_digest`] of the release it runs.
+    pub release: Sha256Digest,
+    /// The release's version.
+    pub version: semver::Version,
     pub artifact: ArtifactRef,
     #[serde(default)]
     pub run: RunSpec,
     #[serde(default)]
     pub resources: Resources,
+}
+
+/// One replica of a service assigned to an agent, as the controller signs
+/// it: the release is named by digest, never described.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub service: ServiceName,
+    /// Index of this replica within the service, from 0.
+    pub replica: u32,
+    /// The [`crate::Envelope::signed_digest`] of a publisher-signed release.
+    pub release: Sha256Digest,
+    /// An operator rollback: the release may be older than the one running.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
+    /// Per-agent settings, passed to the workload as `VERGE_CONFIG_<KEY>`.
+    /// Keys are upper-case letters, digits and `_`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
 }
 
 /// Everything one agent must run, signed by the controller.
@@ -299,7 +324,52 @@ pub struct DesiredState {
     pub issued_at: Timestamp,
     pub expires_at: Timestamp,
     /// Sorted by service name; at most one workload per service.
-    pub workloads: Vec<Workload>,
+    pub workloads: Vec<Assignment>,
+}
+
+/// What the controller publishes (retained) on an agent's desired topic:
+/// the signed desired state, the signed releases it names, and the current
+/// trust bundle. Each part carries its own signatures; the wrapper carries
+/// none and is only a container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<crate::Envelope>,
+    pub desired: crate::Envelope,
+    #[serde(default)]
+    pub releases: Vec<crate::Envelope>,
+}
+
+/// The environment variable prefix of [`Assignment::config`] entries.
+pub const CONFIG_ENV_PREFIX: &str = "VERGE_CONFIG_";
+
+/// Checks an assignment's per-agent config; the error names the key.
+pub fn validate_config(config: &BTreeMap<String, String>) -> Result<(), String> {
+    if config.len() > limits::MAX_CONFIG_ENTRIES {
+        return Err(format!(
+            "config: at most {} entries",
+            limits::MAX_CONFIG_ENTRIES
+        ));
+    }
+    for (key, value) in config {
+        let key_ok = (1..=64).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        if !key_ok {
+            return Err(format!(
+                "config.{key}: keys are 1-64 upper-case letters, digits and '_'"
+            ));
+        }
+        if value.len() > limits::MAX_CONFIG_VALUE_BYTES || value.contains('\0') {
+            return Err(format!(
+                "config.{key}: must be at most {} bytes and contain no NUL",
+                limits::MAX_CONFIG_VALUE_BYTES
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Is `name` usable as a port name or an environment variable suffix?
@@ -481,8 +551,8 @@ pub fn check_schema_version(version: u32) -> Result<(), String> {
 
 impl DesiredState {
     /// Checks the document's own consistency: schema, bounds, one workload
-    /// per service in sorted order, and each run spec. Signature, agent id,
-    /// generation and expiry are the receiver's checks.
+    /// per service in sorted order, and each per-agent config. Signature,
+    /// agent id, generation, expiry and the releases are the receiver's checks.
     pub fn validate(&self) -> Result<(), String> {
         check_schema_version(self.schema_version)?;
         if self.workloads.len() > limits::MAX_WORKLOADS_PER_AGENT {
@@ -501,9 +571,7 @@ impl DesiredState {
                     w.service
                 ));
             }
-            w.run
-                .validate()
-                .map_err(|e| format!("workloads[{i}].run.{e}"))?;
+            validate_config(&w.config).map_err(|e| format!("workloads[{i}].{e}"))?;
         }
         Ok(())
     }
@@ -644,6 +712,42 @@ pub enum RejectReason {
     WrongAgent,
     StaleGeneration,
     Expired,
+    /// An envelope with no signature at all.
+    Unsigned,
+    /// The desired state names a release digest that was not delivered
+    /// with it (mix-and-match).
+    ReleaseMissing,
+    /// A release not signed by any publisher key of the trust bundle.
+    UnknownPublisher,
+    /// A release signed by a publisher not allowed that service name.
+    PublisherNotAllowed,
+    /// A release that is signed but inconsistent (bad run spec, artifacts).
+    ReleaseInvalid,
+    /// A release of another service than the assignment names.
+    ReleaseMismatch,
+    /// An older release version than the one running, without an operator
+    /// rollback.
+    ReleaseRollback,
+    /// A trust bundle without a threshold of trusted root signatures.
+    ThresholdNotMet,
+    /// A trust bundle older than the trusted one, or the same version with
+    /// different content.
+    StaleTrustBundle,
+}
+
+impl From<&crate::trust::TrustError> for RejectReason {
+    fn from(e: &crate::trust::TrustError) -> Self {
+        use crate::trust::TrustError;
+        match e {
+            TrustError::Envelope(VerifyError::Threshold { .. }) => RejectReason::ThresholdNotMet,
+            TrustError::Envelope(v) => RejectReason::from(v),
+            TrustError::Invalid(_) => RejectReason::Invalid,
+            TrustError::Expired(_) => RejectReason::Expired,
+            TrustError::Stale { .. } | TrustError::Conflict(_) => RejectReason::StaleTrustBundle,
+            TrustError::UnknownPublisher(_) => RejectReason::UnknownPublisher,
+            TrustError::NotAllowed { .. } => RejectReason::PublisherNotAllowed,
+        }
+    }
 }
 
 impl From<&VerifyError> for RejectReason {
@@ -653,7 +757,10 @@ impl From<&VerifyError> for RejectReason {
             VerifyError::Malformed(_) | VerifyError::BadPayload(_) => RejectReason::Malformed,
             VerifyError::WrongType { .. } => RejectReason::WrongType,
             VerifyError::UnknownKey(_) => RejectReason::UnknownKey,
-            VerifyError::BadSignature(_) => RejectReason::BadSignature,
+            VerifyError::BadSignature(_) | VerifyError::Threshold { .. } => {
+                RejectReason::BadSignature
+            }
+            VerifyError::Unsigned => RejectReason::Unsigned,
         }
     }
 }
@@ -705,6 +812,39 @@ pub struct Status {
     pub storage_problem: Option<StorageProblem>,
 }
 
+/// What happened, in a security [`Event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A desired state was refused; the last good one keeps running.
+    DesiredStateRejected,
+    /// A trust bundle was refused; the trusted one stays.
+    TrustBundleRejected,
+    /// A newer trust bundle is trusted from now on.
+    TrustBundleUpdated,
+    /// A root-signed reset cleared the highest accepted generation.
+    GenerationsReset,
+    /// The node's client certificate could not be renewed and expires soon.
+    CertificateRenewalFailing,
+}
+
+/// A security-relevant event, signed by the node and published through the
+/// outbox on `{prefix}/events/{region}/{agent}` for the controller and any
+/// consumer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub schema_version: u32,
+    pub agent: AgentId,
+    pub at: Timestamp,
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RejectReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<Generation>,
+    /// A person-readable explanation, at most [`limits::MAX_MESSAGE_BYTES`].
+    pub detail: String,
+}
+
 /// Truncates free text to the wire limit on a character boundary.
 pub fn bounded_message(text: &str) -> String {
     if text.len() <= limits::MAX_MESSAGE_BYTES {
@@ -721,20 +861,33 @@ pub fn bounded_message(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn workload(service: &str) -> Workload {
-        Workload {
+    fn workload(service: &str) -> Assignment {
+        Assignment {
             service: ServiceName::new(service).expect("valid"),
             replica: 0,
-            artifact: ArtifactRef {
-                sha256: Sha256Digest::of(b"x"),
-                size: 1,
-            },
-            run: RunSpec::default(),
-            resources: Resources::default(),
+            release: Sha256Digest::of(b"x"),
+            rollback: false,
+            config: BTreeMap::new(),
         }
     }
 
-    fn desired(workloads: Vec<Workload>) -> DesiredState {
+    /// A run spec under test, checked the way a release checks it.
+    #[derive(Clone, Default)]
+    struct W {
+        run: RunSpec,
+    }
+
+    fn run_spec() -> W {
+        W::default()
+    }
+
+    fn check(w: &W) -> Result<(), String> {
+        w.run
+            .validate()
+            .map_err(|e| format!("workloads[0].run.{e}"))
+    }
+
+    fn desired(workloads: Vec<Assignment>) -> DesiredState {
         DesiredState {
             schema_version: SCHEMA_VERSION,
             agent: AgentId::new("a").expect("valid"),
@@ -771,12 +924,12 @@ mod tests {
         let dup = desired(vec![workload("a"), workload("a")]).validate();
         assert!(dup.expect_err("dup").starts_with("workloads[1].service"));
 
-        let mut w = workload("a");
+        let mut w = run_spec();
         w.run.env.insert("1BAD".into(), "v".into());
-        let err = desired(vec![w]).validate().expect_err("bad env");
+        let err = check(&w).expect_err("bad env");
         assert!(err.starts_with("workloads[0].run.env.1BAD"), "{err}");
 
-        let mut w = workload("a");
+        let mut w = run_spec();
         w.run.ports = vec![
             PortSpec {
                 name: "http".into(),
@@ -787,8 +940,13 @@ mod tests {
                 port: Some(80),
             },
         ];
-        let err = desired(vec![w]).validate().expect_err("dup port");
+        let err = check(&w).expect_err("dup port");
         assert!(err.contains("ports[1].name"), "{err}");
+
+        let mut a = workload("a");
+        a.config.insert("lower".into(), "v".into());
+        let err = desired(vec![a]).validate().expect_err("config key");
+        assert!(err.starts_with("workloads[0].config.lower"), "{err}");
 
         let mut d = desired(vec![]);
         d.schema_version = 2;
@@ -801,41 +959,41 @@ mod tests {
 
     #[test]
     fn supervision_fields_are_validated_with_their_names() {
-        let mut w = workload("a");
+        let mut w = run_spec();
         w.run.ports = vec![PortSpec {
             name: "http".into(),
             port: None,
         }];
         w.run.stop_grace_secs = Some(MAX_STOP_GRACE_SECS + 1);
-        let err = desired(vec![w.clone()]).validate().expect_err("grace");
+        let err = check(&w).expect_err("grace");
         assert!(err.contains("run.stop_grace_secs"), "{err}");
         w.run.stop_grace_secs = Some(5);
-        let check = |probe| HealthCheck {
+        let health = |probe| HealthCheck {
             probe,
             interval_secs: 1,
             timeout_secs: 1,
             healthy_threshold: 1,
             unhealthy_threshold: 1,
         };
-        w.run.health = Some(check(Probe::Tcp {
+        w.run.health = Some(health(Probe::Tcp {
             port: "admin".into(),
         }));
-        let err = desired(vec![w.clone()]).validate().expect_err("port");
+        let err = check(&w).expect_err("port");
         assert!(err.contains("run.health.probe.port"), "{err}");
-        w.run.health = Some(check(Probe::Http {
+        w.run.health = Some(health(Probe::Http {
             port: "http".into(),
             path: "/".into(),
             status_min: 400,
             status_max: 200,
         }));
-        let err = desired(vec![w.clone()]).validate().expect_err("range");
+        let err = check(&w).expect_err("range");
         assert!(err.contains("health.probe.status_min"), "{err}");
-        w.run.health = Some(check(Probe::Exec { command: vec![] }));
-        assert!(desired(vec![w.clone()]).validate().is_err());
-        w.run.health = Some(check(Probe::Exec {
+        w.run.health = Some(health(Probe::Exec { command: vec![] }));
+        assert!(check(&w).is_err());
+        w.run.health = Some(health(Probe::Exec {
             command: vec!["true".into()],
         }));
-        assert_eq!(desired(vec![w.clone()]).validate(), Ok(()));
+        assert_eq!(check(&w), Ok(()));
         // Defaults fill in what the JSON leaves out, and `always` is not written.
         let json = r#"{"probe": {"type": "http", "port": "http"}}"#;
         let parsed: HealthCheck = serde_json::from_str(json).expect("parse");
@@ -853,10 +1011,10 @@ mod tests {
 
     #[test]
     fn entrypoints_are_relative_paths_inside_the_archive() {
-        let mut w = workload("web");
+        let mut w = run_spec();
         for good in ["bin/app", "app", "a/b/c.sh"] {
             w.run.entrypoint = Some(good.into());
-            assert_eq!(desired(vec![w.clone()]).validate(), Ok(()), "{good}");
+            assert_eq!(check(&w), Ok(()), "{good}");
         }
         for bad in [
             "",
@@ -869,11 +1027,11 @@ mod tests {
             "a\nb",
         ] {
             w.run.entrypoint = Some(bad.into());
-            let err = desired(vec![w.clone()]).validate().expect_err(bad);
+            let err = check(&w).expect_err(bad);
             assert!(err.contains("run.entrypoint"), "{err}");
         }
         w.run.entrypoint = Some("a/".repeat(300) + "b");
-        assert!(desired(vec![w]).validate().is_err());
+        assert!(check(&w).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | `{prefix}/agents/{id}/presence` | agent → controller (Last Will: offline) | 1 | yes |
 //! | `{prefix}/agents/{id}/heartbeat` | agent → controller | 0 | no |
 //! | `{prefix}/telemetry/{region}/{id}` | agent → consumers (through the outbox) | 1 | no |
+//! | `{prefix}/events/{region}/{id}` | agent → controller and consumers (through the outbox) | 1 | no |
 //! | `{prefix}/agents/{id}/logs/request` | controller → agent | 1 | no |
 //! | `{prefix}/agents/{id}/logs/response` | agent → controller | 1 | no |
 //! | `{prefix}/agents/{id}/latency` | agent → controller | 0 | no |
@@ -147,6 +148,16 @@ impl Topics {
         format!("{}/telemetry/{region}/{agent}", self.prefix)
     }
 
+    /// Where an agent publishes its security events, for the controller and consumers.
+    pub fn events(&self, region: &RegionId, agent: &AgentId) -> String {
+        format!("{}/events/{region}/{agent}", self.prefix)
+    }
+
+    /// The subscription filter matching every agent's events.
+    pub fn all_events(&self) -> String {
+        format!("{}/events/+/+", self.prefix)
+    }
+
     pub fn log_request(&self, agent: &AgentId) -> String {
         self.agent(agent, Channel::LogRequest)
     }
@@ -192,6 +203,7 @@ mod tests {
         );
         let r = RegionId::new("eu-west").expect("valid");
         assert_eq!(t.telemetry(&r, &a), "verge/v1/telemetry/eu-west/edge-1");
+        assert_eq!(t.events(&r, &a), "verge/v1/events/eu-west/edge-1");
     }
 
     #[test]

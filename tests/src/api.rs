@@ -1,17 +1,52 @@
 //! A small client for the controller's HTTP API, as an operator's script
 //! would use it: bearer token, JSON in and out.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use anyhow::{Context, Result, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use verge_shared::trust::payload_type::RELEASE;
+
+use crate::trust::{self, Roles};
 
 /// The controller's API at one base URL with one admin token.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Api {
     pub base: String,
     token: String,
     http: reqwest::Client,
+    /// Signs releases for service specs written the short way (below).
+    roles: Option<Arc<Roles>>,
+    /// Sizes of the artifacts this client uploaded, by sha256.
+    sizes: Arc<Mutex<HashMap<String, u64>>>,
+    /// Releases already made from short specs, so the same spec PUT twice
+    /// names the same release.
+    releases: Arc<Mutex<HashMap<String, String>>>,
 }
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fields of a short service spec that describe the code and how it
+/// runs: they go into a publisher-signed release.
+const RELEASE_FIELDS: [&str; 8] = [
+    "artifact",
+    "args",
+    "env",
+    "ports",
+    "restart",
+    "stop_grace_secs",
+    "health",
+    "entrypoint",
+];
 
 /// A response: status code and parsed JSON body (`Value::Null` when empty).
 #[derive(Debug)]
@@ -37,12 +72,102 @@ impl Reply {
 }
 
 impl Api {
+    /// A client for a plain-HTTP API.
     pub fn new(base: String, token: String) -> Self {
+        Self::with_ca(base, token, None)
+    }
+
+    /// A client trusting `ca_pem` for an HTTPS API (plain HTTP without one).
+    pub fn with_ca(base: String, token: String, ca_pem: Option<&str>) -> Self {
+        let http = crate::tls::http_client(ca_pem).expect("the TLS client configuration builds");
         Self {
             base,
             token,
-            http: reqwest::Client::new(),
+            http,
+            roles: None,
+            sizes: Arc::default(),
+            releases: Arc::default(),
         }
+    }
+
+    /// The HTTP client (trusting the controller's CA in TLS mode).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Lets [`Api::put_service`] turn short specs into signed releases.
+    pub fn with_publisher(mut self, roles: Arc<Roles>) -> Self {
+        self.roles = Some(roles);
+        self
+    }
+
+    /// Uploads a signed release envelope (JSON bytes).
+    pub async fn post_release(&self, envelope: Vec<u8>) -> Result<Reply> {
+        self.request(Method::POST, "/api/v1/releases", Some(envelope.into()))
+            .await
+    }
+
+    /// Signs and uploads a release of `service` made from the release
+    /// fields of a short spec; returns its digest, or the controller's
+    /// refusal. The run fields are signed as written (not parsed here), so
+    /// the controller's own validation answers for bad ones. Versions follow
+    /// the clock, so each new release is newer than the last.
+    async fn release_from_spec(
+        &self,
+        service: &str,
+        spec: &Value,
+    ) -> Result<Result<String, Reply>> {
+        let roles = self
+            .roles
+            .as_ref()
+            .context("this client has no publisher key for short specs")?;
+        let key = format!("{service} {spec}");
+        if let Some(digest) = self.releases.lock().expect("lock").get(&key) {
+            return Ok(Ok(digest.clone()));
+        }
+        let artifact = spec["artifact"].as_str().context("spec has no artifact")?;
+        let size = *self
+            .sizes
+            .lock()
+            .expect("lock")
+            .get(artifact)
+            .context("the artifact was not uploaded through this client")?;
+        let mut run = spec.clone();
+        if let Some(fields) = run.as_object_mut() {
+            fields.retain(|k, _| RELEASE_FIELDS.contains(&k.as_str()) && k != "artifact");
+        }
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let media_type = if run.get("entrypoint").is_some() {
+            "application/vnd.verge.archive.tar+gzip"
+        } else {
+            "application/vnd.verge.executable"
+        };
+        let release = serde_json::json!({
+            "schema_version": 1,
+            "service": service,
+            "version": format!("1.0.{millis}"),
+            "issued_at": verge_shared::Timestamp::now(),
+            "artifacts": [{"sha256": artifact, "size": size, "media_type": media_type}],
+            "run": run,
+            "resources": spec.get("resources").cloned().unwrap_or_else(|| serde_json::json!({})),
+        });
+        let envelope = trust::sign_by(RELEASE, &release, &[&roles.publisher]);
+        let reply = self.post_release(serde_json::to_vec(&envelope)?).await?;
+        if !reply.status.is_success() {
+            return Ok(Err(reply));
+        }
+        let digest = reply.body["digest"]
+            .as_str()
+            .context("release reply has no digest")?
+            .to_owned();
+        self.releases
+            .lock()
+            .expect("lock")
+            .insert(key, digest.clone());
+        Ok(Ok(digest))
     }
 
     /// Sends a request with the admin token and an optional body.
@@ -78,8 +203,26 @@ impl Api {
         self.request(Method::GET, path, None).await?.ok()
     }
 
+    /// PUTs a service. A short spec (with `artifact` and run fields, as
+    /// tests write it) becomes a release signed by the cluster's publisher
+    /// plus a spec naming it; a refused release is the reply. A spec with
+    /// `release` goes as it is.
     pub async fn put_service(&self, name: &str, spec: &Value) -> Result<Reply> {
-        let body = serde_json::to_vec(spec)?;
+        let spec = if spec.get("artifact").is_some() {
+            let digest = match self.release_from_spec(name, spec).await? {
+                Ok(digest) => digest,
+                Err(refused) => return Ok(refused),
+            };
+            let mut short = spec.clone();
+            if let Some(fields) = short.as_object_mut() {
+                fields.retain(|k, _| !RELEASE_FIELDS.contains(&k.as_str()) && k != "resources");
+                fields.insert("release".into(), Value::from(digest));
+            }
+            short
+        } else {
+            spec.clone()
+        };
+        let body = serde_json::to_vec(&spec)?;
         self.request(
             Method::PUT,
             &format!("/api/v1/services/{name}"),
@@ -116,9 +259,17 @@ impl Api {
         if !status.is_success() {
             bail!("artifact upload: HTTP {status}: {body}");
         }
-        body["sha256"]
+        let sha256 = body["sha256"]
             .as_str()
             .map(str::to_owned)
-            .context("artifact upload reply has no sha256")
+            .context("artifact upload reply has no sha256")?;
+        let size = body["size"]
+            .as_u64()
+            .context("artifact upload reply has no size")?;
+        self.sizes
+            .lock()
+            .expect("lock")
+            .insert(sha256.clone(), size);
+        Ok(sha256)
     }
 }

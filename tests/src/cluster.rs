@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use verge_shared::SigningKey;
 
 use crate::api::Api;
+use crate::trust::Roles;
 use crate::wait::wait_for;
 
 /// Which broker carries the cluster's MQTT traffic.
@@ -37,6 +38,12 @@ pub struct ClusterOptions {
     /// timeout instead of the tests' short ones (for the footprint benchmark,
     /// which measures default behaviour).
     pub default_intervals: bool,
+    /// Run with TLS: HTTPS API, client certificates required at the embedded
+    /// broker, agents enrolled with bootstrap tokens
+    /// ([`Cluster::add_enrolling_agent`]). Off by default: plain TCP.
+    pub tls: bool,
+    /// `tls.client_cert_ttl_secs` in TLS mode (the controller's default when `None`).
+    pub client_cert_ttl_secs: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -46,6 +53,8 @@ impl Default for ClusterOptions {
             failover_grace_secs: 120,
             controller_extra: String::new(),
             default_intervals: false,
+            tls: false,
+            client_cert_ttl_secs: None,
         }
     }
 }
@@ -156,6 +165,8 @@ pub struct AgentHandle {
     log_dir: PathBuf,
     starts: u32,
     child: Option<Child>,
+    /// Extra environment (the enrollment token in TLS mode).
+    env: Vec<(String, String)>,
 }
 
 impl AgentHandle {
@@ -163,6 +174,7 @@ impl AgentHandle {
         let mut cmd = Command::new(binary("edge-agent"));
         cmd.arg("--config").arg(&self.config);
         cmd.env("RUST_LOG", "info,edge_agent=debug");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         // Each start logs to its own file so a restart keeps the earlier log.
         self.starts += 1;
         let log = self
@@ -170,6 +182,16 @@ impl AgentHandle {
             .join(format!("agent-{}-{}.log", self.id, self.starts));
         self.child = Some(spawn_logged(cmd, &log)?);
         Ok(())
+    }
+
+    /// Everything this agent logged, over all its starts.
+    pub fn log_text(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                fs::read_to_string(self.log_dir.join(format!("agent-{}-{n}.log", self.id)))
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
     /// The agent process's pid, while it runs.
@@ -242,13 +264,18 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     controller: Option<Child>,
     controller_log: PathBuf,
-    mosquitto: Option<Child>,
+    mosquitto: Option<Mosquitto>,
     pub agents: Vec<AgentHandle>,
     pub api: Api,
     pub broker: BrokerKind,
     pub mqtt_addr: SocketAddr,
     pub controller_data: PathBuf,
-    pub controller_public_key: String,
+    /// The root, controller and publisher keys of this cluster.
+    pub roles: std::sync::Arc<Roles>,
+    /// The signed trust bundle every part starts from.
+    pub bundle_file: PathBuf,
+    /// The controller's CA certificate (PEM) in TLS mode.
+    pub ca_pem: Option<String>,
 }
 
 impl Cluster {
@@ -260,6 +287,10 @@ impl Cluster {
         let mqtt_port = free_port();
         let mqtt_addr: SocketAddr = ([127, 0, 0, 1], mqtt_port).into();
         let controller_data = dir.path().join("controller");
+        let roles = std::sync::Arc::new(Roles::generate());
+        roles.install_controller_key(&controller_data)?;
+        let bundle_file = dir.path().join("trust-bundle.json");
+        fs::write(&bundle_file, roles.signed_bundle(1))?;
 
         let mosquitto = match options.broker {
             BrokerKind::Embedded => None,
@@ -272,8 +303,15 @@ impl Cluster {
         let config = format!(
             "data_dir = \"{data}\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n\
              [broker]\n{broker_section}\n\n[deploy]\n{republish}\n\
-             [nodes]\n{heartbeat_timeout}failover_grace_secs = {grace}\n\n{extra}\n",
+             [nodes]\n{heartbeat_timeout}failover_grace_secs = {grace}\n\n\
+             [trust]\nbundle_file = \"{bundle}\"\n\n[tls]\nenabled = {tls}\n{ttl}\n{extra}\n",
             data = controller_data.display(),
+            bundle = bundle_file.display(),
+            tls = options.tls,
+            ttl = options
+                .client_cert_ttl_secs
+                .map(|s| format!("client_cert_ttl_secs = {s}\n"))
+                .unwrap_or_default(),
             grace = options.failover_grace_secs,
             extra = options.controller_extra,
             republish = if options.default_intervals {
@@ -296,14 +334,24 @@ impl Cluster {
         let controller_log = dir.path().join("controller.log");
         let controller = spawn_logged(cmd, &controller_log)?;
 
-        let base = format!("http://127.0.0.1:{api_port}");
-        wait_healthy(&base).await;
+        crate::tls::install_provider();
+        let ca_pem = if options.tls {
+            let path = controller_data.join("ca/ca.pem");
+            Some(
+                wait_for("the controller's CA certificate", START_TIMEOUT, || async {
+                    fs::read_to_string(&path).map_err(|e| e.to_string())
+                })
+                .await,
+            )
+        } else {
+            None
+        };
+        let scheme = if options.tls { "https" } else { "http" };
+        let base = format!("{scheme}://127.0.0.1:{api_port}");
+        let health_client = crate::tls::http_client(ca_pem.as_deref())?;
+        wait_healthy(&health_client, &base).await;
         let token = fs::read_to_string(controller_data.join("admin-token"))
             .context("controller wrote no admin-token")?
-            .trim()
-            .to_owned();
-        let controller_public_key = fs::read_to_string(controller_data.join("keys/controller.pub"))
-            .context("controller wrote no keys/controller.pub")?
             .trim()
             .to_owned();
         Ok(Cluster {
@@ -312,11 +360,13 @@ impl Cluster {
             controller_log,
             mosquitto,
             agents: Vec::new(),
-            api: Api::new(base, token),
+            api: Api::with_ca(base, token, ca_pem.as_deref()).with_publisher(roles.clone()),
             broker: options.broker,
             mqtt_addr,
             controller_data,
-            controller_public_key,
+            roles,
+            bundle_file,
+            ca_pem,
         })
     }
 
@@ -348,9 +398,39 @@ impl Cluster {
         broker: SocketAddr,
         extra: &str,
     ) -> Result<usize> {
+        self.spawn_agent(id, region, broker, extra, Vec::new())?;
+        self.wait_node_online(id).await;
+        Ok(self.agents.len() - 1)
+    }
+
+    /// TLS mode: starts an agent that has only `token` (in its environment,
+    /// never in a file) and the CA file, connecting to `broker` (the
+    /// cluster's, or a proxy in front of it), and waits until it has
+    /// enrolled and the controller lists it as online.
+    pub async fn add_enrolling_agent(
+        &mut self,
+        id: &str,
+        region: &str,
+        token: &str,
+        broker: SocketAddr,
+    ) -> Result<usize> {
+        let env = vec![("VERGE_AGENT_ENROLL_TOKEN".to_owned(), token.to_owned())];
+        self.spawn_agent(id, region, broker, "", env)?;
+        self.wait_node_online(id).await;
+        Ok(self.agents.len() - 1)
+    }
+
+    /// Writes an agent's config and starts it, without waiting.
+    pub fn spawn_agent(
+        &mut self,
+        id: &str,
+        region: &str,
+        broker: SocketAddr,
+        extra: &str,
+        env: Vec<(String, String)>,
+    ) -> Result<usize> {
         let data_dir = self.dir.path().join(format!("agent-{id}"));
-        self.add_agent_at(id, region, broker, extra, &data_dir)
-            .await
+        self.spawn_agent_at(id, region, broker, extra, env, &data_dir)
     }
 
     /// [`Cluster::add_agent_with`] with the agent's data in `data_dir`
@@ -363,20 +443,46 @@ impl Cluster {
         extra: &str,
         data_dir: &Path,
     ) -> Result<usize> {
+        let index = self.spawn_agent_at(id, region, broker, extra, Vec::new(), data_dir)?;
+        self.wait_node_online(id).await;
+        Ok(index)
+    }
+
+    /// Writes an agent's config with its data in `data_dir` and starts it,
+    /// without waiting.
+    fn spawn_agent_at(
+        &mut self,
+        id: &str,
+        region: &str,
+        broker: SocketAddr,
+        extra: &str,
+        env: Vec<(String, String)>,
+        data_dir: &Path,
+    ) -> Result<usize> {
         let data_dir = data_dir.to_owned();
         fs::create_dir_all(&data_dir)?;
         let config = self.dir.path().join(format!("agent-{id}.toml"));
+        let (scheme, ca_line) = match &self.ca_pem {
+            Some(_) => (
+                "mqtts",
+                format!(
+                    "ca_file = \"{}\"\n",
+                    self.controller_data.join("ca/ca.pem").display()
+                ),
+            ),
+            None => ("mqtt", String::new()),
+        };
         fs::write(
             &config,
             format!(
                 "id = \"{id}\"\nregion = \"{region}\"\ndata_dir = \"{data}\"\n\
-                 broker_url = \"mqtt://{mqtt}\"\ncontroller_url = \"{api}\"\n\
-                 controller_public_key = \"{key}\"\nheartbeat_interval_secs = 1\n{extra}\n\n\
+                 broker_url = \"{scheme}://{mqtt}\"\ncontroller_url = \"{api}\"\n{ca_line}\
+                 trust_bundle_file = \"{bundle}\"\nheartbeat_interval_secs = 1\n{extra}\n\n\
                  [capacity]\ncpu_millis = 4000\nmemory_mb = 4096\n",
                 data = data_dir.display(),
                 mqtt = broker,
                 api = self.api.base,
-                key = self.controller_public_key,
+                bundle = self.bundle_file.display(),
             ),
         )?;
         let mut agent = AgentHandle {
@@ -387,10 +493,10 @@ impl Cluster {
             log_dir: self.dir.path().to_owned(),
             starts: 0,
             child: None,
+            env,
         };
         agent.spawn()?;
         self.agents.push(agent);
-        self.wait_node_online(id).await;
         Ok(self.agents.len() - 1)
     }
 
@@ -432,7 +538,7 @@ impl Cluster {
         cmd.env("RUST_LOG", "info,central_controller=debug,rumqttd=warn");
         let log = self.dir.path().join("controller-restarted.log");
         self.controller = Some(spawn_logged(cmd, &log)?);
-        wait_healthy(&self.api.base).await;
+        wait_healthy(self.api.http(), &self.api.base).await;
         Ok(())
     }
 
@@ -441,12 +547,15 @@ impl Cluster {
         self.controller.as_ref().map(Child::id)
     }
 
-    /// The controller's signing key, read from its data directory: tests use
-    /// it to forge documents that only fail the checks they mean to test.
-    pub fn controller_signing_key(&self) -> SigningKey {
-        let pkcs8 = fs::read(self.controller_data.join("keys/controller.pk8"))
-            .expect("controller key file");
-        SigningKey::from_pkcs8(&pkcs8).expect("controller key parses")
+    /// The controller's signing key: tests use it to forge documents that
+    /// only fail the checks they mean to test.
+    pub fn controller_signing_key(&self) -> &SigningKey {
+        &self.roles.controller
+    }
+
+    /// The whole controller log so far (of its first start).
+    pub fn controller_log(&self) -> String {
+        fs::read_to_string(&self.controller_log).unwrap_or_default()
     }
 
     /// The last lines of every log, for a failing test's output.
@@ -479,17 +588,15 @@ impl Drop for Cluster {
         if let Some(mut c) = self.controller.take() {
             stop_child(&mut c, Signal::SIGTERM, Duration::from_secs(10));
         }
-        if let Some(mut m) = self.mosquitto.take() {
-            stop_child(&mut m, Signal::SIGTERM, Duration::from_secs(5));
-        }
+        drop(self.mosquitto.take());
     }
 }
 
 /// Waits until the controller at `base` answers `/healthz`.
-async fn wait_healthy(base: &str) {
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
     let health = format!("{base}/healthz");
     wait_for("the controller's /healthz", START_TIMEOUT, || async {
-        match reqwest::get(&health).await {
+        match client.get(&health).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(format!("HTTP {}", r.status())),
             Err(e) => Err(e.to_string()),
@@ -499,15 +606,8 @@ async fn wait_healthy(base: &str) {
 }
 
 /// Starts `mosquitto` from the Debian package on `port` with a config of our
-/// own, and waits until it accepts connections.
-async fn start_mosquitto(dir: &Path, port: u16) -> Result<Child> {
-    let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    let Some(exe) = exe else {
-        bail!("mosquitto is not installed (apt-get install -y mosquitto; .ci/run does this)");
-    };
+/// own (plain TCP, anonymous), and waits until it accepts connections.
+async fn start_mosquitto(dir: &Path, port: u16) -> Result<Mosquitto> {
     let conf = dir.join("mosquitto.conf");
     fs::write(
         &conf,
@@ -516,15 +616,68 @@ async fn start_mosquitto(dir: &Path, port: u16) -> Result<Child> {
              log_dest stderr\nlog_type error\nlog_type warning\n"
         ),
     )?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("-c").arg(&conf);
-    let child = spawn_logged(cmd, &dir.join("mosquitto.log"))?;
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_for("mosquitto to accept connections", START_TIMEOUT, || async {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-            .map(drop)
-            .map_err(|e| e.to_string())
-    })
-    .await;
-    Ok(child)
+    Mosquitto::start(&conf, &dir.join("mosquitto.log"), port).await
+}
+
+/// A `mosquitto` process, stopped by PID when dropped (its log is printed
+/// if that happens while a test panics).
+pub struct Mosquitto {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Mosquitto {
+    /// Runs `mosquitto -c <conf>` from the Debian package with its output in
+    /// `log`, and waits until it accepts TCP connections on loopback `port`.
+    pub async fn start(conf: &Path, log: &Path, port: u16) -> Result<Mosquitto> {
+        let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists());
+        let Some(exe) = exe else {
+            bail!("mosquitto is not installed (apt-get install -y mosquitto; .ci/run does this)");
+        };
+        let mut cmd = Command::new(exe);
+        cmd.arg("-c").arg(conf);
+        let mut mosquitto = Mosquitto {
+            child: spawn_logged(cmd, log)?,
+            log: log.to_owned(),
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + START_TIMEOUT;
+        // Bounded by START_TIMEOUT; a broker that exits (a bad config) fails at once.
+        loop {
+            if let Ok(Some(status)) = mosquitto.child.try_wait() {
+                bail!("mosquitto exited with {status}: {}", tail(log, 20));
+            }
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(_) => return Ok(mosquitto),
+                Err(e) if Instant::now() >= deadline => {
+                    mosquitto.stop();
+                    bail!("mosquitto does not accept connections on {addr}: {e}");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Asks the broker to reload its configuration (SIGHUP), as an operator
+    /// does after changing its access list or revocation list.
+    pub fn reload(&self) -> Result<()> {
+        let pid = Pid::from_raw(i32::try_from(self.child.id())?);
+        kill(pid, Signal::SIGHUP).context("SIGHUP mosquitto")
+    }
+
+    fn stop(&mut self) {
+        stop_child(&mut self.child, Signal::SIGTERM, Duration::from_secs(5));
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.log.display(), tail(&self.log, 60));
+        }
+    }
 }

@@ -11,6 +11,8 @@ pub mod bench;
 pub mod cluster;
 pub mod mqtt;
 pub mod proxy;
+pub mod tls;
+pub mod trust;
 pub mod wait;
 
 pub use api::Api;

@@ -81,14 +81,15 @@ async fn a_tar_gz_artifact_runs_its_entrypoint() {
         exe.display()
     );
 
-    // The API refuses an entrypoint that could leave the archive.
+    // The controller refuses a release whose entrypoint could leave the
+    // archive (the harness uploads the release before the service).
     let refused = api
         .put_service("escape", &with_entrypoint(spec.clone(), "../hello-edge"))
         .await
         .expect("PUT");
     assert_eq!(refused.status.as_u16(), 400, "{:?}", refused.body);
-    assert!(
-        refused.body.to_string().contains("entrypoint"),
+    assert_eq!(
+        refused.body["error"]["field"], "run.entrypoint",
         "{:?}",
         refused.body
     );

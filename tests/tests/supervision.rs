@@ -90,7 +90,7 @@ async fn restart_policies_crash_loops_and_bad_binaries_are_reported() {
         .put_service("bad", &spec(&hello, &[], json!({"stop_grace_secs": 9999})))
         .await
         .expect("PUT");
-    assert_eq!(bad.body["error"]["field"], "stop_grace_secs", "{bad:?}");
+    assert_eq!(bad.body["error"]["field"], "run.stop_grace_secs", "{bad:?}");
 
     let crasher = wait_replica(&api, "crasher", "crash_loop", |r| {
         r["state"] == "crash_loop"
@@ -168,7 +168,7 @@ async fn health_checks_and_graceful_stop_are_honoured() {
         .expect("PUT");
     assert_eq!(unknown_port.status, 400);
     assert_eq!(
-        unknown_port.body["error"]["field"], "health.probe.port",
+        unknown_port.body["error"]["field"], "run.health.probe.port",
         "{unknown_port:?}"
     );
 

@@ -9,6 +9,7 @@ use tracing::error;
 
 use crate::app::AppError;
 use crate::artifacts::UploadError;
+use crate::trust::InstallError;
 
 /// An error as the API reports it.
 #[derive(Debug)]
@@ -98,12 +99,34 @@ impl From<AppError> for ApiError {
             AppError::Upload(UploadError::Body(detail)) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", detail)
             }
+            AppError::Trust(InstallError::Io { .. }) => ApiError::internal(&e),
+            AppError::Trust(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "trust_bundle_refused",
+                e.to_string(),
+            ),
             AppError::AgentUnavailable(message) => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "agent_unavailable", message)
             }
-            AppError::Upload(UploadError::Io(_)) | AppError::Store(_) | AppError::Sign(_) => {
-                ApiError::internal(&e)
+            AppError::Denied {
+                unauthorized,
+                code,
+                message,
+            } => {
+                let status = if unauthorized {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                ApiError::new(status, code, message)
             }
+            AppError::TlsDisabled => {
+                ApiError::new(StatusCode::CONFLICT, "tls_disabled", e.to_string())
+            }
+            AppError::Upload(UploadError::Io(_))
+            | AppError::Store(_)
+            | AppError::Sign(_)
+            | AppError::Internal(_) => ApiError::internal(&e),
         }
     }
 }

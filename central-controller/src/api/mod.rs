@@ -4,11 +4,14 @@
 //! Every `/api/v1/*` route needs `Authorization: Bearer <admin token>` except
 //! `GET /api/v1/artifacts/{sha256}`: artifacts are content-addressed and every
 //! agent verifies the digest of what it downloads, so reading them reveals
-//! only what a desired state already names. Per-node access control arrives
-//! with enrollment.
+//! only what a desired state already names; `POST /api/v1/enroll`, which is
+//! authenticated by the bootstrap token in its body; and
+//! `POST /api/v1/nodes/{id}/certificate`, signed by the node's pinned key.
 
 mod error;
+mod identity;
 mod logs;
+mod releases;
 
 use std::sync::Arc;
 
@@ -62,13 +65,36 @@ pub fn router(app: Arc<App>, token: TokenCheck) -> Router {
         .route("/api/v1/nodes/{id}/cordon", post(cordon_node))
         .route("/api/v1/nodes/{id}/drain", post(drain_node))
         .route("/api/v1/nodes/{id}/uncordon", post(uncordon_node))
+        .route("/api/v1/nodes/{id}/revoke", post(identity::revoke_node))
+        .route(
+            "/api/v1/tokens",
+            post(identity::create_token).get(identity::list_tokens),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(identity::revoke_token),
+        )
         .route("/api/v1/regions", get(list_regions))
         .route("/api/v1/latency", get(get_latency))
         .route("/api/v1/artifacts", axum::routing::post(upload_artifact))
+        .route(
+            "/api/v1/releases",
+            get(releases::list_releases).post(releases::upload_release),
+        )
+        .route("/api/v1/releases/{digest}", get(releases::get_release))
+        .route(
+            "/api/v1/trust",
+            get(releases::get_trust).put(releases::put_trust),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/api/v1/artifacts/{sha256}", get(download_artifact))
+        .route("/api/v1/enroll", post(identity::enroll))
+        .route(
+            "/api/v1/nodes/{id}/certificate",
+            post(identity::renew_certificate),
+        )
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
@@ -88,23 +114,24 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
 
 /// Reads a JSON body of at most [`MAX_JSON_BYTES`].
 async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let limited = http_body_util::Limited::new(body, MAX_JSON_BYTES);
-    let bytes = match limited.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::too_large(format!(
-                "JSON bodies are limited to {MAX_JSON_BYTES} bytes"
-            )));
-        }
-        Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                e.to_string(),
-            ));
-        }
-    };
+    let bytes = read_bytes(body, MAX_JSON_BYTES).await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(&e))
+}
+
+/// Reads a body of at most `limit` bytes.
+async fn read_bytes(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(format!(
+            "this body is limited to {limit} bytes"
+        ))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            e.to_string(),
+        )),
+    }
 }
 
 async fn list_services(State(state): State<ApiState>) -> Result<Response, ApiError> {

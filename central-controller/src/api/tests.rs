@@ -79,13 +79,12 @@ async fn health_is_public_and_everything_else_needs_the_token() {
 async fn service_errors_name_their_fields() {
     let fx = fixture();
     let router = api(&fx);
-    let (_, artifact) = upload(&router, b"#!/bin/true\n").await;
-    let digest = artifact["sha256"].as_str().expect("digest").to_owned();
+    let digest = fx.release("web", b"#!/bin/true\n", &[]).await;
 
     let put = |body: Value| request(Method::PUT, "/api/v1/services/web", body.to_string());
     let (status, body) = send(
         &router,
-        put(serde_json::json!({"artifact": digest, "replicas": 1, "colour": "red"})),
+        put(serde_json::json!({"release": digest, "replicas": 1, "colour": "red"})),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -101,44 +100,45 @@ async fn service_errors_name_their_fields() {
 
     let (status, body) = send(
         &router,
-        put(serde_json::json!({"artifact": digest, "replicas": 1, "env": {"bad-name": "x"}})),
+        put(serde_json::json!({"release": digest, "replicas": 1, "config": {"bad-name": "x"}})),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(json(&body)["error"]["code"], "invalid_field");
-    assert_eq!(json(&body)["error"]["field"], "env.bad-name");
+    assert_eq!(json(&body)["error"]["field"], "config.bad-name");
 
     let (status, body) = send(
         &router,
-        put(serde_json::json!({"artifact": "abc", "replicas": 1})),
+        put(serde_json::json!({"release": "abc", "replicas": 1})),
     )
     .await;
     assert_eq!(
         (status, json(&body)["error"]["field"].clone()),
-        (StatusCode::BAD_REQUEST, Value::from("artifact"))
+        (StatusCode::BAD_REQUEST, Value::from("release"))
     );
 
-    let huge = format!("{{\"artifact\":\"{}\"}}", "a".repeat(MAX_JSON_BYTES));
+    let huge = format!("{{\"release\":\"{}\"}}", "a".repeat(MAX_JSON_BYTES));
     let (status, body) = send(&router, request(Method::PUT, "/api/v1/services/web", huge)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(json(&body)["error"]["code"], "payload_too_large");
 
     let (status, body) = send(
         &router,
-        put(serde_json::json!({"artifact": digest, "replicas": 2, "regions": ["eu"]})),
+        put(serde_json::json!({"release": digest, "replicas": 2, "regions": ["eu"]})),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
     let view = json(&body);
     assert_eq!(view["name"], "web");
     assert_eq!(view["revision"], 1);
+    assert_eq!(view["version"], "1.0.0");
     assert_eq!(view["spec"]["regions"], serde_json::json!(["eu"]));
     assert_eq!(view["replicas"][1]["state"], "unplaced");
     assert!(view["replicas"][1]["reason"].as_str().is_some());
 
     let (status, _) = send(
         &router,
-        put(serde_json::json!({"artifact": digest, "replicas": 1})),
+        put(serde_json::json!({"release": digest, "replicas": 1})),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -236,4 +236,90 @@ async fn artifacts_upload_once_and_download_with_ranges() {
         (status, json(&body)["error"]["code"].clone()),
         (StatusCode::BAD_REQUEST, Value::from("invalid_field"))
     );
+}
+
+#[tokio::test]
+async fn releases_are_accepted_only_from_allowed_publishers_with_uploaded_artifacts() {
+    use verge_shared::trust::{MediaType, Release, ReleaseArtifact, payload_type};
+    let fx = fixture();
+    let router = api(&fx);
+    let (_, artifact) = upload(&router, b"#!/bin/true\n").await;
+    let release = |sha256: &str, size: u64| Release {
+        schema_version: 1,
+        service: verge_shared::ServiceName::new("web").expect("name"),
+        version: semver::Version::new(2, 0, size),
+        issued_at: verge_shared::Timestamp::now(),
+        artifacts: vec![ReleaseArtifact {
+            sha256: sha256.parse().expect("digest"),
+            size,
+            media_type: MediaType::Executable,
+        }],
+        run: Default::default(),
+        resources: Default::default(),
+    };
+    let sha = artifact["sha256"].as_str().expect("sha").to_owned();
+    let post = |body: Vec<u8>| request(Method::POST, "/api/v1/releases", body);
+
+    let good = fx
+        .publisher
+        .sign_json(payload_type::RELEASE, &release(&sha, 12));
+    let (status, body) = send(&router, post(good.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{}", json(&body));
+    let digest = json(&body)["digest"].as_str().expect("digest").to_owned();
+    assert_eq!(json(&body)["publisher"], "test publisher");
+    let (status, _) = send(&router, post(good)).await;
+    assert_eq!(status, StatusCode::OK, "the same release twice is not new");
+    let (status, body) = send(
+        &router,
+        request(
+            Method::GET,
+            &format!("/api/v1/releases/{digest}"),
+            Body::empty(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, json(&body)["version"].clone()),
+        (StatusCode::OK, Value::from("2.0.12"))
+    );
+
+    // Signed by a key the trust bundle does not list. (Another payload: the
+    // same payload re-signed is the same release, already stored.)
+    let stranger = verge_shared::SigningKey::generate().expect("key").0;
+    let (status, body) = send(
+        &router,
+        post(stranger.sign_json(payload_type::RELEASE, &release(&sha, 11))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(json(&body)["error"]["field"], "release");
+    assert!(
+        json(&body)["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("not signed by any publisher"),
+        "{}",
+        json(&body)
+    );
+    // The artifact was never uploaded, or its size is wrong.
+    let missing = verge_shared::Sha256Digest::of(b"nope").to_string();
+    for (sha, size) in [(missing.as_str(), 12), (sha.as_str(), 13)] {
+        let (status, body) = send(
+            &router,
+            post(
+                fx.publisher
+                    .sign_json(payload_type::RELEASE, &release(sha, size)),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(json(&body)["error"]["field"], "artifacts[0]");
+    }
+    let (status, body) = send(
+        &router,
+        request(Method::GET, "/api/v1/trust", Body::empty()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["publishers"][0]["name"], "test publisher");
 }

@@ -8,77 +8,91 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use verge_shared::messages::{
-    ArtifactRef, DesiredState, RunSpec, SCHEMA_VERSION, Workload, payload_type,
+    Assignment, Delivery, DesiredState, SCHEMA_VERSION, Workload, payload_type,
 };
-use verge_shared::{AgentId, Generation, SigningKey, Timestamp, limits};
+use verge_shared::{AgentId, Envelope, Generation, SigningKey, Timestamp, limits};
 
 use crate::scheduler::Plan;
 use crate::store::{DesiredRecord, ServiceRecord};
 
-/// The workload one service's replica becomes on its node.
-pub fn workload(service: &ServiceRecord, replica: u32) -> Workload {
-    Workload {
-        service: service.name.clone(),
-        replica,
-        artifact: ArtifactRef {
-            sha256: service.spec.artifact,
-            size: service.artifact_size,
-        },
-        run: RunSpec {
-            args: service.spec.args.clone(),
-            env: service.spec.env.clone(),
-            ports: service.spec.ports.clone(),
-            restart: service.spec.restart,
-            stop_grace_secs: service.spec.stop_grace_secs,
-            health: service.spec.health.clone(),
-            entrypoint: service.spec.entrypoint.clone(),
-        },
-        resources: service.spec.resources,
-    }
+/// What one agent is told to run: the signed assignments, and the
+/// workloads they resolve to (kept for views and placement).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentWork {
+    pub assignments: Vec<Assignment>,
+    pub workloads: Vec<Workload>,
 }
 
-/// Every agent's workloads under `plan`, each list sorted by service name.
-pub fn workloads_by_agent(
-    plan: &Plan,
-    services: &[ServiceRecord],
-) -> BTreeMap<AgentId, Vec<Workload>> {
+/// One service's replica on its node: the assignment signed for the agent
+/// and the workload it resolves to. `None` when the stored release cannot
+/// be resolved (it was verified when stored, so this is a corrupt record).
+pub fn assignment(service: &ServiceRecord, replica: u32) -> Option<(Assignment, Workload)> {
+    let assignment = Assignment {
+        service: service.name.clone(),
+        replica,
+        release: service.spec.release,
+        rollback: service.spec.rollback,
+        config: service.spec.config.clone(),
+    };
+    let workload = service.release.workload(&assignment).ok()?;
+    Some((assignment, workload))
+}
+
+/// Every agent's work under `plan`, each list sorted by service name.
+pub fn work_by_agent(plan: &Plan, services: &[ServiceRecord]) -> BTreeMap<AgentId, AgentWork> {
     let by_name: BTreeMap<_, _> = services.iter().map(|s| (&s.name, s)).collect();
-    let mut out: BTreeMap<AgentId, Vec<Workload>> = BTreeMap::new();
+    let mut out: BTreeMap<AgentId, AgentWork> = BTreeMap::new();
     // Plan services iterate in name order, so each list comes out sorted.
     for (name, replicas) in &plan.services {
         let Some(service) = by_name.get(name) else {
             continue;
         };
         for replica in replicas {
-            if let Some(node) = &replica.node {
-                out.entry(node.clone())
-                    .or_default()
-                    .push(workload(service, replica.index));
+            if let Some(node) = &replica.node
+                && let Some((assignment, workload)) = assignment(service, replica.index)
+            {
+                let work = out.entry(node.clone()).or_default();
+                work.assignments.push(assignment);
+                work.workloads.push(workload);
             }
         }
     }
     out
 }
 
-/// The generation to issue for `workloads`, or `None` when the stored desired
-/// state already says exactly this. An agent that never had a desired state
-/// and gets no workloads needs none.
+/// The generation to issue for `assignments`, or `None` when the stored
+/// desired state already says exactly this. An agent that never had a
+/// desired state and gets no workloads needs none.
 pub fn next_generation(
     stored: Option<&DesiredRecord>,
-    workloads: &[Workload],
+    assignments: &[Assignment],
 ) -> Option<Generation> {
     match stored {
-        Some(record) if record.workloads == workloads => None,
+        Some(record) if record.assignments == assignments => None,
         Some(record) => Some(record.generation.next()),
-        None if workloads.is_empty() => None,
+        None if assignments.is_empty() => None,
         None => Some(Generation::ZERO.next()),
     }
 }
 
-/// Whether a stored document should be re-signed with fresh times before it
-/// is republished: less than half of its validity remains.
-pub fn needs_resign(record: &DesiredRecord, now: Timestamp, ttl: Duration) -> bool {
-    record.expires_at.saturating_since(now) < ttl / 2
+/// Whether a stored document should be re-signed (same generation, fresh
+/// times) before it is republished: less than half of its validity remains,
+/// or it is not signed by `key` (the controller key was rotated, for
+/// instance after a fast-forward attack, and agents no longer trust the old
+/// one).
+pub fn needs_resign(
+    record: &DesiredRecord,
+    key: &verge_shared::PublicKey,
+    now: Timestamp,
+    ttl: Duration,
+) -> bool {
+    let signed_by_key = Envelope::parse(&record.envelope, limits::MAX_DESIRED_STATE_BYTES)
+        .is_ok_and(|e| {
+            e.signatures
+                .iter()
+                .any(|s| s.keyid == key.key_id().as_str())
+        });
+    !signed_by_key || record.expires_at.saturating_since(now) < ttl / 2
 }
 
 /// Why a desired state could not be produced.
@@ -94,7 +108,7 @@ pub fn sign(
     key: &SigningKey,
     agent: &AgentId,
     generation: Generation,
-    workloads: Vec<Workload>,
+    work: AgentWork,
     now: Timestamp,
     ttl: Duration,
 ) -> Result<DesiredRecord, SignError> {
@@ -104,32 +118,53 @@ pub fn sign(
         generation,
         issued_at: now,
         expires_at: now.saturating_add(ttl),
-        workloads,
+        workloads: work.assignments,
     };
     document.validate().map_err(|detail| SignError {
         agent: agent.clone(),
         detail,
     })?;
     let envelope = key.sign_json(payload_type::DESIRED_STATE, &document);
-    // Agents refuse larger documents unread, so issuing one would strand the agent.
-    if envelope.len() > limits::MAX_DESIRED_STATE_BYTES {
-        return Err(SignError {
-            agent: agent.clone(),
-            detail: format!(
-                "the signed document is {} bytes, over the agents' limit of {}",
-                envelope.len(),
-                limits::MAX_DESIRED_STATE_BYTES
-            ),
-        });
-    }
     Ok(DesiredRecord {
         agent: document.agent,
         generation,
         envelope,
-        workloads: document.workloads,
+        assignments: document.workloads,
+        workloads: work.workloads,
         issued_at: document.issued_at,
         expires_at: document.expires_at,
     })
+}
+
+/// The retained message for `record`: its signed desired state, the signed
+/// releases it names and the trust bundle. Agents refuse larger deliveries
+/// unread, so issuing one would strand the agent: that is an error here.
+pub fn delivery(
+    record: &DesiredRecord,
+    releases: Vec<Envelope>,
+    trust: Envelope,
+) -> Result<Vec<u8>, SignError> {
+    let fail = |detail: String| SignError {
+        agent: record.agent.clone(),
+        detail,
+    };
+    let desired = Envelope::parse(&record.envelope, limits::MAX_DESIRED_STATE_BYTES)
+        .map_err(|e| fail(format!("stored envelope: {e}")))?;
+    let bytes = serde_json::to_vec(&Delivery {
+        schema_version: SCHEMA_VERSION,
+        trust: Some(trust),
+        desired,
+        releases,
+    })
+    .map_err(|e| fail(e.to_string()))?;
+    if bytes.len() > limits::MAX_DELIVERY_BYTES {
+        return Err(fail(format!(
+            "the delivery is {} bytes, over the agents' limit of {}",
+            bytes.len(),
+            limits::MAX_DELIVERY_BYTES
+        )));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -137,27 +172,37 @@ mod tests {
     use super::*;
     use crate::scheduler::ReplicaPlan;
     use crate::store::ServiceSpec;
-    use verge_shared::messages::Resources;
-    use verge_shared::{Envelope, ServiceName, Sha256Digest};
+    use verge_shared::messages::{Resources, RunSpec};
+    use verge_shared::trust::{MediaType, Release, ReleaseArtifact};
+    use verge_shared::{ServiceName, Sha256Digest};
 
     fn service(name: &str) -> ServiceRecord {
         ServiceRecord {
             name: ServiceName::new(name).expect("name"),
             spec: ServiceSpec {
-                artifact: Sha256Digest::of(name.as_bytes()),
+                release: Sha256Digest::of(name.as_bytes()),
                 replicas: 1,
                 regions: vec![],
-                args: vec!["--x".into()],
-                env: BTreeMap::new(),
-                ports: vec![],
-                resources: Resources::default(),
+                rollback: false,
+                config: BTreeMap::from([("MODE".to_owned(), "edge".to_owned())]),
                 placement: Default::default(),
-                restart: Default::default(),
-                stop_grace_secs: None,
-                health: None,
-                entrypoint: None,
             },
-            artifact_size: 3,
+            release: Release {
+                schema_version: SCHEMA_VERSION,
+                service: ServiceName::new(name).expect("name"),
+                version: "1.0.0".parse().expect("version"),
+                issued_at: Timestamp::from_unix_millis(1),
+                artifacts: vec![ReleaseArtifact {
+                    sha256: Sha256Digest::of(b"code"),
+                    size: 4,
+                    media_type: MediaType::Executable,
+                }],
+                run: RunSpec {
+                    args: vec!["--x".into()],
+                    ..RunSpec::default()
+                },
+                resources: Resources::default(),
+            },
             revision: 1,
             created_at: Timestamp::from_unix_millis(1),
             updated_at: Timestamp::from_unix_millis(1),
@@ -190,18 +235,26 @@ mod tests {
         let key = SigningKey::generate().expect("key").0;
         let services = [service("b"), service("a")];
         let now = Timestamp::from_unix_millis(1_000);
-        let lists = workloads_by_agent(&plan_on(&["a", "b"], &agent()), &services);
-        let list = lists[&agent()].clone();
+        let lists = work_by_agent(&plan_on(&["a", "b"], &agent()), &services);
+        let work = lists[&agent()].clone();
         assert_eq!(
-            list.iter().map(|w| w.service.as_str()).collect::<Vec<_>>(),
+            work.assignments
+                .iter()
+                .map(|w| w.service.as_str())
+                .collect::<Vec<_>>(),
             ["a", "b"]
         );
+        // The recorded workload is what the agent resolves: release run
+        // spec plus the per-agent config.
+        assert_eq!(work.workloads[0].run.args, ["--x"]);
+        assert_eq!(work.workloads[0].run.env["VERGE_CONFIG_MODE"], "edge");
+        assert_eq!(work.workloads[0].release, work.assignments[0].release);
 
-        let generation = next_generation(None, &list).expect("first document");
+        let generation = next_generation(None, &work.assignments).expect("first document");
         assert_eq!(generation, Generation::new(1));
-        let first = sign(&key, &agent(), generation, list.clone(), now, TTL).expect("sign");
+        let first = sign(&key, &agent(), generation, work.clone(), now, TTL).expect("sign");
         assert_eq!(
-            next_generation(Some(&first), &list),
+            next_generation(Some(&first), &work.assignments),
             None,
             "same workloads, same generation"
         );
@@ -209,7 +262,8 @@ mod tests {
         // A service deleted: the agent gets an EMPTY desired state, one generation up.
         let emptied = next_generation(Some(&first), &[]).expect("delete changes");
         assert_eq!(emptied, Generation::new(2));
-        let empty = sign(&key, &agent(), emptied, vec![], now, TTL).expect("sign empty");
+        let empty =
+            sign(&key, &agent(), emptied, AgentWork::default(), now, TTL).expect("sign empty");
         assert!(empty.workloads.is_empty());
         assert_eq!(next_generation(Some(&empty), &[]), None);
         assert_eq!(
@@ -223,15 +277,27 @@ mod tests {
     fn resigning_keeps_the_generation_and_refreshes_times() {
         let key = SigningKey::generate().expect("key").0;
         let start = Timestamp::from_unix_millis(1_000);
-        let record = sign(&key, &agent(), Generation::new(7), vec![], start, TTL).expect("sign");
-        assert!(!needs_resign(&record, start, TTL));
+        let record = sign(
+            &key,
+            &agent(),
+            Generation::new(7),
+            AgentWork::default(),
+            start,
+            TTL,
+        )
+        .expect("sign");
+        let public = key.public_key();
+        assert!(!needs_resign(&record, &public, start, TTL));
         let later = start.saturating_add(Duration::from_secs(51));
-        assert!(needs_resign(&record, later, TTL));
+        assert!(needs_resign(&record, &public, later, TTL));
+        // A rotated controller key re-signs everything at once.
+        let rotated = SigningKey::generate().expect("key").0.public_key();
+        assert!(needs_resign(&record, &rotated, start, TTL));
         let again = sign(
             &key,
             &agent(),
             record.generation,
-            record.workloads.clone(),
+            AgentWork::default(),
             later,
             TTL,
         )
@@ -241,6 +307,7 @@ mod tests {
 
         let envelope =
             Envelope::parse(&again.envelope, limits::MAX_DESIRED_STATE_BYTES).expect("parse");
+        assert!(!needs_resign(&again, &public, later, TTL));
         let document: DesiredState = envelope
             .open(payload_type::DESIRED_STATE, &key.public_key())
             .expect("verifies with the controller key");

@@ -32,6 +32,8 @@ enum IngestError {
     ReservedId(&'static str),
     #[error("no presence has been seen from this agent, so its key is unknown")]
     UnknownAgent,
+    #[error("the node is revoked")]
+    Revoked,
     #[error("invalid document: {0}")]
     Invalid(String),
     #[error(transparent)]
@@ -62,6 +64,7 @@ impl App {
         let route = self.settings.topics.route(topic);
         let result = match &route {
             None => Err(IngestError::UnknownTopic),
+            Some(route) if self.is_revoked(&route.agent) => Err(IngestError::Revoked),
             Some(route) => match route.channel {
                 Channel::Presence => self.ingest_presence(&route.agent, payload, now),
                 Channel::Heartbeat => self.ingest_heartbeat(&route.agent, payload, now),
@@ -101,6 +104,15 @@ impl App {
         };
         let presence: Presence = envelope.open(payload_type::PRESENCE, &key)?;
         check_header(agent, &presence.agent, presence.schema_version)?;
+        // An enrolled node stays in the region its token bound it to.
+        if let Some(identity) = self.store.identity(agent)?
+            && identity.region != presence.region
+        {
+            return Err(IngestError::Invalid(format!(
+                "presence names region {}, but the node enrolled in {}",
+                presence.region, identity.region
+            )));
+        }
 
         let (record, changed, pinned) = {
             let mut nodes = lock(&self.nodes);
@@ -120,6 +132,7 @@ impl App {
                 last_status: None,
                 cordon: None,
                 probe_addr: presence.probe_addr,
+                revoked: false,
             });
             let changed = pinned
                 || node.region != presence.region

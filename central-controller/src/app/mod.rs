@@ -5,6 +5,7 @@
 //! async mutex, and a desired state is stored before it is published.
 
 mod deployer;
+mod enroll;
 mod health;
 mod ingest;
 mod logs;
@@ -14,7 +15,7 @@ mod views;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,9 +24,11 @@ use serde::Deserialize;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use verge_shared::messages::{HealthCheck, PortSpec, Resources, RestartPolicy, RunSpec};
+use verge_shared::messages::validate_config;
+use verge_shared::trust::TrustError;
 use verge_shared::{
-    AgentId, PublicKey, RegionId, ServiceName, Sha256Digest, SigningKey, Timestamp, Topics,
+    AgentId, Envelope, PublicKey, RegionId, ServiceName, Sha256Digest, SigningKey, Timestamp,
+    Topics, limits,
 };
 
 use crate::artifacts::{ArtifactFiles, UploadError};
@@ -34,9 +37,12 @@ use crate::latency::LatencyBook;
 use crate::regions::Regions;
 use crate::scheduler::{self, NodeInput, Placement, Plan, ServiceInput};
 use crate::store::{
-    ArtifactRecord, DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec, Store, StoreError,
+    ArtifactRecord, DesiredRecord, NodeRecord, ReleaseRecord, ServiceRecord, ServiceSpec, Store,
+    StoreError,
 };
+use crate::trust::{InstallError, TrustState};
 
+pub use enroll::{Pki, TokenRequest, TokenView};
 pub use placement::{LatencyRequest, PlacementRequest};
 
 pub use health::Health;
@@ -87,9 +93,23 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sign(#[from] deployer::SignError),
+    /// A trust bundle that cannot be installed.
+    #[error(transparent)]
+    Trust(#[from] InstallError),
     /// An agent did not (or cannot) answer a request in time.
     #[error("{0}")]
     AgentUnavailable(String),
+    /// A token, signature or node was refused (401 when `unauthorized`, else 403).
+    #[error("{message}")]
+    Denied {
+        unauthorized: bool,
+        code: &'static str,
+        message: String,
+    },
+    #[error("TLS and node identities are disabled on this controller ([tls] enabled = false)")]
+    TlsDisabled,
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl AppError {
@@ -105,36 +125,22 @@ impl AppError {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceRequest {
-    pub artifact: String,
+    /// The signed digest of an uploaded release of this service.
+    pub release: String,
     /// Required unless `placement.replicas_per_region` is given.
     #[serde(default)]
     pub replicas: Option<i64>,
     #[serde(default)]
     pub regions: Vec<String>,
+    /// Allows a release older than the one replicas run (an operator rollback).
     #[serde(default)]
-    pub args: Vec<String>,
+    pub rollback: bool,
+    /// Per-agent settings, given to the workload as `VERGE_CONFIG_<KEY>`.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub ports: Vec<PortSpec>,
-    #[serde(default)]
-    pub resources: Resources,
+    pub config: BTreeMap<String, String>,
     /// Latency target, replicas per target region, spread and priority.
     #[serde(default)]
     pub placement: PlacementRequest,
-    /// `always` (default), `on_failure` or `never`.
-    #[serde(default)]
-    pub restart: RestartPolicy,
-    /// Seconds between SIGTERM and SIGKILL when a replica is stopped.
-    #[serde(default)]
-    pub stop_grace_secs: Option<u32>,
-    /// A TCP, HTTP or exec health check run by the agent.
-    #[serde(default)]
-    pub health: Option<HealthCheck>,
-    /// The executable inside a tar.gz artifact (a relative path); absent
-    /// when the artifact itself is the executable.
-    #[serde(default)]
-    pub entrypoint: Option<String>,
 }
 
 /// State that only the deployment step touches, guarded by its mutex.
@@ -149,6 +155,7 @@ pub struct App {
     store: Arc<dyn Store>,
     files: ArtifactFiles,
     key: SigningKey,
+    trust: Arc<TrustState>,
     settings: Settings,
     outbox: mpsc::UnboundedSender<Outgoing>,
     started_at: Timestamp,
@@ -166,6 +173,10 @@ pub struct App {
     latency: Mutex<LatencyBook>,
     /// The probe plan last published to each agent: its targets and envelope.
     probe_plans: Mutex<BTreeMap<AgentId, placement::PublishedProbes>>,
+    /// The CA and certificate rules, when TLS is enabled.
+    pki: OnceLock<enroll::Pki>,
+    /// Serialises token uses, enrollments, renewals and revocations.
+    enrolling: Mutex<()>,
 }
 
 /// Locks a std mutex; a panic elsewhere must not take the controller down with it.
@@ -193,6 +204,7 @@ impl App {
         store: Arc<dyn Store>,
         files: ArtifactFiles,
         key: SigningKey,
+        trust: Arc<TrustState>,
         settings: Settings,
         outbox: mpsc::UnboundedSender<Outgoing>,
     ) -> Result<Arc<Self>, StoreError> {
@@ -205,6 +217,7 @@ impl App {
             store,
             files,
             key,
+            trust,
             settings,
             outbox,
             started_at: Timestamp::now(),
@@ -218,6 +231,8 @@ impl App {
             logs: logs::Pending::default(),
             latency: Mutex::new(LatencyBook::default()),
             probe_plans: Mutex::new(BTreeMap::new()),
+            pki: OnceLock::new(),
+            enrolling: Mutex::new(()),
         }))
     }
 
@@ -352,7 +367,7 @@ impl App {
         planned: Planned,
         now: Timestamp,
     ) -> Result<(), AppError> {
-        let mut lists = deployer::workloads_by_agent(&planned.plan, services);
+        let mut lists = deployer::work_by_agent(&planned.plan, services);
         let agents: BTreeSet<AgentId> = planned
             .desired
             .keys()
@@ -360,17 +375,17 @@ impl App {
             .cloned()
             .collect();
         for agent in agents {
-            let workloads = lists.remove(&agent).unwrap_or_default();
+            let work = lists.remove(&agent).unwrap_or_default();
             let stored = planned.desired.get(&agent);
-            let Some(generation) = deployer::next_generation(stored, &workloads) else {
+            let Some(generation) = deployer::next_generation(stored, &work.assignments) else {
                 continue;
             };
-            let n_workloads = workloads.len();
+            let n_workloads = work.assignments.len();
             let record = deployer::sign(
                 &self.key,
                 &agent,
                 generation,
-                workloads,
+                work,
                 now,
                 self.settings.deploy.desired_state_ttl,
             )?;
@@ -385,14 +400,40 @@ impl App {
         Ok(())
     }
 
+    /// Publishes `record` (retained) with the releases it names and the
+    /// trust bundle.
     fn publish(&self, record: &DesiredRecord) {
+        let payload = match self.delivery(record) {
+            Ok(payload) => payload,
+            Err(e) => {
+                error!(agent = %record.agent, error = %e, "Cannot build the delivery; the agent keeps its last desired state.");
+                return;
+            }
+        };
         let message = Outgoing {
             topic: self.settings.topics.desired(&record.agent),
-            payload: record.envelope.clone(),
+            payload,
         };
         if self.outbox.send(message).is_err() {
             warn!(agent = %record.agent, "The MQTT client is gone; the desired state will be republished later.");
         }
+    }
+
+    fn delivery(&self, record: &DesiredRecord) -> Result<Vec<u8>, AppError> {
+        let digests: BTreeSet<Sha256Digest> =
+            record.assignments.iter().map(|a| a.release).collect();
+        let mut releases = Vec::with_capacity(digests.len());
+        for digest in digests {
+            let release = self
+                .store
+                .release(&digest)?
+                .ok_or_else(|| AppError::NotFound {
+                    what: "release",
+                    name: digest.to_string(),
+                })?;
+            releases.push(release.envelope);
+        }
+        Ok(deployer::delivery(record, releases, self.trust.envelope())?)
     }
 
     /// Re-plans and deploys. Without `force`, only when node health changed.
@@ -411,17 +452,25 @@ impl App {
     }
 
     /// Publishes every stored desired state again (retained), re-signing with
-    /// the same generation and fresh times when less than half the TTL remains.
+    /// the same generation and fresh times when less than half the TTL
+    /// remains or another key signed it.
     async fn republish_all(&self, now: Timestamp) -> Result<(), AppError> {
         let _state = self.deploy.lock().await;
         let ttl = self.settings.deploy.desired_state_ttl;
         for record in self.store.desired_states()? {
-            let record = if deployer::needs_resign(&record, now, ttl) {
+            // A revoked node's retained desired state stays cleared.
+            if self.is_revoked(&record.agent) {
+                continue;
+            }
+            let record = if deployer::needs_resign(&record, &self.key.public_key(), now, ttl) {
                 let fresh = deployer::sign(
                     &self.key,
                     &record.agent,
                     record.generation,
-                    record.workloads,
+                    deployer::AgentWork {
+                        assignments: record.assignments,
+                        workloads: record.workloads,
+                    },
                     now,
                     ttl,
                 )?;
@@ -441,22 +490,31 @@ impl App {
         &self,
         name: &str,
         request: ServiceRequest,
-    ) -> Result<(ServiceName, ServiceSpec, u64), AppError> {
+    ) -> Result<(ServiceName, ServiceSpec, ReleaseRecord), AppError> {
         let name = ServiceName::new(name).map_err(|e| AppError::invalid("name", e.to_string()))?;
-        let artifact: Sha256Digest = request
-            .artifact
+        let digest: Sha256Digest = request
+            .release
             .parse()
-            .map_err(|e: String| AppError::invalid("artifact", e))?;
-        let size = self
-            .store
-            .artifact(&artifact)?
-            .ok_or_else(|| {
-                AppError::invalid(
-                    "artifact",
-                    format!("no artifact {artifact} has been uploaded"),
-                )
-            })?
-            .size;
+            .map_err(|e: String| AppError::invalid("release", e))?;
+        let release = self.store.release(&digest)?.ok_or_else(|| {
+            AppError::invalid(
+                "release",
+                format!("no release {digest} has been uploaded (POST /api/v1/releases)"),
+            )
+        })?;
+        if release.release.service != name {
+            return Err(AppError::invalid(
+                "release",
+                format!(
+                    "release {digest} is of service {}, not {name}",
+                    release.release.service
+                ),
+            ));
+        }
+        validate_config(&request.config).map_err(|e| match e.split_once(": ") {
+            Some((field, message)) => AppError::invalid(field, message),
+            None => AppError::invalid("config", e),
+        })?;
         let (placement, replicas) = placement::validate(&request.placement, request.replicas)?;
         let regions = request
             .regions
@@ -467,34 +525,15 @@ impl App {
                     .map_err(|e| AppError::invalid(format!("regions[{i}]"), e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let run = RunSpec {
-            args: request.args,
-            env: request.env,
-            ports: request.ports,
-            restart: request.restart,
-            stop_grace_secs: request.stop_grace_secs,
-            health: request.health,
-            entrypoint: request.entrypoint,
-        };
-        run.validate().map_err(|e| match e.split_once(": ") {
-            Some((field, message)) => AppError::invalid(field, message),
-            None => AppError::invalid("run", e),
-        })?;
         let spec = ServiceSpec {
-            artifact,
+            release: digest,
             replicas,
             regions,
-            args: run.args,
-            env: run.env,
-            ports: run.ports,
-            resources: request.resources,
+            rollback: request.rollback,
+            config: request.config,
             placement,
-            restart: run.restart,
-            stop_grace_secs: run.stop_grace_secs,
-            health: run.health,
-            entrypoint: run.entrypoint,
         };
-        Ok((name, spec, size))
+        Ok((name, spec, release))
     }
 
     /// Creates or replaces a service: validated, placed, stored, deployed.
@@ -504,7 +543,7 @@ impl App {
         name: &str,
         request: ServiceRequest,
     ) -> Result<(ServiceView, bool), AppError> {
-        let (name, spec, artifact_size) = self.validate(name, request)?;
+        let (name, spec, release) = self.validate(name, request)?;
         let now = Timestamp::now();
         let mut state = self.deploy.lock().await;
         let existing = self.store.service(&name)?;
@@ -514,7 +553,7 @@ impl App {
             Some(old) => ServiceRecord {
                 name: name.clone(),
                 spec,
-                artifact_size,
+                release: release.release,
                 revision: old.revision + 1,
                 created_at: old.created_at,
                 updated_at: now,
@@ -522,7 +561,7 @@ impl App {
             None => ServiceRecord {
                 name: name.clone(),
                 spec,
-                artifact_size,
+                release: release.release,
                 revision: 1,
                 created_at: now,
                 updated_at: now,
@@ -584,6 +623,91 @@ impl App {
         self.store.put_artifact(&record)?;
         info!(sha256 = %record.sha256, size = record.size, "Stored an artifact.");
         Ok((record, true))
+    }
+
+    /// Accepts a publisher-signed release: signed by a publisher of the
+    /// trust bundle allowed its service, consistent, and naming an uploaded
+    /// artifact of the declared size. Returns the record and whether it was new.
+    pub fn upload_release(&self, bytes: &[u8]) -> Result<(ReleaseRecord, bool), AppError> {
+        let envelope = Envelope::parse(bytes, limits::MAX_RELEASE_BYTES)
+            .map_err(|e| AppError::invalid("release", e.to_string()))?;
+        let digest = envelope
+            .signed_digest()
+            .map_err(|e| AppError::invalid("release", e.to_string()))?;
+        if let Some(existing) = self.store.release(&digest)? {
+            return Ok((existing, false));
+        }
+        let bundle = self.trust.bundle();
+        let (release, publisher) = bundle.verify_release(&envelope).map_err(|e| match e {
+            // "run.health.probe.port: ..." names the field inside the release.
+            TrustError::Invalid(message) => match message.split_once(": ") {
+                Some((field, detail)) => AppError::invalid(field, detail),
+                None => AppError::invalid("release", message),
+            },
+            other => AppError::invalid("release", other.to_string()),
+        })?;
+        for (i, artifact) in release.artifacts.iter().enumerate() {
+            let field = format!("artifacts[{i}]");
+            let stored = self.store.artifact(&artifact.sha256)?.ok_or_else(|| {
+                AppError::invalid(
+                    &field,
+                    format!(
+                        "no artifact {} has been uploaded (POST /api/v1/artifacts)",
+                        artifact.sha256
+                    ),
+                )
+            })?;
+            if stored.size != artifact.size {
+                return Err(AppError::invalid(
+                    field,
+                    format!(
+                        "the release declares {} bytes, the uploaded artifact has {}",
+                        artifact.size, stored.size
+                    ),
+                ));
+            }
+        }
+        let record = ReleaseRecord {
+            digest,
+            publisher: publisher.name.clone(),
+            envelope,
+            release,
+            created_at: Timestamp::now(),
+        };
+        self.store.put_release(&record)?;
+        info!(digest = %digest, service = %record.release.service, version = %record.release.version, publisher = %record.publisher, "Stored a release.");
+        Ok((record, true))
+    }
+
+    pub fn releases(&self) -> Result<Vec<ReleaseRecord>, AppError> {
+        Ok(self.store.releases()?)
+    }
+
+    pub fn release(&self, digest: &str) -> Result<ReleaseRecord, AppError> {
+        let not_found = || AppError::NotFound {
+            what: "release",
+            name: digest.to_owned(),
+        };
+        let digest: Sha256Digest = digest.parse().map_err(|_| not_found())?;
+        self.store.release(&digest)?.ok_or_else(not_found)
+    }
+
+    /// The trust bundle agents receive with every desired state.
+    pub fn trust_bundle(&self) -> verge_shared::trust::TrustBundle {
+        self.trust.bundle()
+    }
+
+    /// Installs a newer trust bundle and sends it to every agent.
+    pub async fn install_trust(&self, bytes: &[u8]) -> Result<Option<u64>, AppError> {
+        let installed = self.trust.install(bytes, Timestamp::now())?;
+        if let Some(version) = installed {
+            info!(
+                version,
+                "Installed a newer trust bundle; republishing every desired state."
+            );
+            self.republish_all(Timestamp::now()).await?;
+        }
+        Ok(installed)
     }
 
     /// The file holding a known artifact.

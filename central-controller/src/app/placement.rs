@@ -185,7 +185,13 @@ pub(super) fn node_input(
     regions: &Regions,
     figures: Option<BTreeMap<RegionId, Estimate>>,
 ) -> NodeInput {
-    let schedulable = health.schedulable.and(match node.cordon {
+    // A revoked node is treated like a drained one.
+    let cordon = if node.revoked {
+        Some(Cordon::Drained)
+    } else {
+        node.cordon
+    };
+    let schedulable = health.schedulable.and(match cordon {
         None => Ok(()),
         Some(Cordon::Cordoned) => Err(Unschedulable::Cordoned),
         Some(Cordon::Drained) => Err(Unschedulable::Drained),
@@ -211,7 +217,7 @@ pub(super) fn service_input(service: &ServiceRecord) -> ServiceInput {
         name: service.name.clone(),
         replicas: service.spec.replicas,
         regions: service.spec.regions.clone(),
-        resources: service.spec.resources,
+        resources: service.release.resources,
         latency: placement.latency.as_ref().map(|l| LatencyTarget {
             to: l.to.clone(),
             max_ms: f64::from(l.max_ms),

@@ -1,39 +1,52 @@
 //! Use-case tests over a real sled store: generations, deletes, key pinning.
 
-use verge_shared::messages::{DesiredState, payload_type};
-use verge_shared::{Envelope, Generation, SigningKey, Timestamp, limits};
+use verge_shared::messages::{Delivery, DesiredState, payload_type};
+use verge_shared::{Generation, SigningKey, Timestamp, limits};
 
 use super::*;
 use crate::testing::{Fixture, fixture, presence};
 
-fn request(artifact: &str, replicas: i64) -> ServiceRequest {
+fn request(release: &str, replicas: i64) -> ServiceRequest {
     serde_json::from_value(serde_json::json!({
-        "artifact": artifact,
+        "release": release,
         "replicas": replicas,
-        "args": ["--greeting", "hi"],
-        "ports": [{"name": "http"}],
     }))
     .expect("request")
 }
 
-async fn upload(app: &App, bytes: &'static [u8]) -> String {
-    let body = futures_util::stream::iter([Ok::<_, String>(Bytes::from_static(bytes))]);
-    app.upload_artifact(body)
-        .await
-        .expect("upload")
-        .0
-        .sha256
-        .to_string()
+/// A release of `web` running `bytes` with `--greeting hi`.
+async fn upload(fx: &Fixture, bytes: &'static [u8]) -> String {
+    fx.release("web", bytes, &["--greeting", "hi"]).await
 }
 
+/// The desired states published since the last call, with the release
+/// envelopes each delivery carried.
 fn published(fx: &mut Fixture) -> Vec<DesiredState> {
     let key = fx.app.public_key();
     std::iter::from_fn(|| fx.outbox_rx.try_recv().ok())
         .map(|m| {
-            Envelope::parse(&m.payload, limits::MAX_DESIRED_STATE_BYTES)
-                .expect("envelope")
+            let delivery: Delivery = serde_json::from_slice(&m.payload).expect("delivery");
+            assert!(m.payload.len() <= limits::MAX_DELIVERY_BYTES);
+            assert!(
+                delivery.trust.is_some(),
+                "every delivery carries the trust bundle"
+            );
+            let desired: DesiredState = delivery
+                .desired
                 .open(payload_type::DESIRED_STATE, &key)
-                .expect("signed by the controller")
+                .expect("signed by the controller");
+            let delivered: Vec<_> = delivery
+                .releases
+                .iter()
+                .map(|r| r.signed_digest().expect("digest"))
+                .collect();
+            for w in &desired.workloads {
+                assert!(
+                    delivered.contains(&w.release),
+                    "release delivered with its desired state"
+                );
+            }
+            desired
         })
         .collect()
 }
@@ -51,7 +64,7 @@ async fn generation_grows_only_when_workloads_change_and_delete_empties() {
     fx.app.reconcile(now, true).await.expect("plan");
     assert!(published(&mut fx).is_empty(), "no work, no document");
 
-    let digest = upload(&fx.app, b"binary").await;
+    let digest = upload(&fx, b"binary").await;
     let (view, created) = fx
         .app
         .put_service("web", request(&digest, 1))
@@ -65,7 +78,7 @@ async fn generation_grows_only_when_workloads_change_and_delete_empties() {
     let docs = published(&mut fx);
     assert_eq!(docs.len(), 1);
     assert_eq!(docs[0].generation, Generation::new(1));
-    assert_eq!(docs[0].workloads[0].artifact.size, 6);
+    assert_eq!(docs[0].workloads[0].release.to_string(), digest);
 
     // Same spec again, and a forced re-plan: nothing new is issued.
     let (_, created) = fx
@@ -105,7 +118,7 @@ async fn generation_grows_only_when_workloads_change_and_delete_empties() {
 #[tokio::test]
 async fn unplaceable_replicas_are_stored_with_a_reason() {
     let mut fx = fixture();
-    let digest = upload(&fx.app, b"binary").await;
+    let digest = upload(&fx, b"binary").await;
     let (view, _) = fx
         .app
         .put_service("web", request(&digest, 2))
@@ -164,7 +177,7 @@ async fn keys_are_pinned_at_first_contact() {
 #[tokio::test]
 async fn invalid_fields_are_named() {
     let fx = fixture();
-    let digest = upload(&fx.app, b"binary").await;
+    let digest = upload(&fx, b"binary").await;
     let field_of = |r: Result<(ServiceView, bool), AppError>| match r {
         Err(AppError::InvalidField { field, .. }) => field,
         other => panic!("expected an invalid field, got {other:?}"),
@@ -180,18 +193,17 @@ async fn invalid_fields_are_named() {
     let missing = Sha256Digest::of(b"never uploaded").to_string();
     assert_eq!(
         field_of(fx.app.put_service("web", request(&missing, 1)).await),
-        "artifact"
+        "release"
     );
-    let mut bad_env = request(&digest, 1);
-    bad_env.env.insert("1BAD".into(), "x".into());
+    // A release of `web` cannot be deployed as another service.
     assert_eq!(
-        field_of(fx.app.put_service("web", bad_env).await),
-        "env.1BAD"
+        field_of(fx.app.put_service("api", request(&digest, 1)).await),
+        "release"
     );
-    let mut bad_port = request(&digest, 1);
-    bad_port.ports[0].name = "HTTP".into();
+    let mut bad_config = request(&digest, 1);
+    bad_config.config.insert("lower".into(), "x".into());
     assert_eq!(
-        field_of(fx.app.put_service("web", bad_port).await),
-        "ports[0].name"
+        field_of(fx.app.put_service("web", bad_config).await),
+        "config.lower"
     );
 }

@@ -66,6 +66,8 @@ pub struct ReplicaView {
 pub struct ServiceView {
     pub name: ServiceName,
     pub spec: ServiceSpec,
+    /// The version of the release `spec.release` names.
+    pub version: String,
     pub revision: u64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -90,6 +92,8 @@ pub struct NodeView {
     pub storage_problem: Option<StorageProblem>,
     /// `cordoned` or `drained` when an operator set it.
     pub cordon: Option<Cordon>,
+    /// Revoked by an operator: certificates refused, nothing placed.
+    pub revoked: bool,
     pub probe_addr: Option<std::net::SocketAddr>,
     /// The node's latency to each region, with how it was obtained.
     pub latency: BTreeMap<RegionId, crate::latency::Estimate>,
@@ -97,7 +101,8 @@ pub struct NodeView {
 
 /// One replica's view from its node's latest report. The report counts only
 /// once the node has applied the desired state that carries this replica,
-/// and only for the artifact the service now names; until then it is pending.
+/// and only for the artifact of the release the service now names; until
+/// then it is pending.
 fn replica_view(
     service: &ServiceRecord,
     index: u32,
@@ -108,10 +113,12 @@ fn replica_view(
     let status = node.and_then(|n| n.last_status.as_ref());
     let applied_generation = status.and_then(|s| s.applied_generation);
     let current = match (status, desired_generation) {
-        (Some(s), Some(wanted)) if s.applied_generation.is_some_and(|g| g >= wanted) => s
-            .workloads
-            .iter()
-            .find(|w| w.service == service.name && w.artifact == service.spec.artifact),
+        (Some(s), Some(wanted)) if s.applied_generation.is_some_and(|g| g >= wanted) => {
+            s.workloads.iter().find(|w| {
+                w.service == service.name
+                    && service.release.artifact().map(|a| a.sha256) == Some(w.artifact)
+            })
+        }
         _ => None,
     };
     ReplicaView {
@@ -179,6 +186,7 @@ impl App {
         Ok(ServiceView {
             name: service.name.clone(),
             spec: service.spec.clone(),
+            version: service.release.version.to_string(),
             revision: service.revision,
             created_at: service.created_at,
             updated_at: service.updated_at,
@@ -221,6 +229,7 @@ impl App {
             last_rejection: status.and_then(|s| s.last_rejection.clone()),
             storage_problem: status.and_then(|s| s.storage_problem.clone()),
             cordon: node.cordon,
+            revoked: node.revoked,
             probe_addr: node.probe_addr,
             latency: self.node_latency(&node.id, now),
         })

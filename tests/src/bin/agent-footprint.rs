@@ -62,10 +62,10 @@ fn write_config(dir: &Path, cluster: &Cluster, broker: std::net::SocketAddr) -> 
         format!(
             "id = \"bench-1\"\nregion = \"bench\"\ndata_dir = \"{data}\"\n\
              broker_url = \"mqtt://{broker}\"\ncontroller_url = \"{api}\"\n\
-             controller_public_key = \"{key}\"\n\n[capacity]\ncpu_millis = 4000\nmemory_mb = 4096\n",
+             trust_bundle_file = \"{bundle}\"\n\n[capacity]\ncpu_millis = 4000\nmemory_mb = 4096\n",
             data = dir.join("data").display(),
             api = cluster.api.base,
-            key = cluster.controller_public_key,
+            bundle = cluster.bundle_file.display(),
         ),
     )?;
     Ok(config)

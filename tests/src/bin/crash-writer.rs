@@ -12,28 +12,26 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use edge_agent::artifacts::ArtifactCache;
+use edge_agent::intake::ResolvedState;
 use edge_agent::outbox::Outbox;
 use edge_agent::state::{Accepted, SledStore, StateStore};
-use verge_shared::messages::{ArtifactRef, DesiredState, SCHEMA_VERSION};
-use verge_shared::{AgentId, Generation, Timestamp};
+use verge_shared::messages::ArtifactRef;
+use verge_shared::{Generation, Timestamp};
 
 /// The outbox quota: small, so that drop-oldest runs under crashes too.
 const OUTBOX_QUOTA: u64 = 64 * 1024;
 
-fn accepted(generation: u64) -> Result<Accepted> {
+fn accepted(generation: u64) -> Accepted {
     let now = Timestamp::now();
-    Ok(Accepted {
+    Accepted {
         // A few KiB like a real envelope, tagged with its generation.
         envelope: format!("envelope {generation} {}", "x".repeat(4000)).into_bytes(),
-        desired: DesiredState {
-            schema_version: SCHEMA_VERSION,
-            agent: AgentId::new("crash-writer")?,
+        desired: ResolvedState {
             generation: Generation::new(generation),
-            issued_at: now,
             expires_at: now.saturating_add(std::time::Duration::from_secs(3600)),
             workloads: Vec::new(),
         },
-    })
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -55,7 +53,7 @@ async fn main() -> Result<()> {
     // Bounded: the test kills it long before this ends.
     for round in 0..1_000_000u64 {
         generation += 1;
-        store.save(&accepted(generation)?)?;
+        store.save(&accepted(generation))?;
         println!("saved {generation}");
         let seq = outbox.push_numbered("crash/telemetry", |seq| {
             format!("{{\"seq\":{seq},\"pad\":\"{}\"}}", "y".repeat(1000)).into_bytes()

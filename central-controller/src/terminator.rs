@@ -14,14 +14,13 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::ca::peer_identity;
-use crate::tls::{HANDSHAKE_TIMEOUT, Revocations};
+use crate::tls::{Admission, HANDSHAKE_TIMEOUT, Revocations};
 
 /// Most concurrent broker connections through the terminator.
 pub const MAX_CONNECTIONS: usize = 10_000;
@@ -37,25 +36,9 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(config);
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let admission = Admission::new(MAX_CONNECTIONS, "broker");
     let connections = TaskTracker::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, "Accepting a broker connection failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            warn!(%peer, limit = MAX_CONNECTIONS, "Too many broker connections; closed a new one.");
-            continue;
-        };
+    while let Some((tcp, peer, permit)) = admission.next(&listener, &cancel).await {
         let acceptor = acceptor.clone();
         let revocations = Arc::clone(&revocations);
         let cancel = cancel.clone();

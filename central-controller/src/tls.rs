@@ -19,8 +19,8 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
 };
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -257,6 +257,54 @@ pub fn verify_with_ca(ca_pem: &str, der: &CertificateDer<'_>) -> Result<(), TlsE
     Ok(())
 }
 
+/// Admits TCP connections to a TLS listener, at most `limit` at once: a
+/// connection over the limit is closed at once, and accept errors (out of
+/// file descriptors, say) are retried after a pause.
+pub struct Admission {
+    limit: Arc<Semaphore>,
+    max: usize,
+    what: &'static str,
+}
+
+impl Admission {
+    pub fn new(max: usize, what: &'static str) -> Self {
+        Self {
+            limit: Arc::new(Semaphore::new(max)),
+            max,
+            what,
+        }
+    }
+
+    /// The next admitted connection with its permit (held for as long as
+    /// the connection lives), or `None` once `cancel` fires.
+    pub async fn next(
+        &self,
+        listener: &TcpListener,
+        cancel: &CancellationToken,
+    ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return None,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        warn!(what = self.what, error = %e, "Accepting a connection failed.");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            match Arc::clone(&self.limit).try_acquire_owned() {
+                Ok(permit) => return Some((tcp, peer, permit)),
+                Err(_) => {
+                    warn!(what = self.what, %peer, limit = self.max, "Too many connections; closed a new one.");
+                }
+            }
+        }
+    }
+}
+
 /// Serves `router` over HTTPS on `listener` until `cancel`: bounded
 /// connections, a handshake deadline, and a header deadline per request.
 pub async fn serve_https(
@@ -266,25 +314,9 @@ pub async fn serve_https(
     cancel: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(config);
-    let limit = Arc::new(Semaphore::new(MAX_API_CONNECTIONS));
+    let admission = Admission::new(MAX_API_CONNECTIONS, "HTTPS");
     let connections = TaskTracker::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    warn!(error = %e, "Accepting an HTTPS connection failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            debug!(%peer, "Too many HTTPS connections; closed a new one.");
-            continue;
-        };
+    while let Some((tcp, peer, permit)) = admission.next(&listener, &cancel).await {
         let acceptor = acceptor.clone();
         let router = router.clone();
         let cancel = cancel.clone();

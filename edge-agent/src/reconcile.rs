@@ -176,6 +176,17 @@ impl<R: Runtime> Reconciler<R> {
                 )
             })
             .collect();
+        // A workload that failed to start keeps saying why while it is
+        // retried, instead of flapping between fetching and failed.
+        let failed_before = self.board.failed_waiting();
+        for workload in plan.launches() {
+            if let Some(failed) = failed_before
+                .get(&workload.service)
+                .filter(|f| f.artifact == workload.artifact.sha256)
+            {
+                waiting.insert(workload.service.clone(), failed.clone());
+            }
+        }
         self.board.set_waiting(waiting.clone());
         if plan.is_empty() {
             self.board.set_applied(desired.generation);
@@ -194,12 +205,15 @@ impl<R: Runtime> Reconciler<R> {
                 }
                 Err(e) => {
                     // Leave everything running as it is; report why on the
-                    // workloads that cannot start.
-                    let failed =
-                        waiting_status(workload, WorkloadState::Failed, Some(e.to_string()));
-                    if let Some(entry) = waiting.get_mut(&workload.service) {
-                        *entry = failed;
-                    }
+                    // workload that cannot start, a replacement included
+                    // (its predecessor keeps running, and the message says so).
+                    let message = if plan.replace.iter().any(|w| w.service == workload.service) {
+                        format!("{e}; the previous version keeps running")
+                    } else {
+                        e.to_string()
+                    };
+                    let failed = waiting_status(workload, WorkloadState::Failed, Some(message));
+                    waiting.insert(workload.service.clone(), failed);
                     self.board.set_waiting(waiting);
                     return Err(e.into());
                 }

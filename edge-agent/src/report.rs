@@ -191,11 +191,32 @@ impl Board {
         self.lock().running.get(service).cloned()
     }
 
-    /// Every workload, the runtime's entries taking precedence, sorted by service.
+    /// The reconciler's notes on workloads that failed to start.
+    pub fn failed_waiting(&self) -> BTreeMap<ServiceName, WorkloadStatus> {
+        let s = self.lock();
+        s.waiting
+            .iter()
+            .filter(|(_, w)| w.state == WorkloadState::Failed)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Every workload, sorted by service: the runtime's entries take
+    /// precedence, except over a failed replacement.
     pub fn workloads(&self) -> Vec<WorkloadStatus> {
         let s = self.lock();
         let mut all = s.waiting.clone();
-        all.extend(s.running.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (service, status) in &s.running {
+            // A replacement that failed to start (its artifact was refused,
+            // say) is what the operator must see; the running predecessor is
+            // named in its message.
+            let blocked = all
+                .get(service)
+                .is_some_and(|w| w.state == WorkloadState::Failed && w.artifact != status.artifact);
+            if !blocked {
+                all.insert(service.clone(), status.clone());
+            }
+        }
         all.into_values().collect()
     }
 

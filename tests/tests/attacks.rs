@@ -553,3 +553,75 @@ async fn argv_and_env_values_are_never_interpreted_by_a_shell() {
     assert!(running.pid > 0);
     assert!(!file.exists(), "a shell ran part of an argument");
 }
+
+/// A greeting, bytes that make the artifact new, how the served copy is
+/// corrupted, and what the refusal says.
+type Corruption = (&'static str, &'static [u8], fn(&mut Vec<u8>), &'static str);
+
+/// The controller (or anything between it and the node) serves other bytes
+/// than a release declares: a tampered artifact of the declared size, then
+/// one that never ends. The agent refuses both while streaming, says why on
+/// the replica, and the previous version keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_and_endless_artifacts_never_run() {
+    let s = scene().await;
+    let store = s.cluster.controller_data.join("artifacts/sha256");
+    let cases: [Corruption; 2] = [
+        (
+            "v3",
+            b"\n#tampered",
+            |bytes| bytes[1000] ^= 0xff,
+            "hashes to",
+        ),
+        (
+            "v4",
+            b"\n#endless",
+            |bytes| bytes.extend(std::iter::repeat_n(0u8, 1 << 20)),
+            "more than the declared",
+        ),
+    ];
+    for (greeting, suffix, corrupt, reason) in cases {
+        let mut bytes = hello_artifact();
+        bytes.extend_from_slice(suffix);
+        let sha = s.api.upload_artifact(bytes.clone()).await.expect("upload");
+        // What the controller serves from now on.
+        corrupt(&mut bytes);
+        std::fs::write(store.join(&sha), &bytes).expect("tamper with the stored file");
+        s.api
+            .put_service("hello", &hello_spec(&sha, greeting, 1, &["region-a"]))
+            .await
+            .expect("PUT")
+            .ok()
+            .expect("accepted: the release itself is genuine");
+        let replica = verge_tests::workload::wait_replica(
+            &s.api,
+            "hello",
+            0,
+            &format!("{greeting}: refused with {reason:?}"),
+            Duration::from_secs(60),
+            |r| {
+                r["state"] == "failed"
+                    && r["message"].as_str().is_some_and(|m| {
+                        m.contains(reason) && m.contains("previous version keeps running")
+                    })
+            },
+        )
+        .await;
+        assert!(replica["pid"].is_null(), "{replica}");
+        // The old process still answers, with its old greeting.
+        let answer = ask(s.running.port)
+            .await
+            .expect("the previous version answers");
+        assert_eq!(answer["pid"], s.running.pid, "{greeting}");
+        assert_eq!(answer["greeting"], "v2", "{greeting}");
+        // Nothing of it landed in the agent's cache.
+        let cached = s.cluster.agents[0]
+            .data_dir
+            .join("artifacts/sha256")
+            .join(&sha);
+        assert!(
+            !cached.exists(),
+            "{greeting}: a refused artifact was cached"
+        );
+    }
+}

@@ -102,7 +102,7 @@ pub struct NodeView {
 /// One replica's view from its node's latest report. The report counts only
 /// once the node has applied the desired state that carries this replica,
 /// and only for the artifact of the release the service now names; until
-/// then it is pending.
+/// then it is pending, unless that new version already failed to start.
 fn replica_view(
     service: &ServiceRecord,
     index: u32,
@@ -112,13 +112,21 @@ fn replica_view(
     let desired_generation = desired.map(|d| d.generation);
     let status = node.and_then(|n| n.last_status.as_ref());
     let applied_generation = status.and_then(|s| s.applied_generation);
+    let of_this_release = |w: &&WorkloadStatus| {
+        w.service == service.name
+            && service.release.artifact().map(|a| a.sha256) == Some(w.artifact)
+    };
     let current = match (status, desired_generation) {
         (Some(s), Some(wanted)) if s.applied_generation.is_some_and(|g| g >= wanted) => {
-            s.workloads.iter().find(|w| {
-                w.service == service.name
-                    && service.release.artifact().map(|a| a.sha256) == Some(w.artifact)
-            })
+            s.workloads.iter().find(of_this_release)
         }
+        // Not applied yet, but already failed to start (its artifact was
+        // refused, say): that is news the operator must see now.
+        (Some(s), Some(_)) => s
+            .workloads
+            .iter()
+            .filter(of_this_release)
+            .find(|w| w.state == WorkloadState::Failed),
         _ => None,
     };
     ReplicaView {

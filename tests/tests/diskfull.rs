@@ -117,17 +117,16 @@ fn workload<'a>(node: &'a Value, service: &str) -> Option<&'a Value> {
         .find(|w| w["service"] == service)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_is_reported_keeps_what_runs_and_recovers() {
+/// A small tmpfs, a cluster, and the agent with its data on the tmpfs
+/// (and its pid); `None`, with a note, where no tmpfs can be mounted.
+async fn agent_on_tmpfs() -> Option<(Tmpfs, Cluster, u32)> {
     let tmpfs = match Tmpfs::mount(TMPFS_MIB) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("SKIPPED: this test needs a tmpfs for the agent's data: {e}");
-            return;
+            return None;
         }
     };
-    // Declared after the tmpfs, so it is dropped (agent and workloads
-    // stopped) before the tmpfs is unmounted.
     let mut cluster = Cluster::start(ClusterOptions::default())
         .await
         .expect("cluster");
@@ -137,6 +136,16 @@ async fn a_full_disk_is_reported_keeps_what_runs_and_recovers() {
         .await
         .expect("agent on the tmpfs");
     let agent_pid = cluster.agent(AGENT).pid().expect("agent runs");
+    Some((tmpfs, cluster, agent_pid))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_reported_keeps_what_runs_and_recovers() {
+    // The cluster comes second, so it is dropped (agent and workloads
+    // stopped) before the tmpfs is unmounted.
+    let Some((tmpfs, mut cluster, agent_pid)) = agent_on_tmpfs().await else {
+        return;
+    };
 
     let hello = hello_artifact();
     let mut padded = hello.clone();
@@ -258,22 +267,11 @@ async fn wait_answering(cluster: &Cluster, service: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_without_a_free_byte_breaks_nothing_and_the_next_state_applies_later() {
-    let tmpfs = match Tmpfs::mount(TMPFS_MIB) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("SKIPPED: this test needs a tmpfs for the agent's data: {e}");
-            return;
-        }
+    // The cluster comes second, so it is dropped (agent and workloads
+    // stopped) before the tmpfs is unmounted.
+    let Some((tmpfs, mut cluster, agent_pid)) = agent_on_tmpfs().await else {
+        return;
     };
-    let mut cluster = Cluster::start(ClusterOptions::default())
-        .await
-        .expect("cluster");
-    let broker = cluster.mqtt_addr;
-    cluster
-        .add_agent_at(AGENT, "region-a", broker, "", tmpfs.path())
-        .await
-        .expect("agent on the tmpfs");
-    let agent_pid = cluster.agent(AGENT).pid().expect("agent runs");
     let small = cluster
         .api
         .upload_artifact(hello_artifact())

@@ -115,6 +115,23 @@ pub async fn wait_replica(
     .await
 }
 
+/// Uploads the example workload, deploys one replica of it as `service` in
+/// `region` greeting with `greeting`, and waits until it answers.
+pub async fn deploy_hello(
+    api: &Api,
+    service: &str,
+    greeting: &str,
+    region: &str,
+) -> Vec<RunningReplica> {
+    let artifact = api.upload_artifact(hello_artifact()).await.expect("upload");
+    let reply = api
+        .put_service(service, &hello_spec(&artifact, greeting, 1, &[region]))
+        .await
+        .expect("PUT");
+    assert!(reply.status.is_success(), "{}", reply.body);
+    wait_running(api, service, greeting).await
+}
+
 /// A service spec for the example workload: `replicas` copies in `regions`,
 /// started with `--greeting greeting`, on a port the agent picks.
 pub fn hello_spec(artifact: &str, greeting: &str, replicas: u32, regions: &[&str]) -> Value {

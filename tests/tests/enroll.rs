@@ -13,7 +13,7 @@ use verge_shared::{AgentId, SigningKey, Timestamp};
 use verge_tests::mqtt::TestClient;
 use verge_tests::proxy::Proxy;
 use verge_tests::tls::{client_config, mqtt_plain_connect, mqtt_tls_connect};
-use verge_tests::workload::{hello_artifact, hello_spec, wait_running};
+use verge_tests::workload::{deploy_hello, wait_running};
 use verge_tests::{Cluster, ClusterOptions, wait_for};
 
 async fn tls_cluster(client_cert_ttl_secs: Option<u64>) -> Cluster {
@@ -257,18 +257,7 @@ async fn certificates_renew_online_without_touching_workloads() {
     let first = serial(&agent_identity(&data_dir).0);
     let enrolled_at = Instant::now();
 
-    let artifact = cluster
-        .api
-        .upload_artifact(hello_artifact())
-        .await
-        .expect("upload");
-    let reply = cluster
-        .api
-        .put_service("hello", &hello_spec(&artifact, "v1", 1, &["region-a"]))
-        .await
-        .expect("PUT");
-    assert_eq!(reply.status, 201, "{}", reply.body);
-    let before = wait_running(&cluster.api, "hello", "v1").await;
+    let before = deploy_hello(&cluster.api, "hello", "v1", "region-a").await;
 
     // At least two renewals: three distinct serials in the agent's cert file.
     let mut serials = vec![first];
@@ -430,18 +419,7 @@ async fn revocation_cuts_a_node_off_and_withdraws_its_desired_state() {
     let node_key =
         SigningKey::from_pkcs8(&std::fs::read(data_dir.join("node.key")).expect("node.key"))
             .expect("node key");
-    let artifact = cluster
-        .api
-        .upload_artifact(hello_artifact())
-        .await
-        .expect("upload");
-    let reply = cluster
-        .api
-        .put_service("hello", &hello_spec(&artifact, "v1", 1, &["region-a"]))
-        .await
-        .expect("PUT");
-    assert_eq!(reply.status, 201, "{}", reply.body);
-    wait_running(&cluster.api, "hello", "v1").await;
+    deploy_hello(&cluster.api, "hello", "v1", "region-a").await;
     let desired_before = cluster.api.node("edge-a").await.expect("node")["desired_generation"]
         .as_u64()
         .expect("a desired generation");
@@ -599,18 +577,7 @@ async fn a_node_offline_past_expiry_keeps_its_workloads_and_renews_when_back() {
         .expect("agent starts");
     cluster.wait_node_online("edge-a").await;
     let data_dir = cluster.agent("edge-a").data_dir.clone();
-    let artifact = cluster
-        .api
-        .upload_artifact(hello_artifact())
-        .await
-        .expect("upload");
-    let reply = cluster
-        .api
-        .put_service("hello", &hello_spec(&artifact, "v1", 1, &["region-a"]))
-        .await
-        .expect("PUT");
-    assert_eq!(reply.status, 201, "{}", reply.body);
-    let before = wait_running(&cluster.api, "hello", "v1").await;
+    let before = deploy_hello(&cluster.api, "hello", "v1", "region-a").await;
 
     // The uplink goes; the certificate the node holds then expires.
     broker.cut();

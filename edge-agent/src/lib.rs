@@ -74,7 +74,7 @@ use crate::report::{Board, DiskUser, EventSink, Identity, Reporter};
 use crate::runtime::{Placement, ProcessRuntime};
 use crate::state::{Accepted, SledStore, StateStore};
 use crate::supervise::RestartTiming;
-use crate::trust::{Offered, TrustStore};
+use crate::trust::{OfferError, Offered, TrustStore};
 
 /// Log requests waiting to be answered; more are dropped (the controller
 /// times out and the operator asks again).
@@ -626,10 +626,13 @@ impl Intake {
                 }
             }
             // The controller's copy may lag one the operator installed by file.
-            Err(e @ verge_shared::trust::TrustError::Stale { .. }) => {
+            Err(OfferError::Refused(e @ verge_shared::trust::TrustError::Stale { .. })) => {
                 debug!(agent = %self.config.id, error = %e, "Ignored an older trust bundle.");
             }
-            Err(e) => {
+            Err(OfferError::Store(e)) => {
+                error!(agent = %self.config.id, error = %e, "Cannot store a newer trust bundle; it is taken with the next delivery.");
+            }
+            Err(OfferError::Refused(e)) => {
                 warn!(agent = %self.config.id, error = %e, "Rejected a trust bundle; keeping the trusted one.");
                 let reason = RejectReason::from(&e);
                 self.events

@@ -38,6 +38,18 @@ pub struct TrustStore {
     held: RwLock<Held>,
 }
 
+/// Why an offered bundle is not trusted (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum OfferError {
+    /// The bundle itself is refused.
+    #[error(transparent)]
+    Refused(#[from] TrustError),
+    /// A good bundle that could not be stored; it is offered again with the
+    /// next delivery.
+    #[error("cannot store the trust bundle: {0}")]
+    Store(String),
+}
+
 /// What became of a bundle offered with a delivery.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offered {
@@ -104,7 +116,7 @@ impl TrustStore {
                 Ok(Offered::Updated { version, .. }) => {
                     tracing::info!(version, path = %file.display(), "Took a newer trust bundle from the file.");
                 }
-                Ok(Offered::Unchanged) | Err(TrustError::Stale { .. }) => {}
+                Ok(Offered::Unchanged) | Err(OfferError::Refused(TrustError::Stale { .. })) => {}
                 Err(e) => {
                     tracing::warn!(path = %file.display(), error = %e, "Ignored the trust bundle file.");
                 }
@@ -147,7 +159,7 @@ impl TrustStore {
 
     /// Offers a bundle: a properly signed successor replaces the held one
     /// (persisted first); anything else leaves it untouched.
-    pub fn offer(&self, bytes: &[u8], now: Timestamp) -> Result<Offered, TrustError> {
+    pub fn offer(&self, bytes: &[u8], now: Timestamp) -> Result<Offered, OfferError> {
         let mut held = self.held.write().unwrap_or_else(PoisonError::into_inner);
         let update = held.verified.bundle.verify_update(bytes, now)?;
         let BundleUpdate::Newer(verified) = update else {
@@ -162,7 +174,7 @@ impl TrustStore {
         self.tree
             .apply_batch(batch)
             .and_then(|()| self.tree.flush().map(drop))
-            .map_err(|e| TrustError::Invalid(format!("cannot store the trust bundle: {e}")))?;
+            .map_err(|e| OfferError::Store(e.to_string()))?;
         let version = verified.bundle.version;
         held.verified = verified;
         held.reset_pending |= reset;

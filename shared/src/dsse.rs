@@ -234,22 +234,8 @@ impl Envelope {
     /// Checks the payload type and `key`'s signature over the exact payload
     /// bytes, and returns those bytes. Signatures by other keys are ignored.
     pub fn verify(&self, expected_type: &str, key: &PublicKey) -> Result<Vec<u8>, VerifyError> {
-        self.check_type(expected_type)?;
-        let key_id = key.key_id();
-        let signature = self
-            .signatures
-            .iter()
-            .find(|s| s.keyid == key_id.0)
-            .ok_or_else(|| VerifyError::UnknownKey(key_id.clone()))?;
-        let payload = self.payload_bytes()?;
-        let sig = B64
-            .decode(&signature.sig)
-            .map_err(|_| VerifyError::BadSignature(key_id.clone()))?;
-        if key.verify_raw(&pae(expected_type, &payload), &sig) {
-            Ok(payload)
-        } else {
-            Err(VerifyError::BadSignature(key_id))
-        }
+        self.verify_any(expected_type, std::slice::from_ref(key))
+            .map(|(payload, _)| payload)
     }
 
     /// The SHA-256 of the signed bytes, `PAE(payloadType, payload)`: the

@@ -57,7 +57,7 @@ pub enum ArtifactError {
     Http {
         digest: Sha256Digest,
         #[source]
-        source: reqwest::Error,
+        source: crate::http::HttpError,
     },
     #[error("artifact {digest}: controller answered HTTP {status}")]
     Status { digest: Sha256Digest, status: u16 },
@@ -123,7 +123,7 @@ pub struct ArtifactCache {
     unpacked_dir: PathBuf,
     tmp_dir: PathBuf,
     base_url: String,
-    client: reqwest::Client,
+    client: crate::http::Client,
     quota: u64,
     /// Digests the current desired state refers to: never evicted.
     needed: Mutex<BTreeSet<Sha256Digest>>,
@@ -145,12 +145,10 @@ impl ArtifactCache {
         std::fs::create_dir_all(&done_dir)?;
         std::fs::create_dir_all(&unpacked_dir)?;
         std::fs::create_dir_all(&tmp_dir)?;
-        let client = crate::tls::http_client_builder()
-            .map_err(std::io::Error::other)?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()
-            .map_err(std::io::Error::other)?;
+        let client = crate::http::Client {
+            connect_timeout: CONNECT_TIMEOUT,
+            read_timeout: READ_TIMEOUT,
+        };
         let cache = Self {
             done_dir,
             unpacked_dir,
@@ -471,12 +469,8 @@ impl ArtifactCache {
             have = 0;
         }
         let url = format!("{}/api/v1/artifacts/{digest}", self.base_url);
-        let mut request = self.client.get(url);
-        if have > 0 {
-            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
-        }
-        let mut response = request.send().await.map_err(http)?;
-        let status = response.status().as_u16();
+        let mut response = self.client.get(&url, have).await.map_err(http)?;
+        let status = response.status.as_u16();
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         match status {
             206 if have > 0 => {
@@ -506,7 +500,7 @@ impl ArtifactCache {
             _ => return Err(ArtifactError::Status { digest, status }),
         }
         if response
-            .content_length()
+            .content_length
             .is_some_and(|len| have.saturating_add(len) > declared)
         {
             return Err(ArtifactError::TooLarge { digest, declared });
@@ -617,24 +611,8 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    /// Serves one canned HTTP/1.1 response to the first connection and
-    /// returns the base URL.
     async fn serve_once(status: &str, body: Vec<u8>) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let head = format!(
-            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        );
-        tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.expect("accept");
-            let mut request = [0u8; 4096];
-            let _ = socket.read(&mut request).await;
-            let _ = socket.write_all(head.as_bytes()).await;
-            let _ = socket.write_all(&body).await;
-            let _ = socket.shutdown().await;
-        });
-        format!("http://{addr}")
+        crate::http::testing::serve_once(status, body).await.0
     }
 
     /// Serves `body` to one connection: cut off after `cut` bytes when set,

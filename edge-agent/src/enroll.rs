@@ -18,13 +18,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use verge_shared::enroll::{EnrollRequest, EnrollResponse, RenewalResponse};
 use verge_shared::{AgentId, PublicKey, Timestamp};
 
 use crate::config::Config;
+use crate::http::{self, HttpError};
 use crate::report::{Board, EventSink, Reporter};
 use crate::tls::{self, CurrentCert, Material, TlsError, TlsFiles};
 use verge_shared::messages::EventKind;
@@ -33,6 +33,11 @@ use verge_shared::messages::EventKind;
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// How long one enrollment or renewal request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The client for enrollment and renewal; `REQUEST_TIMEOUT` bounds the whole exchange.
+const CLIENT: http::Client = http::Client {
+    connect_timeout: REQUEST_TIMEOUT,
+    read_timeout: REQUEST_TIMEOUT,
+};
 /// Longest wait between renewal attempts.
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
@@ -157,33 +162,19 @@ fn key_and_csr(agent: &AgentId) -> Result<(String, String), EnrollError> {
 
 /// Posts `body` (JSON) and reads a bounded JSON answer.
 async fn post<T: serde::de::DeserializeOwned>(url: &str, body: Vec<u8>) -> Result<T, EnrollError> {
-    let http = |detail: String| EnrollError::Http {
+    let http = |e: HttpError| EnrollError::Http {
         url: url.to_owned(),
-        detail,
+        detail: e.to_string(),
     };
-    let client = tls::http_client_builder()?
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(|e| http(e.to_string()))?;
-    let response = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
+    let exchange = async {
+        let response = CLIENT.post_json(url, body).await?;
+        let status = response.status;
+        Ok((status, response.bytes(MAX_RESPONSE_BYTES).await?))
+    };
+    let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
-        .map_err(|e| http(error_chain(&e)))?;
-    let status = response.status();
-    let mut bytes = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| http(error_chain(&e)))?;
-        if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(http(format!(
-                "the answer is over {MAX_RESPONSE_BYTES} bytes"
-            )));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+        .map_err(|_| http(HttpError::ReadTimeout(REQUEST_TIMEOUT)))?
+        .map_err(http)?;
     if !status.is_success() {
         let message = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
@@ -199,17 +190,10 @@ async fn post<T: serde::de::DeserializeOwned>(url: &str, body: Vec<u8>) -> Resul
             message,
         });
     }
-    serde_json::from_slice(&bytes).map_err(|e| http(format!("the answer does not parse: {e}")))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
+    serde_json::from_slice(&bytes).map_err(|e| EnrollError::Http {
+        url: url.to_owned(),
+        detail: format!("the answer does not parse: {e}"),
+    })
 }
 
 /// Renews the certificate at 2/3 of its lifetime, until `stop`.

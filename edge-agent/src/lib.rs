@@ -13,6 +13,7 @@
 //! - [`state`]: the last accepted desired state (sled) and the node key;
 //! - [`archive`]: safe extraction of tar.gz artifacts;
 //! - [`artifacts`]: the content-addressed artifact cache;
+//! - [`http`]: the small HTTP client for artifacts, enrollment and renewal;
 //! - [`cgroup`]: cgroup v2 detection and per-workload groups with limits;
 //! - [`disk`]: free space, the cache's reserve and "disk full" errors;
 //! - [`reconcile`]: the pure plan and the loop applying it;
@@ -34,6 +35,7 @@ pub mod config;
 pub mod disk;
 pub mod enroll;
 pub mod health;
+pub mod http;
 pub mod intake;
 pub mod limits;
 pub mod logs;
@@ -769,6 +771,18 @@ async fn heartbeat_loop(
             break;
         }
     }
+}
+
+/// `e` and its sources, joined by ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -122,12 +122,44 @@ impl std::fmt::Debug for Material {
     }
 }
 
-fn to_timestamp(t: x509_parser::time::ASN1Time) -> Timestamp {
-    Timestamp::from_unix_millis(
-        u64::try_from(t.timestamp())
-            .unwrap_or(0)
-            .saturating_mul(1000),
-    )
+/// The validity of a DER certificate (RFC 5280, section 4.1): the fifth
+/// field of `tbsCertificate`, read with `der` rather than a whole X.509
+/// parser (the agent needs nothing else from its certificate).
+fn validity(cert: &[u8]) -> der::Result<(Timestamp, Timestamp)> {
+    use der::asn1::{AnyRef, ContextSpecific};
+    use der::{Decode as _, Reader as _, TagNumber};
+    fn skip_rest<'a>(r: &mut der::SliceReader<'a>) -> der::Result<()> {
+        r.read_slice(r.remaining_len()).map(|_| ())
+    }
+    let mut reader = der::SliceReader::new(cert)?;
+    let validity = reader.sequence(|certificate| {
+        let validity = certificate.sequence(|tbs| {
+            ContextSpecific::<AnyRef<'_>>::decode_explicit(tbs, TagNumber(0))?; // version
+            AnyRef::decode(tbs)?; // serialNumber
+            AnyRef::decode(tbs)?; // signature
+            AnyRef::decode(tbs)?; // issuer
+            let validity = tbs.sequence(|v| der::Result::Ok((time(v)?, time(v)?)))?;
+            skip_rest(tbs)?;
+            der::Result::Ok(validity)
+        })?;
+        skip_rest(certificate)?;
+        der::Result::Ok(validity)
+    })?;
+    reader.finish()?;
+    Ok(validity)
+}
+
+/// `Time ::= CHOICE { utcTime UTCTime, generalTime GeneralizedTime }`.
+fn time(r: &mut der::SliceReader<'_>) -> der::Result<Timestamp> {
+    use der::asn1::{GeneralizedTime, UtcTime};
+    use der::{Decode as _, Tag};
+    let since_epoch = match Tag::peek(r)? {
+        Tag::UtcTime => UtcTime::decode(r)?.to_unix_duration(),
+        _ => GeneralizedTime::decode(r)?.to_unix_duration(),
+    };
+    Ok(Timestamp::from_unix_millis(
+        u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
+    ))
 }
 
 impl Material {
@@ -142,13 +174,10 @@ impl Material {
             what: "the client certificate",
             detail: "no certificate in the PEM".into(),
         })?;
-        let (_, parsed) =
-            x509_parser::parse_x509_certificate(first).map_err(|e| TlsError::Invalid {
-                what: "the client certificate",
-                detail: e.to_string(),
-            })?;
-        let not_before = to_timestamp(parsed.validity().not_before);
-        let not_after = to_timestamp(parsed.validity().not_after);
+        let (not_before, not_after) = validity(first).map_err(|e| TlsError::Invalid {
+            what: "the client certificate",
+            detail: e.to_string(),
+        })?;
         let key_der =
             PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Invalid {
                 what: "the client key",
@@ -252,26 +281,59 @@ pub fn server_only_config(ca_pem: &str) -> Result<ClientConfig, TlsError> {
 }
 
 /// The HTTPS configuration of this process, set once when the agent has its CA.
-static HTTPS: OnceLock<ClientConfig> = OnceLock::new();
+static HTTPS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
 
-/// Makes HTTP clients built from now on verify HTTPS servers against `ca_pem`.
+/// Makes HTTPS requests from now on verify servers against `ca_pem`.
 pub fn set_https_roots(ca_pem: &str) -> Result<(), TlsError> {
     let config = server_only_config(ca_pem)?;
     // A second call (same CA) keeps the first configuration.
-    let _ = HTTPS.set(config);
+    let _ = HTTPS.set(Arc::new(config));
     Ok(())
 }
 
-/// A reqwest client builder with this process's TLS configuration: the
-/// controller's CA once known, otherwise one that trusts nothing (plain
-/// HTTP only). reqwest never falls back to a default crypto provider.
-pub fn http_client_builder() -> Result<reqwest::ClientBuilder, TlsError> {
-    let config = match HTTPS.get() {
-        Some(config) => config.clone(),
-        None => ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(RootCertStore::empty())
-            .with_no_client_auth(),
-    };
-    Ok(reqwest::Client::builder().tls_backend_preconfigured(config))
+/// The configuration HTTPS requests use: the controller's CA once known;
+/// until then there is none and only plain HTTP works.
+pub fn https_config() -> Option<Arc<ClientConfig>> {
+    HTTPS.get().cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["node-1".to_owned()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        params
+            .self_signed(&key)
+            .expect("certificate")
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn validity_reads_utc_and_generalized_times() {
+        // Before 2050 the dates are UTCTime, from 2050 on GeneralizedTime.
+        let (from, to) = validity(&certificate((2026, 1, 2), (2031, 5, 6))).expect("validity");
+        assert_eq!(from.unix_millis(), 1_767_312_000_000);
+        assert_eq!(to.unix_millis(), 1_935_792_000_000);
+        let (_, to) = validity(&certificate((2026, 1, 2), (2051, 7, 8))).expect("validity");
+        assert_eq!(to.unix_millis(), 2_572_387_200_000);
+    }
+
+    #[test]
+    fn validity_refuses_what_is_not_a_certificate() {
+        let der = certificate((2026, 1, 2), (2031, 5, 6));
+        assert!(validity(&der[..der.len() / 2]).is_err(), "truncated");
+        assert!(
+            validity(b"\x30\x03\x02\x01\x01").is_err(),
+            "a sequence of one integer"
+        );
+        assert!(validity(b"not der at all").is_err());
+        let mut trailing = der.clone();
+        trailing.push(0);
+        assert!(validity(&trailing).is_err(), "bytes after the certificate");
+    }
 }

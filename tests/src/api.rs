@@ -244,6 +244,29 @@ impl Api {
         self.get(&format!("/api/v1/nodes/{id}")).await
     }
 
+    /// Creates a bootstrap token for `region` with `uses` (ten minutes to
+    /// live); returns (id, token).
+    pub async fn create_token(&self, region: &str, uses: u32) -> Result<(String, String)> {
+        let body = serde_json::json!({ "region": region, "uses": uses, "ttl_secs": 600 });
+        let reply = self
+            .request(
+                Method::POST,
+                "/api/v1/tokens",
+                Some(serde_json::to_vec(&body)?.into()),
+            )
+            .await?;
+        if reply.status != 201 {
+            bail!("POST /api/v1/tokens: HTTP {}: {}", reply.status, reply.body);
+        }
+        let field = |name: &str| {
+            reply.body[name]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("no {name} in {}", reply.body))
+        };
+        Ok((field("id")?, field("token")?))
+    }
+
     /// Uploads an artifact; returns its sha256.
     pub async fn upload_artifact(&self, bytes: Vec<u8>) -> Result<String> {
         let resp = self

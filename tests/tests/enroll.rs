@@ -28,20 +28,11 @@ async fn tls_cluster(client_cert_ttl_secs: Option<u64>) -> Cluster {
 
 /// Creates a bootstrap token through the API; returns (id, token).
 async fn create_token(cluster: &Cluster, region: &str, uses: u32) -> (String, String) {
-    let body = json!({ "region": region, "uses": uses, "ttl_secs": 600 });
-    let reply = cluster
+    cluster
         .api
-        .request(
-            reqwest::Method::POST,
-            "/api/v1/tokens",
-            Some(serde_json::to_vec(&body).expect("json").into()),
-        )
+        .create_token(region, uses)
         .await
-        .expect("POST /api/v1/tokens");
-    assert_eq!(reply.status, 201, "{}", reply.body);
-    let id = reply.body["id"].as_str().expect("id").to_owned();
-    let token = reply.body["token"].as_str().expect("token").to_owned();
-    (id, token)
+        .expect("POST /api/v1/tokens")
 }
 
 /// A CSR (PEM) for a fresh key.

@@ -3,7 +3,7 @@
 //! idle control-plane bytes on the wire, and start-up times.
 //!
 //! ```text
-//! cargo run --release -p verge-tests --bin agent-footprint [-- --runs 3 --idle-secs 60]
+//! cargo run --release -p verge-tests --bin agent-footprint [-- --runs 3 --idle-secs 60 --tls --cgroup]
 //! ```
 //!
 //! Each run starts a controller (embedded broker) and one release agent with
@@ -13,10 +13,15 @@
 //! are what crosses its uplink in both directions. RSS is VmRSS from
 //! `/proc/<pid>/status` after the idle window; CPU is utime + stime from
 //! `/proc/<pid>/stat` over the window, scaled to an hour; bytes likewise.
-//! Start → connected is the time from spawning the agent until the proxy
-//! carries the broker's CONNACK; start → first desired state applied is
+//! Start → connected is the time from spawning the agent until it logs
+//! the broker's CONNACK (its log is polled every millisecond); start → first desired state applied is
 //! until a workload deployed before the agent existed answers on its port.
 //! With `--cgroup` the agent also runs in a 64 MB, one-core cgroup (v1).
+//! With `--tls` the controller runs with TLS (HTTPS API, client
+//! certificates at the broker) and the agent starts with only a bootstrap
+//! token and the CA file: start → connected then includes enrollment (key,
+//! CSR, HTTPS round trip) and the mutual-TLS handshake, and the idle bytes
+//! include TLS record overhead.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -57,11 +62,19 @@ struct Sample {
 
 fn write_config(dir: &Path, cluster: &Cluster, broker: std::net::SocketAddr) -> Result<PathBuf> {
     let config = dir.join("agent.toml");
+    let (scheme, ca_line) = match &cluster.ca_pem {
+        Some(pem) => {
+            let ca_file = dir.join("ca.pem");
+            std::fs::write(&ca_file, pem)?;
+            ("mqtts", format!("ca_file = \"{}\"\n", ca_file.display()))
+        }
+        None => ("mqtt", String::new()),
+    };
     std::fs::write(
         &config,
         format!(
             "id = \"bench-1\"\nregion = \"bench\"\ndata_dir = \"{data}\"\n\
-             broker_url = \"mqtt://{broker}\"\ncontroller_url = \"{api}\"\n\
+             broker_url = \"{scheme}://{broker}\"\ncontroller_url = \"{api}\"\n{ca_line}\
              trust_bundle_file = \"{bundle}\"\n\n[capacity]\ncpu_millis = 4000\nmemory_mb = 4096\n",
             data = dir.join("data").display(),
             api = cluster.api.base,
@@ -86,12 +99,18 @@ fn confine(pid: u32) -> Result<()> {
     Ok(())
 }
 
-async fn run_once(workloads: usize, idle: Duration, cgroup: bool) -> Result<Sample> {
+async fn run_once(workloads: usize, idle: Duration, cgroup: bool, tls: bool) -> Result<Sample> {
     let cluster = Cluster::start(ClusterOptions {
         default_intervals: true,
+        tls,
         ..ClusterOptions::default()
     })
     .await?;
+    // The token lives in the agent's environment only, as in production.
+    let token = match tls {
+        true => Some(cluster.api.create_token("bench", 1).await?.1),
+        false => None,
+    };
     let proxy = Proxy::start(cluster.mqtt_addr).await?;
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), &cluster, proxy.addr)?;
@@ -108,24 +127,31 @@ async fn run_once(workloads: usize, idle: Duration, cgroup: bool) -> Result<Samp
             .await?
             .ok()?;
     }
-    let started = Instant::now();
-    let mut agent: Child = Command::new(binary("edge-agent"))
+    let log = dir.path().join("agent.log");
+    let mut command = Command::new(binary("edge-agent"));
+    command
         .arg("--config")
         .arg(&config)
-        .env("RUST_LOG", "warn")
+        // Warnings, and the one line that says the broker answered.
+        .env("RUST_LOG", "warn,edge_agent::mqtt=info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(
-            dir.path().join("agent.log"),
-        )?))
-        .spawn()?;
+        .stderr(Stdio::from(std::fs::File::create(&log)?));
+    if let Some(token) = &token {
+        command.env("VERGE_AGENT_ENROLL_TOKEN", token);
+    }
+    let started = Instant::now();
+    let mut agent: Child = command.spawn()?;
     if cgroup {
         confine(agent.id())?;
     }
     let deadline = started + Duration::from_secs(60);
-    while proxy.bytes().1 == 0 {
+    while !std::fs::read_to_string(&log)?.contains("Connected to the broker.") {
         if Instant::now() > deadline {
-            bail!("the agent did not connect within 60 s");
+            bail!(
+                "the agent did not connect within 60 s: {}",
+                std::fs::read_to_string(&log)?
+            );
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -197,17 +223,23 @@ async fn main() -> Result<()> {
     let runs = arg("--runs", 3).max(1);
     let idle = Duration::from_secs(arg("--idle-secs", 60));
     let cgroup = std::env::args().any(|a| a == "--cgroup");
+    let tls = std::env::args().any(|a| a == "--tls");
     let agent = binary("edge-agent");
     let size = std::fs::metadata(&agent)?.len();
     println!(
-        "edge-agent binary ({}): {:.2} MiB",
+        "edge-agent binary ({}): {:.2} MiB ({size} bytes); transport: {}",
         agent.display(),
-        size as f64 / 1_048_576.0
+        size as f64 / 1_048_576.0,
+        if tls {
+            "TLS (enrolled with a token, mutual TLS to the broker)"
+        } else {
+            "plain TCP"
+        }
     );
     for workloads in [0usize, 10] {
         let mut samples = Vec::new();
         for _ in 0..runs {
-            samples.push(run_once(workloads, idle, false).await?);
+            samples.push(run_once(workloads, idle, false, tls).await?);
         }
         report(
             &format!("{workloads} workloads, median of {runs}"),
@@ -215,7 +247,7 @@ async fn main() -> Result<()> {
         );
     }
     if cgroup {
-        match run_once(10, idle, true).await {
+        match run_once(10, idle, true, tls).await {
             Ok(sample) => report("10 workloads in a 64 MB / 1-core cgroup", &[sample]),
             Err(e) => println!("64 MB / 1-core cgroup run failed: {e:#}"),
         }

@@ -1,5 +1,6 @@
 //! The `central-controller` binary: command line, logging, then the library.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,19 +59,33 @@ enum Command {
     },
 }
 
+/// Logs to stderr. VERGE_LOG wins over RUST_LOG (as for the agent); a
+/// filter that does not parse is reported and the default used.
 fn init_tracing() {
-    let filter = std::env::var("RUST_LOG")
-        .or_else(|_| std::env::var("VERGE_LOG"))
-        .ok()
-        .and_then(|text| EnvFilter::try_new(text).ok())
-        // rumqttd logs every ordinary disconnect at ERROR; its real failures
-        // (such as a listener that cannot bind) surface through the broker
-        // readiness check instead. RUST_LOG=rumqttd=debug brings it back.
-        .unwrap_or_else(|| EnvFilter::new("info,rumqttd=off"));
+    // rumqttd logs every ordinary disconnect at ERROR; its real failures
+    // (such as a listener that cannot bind) surface through the broker
+    // readiness check instead. RUST_LOG=rumqttd=debug brings it back.
+    const DEFAULT: &str = "info,rumqttd=off";
+    let given = ["VERGE_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().map(|value| (name, value)));
+    let (filter, problem) = match &given {
+        None => (EnvFilter::new(DEFAULT), None),
+        Some((_, text)) => match EnvFilter::try_new(text) {
+            Ok(filter) => (filter, None),
+            Err(e) => (EnvFilter::new(DEFAULT), Some(e)),
+        },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours on a terminal only, not in journald or a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let (Some((name, text)), Some(e)) = (given, problem) {
+        tracing::warn!(variable = name, value = %text, error = %e,
+            "Ignored a log filter it cannot read; logging at {DEFAULT}.");
+    }
 }
 
 fn main() -> ExitCode {

@@ -1,6 +1,7 @@
 //! The `edge-agent` binary: parses arguments, installs logging, loads the
 //! configuration and runs the agent until SIGTERM or SIGINT.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -53,7 +54,12 @@ async fn agent_main() -> anyhow::Result<ExitCode> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colours on a terminal only, not in journald or a log file.
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .with(targets)
         .init();
     if let Some(e) = problem {

@@ -55,3 +55,26 @@ fn example_configs_cover_every_file_in_configs() {
         "add a load test for each new example"
     );
 }
+
+#[test]
+fn the_agent_names_a_log_filter_it_cannot_read_and_every_config_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "id = \"Not An Id\"\nregion = \"\"\n").expect("write");
+    let output = std::process::Command::new(verge_tests::cluster::binary("edge-agent"))
+        .arg("--config")
+        .arg(&config)
+        .env("VERGE_LOG", "edge_agent=loudly")
+        .output()
+        .expect("the agent runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("Ignored a log filter"), "{stderr}");
+    assert!(
+        stderr.contains("VERGE_LOG") && stderr.contains("edge_agent=loudly"),
+        "{stderr}"
+    );
+    for field in ["id", "region", "data_dir"] {
+        assert!(stderr.contains(field), "{field} not named: {stderr}");
+    }
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use verge_shared::messages::{Assignment, Resources, Status, Workload};
+use verge_shared::messages::{Assignment, LimitMechanism, Resources, Status, Workload};
 use verge_shared::trust::Release;
 use verge_shared::{
     AgentId, Envelope, Generation, PublicKey, RegionId, ServiceName, Sha256Digest, Timestamp,
@@ -123,6 +123,9 @@ pub struct NodeRecord {
     /// Where the node's probe listener answers, from its presence.
     #[serde(default)]
     pub probe_addr: Option<std::net::SocketAddr>,
+    /// How the node enforces workload limits, from its presence.
+    #[serde(default)]
+    pub limits: Option<LimitMechanism>,
     /// Revoked by an operator: placed nothing, heard from no more, until it
     /// enrolls again with a new token.
     #[serde(default)]

@@ -145,6 +145,7 @@ pub fn presence(key: &SigningKey, agent: &str, region: &str) -> Vec<u8> {
         public_key: key.public_key(),
         version: "test".into(),
         probe_addr: None,
+        limits: None,
     };
     key.sign_json(payload_type::PRESENCE, &document)
 }

@@ -195,7 +195,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         .inspect_err(|why| info!(reason = %why, "cgroup v2 is not usable here; workload limits are rlimits (memory only)."))
         .ok();
     let launcher = Launcher::helper(helper, config.workload_user.as_deref(), cgroups)?;
-    let limits = match launcher.mechanism() {
+    let limits_in_force = launcher.mechanism();
+    let limits = match limits_in_force {
         LimitMechanism::CgroupV2 => "cgroup v2 (memory.max, cpu.max)",
         _ => "rlimit (memory only)",
     };
@@ -261,6 +262,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             labels: config.labels.clone(),
             capacity: config.capacity.resolve(),
             probe_addr,
+            limits: Some(limits_in_force),
         },
         board.clone(),
     ));

@@ -321,6 +321,7 @@ mod tests {
                 labels: Default::default(),
                 capacity: Default::default(),
                 probe_addr: Some(addr),
+                limits: None,
             },
             Arc::new(crate::report::Board::new(None)),
         ));

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 use verge_shared::messages::{
-    Heartbeat, Presence, Rejection, Resources, SCHEMA_VERSION, Status, StorageProblem,
-    StorageReason, WorkloadState, WorkloadStatus, bounded_message, payload_type,
+    Heartbeat, LimitMechanism, Presence, Rejection, Resources, SCHEMA_VERSION, Status,
+    StorageProblem, StorageReason, WorkloadState, WorkloadStatus, bounded_message, payload_type,
 };
 use verge_shared::{AgentId, Generation, RegionId, ServiceName, SigningKey, Timestamp};
 
@@ -265,6 +265,8 @@ pub struct Identity {
     pub capacity: Resources,
     /// Where the probe listener answers, announced in Presence.
     pub probe_addr: Option<std::net::SocketAddr>,
+    /// How workloads' resource limits are enforced, announced in Presence.
+    pub limits: Option<LimitMechanism>,
 }
 
 /// Signs the agent's documents with its node key.
@@ -303,6 +305,7 @@ impl Reporter {
             public_key: self.key.public_key(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             probe_addr: self.identity.probe_addr,
+            limits: self.identity.limits,
         };
         self.key.sign_json(payload_type::PRESENCE, &doc)
     }
@@ -461,6 +464,7 @@ mod tests {
             labels: BTreeMap::new(),
             capacity: Resources::default(),
             probe_addr: None,
+            limits: None,
         };
         let reporter = Reporter::new(key, identity, board.clone());
         let (a, b) = (workload("a"), workload("b"));
@@ -509,6 +513,7 @@ mod tests {
             labels: BTreeMap::new(),
             capacity: Resources::default(),
             probe_addr: None,
+            limits: None,
         };
         let reporter = Reporter::new(key, identity, board.clone());
         assert_eq!(reporter.status_document().storage_problem, None);

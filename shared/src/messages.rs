@@ -596,6 +596,10 @@ pub struct Presence {
     /// Where the agent's probe listener answers latency probes, when it runs one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_addr: Option<std::net::SocketAddr>,
+    /// How the agent enforces workloads' resource limits (`cgroup_v2` or
+    /// `rlimit`); absent from agents that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitMechanism>,
 }
 
 /// Sent on an interval (QoS 0) to show the agent is alive; deliberately small.

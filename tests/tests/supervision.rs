@@ -183,6 +183,9 @@ async fn health_checks_and_graceful_stop_are_honoured() {
     // Confinement is reported: rlimits (this runner has no usable cgroup v2),
     // and an unprivileged user when the agent is root.
     assert_eq!(fine["isolation"]["limits"], "rlimit", "{fine}");
+    // The node says the same, from its presence, for operators choosing hosts.
+    let node = api.node("edge-a").await.expect("node view");
+    assert_eq!(node["limits"], "rlimit", "{node}");
     if nix::unistd::Uid::effective().is_root() {
         assert_eq!(fine["isolation"]["user"], "nobody", "{fine}");
     }

@@ -349,6 +349,7 @@ impl App {
                 last_status: None,
                 cordon: None,
                 probe_addr: None,
+                limits: None,
                 revoked: false,
             });
             node.public_key = identity.public_key;

@@ -73,6 +73,7 @@ mod tests {
             last_status: None,
             cordon: None,
             probe_addr: None,
+            limits: None,
             revoked: false,
         }
     }

@@ -132,6 +132,7 @@ impl App {
                 last_status: None,
                 cordon: None,
                 probe_addr: presence.probe_addr,
+                limits: presence.limits,
                 revoked: false,
             });
             let changed = pinned
@@ -145,6 +146,7 @@ impl App {
             node.capacity = presence.capacity;
             node.version = presence.version.clone();
             node.probe_addr = presence.probe_addr;
+            node.limits = presence.limits;
             if presence.online {
                 node.online = true;
                 node.offline_since = None;

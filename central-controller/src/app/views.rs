@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use verge_shared::messages::{
-    ExitInfo, HealthState, Isolation, Rejection, Resources, StorageProblem, WorkloadState,
-    WorkloadStatus,
+    ExitInfo, HealthState, Isolation, LimitMechanism, Rejection, Resources, StorageProblem,
+    WorkloadState, WorkloadStatus,
 };
 use verge_shared::{AgentId, Generation, KeyId, RegionId, ServiceName, Timestamp};
 
@@ -95,6 +95,8 @@ pub struct NodeView {
     /// Revoked by an operator: certificates refused, nothing placed.
     pub revoked: bool,
     pub probe_addr: Option<std::net::SocketAddr>,
+    /// `cgroup_v2` or `rlimit`: how the node enforces workload limits.
+    pub limits: Option<LimitMechanism>,
     /// The node's latency to each region, with how it was obtained.
     pub latency: BTreeMap<RegionId, crate::latency::Estimate>,
 }
@@ -239,6 +241,7 @@ impl App {
             cordon: node.cordon,
             revoked: node.revoked,
             probe_addr: node.probe_addr,
+            limits: node.limits,
             latency: self.node_latency(&node.id, now),
         })
     }

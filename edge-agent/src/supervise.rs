@@ -6,8 +6,8 @@
 //! The restart decision is the pure [`Restarts::after_exit`]; the async
 //! [`supervise`] loop only carries it out. A supervised process is either
 //! the agent's child or one *adopted* from a previous agent run, which is
-//! not a child: its end is noticed by polling `/proc` every second, and its
-//! exit status is unknown.
+//! not a child: its end is noticed through a pidfd (Linux 5.3+; `/proc` is
+//! polled every second where there is none), and its exit status is unknown.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt as _;
@@ -34,8 +34,8 @@ use crate::limits::Launcher;
 use crate::logs;
 use crate::report::Board;
 
-/// How often an adopted process (not our child, so no exit notification)
-/// is checked for life.
+/// How often an adopted process is checked for life where no pidfd can
+/// tell when it ends.
 const ADOPTED_TICK: Duration = Duration::from_secs(1);
 /// How long to wait for a process group to vanish after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -231,6 +231,36 @@ impl ProcessId {
     }
 }
 
+/// Returns once `id`, which is not our child, has ended. A pidfd becomes
+/// readable when its process exits, so an idle agent does not wake for
+/// adopted workloads; without pidfds, `/proc` is polled.
+async fn adopted_exit(id: ProcessId) {
+    use rustix::process::{PidfdFlags, pidfd_open};
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+    // `with_interest` is deprecated because a generic `T` may change the fd
+    // it reports; an `OwnedFd` owns one fd for its whole life, which is what
+    // the unsafe replacement asks callers to promise (and this crate
+    // forbids unsafe code).
+    #[allow(deprecated)]
+    let pidfd = rustix::process::Pid::from_raw(id.pid)
+        .and_then(|pid| pidfd_open(pid, PidfdFlags::empty()).ok())
+        .and_then(|fd| AsyncFd::with_interest(fd, Interest::READABLE).ok());
+    // Checked after opening: a pidfd opened on a later process that reused
+    // the pid is never waited on.
+    if !id.alive() {
+        return;
+    }
+    if let Some(pidfd) = pidfd
+        && pidfd.readable().await.is_ok()
+    {
+        return;
+    }
+    while id.alive() {
+        tokio::time::sleep(ADOPTED_TICK).await;
+    }
+}
+
 /// Is any process (a zombie included) still in process group `pgid`?
 fn group_has_members(pgid: i32) -> bool {
     let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -391,12 +421,10 @@ impl Proc {
                     .unwrap_or(Exit::Unknown),
                 Err(_) => Exit::Unknown,
             },
-            Proc::Adopted => loop {
-                tokio::time::sleep(ADOPTED_TICK).await;
-                if !id.alive() {
-                    return Exit::Unknown;
-                }
-            },
+            Proc::Adopted => {
+                adopted_exit(id).await;
+                Exit::Unknown
+            }
         }
     }
 
@@ -638,6 +666,30 @@ mod tests {
         assert!(group_has_members(own), "this test's own group");
         // A pid beyond pid_max is never a group.
         assert!(!group_has_members(i32::MAX));
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_process_that_is_not_our_child_is_noticed() {
+        // The shell exits at once; its background sleep is nobody's child here.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 60 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .expect("sh runs");
+        let pid: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("pid");
+        let id = ProcessId::of(pid).expect("the sleep runs");
+        let waiting = tokio::spawn(adopted_exit(id));
+        // It runs for a minute: the wait must not end on its own.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "returned while the process runs");
+        nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill");
+        tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the end is noticed")
+            .expect("no panic");
+        assert!(!id.alive());
     }
 
     const QUICK: Duration = Duration::from_millis(10);

@@ -1,22 +1,57 @@
 //! The `edge-agent` binary: parses arguments, installs logging, loads the
 //! configuration and runs the agent until SIGTERM or SIGINT.
 
+use std::ffi::OsString;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::Targets;
 
-/// Verge edge agent: verifies signed desired state, runs workloads, reports status.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    /// Path of the agent's TOML configuration file.
-    #[arg(long, env = "VERGE_AGENT_CONFIG")]
-    config: PathBuf,
+const USAGE: &str = "\
+Verge edge agent: verifies signed desired state, runs workloads, reports status.
+
+Usage: edge-agent --config <PATH>
+
+Options:
+      --config <PATH>  Path of the agent's TOML configuration file [env: VERGE_AGENT_CONFIG]
+  -h, --help           Print help
+  -V, --version        Print version";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+enum Command {
+    Run { config: PathBuf },
+    Print(String),
+}
+
+/// The agent takes one option, so a minimal parser (lexopt) rather than a
+/// full CLI framework keeps the binary small.
+/// `from_env` is `VERGE_AGENT_CONFIG`, which `--config` overrides.
+fn parse_args(
+    args: impl IntoIterator<Item = OsString>,
+    from_env: Option<OsString>,
+) -> Result<Command, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut config = from_env.map(PathBuf::from);
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("config") => config = Some(parser.value()?.into()),
+            Short('h') | Long("help") => return Ok(Command::Print(USAGE.to_owned())),
+            Short('V') | Long("version") => {
+                return Ok(Command::Print(format!(
+                    "edge-agent {}",
+                    env!("CARGO_PKG_VERSION")
+                )));
+            }
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    let config = config.ok_or("--config <PATH> (or VERGE_AGENT_CONFIG) is required")?;
+    Ok(Command::Run { config })
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -29,14 +64,26 @@ fn main() -> anyhow::Result<ExitCode> {
     {
         return Ok(edge_agent::limits::exec_workload(argv));
     }
-    agent_main()
+    match parse_args(
+        std::env::args_os().skip(1),
+        std::env::var_os("VERGE_AGENT_CONFIG"),
+    ) {
+        Ok(Command::Run { config }) => agent_main(config),
+        Ok(Command::Print(text)) => {
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("edge-agent: {e}\n\n{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn agent_main() -> anyhow::Result<ExitCode> {
+async fn agent_main(config_path: PathBuf) -> anyhow::Result<ExitCode> {
     // ring is the only crypto provider; installed before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let args = Args::parse();
     // VERGE_LOG wins over RUST_LOG; default: info. The syntax is
     // `level` or `target=level,...` (no span filters: the regex engine they
     // need would be a tenth of the agent's size).
@@ -67,11 +114,11 @@ async fn agent_main() -> anyhow::Result<ExitCode> {
             "Ignored a log filter it cannot read; logging at info. Write `level` or `target=level,...`.");
     }
 
-    let config = match edge_agent::Config::load(&args.config) {
+    let config = match edge_agent::Config::load(&config_path) {
         Ok(config) => config,
         Err(errors) => {
             for e in errors {
-                eprintln!("edge-agent: config {}: {e}", args.config.display());
+                eprintln!("edge-agent: config {}: {e}", config_path.display());
             }
             return Ok(ExitCode::from(edge_agent::EX_CONFIG));
         }
@@ -96,5 +143,46 @@ async fn agent_main() -> anyhow::Result<ExitCode> {
             tracing::error!(error = %text, "Agent failed.");
             Ok(ExitCode::from(e.exit_code()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: Option<&str>) -> Result<Command, String> {
+        parse_args(args.iter().map(OsString::from), env.map(OsString::from))
+            .map_err(|e| e.to_string())
+    }
+
+    fn run(path: &str) -> Result<Command, String> {
+        Ok(Command::Run {
+            config: PathBuf::from(path),
+        })
+    }
+
+    #[test]
+    fn the_config_comes_from_the_flag_or_the_environment() {
+        assert_eq!(parse(&["--config", "a.toml"], None), run("a.toml"));
+        assert_eq!(parse(&["--config=a.toml"], None), run("a.toml"));
+        assert_eq!(parse(&[], Some("env.toml")), run("env.toml"));
+        assert_eq!(
+            parse(&["--config", "a.toml"], Some("env.toml")),
+            run("a.toml")
+        );
+    }
+
+    #[test]
+    fn help_and_version_print_and_mistakes_are_named() {
+        assert_eq!(parse(&["-h"], None), Ok(Command::Print(USAGE.to_owned())));
+        assert!(
+            matches!(parse(&["--version"], None), Ok(Command::Print(v)) if v.starts_with("edge-agent "))
+        );
+        let missing = parse(&[], None).expect_err("no config");
+        assert!(missing.contains("--config"), "{missing}");
+        let unknown = parse(&["--confg", "a.toml"], None).expect_err("typo");
+        assert!(unknown.contains("--confg"), "{unknown}");
+        let no_value = parse(&["--config"], None).expect_err("no value");
+        assert!(no_value.contains("--config"), "{no_value}");
     }
 }

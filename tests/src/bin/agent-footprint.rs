@@ -75,7 +75,9 @@ fn write_config(dir: &Path, cluster: &Cluster, broker: std::net::SocketAddr) -> 
         format!(
             "id = \"bench-1\"\nregion = \"bench\"\ndata_dir = \"{data}\"\n\
              broker_url = \"{scheme}://{broker}\"\ncontroller_url = \"{api}\"\n{ca_line}\
-             trust_bundle_file = \"{bundle}\"\n\n[capacity]\ncpu_millis = 4000\nmemory_mb = 4096\n",
+             trust_bundle_file = \"{bundle}\"\n\
+             # Its workloads end with it: the benchmark leaves nothing running.\n\
+             stop_workloads_on_exit = true\n\n[capacity]\ncpu_millis = 4000\nmemory_mb = 4096\n",
             data = dir.join("data").display(),
             api = cluster.api.base,
             bundle = cluster.bundle_file.display(),
@@ -84,11 +86,15 @@ fn write_config(dir: &Path, cluster: &Cluster, broker: std::net::SocketAddr) -> 
     Ok(config)
 }
 
+/// The cgroup v1 groups of the confined run.
+fn cgroup_dirs() -> [PathBuf; 2] {
+    let name = format!("verge-footprint-{}", std::process::id());
+    ["memory", "cpu"].map(|controller| Path::new("/sys/fs/cgroup").join(controller).join(&name))
+}
+
 /// Puts `pid` into a fresh cgroup v1 memory (64 MB) and cpu (one core) group.
 fn confine(pid: u32) -> Result<()> {
-    let name = format!("verge-footprint-{}", std::process::id());
-    let memory = Path::new("/sys/fs/cgroup/memory").join(&name);
-    let cpu = Path::new("/sys/fs/cgroup/cpu").join(&name);
+    let [memory, cpu] = cgroup_dirs();
     std::fs::create_dir_all(&memory).context("create the memory cgroup")?;
     std::fs::create_dir_all(&cpu).context("create the cpu cgroup")?;
     std::fs::write(memory.join("memory.limit_in_bytes"), "67108864")?;
@@ -190,6 +196,12 @@ async fn run_once(workloads: usize, idle: Duration, cgroup: bool, tls: bool) -> 
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = agent.wait();
+    if cgroup {
+        // Empty once the agent and its workloads are gone.
+        for dir in cgroup_dirs() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
     drop(cluster);
     Ok(Sample {
         rss_kib: rss,

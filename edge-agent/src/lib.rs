@@ -687,6 +687,9 @@ async fn status_loop(
             () = stop.cancelled() => break,
             () = tokio::time::sleep(STATUS_DEBOUNCE) => {}
         }
+        // The Status built below carries every change made so far; one made
+        // from here on wakes the loop again.
+        board.forget_pending_change();
         let (outbox, reporter, topic) = (outbox.clone(), reporter.clone(), topic.clone());
         // The push is flushed to disk: keep it off the runtime thread.
         let pushed =

@@ -91,6 +91,15 @@ impl Board {
         self.changed.notified().await;
     }
 
+    /// Forgets a change not yet observed: called just before a Status is
+    /// built, which includes it. Without this, the changes made while the
+    /// sender waited out its debounce sent the same Status a second time.
+    pub fn forget_pending_change(&self) {
+        use futures_util::FutureExt as _;
+        // A stored permit completes the first poll, which consumes it.
+        let _ = self.changed.notified().now_or_never();
+    }
+
     pub fn accepted(&self) -> Option<Generation> {
         self.lock().accepted
     }
@@ -570,5 +579,24 @@ mod tests {
                 .is_err(),
             "a rewrite of the same state must not wake the sender"
         );
+    }
+
+    #[tokio::test]
+    async fn a_change_included_in_a_status_does_not_send_it_again() {
+        let board = Board::new(None);
+        board.set_applied(Generation::new(1));
+        board.set_applied(Generation::new(2));
+        // The sender is about to build a Status, which shows generation 2.
+        board.forget_pending_change();
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), board.changed())
+                .await
+                .is_err(),
+            "nothing changed since the status was built"
+        );
+        board.set_applied(Generation::new(3));
+        tokio::time::timeout(std::time::Duration::from_secs(5), board.changed())
+            .await
+            .expect("a later change still wakes the sender");
     }
 }

@@ -184,6 +184,21 @@ async fn run_once(workloads: usize, idle: Duration, cgroup: bool, tls: bool) -> 
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Idle starts when the controller has the agent's last Status: the
+    // generation it was sent applied and every workload running. Before
+    // that, the Status saying so is still deployment traffic.
+    loop {
+        let node = cluster.api.node("bench-1").await?;
+        let running = node["workloads"]
+            .as_array()
+            .map(|w| w.iter().filter(|w| w["state"] == "running").count());
+        if (node["applied_generation"] == node["desired_generation"] && running == Some(workloads))
+            || Instant::now() > settle
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let pid = agent.id();
     let (cpu0, bytes0) = (cpu_secs(pid).unwrap_or(0.0), proxy.bytes());
     tokio::time::sleep(idle).await;

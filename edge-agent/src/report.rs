@@ -461,20 +461,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn status_merges_runtime_and_reconciler_views_and_verifies() {
-        let board = Arc::new(Board::new(Some(Generation::new(4))));
-        board.set_applied(Generation::new(4));
-        let (key, _) = SigningKey::generate().expect("key");
-        let public = key.public_key();
-        let identity = Identity {
+    fn identity() -> Identity {
+        Identity {
             agent: AgentId::new("edge-1").expect("valid"),
             region: RegionId::new("local").expect("valid"),
             labels: BTreeMap::new(),
             capacity: Resources::default(),
             probe_addr: None,
             limits: None,
-        };
+        }
+    }
+
+    #[test]
+    fn status_merges_runtime_and_reconciler_views_and_verifies() {
+        let board = Arc::new(Board::new(Some(Generation::new(4))));
+        board.set_applied(Generation::new(4));
+        let (key, _) = SigningKey::generate().expect("key");
+        let public = key.public_key();
+        let identity = identity();
         let reporter = Reporter::new(key, identity, board.clone());
         let (a, b) = (workload("a"), workload("b"));
         board.set_waiting(
@@ -516,14 +520,7 @@ mod tests {
     fn disk_full_is_reported_until_each_user_clears_it() {
         let (key, _) = SigningKey::generate().expect("key");
         let board = Arc::new(Board::new(None));
-        let identity = Identity {
-            agent: AgentId::new("edge-1").expect("valid"),
-            region: RegionId::new("local").expect("valid"),
-            labels: BTreeMap::new(),
-            capacity: Resources::default(),
-            probe_addr: None,
-            limits: None,
-        };
+        let identity = identity();
         let reporter = Reporter::new(key, identity, board.clone());
         assert_eq!(reporter.status_document().storage_problem, None);
         board.set_disk_full(DiskUser::Artifacts, "no room for the artifact");

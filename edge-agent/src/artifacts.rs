@@ -500,7 +500,7 @@ impl ArtifactCache {
             _ => return Err(ArtifactError::Status { digest, status }),
         }
         if response
-            .content_length
+            .content_length()
             .is_some_and(|len| have.saturating_add(len) > declared)
         {
             return Err(ArtifactError::TooLarge { digest, declared });

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, RANGE};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderValue, RANGE};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -61,13 +61,16 @@ pub struct Client {
 #[derive(Debug)]
 pub struct Response {
     pub status: StatusCode,
-    /// The declared body length, if the server sent one.
-    pub content_length: Option<u64>,
     body: Incoming,
     read_timeout: Duration,
 }
 
 impl Response {
+    /// The declared body length (`Content-Length`), if the server sent one.
+    pub fn content_length(&self) -> Option<u64> {
+        self.body.size_hint().exact()
+    }
+
     /// The next piece of the body; `None` at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, HttpError> {
         loop {
@@ -172,14 +175,9 @@ impl Client {
         let head = tokio::time::timeout(self.read_timeout, sender.send_request(request))
             .await
             .map_err(|_| HttpError::ReadTimeout(self.read_timeout))??;
-        let (parts, body) = head.into_parts();
         Ok(Response {
-            status: parts.status,
-            content_length: parts
-                .headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok()),
-            body,
+            status: head.status(),
+            body: head.into_body(),
             read_timeout: self.read_timeout,
         })
     }
@@ -263,7 +261,7 @@ mod tests {
             .await
             .expect("answer");
         assert_eq!(response.status, StatusCode::CREATED);
-        assert_eq!(response.content_length, Some(11));
+        assert_eq!(response.content_length(), Some(11));
         assert_eq!(response.bytes(1024).await.expect("body"), b"{\"ok\":true}");
         let request = request.await.expect("request").to_lowercase();
         assert!(

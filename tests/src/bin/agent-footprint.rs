@@ -14,7 +14,8 @@
 //! `/proc/<pid>/status` after the idle window; CPU is utime + stime from
 //! `/proc/<pid>/stat` over the window, scaled to an hour; bytes likewise.
 //! Start → connected is the time from spawning the agent until it logs
-//! the broker's CONNACK (its log is polled every millisecond); start → first desired state applied is
+//! the broker's CONNACK (its log is polled every millisecond); start →
+//! first desired state applied is
 //! until a workload deployed before the agent existed answers on its port.
 //! With `--cgroup` the agent also runs in a 64 MB, one-core cgroup (v1).
 //! With `--tls` the controller runs with TLS (HTTPS API, client
@@ -179,8 +180,11 @@ async fn run_once(workloads: usize, idle: Duration, cgroup: bool, tls: bool) -> 
         for port in &ports {
             n += usize::from(ask(u64::from(*port)).await.is_ok());
         }
-        if n == workloads || Instant::now() > settle {
+        if n == workloads {
             break;
+        }
+        if Instant::now() > settle {
+            bail!("{n} of {workloads} workloads answer after 60 s");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -192,10 +196,11 @@ async fn run_once(workloads: usize, idle: Duration, cgroup: bool, tls: bool) -> 
         let running = node["workloads"]
             .as_array()
             .map(|w| w.iter().filter(|w| w["state"] == "running").count());
-        if (node["applied_generation"] == node["desired_generation"] && running == Some(workloads))
-            || Instant::now() > settle
-        {
+        if node["applied_generation"] == node["desired_generation"] && running == Some(workloads) {
             break;
+        }
+        if Instant::now() > settle {
+            bail!("the node did not settle within 60 s, so there is no idle to measure: {node}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

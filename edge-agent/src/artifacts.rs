@@ -779,17 +779,24 @@ mod tests {
         builder.into_inner().expect("tar").finish().expect("gz")
     }
 
-    #[tokio::test]
-    async fn archive_entrypoints_are_extracted_once_and_checked() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// A cache in `dir` holding [`app_archive`], extracted; with the
+    /// artifact, the path of `bin/app` and the URL that served it once.
+    async fn extracted_app(dir: &Path) -> (ArtifactCache, ArtifactRef, PathBuf, String) {
         let body = app_archive();
         let url = serve_once("200 OK", body.clone()).await;
-        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("open");
+        let cache = ArtifactCache::open(dir, &url, 1 << 30).expect("open");
         let artifact = reference(&body);
         let exe = cache
             .executable(&artifact, Some("bin/app"))
             .await
             .expect("extract");
+        (cache, artifact, exe, url)
+    }
+
+    #[tokio::test]
+    async fn archive_entrypoints_are_extracted_once_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cache, artifact, exe, url) = extracted_app(dir.path()).await;
         assert_eq!(exe, cache.unpacked_of(&artifact.sha256).join("bin/app"));
         assert_eq!(std::fs::read(&exe).expect("read"), b"#!/bin/sh\n");
         assert!(tmp_is_empty(dir.path()));
@@ -816,14 +823,7 @@ mod tests {
     #[tokio::test]
     async fn a_changed_or_partial_extraction_is_extracted_again_at_open() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let body = app_archive();
-        let url = serve_once("200 OK", body.clone()).await;
-        let cache = ArtifactCache::open(dir.path(), &url, 1 << 30).expect("open");
-        let artifact = reference(&body);
-        let exe = cache
-            .executable(&artifact, Some("bin/app"))
-            .await
-            .expect("extract");
+        let (cache, artifact, exe, url) = extracted_app(dir.path()).await;
         let root = cache.unpacked_of(&artifact.sha256);
         let manifest = manifest_path(&root);
         assert!(manifest.is_file(), "a manifest is written with the tree");

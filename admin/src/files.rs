@@ -2,9 +2,8 @@
 //! unknown fields refused, atomic replacement of outputs, and private key
 //! files created with mode 0600 that never overwrite anything.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
@@ -62,49 +61,29 @@ pub fn relative_to(spec: &Path, path: &str) -> PathBuf {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory
-/// and a rename, so `path` is never half-written (and may be the input).
+/// Writes `bytes` to `path` by `verge_durable`'s rule (temporary file,
+/// fsync, rename, fsync the directory), so `path` is never half-written
+/// (and may be the input).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file name", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let written = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        // Best effort: the temporary file is useless either way.
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("{}: cannot write", path.display()));
-    }
-    Ok(())
+    verge_durable::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()))
 }
 
 /// Creates `path` with `bytes` and mode `mode`, refusing an existing file.
 pub fn create_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| match path.try_exists() {
-            Ok(true) => format!("{}: already exists; not overwriting it", path.display()),
-            _ => format!("{}: cannot create", path.display()),
-        })?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("{}: cannot write", path.display()))
+    verge_durable::create_new(path, bytes, mode).map_err(|e| {
+        let context = if e.kind() == std::io::ErrorKind::AlreadyExists {
+            format!("{}: already exists; not overwriting it", path.display())
+        } else {
+            format!("{}: cannot create", path.display())
+        };
+        anyhow::Error::new(e).context(context)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[derive(Debug, PartialEq, serde::Deserialize)]
     struct Spec {

@@ -739,21 +739,6 @@ pub enum RejectReason {
     StaleTrustBundle,
 }
 
-impl From<&crate::trust::TrustError> for RejectReason {
-    fn from(e: &crate::trust::TrustError) -> Self {
-        use crate::trust::TrustError;
-        match e {
-            TrustError::Envelope(VerifyError::Threshold { .. }) => RejectReason::ThresholdNotMet,
-            TrustError::Envelope(v) => RejectReason::from(v),
-            TrustError::Invalid(_) => RejectReason::Invalid,
-            TrustError::Expired(_) => RejectReason::Expired,
-            TrustError::Stale { .. } | TrustError::Conflict(_) => RejectReason::StaleTrustBundle,
-            TrustError::UnknownPublisher(_) => RejectReason::UnknownPublisher,
-            TrustError::NotAllowed { .. } => RejectReason::PublisherNotAllowed,
-        }
-    }
-}
-
 impl From<&VerifyError> for RejectReason {
     fn from(e: &VerifyError) -> Self {
         match e {

@@ -20,8 +20,8 @@ use crate::dsse::{Envelope, PublicKey, VerifyError};
 use crate::id::ServiceName;
 use crate::limits;
 use crate::messages::{
-    ArtifactRef, Assignment, CONFIG_ENV_PREFIX, Resources, RunSpec, Sha256Digest, Workload,
-    check_schema_version,
+    ArtifactRef, Assignment, CONFIG_ENV_PREFIX, RejectReason, Resources, RunSpec, Sha256Digest,
+    Workload, check_schema_version,
 };
 use crate::time::Timestamp;
 
@@ -413,6 +413,22 @@ impl Release {
             run,
             resources: self.resources,
         })
+    }
+}
+
+/// The machine-readable reason an agent reports for a refused trust
+/// document (kept here so `messages` does not depend on `trust`).
+impl From<&TrustError> for RejectReason {
+    fn from(e: &TrustError) -> Self {
+        match e {
+            TrustError::Envelope(VerifyError::Threshold { .. }) => RejectReason::ThresholdNotMet,
+            TrustError::Envelope(v) => RejectReason::from(v),
+            TrustError::Invalid(_) => RejectReason::Invalid,
+            TrustError::Expired(_) => RejectReason::Expired,
+            TrustError::Stale { .. } | TrustError::Conflict(_) => RejectReason::StaleTrustBundle,
+            TrustError::UnknownPublisher(_) => RejectReason::UnknownPublisher,
+            TrustError::NotAllowed { .. } => RejectReason::PublisherNotAllowed,
+        }
     }
 }
 

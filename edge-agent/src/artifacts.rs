@@ -124,6 +124,8 @@ pub struct ArtifactCache {
     tmp_dir: PathBuf,
     base_url: String,
     client: crate::http::Client,
+    /// How `https://` downloads verify the controller.
+    https: crate::http::Tls,
     quota: u64,
     /// Digests the current desired state refers to: never evicted.
     needed: Mutex<BTreeSet<Sha256Digest>>,
@@ -155,6 +157,7 @@ impl ArtifactCache {
             tmp_dir,
             base_url: controller_url.trim_end_matches('/').to_owned(),
             client,
+            https: None,
             quota,
             needed: Mutex::new(BTreeSet::new()),
             hits: AtomicU64::new(0),
@@ -165,6 +168,13 @@ impl ArtifactCache {
         };
         cache.check()?;
         Ok(cache)
+    }
+
+    /// Verifies `https://` downloads with `https` (the controller's CA);
+    /// without it only a plain `http://` controller URL works.
+    pub fn with_https(mut self, https: crate::http::Tls) -> Self {
+        self.https = https;
+        self
     }
 
     /// The start-up check: removes cached files whose content does not hash
@@ -469,7 +479,11 @@ impl ArtifactCache {
             have = 0;
         }
         let url = format!("{}/api/v1/artifacts/{digest}", self.base_url);
-        let mut response = self.client.get(&url, have).await.map_err(http)?;
+        let mut response = self
+            .client
+            .get_with(&self.https, &url, have)
+            .await
+            .map_err(http)?;
         let status = response.status.as_u16();
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         match status {

@@ -25,7 +25,7 @@ use verge_shared::{AgentId, PublicKey, Timestamp};
 
 use crate::config::Config;
 use crate::http::{self, HttpError};
-use crate::report::{Board, EventSink, Reporter};
+use crate::report::{Board, EventSink, Signer};
 use crate::tls::{self, CurrentCert, Material, TlsError, TlsFiles};
 use verge_shared::messages::EventKind;
 
@@ -82,6 +82,9 @@ pub struct Identity {
     pub files: TlsFiles,
     pub ca_pem: String,
     pub current: Arc<CurrentCert>,
+    /// Server verification against `ca_pem`, for HTTPS requests to the
+    /// controller (renewal, artifact downloads).
+    pub https: Arc<rustls::ClientConfig>,
 }
 
 /// Whether the configuration asks for TLS anywhere.
@@ -98,12 +101,13 @@ pub async fn prepare(
     let files = TlsFiles::new(data_dir);
     if files.enrolled() {
         let (material, ca_pem) = files.load()?;
-        tls::set_https_roots(&ca_pem)?;
+        let https = Arc::new(tls::server_only_config(&ca_pem)?);
         info!(agent = %config.id, not_after = %material.not_after, "Loaded the node certificate.");
         return Ok(Identity {
             files,
             ca_pem,
             current: CurrentCert::new(material),
+            https,
         });
     }
     let token = config
@@ -115,7 +119,9 @@ pub async fn prepare(
         path: ca_file.clone(),
         detail: e.to_string(),
     })?;
-    tls::set_https_roots(&ca_pem)?;
+    // The configured CA verifies HTTPS from enrollment on, in this run;
+    // the next start uses the stored copy of the controller's CA.
+    let https = Arc::new(tls::server_only_config(&ca_pem)?);
     let (key_pem, csr_pem) = key_and_csr(&config.id)?;
     let request = EnrollRequest {
         token: token.expose().to_owned(),
@@ -124,8 +130,12 @@ pub async fn prepare(
         node_public_key: node_key,
     };
     let url = format!("{}/api/v1/enroll", config.controller_url);
-    let response: EnrollResponse =
-        post(&url, serde_json::to_vec(&request).unwrap_or_default()).await?;
+    let response: EnrollResponse = post(
+        &Some(https.clone()),
+        &url,
+        serde_json::to_vec(&request).unwrap_or_default(),
+    )
+    .await?;
     let material = Material::from_pem(&response.certificate_pem, &key_pem)?;
     files.store(&response.certificate_pem, &key_pem, &response.ca_pem)?;
     if let Some(bundle) = &response.trust_bundle {
@@ -140,6 +150,7 @@ pub async fn prepare(
         not_after = %material.not_after, "Enrolled with the controller.");
     Ok(Identity {
         files,
+        https,
         ca_pem: response.ca_pem,
         current: CurrentCert::new(material),
     })
@@ -161,13 +172,17 @@ fn key_and_csr(agent: &AgentId) -> Result<(String, String), EnrollError> {
 }
 
 /// Posts `body` (JSON) and reads a bounded JSON answer.
-async fn post<T: serde::de::DeserializeOwned>(url: &str, body: Vec<u8>) -> Result<T, EnrollError> {
+async fn post<T: serde::de::DeserializeOwned>(
+    https: &http::Tls,
+    url: &str,
+    body: Vec<u8>,
+) -> Result<T, EnrollError> {
     let http = |e: HttpError| EnrollError::Http {
         url: url.to_owned(),
         detail: e.to_string(),
     };
     let exchange = async {
-        let response = CLIENT.post_json(url, body).await?;
+        let response = CLIENT.post_json_with(https, url, body).await?;
         let status = response.status;
         Ok((status, response.bytes(MAX_RESPONSE_BYTES).await?))
     };
@@ -200,12 +215,12 @@ async fn post<T: serde::de::DeserializeOwned>(url: &str, body: Vec<u8>) -> Resul
 pub async fn renewal_loop(
     identity: Identity,
     controller_url: String,
-    reporter: Arc<Reporter>,
+    signer: Arc<Signer>,
     board: Arc<Board>,
     events: EventSink,
     stop: CancellationToken,
 ) {
-    let agent = reporter.agent().clone();
+    let agent = signer.agent().clone();
     let url = format!("{controller_url}/api/v1/nodes/{agent}/certificate");
     loop {
         let material = identity.current.get();
@@ -219,7 +234,7 @@ pub async fn renewal_loop(
         let cap = (lifetime / 10).clamp(Duration::from_secs(1), MAX_RETRY);
         let mut backoff = Duration::from_secs(1).min(cap);
         loop {
-            match renew_once(&identity, &url, &reporter).await {
+            match renew_once(&identity, &url, &signer).await {
                 Ok(renewed) => {
                     info!(agent = %agent, not_after = %renewed.not_after, "Renewed the node certificate.");
                     identity.current.swap(renewed);
@@ -260,11 +275,11 @@ pub async fn renewal_loop(
 async fn renew_once(
     identity: &Identity,
     url: &str,
-    reporter: &Reporter,
+    signer: &Signer,
 ) -> Result<Material, EnrollError> {
-    let (key_pem, csr_pem) = key_and_csr(reporter.agent())?;
-    let envelope = reporter.renewal_request(csr_pem);
-    let response: RenewalResponse = post(url, envelope).await?;
+    let (key_pem, csr_pem) = key_and_csr(signer.agent())?;
+    let envelope = signer.renewal_request(csr_pem);
+    let response: RenewalResponse = post(&Some(identity.https.clone()), url, envelope).await?;
     let material = Material::from_pem(&response.certificate_pem, &key_pem)?;
     identity
         .files

@@ -29,7 +29,7 @@ use verge_shared::messages::SCHEMA_VERSION;
 use verge_shared::{AgentId, Envelope, PublicKey};
 
 use crate::outbox::Outbox;
-use crate::report::Reporter;
+use crate::report::Signer;
 
 /// Probes sent to each target per round.
 const PROBES_PER_TARGET: usize = 3;
@@ -92,7 +92,7 @@ pub struct Prober {
     pub agent: AgentId,
     /// Whose signatures on probe plans count (the trust bundle's controller keys).
     pub controller_keys: Box<dyn Fn() -> Vec<PublicKey> + Send + Sync>,
-    pub reporter: Arc<Reporter>,
+    pub signer: Arc<Signer>,
     pub outbox: Arc<Outbox>,
     /// The topic latency reports go to.
     pub topic: String,
@@ -189,7 +189,7 @@ impl Prober {
         for (target, _) in round.pending.values() {
             round.samples[*target].lost += 1;
         }
-        let envelope = self.reporter.latency(round.samples);
+        let envelope = self.signer.latency(round.samples);
         let (outbox, topic) = (self.outbox.clone(), self.topic.clone());
         // The push is flushed to disk: keep it off the runtime thread.
         match tokio::task::spawn_blocking(move || outbox.push(&topic, &envelope)).await {
@@ -313,7 +313,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let outbox = Arc::new(Outbox::open(&db, dir.path().to_owned(), 1 << 20).expect("outbox"));
-        let reporter = Arc::new(Reporter::new(
+        let signer = Arc::new(Signer::new(
             SigningKey::generate().expect("key").0,
             crate::report::Identity {
                 agent: AgentId::new("me").expect("id"),
@@ -328,7 +328,7 @@ mod tests {
         let prober = Prober {
             agent: AgentId::new("me").expect("id"),
             controller_keys: Box::new(move || vec![key.public_key()]),
-            reporter,
+            signer,
             outbox,
             topic: "t".into(),
         };

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use verge_shared::messages::{DEFAULT_STOP_GRACE_SECS, Workload};
 use verge_shared::{AgentId, RegionId, ServiceName};
 
-use crate::limits::Launcher;
+use crate::confine::Launcher;
 use crate::report::Board;
 use crate::supervise::{
     self, Controls, Launch, ProcessId, RestartTiming, read_pid_file, service_of, supervise,

@@ -29,8 +29,8 @@ use verge_shared::messages::{
 };
 use verge_shared::{ServiceName, Timestamp};
 
+use crate::confine::Launcher;
 use crate::health::{self, ExecCommand};
-use crate::limits::Launcher;
 use crate::logs;
 use crate::report::Board;
 

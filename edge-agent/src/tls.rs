@@ -7,7 +7,7 @@
 //! next TLS handshake on without restarting anything.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::PemObject as _;
@@ -278,23 +278,6 @@ pub fn server_only_config(ca_pem: &str) -> Result<ClientConfig, TlsError> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca_pem)?)
         .with_no_client_auth())
-}
-
-/// The HTTPS configuration of this process, set once when the agent has its CA.
-static HTTPS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-
-/// Makes HTTPS requests from now on verify servers against `ca_pem`.
-pub fn set_https_roots(ca_pem: &str) -> Result<(), TlsError> {
-    let config = server_only_config(ca_pem)?;
-    // A second call (same CA) keeps the first configuration.
-    let _ = HTTPS.set(Arc::new(config));
-    Ok(())
-}
-
-/// The configuration HTTPS requests use: the controller's CA once known;
-/// until then there is none and only plain HTTP works.
-pub fn https_config() -> Option<Arc<ClientConfig>> {
-    HTTPS.get().cloned()
 }
 
 #[cfg(test)]

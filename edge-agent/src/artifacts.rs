@@ -30,7 +30,6 @@
 //! eviction removes both. The quota counts archives only.
 
 use std::collections::BTreeSet;
-use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -39,7 +38,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::archive::{ArchiveError, ArchiveLimits};
 use crate::disk;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, hash_file};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use tracing::{info, warn};
 use verge_shared::Sha256Digest;
@@ -241,7 +240,7 @@ impl ArtifactCache {
         remove_any(&root)?;
         let _ = std::fs::remove_file(manifest_path(&root));
         let tmp = self.tmp_dir.join(format!("{digest}.unpack"));
-        if unpack(&self.path_of(digest), &tmp, &root, &self.unpacked_dir).is_err() {
+        if unpack(&self.path_of(digest), &tmp, &root).is_err() {
             warn!(artifact = %digest, "Cannot extract the archive again; it is extracted when next needed.");
             let _ = remove_any(&root);
             let _ = std::fs::remove_file(manifest_path(&root));
@@ -286,8 +285,8 @@ impl ArtifactCache {
         let root = self.unpacked_of(&digest);
         if !tokio::fs::try_exists(&root).await.unwrap_or(false) {
             let tmp = self.tmp_dir.join(format!("{digest}.unpack"));
-            let (unpacked_dir, to) = (self.unpacked_dir.clone(), root.clone());
-            tokio::task::spawn_blocking(move || unpack(&archive, &tmp, &to, &unpacked_dir))
+            let to = root.clone();
+            tokio::task::spawn_blocking(move || unpack(&archive, &tmp, &to))
                 .await
                 .map_err(|e| ArtifactError::Io {
                     digest,
@@ -390,10 +389,10 @@ impl ArtifactCache {
             path: path.clone(),
             source,
         };
-        tokio::fs::rename(&part, &path).await.map_err(io)?;
-        // Make the rename itself durable before anything runs the file.
-        let dir = self.done_dir.clone();
-        tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        // Synced, renamed into place and the rename itself made durable
+        // before anything runs the file.
+        let (from, to) = (part.clone(), path.clone());
+        tokio::task::spawn_blocking(move || verge_durable::commit(&from, &to))
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r)
@@ -544,7 +543,7 @@ impl ArtifactCache {
         file.set_permissions(std::fs::Permissions::from_mode(0o755))
             .await
             .map_err(io)?;
-        file.sync_all().await.map_err(io)?;
+        // Synced by `verge_durable::commit` when it moves into place.
         Ok(())
     }
 }
@@ -568,10 +567,10 @@ fn manifest_path(tree: &Path) -> PathBuf {
 
 /// Extracts `archive` into `tmp` (removing leftovers of an earlier attempt)
 /// and records its [`Manifest`], then renames both to `to` and its manifest
-/// and syncs `parent`, so `to` appears complete or not at all, and a tree
+/// durably ([`verge_durable::commit`]), so `to` appears complete or not at all, and a tree
 /// without a manifest is never used. A failed extraction leaves nothing
 /// behind.
-fn unpack(archive: &Path, tmp: &Path, to: &Path, parent: &Path) -> Result<(), UnpackError> {
+fn unpack(archive: &Path, tmp: &Path, to: &Path) -> Result<(), UnpackError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |e| UnpackError::Io(path, e)
@@ -589,26 +588,10 @@ fn unpack(archive: &Path, tmp: &Path, to: &Path, parent: &Path) -> Result<(), Un
         let _ = std::fs::remove_file(&tmp_manifest);
         return Err(UnpackError::Io(tmp_manifest, e));
     }
-    std::fs::rename(tmp, to).map_err(io(to))?;
-    std::fs::rename(&tmp_manifest, &manifest).map_err(io(&manifest))?;
-    std::fs::File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(io(parent))
-}
-
-/// The SHA-256 of a file's content.
-pub(crate) fn hash_file(path: &Path) -> Result<Sha256Digest, std::io::Error> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(Sha256Digest::from_ring(hasher.finish()))
+    // The tree first, then its manifest: a tree without a manifest is
+    // extracted again, never used.
+    verge_durable::commit(tmp, to).map_err(io(to))?;
+    verge_durable::commit(&tmp_manifest, &manifest).map_err(io(&manifest))
 }
 
 /// Removes a file or a directory tree.

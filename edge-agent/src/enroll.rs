@@ -53,9 +53,19 @@ pub enum EnrollError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot make a key or CSR: {0}")]
-    Key(String),
-    #[error("{url}: {detail}")]
-    Http { url: String, detail: String },
+    Key(#[source] rcgen::Error),
+    #[error("{url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: HttpError,
+    },
+    #[error("{url}: the answer does not parse: {source}")]
+    BadAnswer {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{url} refused: HTTP {status}: {message}")]
     Refused {
         url: String,
@@ -115,9 +125,9 @@ pub async fn prepare(
         .as_ref()
         .ok_or_else(|| EnrollError::NotEnrolled(files.dir.display().to_string()))?;
     let ca_file = config.ca_file.as_ref().ok_or(EnrollError::NoCaFile)?;
-    let ca_pem = std::fs::read_to_string(ca_file).map_err(|e| TlsError::File {
+    let ca_pem = std::fs::read_to_string(ca_file).map_err(|source| TlsError::File {
         path: ca_file.clone(),
-        detail: e.to_string(),
+        source,
     })?;
     // The configured CA verifies HTTPS from enrollment on, in this run;
     // the next start uses the stored copy of the controller's CA.
@@ -140,7 +150,11 @@ pub async fn prepare(
     files.store(&response.certificate_pem, &key_pem, &response.ca_pem)?;
     if let Some(bundle) = &response.trust_bundle {
         let bytes = serde_json::to_vec_pretty(bundle).unwrap_or_default();
-        tls::write_atomic(&data_dir.join("trust-bundle.json"), &bytes, 0o644)?;
+        tls::write_durably(
+            &data_dir.join("trust-bundle.json"),
+            &bytes,
+            verge_durable::PUBLIC,
+        )?;
     }
     if response.region != config.region {
         warn!(agent = %config.id, configured = %config.region, token = %response.region,
@@ -158,7 +172,7 @@ pub async fn prepare(
 
 /// A new P-256 key (PEM) and a CSR for it naming `agent`.
 fn key_and_csr(agent: &AgentId) -> Result<(String, String), EnrollError> {
-    let key = rcgen::KeyPair::generate().map_err(|e| EnrollError::Key(e.to_string()))?;
+    let key = rcgen::KeyPair::generate().map_err(EnrollError::Key)?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -167,7 +181,7 @@ fn key_and_csr(agent: &AgentId) -> Result<(String, String), EnrollError> {
     let csr = params
         .serialize_request(&key)
         .and_then(|csr| csr.pem())
-        .map_err(|e| EnrollError::Key(e.to_string()))?;
+        .map_err(EnrollError::Key)?;
     Ok((key.serialize_pem(), csr))
 }
 
@@ -177,9 +191,9 @@ async fn post<T: serde::de::DeserializeOwned>(
     url: &str,
     body: Vec<u8>,
 ) -> Result<T, EnrollError> {
-    let http = |e: HttpError| EnrollError::Http {
+    let http = |source: HttpError| EnrollError::Http {
         url: url.to_owned(),
-        detail: e.to_string(),
+        source,
     };
     let exchange = async {
         let response = CLIENT.post_json_with(https, url, body).await?;
@@ -205,9 +219,9 @@ async fn post<T: serde::de::DeserializeOwned>(
             message,
         });
     }
-    serde_json::from_slice(&bytes).map_err(|e| EnrollError::Http {
+    serde_json::from_slice(&bytes).map_err(|source| EnrollError::BadAnswer {
         url: url.to_owned(),
-        detail: format!("the answer does not parse: {e}"),
+        source,
     })
 }
 

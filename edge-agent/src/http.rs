@@ -39,15 +39,17 @@ pub enum HttpError {
     Connect(std::io::Error),
     #[error("TLS: {0}")]
     Tls(std::io::Error),
-    #[error("HTTP: {0}")]
-    Protocol(String),
+    /// The display includes the whole chain: hyper's own message alone
+    /// ("error reading a body from connection") rarely says what went wrong.
+    #[error("HTTP: {}", crate::error::error_chain(.0))]
+    Protocol(#[source] hyper::Error),
     #[error("the answer is over {0} bytes")]
     TooLarge(usize),
 }
 
 impl From<hyper::Error> for HttpError {
     fn from(e: hyper::Error) -> Self {
-        HttpError::Protocol(crate::error::error_chain(&e))
+        HttpError::Protocol(e)
     }
 }
 

@@ -22,6 +22,7 @@
 //! - [`cgroup`]: cgroup v2 detection and per-workload groups with limits;
 //! - [`disk`]: free space, the cache's reserve and "disk full" errors;
 //! - [`error`]: the error-chain helper every module may use (a leaf);
+//! - [`fake`]: in-memory [`runtime::Runtime`] and [`state::StateStore`] for tests;
 //! - [`reconcile`]: the pure plan and the loop applying it;
 //! - [`runtime`]: workload processes, adopted across agent restarts;
 //! - [`supervise`]: one workload's restart policy, crash loops and graceful stop;
@@ -43,6 +44,7 @@ pub mod confine;
 pub mod disk;
 pub mod enroll;
 pub mod error;
+pub mod fake;
 pub mod health;
 pub mod http;
 pub mod intake;
@@ -69,14 +71,13 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 use verge_shared::messages::{DEFAULT_STOP_GRACE_SECS, LimitMechanism};
 
 pub use config::{Config, EX_CONFIG};
 
 use crate::artifacts::ArtifactCache;
 use crate::confine::Launcher;
-use crate::intake::ResolvedState;
 use crate::outbox::Outbox;
 use crate::reconcile::Reconciler;
 use crate::report::{Board, EventSink, Identity, Signer};
@@ -88,13 +89,6 @@ use crate::trust::TrustStore;
 /// Log requests waiting to be answered; more are dropped (the controller
 /// times out and the operator asks again).
 const LOG_REQUESTS_QUEUED: usize = 8;
-
-/// How long a starting agent waits for the broker's retained desired state
-/// before it starts workloads from the one it stored. A node back from a
-/// power cut must not start a replica the controller moved away while it was
-/// gone; with the broker unreachable the wait ends at the first failed
-/// connection attempt, so offline autonomy is not delayed.
-const STARTUP_WAIT: Duration = Duration::from_secs(3);
 
 /// Why the agent stopped other than by being asked to.
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +250,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     // When a Status last went out, MQTT → heartbeat task.
     let (status_sent_tx, status_sent_rx) = watch::channel(None);
     // Start-up ends its wait for the broker's copy of the desired state
-    // (see STARTUP_WAIT) when intake has handled a delivery or the broker
+    // (tasks::reconcile) when intake has handled a delivery or the broker
     // turns out to be unreachable.
     let broker_spoke = Arc::new(Notify::new());
 
@@ -268,8 +262,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             topics: config.topics.clone(),
             keep_alive: config.keep_alive,
             status_sent_tx,
-            probes_tx: probe_plan_tx.clone(),
-            log_requests: log_request_tx,
+            probe_plan_tx: probe_plan_tx.clone(),
+            log_request_tx,
             unreachable: broker_spoke.clone(),
             tls: mqtt_tls,
         },
@@ -295,7 +289,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         }
         .run(delivery_rx, broker_spoke.clone(), stop.clone()),
     );
-    long_running.spawn(reconcile_after_startup(
+    long_running.spawn(tasks::reconcile::run_after_startup(
         Reconciler {
             runtime: runtime.clone(),
             artifacts: artifacts.clone(),
@@ -398,24 +392,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     }
     info!(agent = %config.id, "Agent stopped.");
     result
-}
-
-/// The reconcile loop, after start-up: adopted workloads already run; what
-/// the stored state would start waits until the broker had its chance to
-/// deliver a newer one (`broker_spoke`) or [`STARTUP_WAIT`] has passed.
-async fn reconcile_after_startup<R: runtime::Runtime>(
-    reconciler: Reconciler<R>,
-    accepted_state_rx: watch::Receiver<Option<Arc<ResolvedState>>>,
-    broker_spoke: Arc<Notify>,
-    stop: CancellationToken,
-) {
-    tokio::select! {
-        biased;
-        () = stop.cancelled() => return,
-        () = broker_spoke.notified() => {}
-        () = tokio::time::sleep(STARTUP_WAIT) => debug!("No desired state from the broker yet; applying the stored one."),
-    }
-    reconciler.run(accepted_state_rx, stop).await
 }
 
 /// How workloads are started: through the agent's own executable (the

@@ -71,10 +71,10 @@ pub struct Settings {
     /// heartbeat task skips a heartbeat after a recent Status).
     pub status_sent_tx: watch::Sender<Option<Instant>>,
     /// Where received log requests go (bounded; more are dropped).
-    pub log_requests: mpsc::Sender<Bytes>,
+    pub log_request_tx: mpsc::Sender<Bytes>,
     /// Where received probe plans go (retained on `agents/{id}/probes`;
     /// only the latest matters).
-    pub probes_tx: Arc<watch::Sender<Option<Bytes>>>,
+    pub probe_plan_tx: Arc<watch::Sender<Option<Bytes>>>,
     /// Told when a connection attempt fails, so that start-up does not wait
     /// for a desired state from a broker it cannot reach.
     pub unreachable: Arc<Notify>,
@@ -175,9 +175,9 @@ pub async fn run(
                     delivery_tx.send_replace(Some(publish.payload));
                 } else if publish.topic == topics.probes {
                     debug!(agent = %agent, n_bytes = publish.payload.len(), "Received a probe plan.");
-                    settings.probes_tx.send_replace(Some(publish.payload));
+                    settings.probe_plan_tx.send_replace(Some(publish.payload));
                 } else if publish.topic == topics.log_request {
-                    if settings.log_requests.try_send(publish.payload).is_err() {
+                    if settings.log_request_tx.try_send(publish.payload).is_err() {
                         warn!(agent = %agent, "Dropped a log request: too many are waiting.");
                     }
                 } else {

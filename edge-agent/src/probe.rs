@@ -40,7 +40,7 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("the envelope does not verify: {0}")]
-    Envelope(String),
+    Envelope(#[source] verge_shared::VerifyError),
     #[error("the plan is invalid: {0}")]
     Invalid(String),
     #[error("the plan is for agent {0}")]
@@ -58,11 +58,10 @@ pub fn accept_plan(
     agent: &AgentId,
     current: Option<&ProbePlan>,
 ) -> Result<ProbePlan, PlanError> {
-    let envelope =
-        Envelope::parse(bytes, MAX_PLAN_BYTES).map_err(|e| PlanError::Envelope(e.to_string()))?;
+    let envelope = Envelope::parse(bytes, MAX_PLAN_BYTES).map_err(PlanError::Envelope)?;
     let plan: ProbePlan = envelope
         .open_any(PLAN_PAYLOAD_TYPE, controller_keys)
-        .map_err(|e| PlanError::Envelope(e.to_string()))?;
+        .map_err(PlanError::Envelope)?;
     if plan.schema_version != SCHEMA_VERSION {
         return Err(PlanError::Invalid(format!(
             "schema_version {} is not supported",

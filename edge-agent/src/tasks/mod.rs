@@ -4,9 +4,10 @@
 //! - [`intake`]: deliveries → verified, persisted desired states;
 //! - [`status`]: board changes → one queued Status per burst;
 //! - [`log_requests`]: log requests → signed answers;
+//! - [`reconcile`]: the reconcile loop, after the start-up wait;
 //! - [`heartbeat`]: the heartbeat timer and its skip rule.
 //!
-//! The reconcile loop ([`crate::reconcile::Reconciler::run`]), telemetry
+//! Telemetry
 //! ([`crate::telemetry::telemetry_loop`]), latency probes
 //! ([`crate::probe::Prober::run`]), certificate renewal
 //! ([`crate::enroll::renewal_loop`]) and the MQTT adapter ([`crate::mqtt::run`])
@@ -16,4 +17,5 @@
 pub mod heartbeat;
 pub mod intake;
 pub mod log_requests;
+pub mod reconcile;
 pub mod status;

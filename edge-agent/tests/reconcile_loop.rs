@@ -209,7 +209,12 @@ async fn freeing_comes_before_claiming_so_a_full_node_can_switch_workloads() {
     h.applied(1).await;
     h.accepted_state_tx
         .send_replace(state(2, &[workload("new", "new-1", 80)]));
-    h.applied(2).await;
+    // Started before the old one stopped, the new one would be refused.
+    wait_until(|| {
+        h.board.applied() == Some(Generation::new(2)) || !h.runtime.violations().is_empty()
+    })
+    .await;
+    h.runtime.assert_safe();
     assert_eq!(
         h.runtime.observe().keys().collect::<Vec<_>>(),
         [&service("new")]

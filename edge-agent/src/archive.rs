@@ -203,7 +203,7 @@ pub fn extract(reader: impl Read, dest: &Path, limits: ArchiveLimits) -> Result<
     }
     for dir in dirs.iter().rev() {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .and_then(|()| File::open(dir)?.sync_all())
+            .and_then(|()| verge_durable::sync_dir(dir))
             .map_err(write_err(&dir.display().to_string()))?;
     }
     Ok(())

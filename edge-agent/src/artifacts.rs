@@ -30,7 +30,6 @@
 //! eviction removes both. The quota counts archives only.
 
 use std::collections::BTreeSet;
-use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -39,7 +38,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::archive::{ArchiveError, ArchiveLimits};
 use crate::disk;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, hash_file};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use tracing::{info, warn};
 use verge_shared::Sha256Digest;
@@ -124,6 +123,8 @@ pub struct ArtifactCache {
     tmp_dir: PathBuf,
     base_url: String,
     client: crate::http::Client,
+    /// How `https://` downloads verify the controller.
+    https: crate::http::Tls,
     quota: u64,
     /// Digests the current desired state refers to: never evicted.
     needed: Mutex<BTreeSet<Sha256Digest>>,
@@ -155,6 +156,7 @@ impl ArtifactCache {
             tmp_dir,
             base_url: controller_url.trim_end_matches('/').to_owned(),
             client,
+            https: None,
             quota,
             needed: Mutex::new(BTreeSet::new()),
             hits: AtomicU64::new(0),
@@ -165,6 +167,13 @@ impl ArtifactCache {
         };
         cache.check()?;
         Ok(cache)
+    }
+
+    /// Verifies `https://` downloads with `https` (the controller's CA);
+    /// without it only a plain `http://` controller URL works.
+    pub fn with_https(mut self, https: crate::http::Tls) -> Self {
+        self.https = https;
+        self
     }
 
     /// The start-up check: removes cached files whose content does not hash
@@ -231,7 +240,7 @@ impl ArtifactCache {
         remove_any(&root)?;
         let _ = std::fs::remove_file(manifest_path(&root));
         let tmp = self.tmp_dir.join(format!("{digest}.unpack"));
-        if unpack(&self.path_of(digest), &tmp, &root, &self.unpacked_dir).is_err() {
+        if unpack(&self.path_of(digest), &tmp, &root).is_err() {
             warn!(artifact = %digest, "Cannot extract the archive again; it is extracted when next needed.");
             let _ = remove_any(&root);
             let _ = std::fs::remove_file(manifest_path(&root));
@@ -276,8 +285,8 @@ impl ArtifactCache {
         let root = self.unpacked_of(&digest);
         if !tokio::fs::try_exists(&root).await.unwrap_or(false) {
             let tmp = self.tmp_dir.join(format!("{digest}.unpack"));
-            let (unpacked_dir, to) = (self.unpacked_dir.clone(), root.clone());
-            tokio::task::spawn_blocking(move || unpack(&archive, &tmp, &to, &unpacked_dir))
+            let to = root.clone();
+            tokio::task::spawn_blocking(move || unpack(&archive, &tmp, &to))
                 .await
                 .map_err(|e| ArtifactError::Io {
                     digest,
@@ -380,10 +389,10 @@ impl ArtifactCache {
             path: path.clone(),
             source,
         };
-        tokio::fs::rename(&part, &path).await.map_err(io)?;
-        // Make the rename itself durable before anything runs the file.
-        let dir = self.done_dir.clone();
-        tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
+        // Synced, renamed into place and the rename itself made durable
+        // before anything runs the file.
+        let (from, to) = (part.clone(), path.clone());
+        tokio::task::spawn_blocking(move || verge_durable::commit(&from, &to))
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r)
@@ -469,7 +478,11 @@ impl ArtifactCache {
             have = 0;
         }
         let url = format!("{}/api/v1/artifacts/{digest}", self.base_url);
-        let mut response = self.client.get(&url, have).await.map_err(http)?;
+        let mut response = self
+            .client
+            .get_with(&self.https, &url, have)
+            .await
+            .map_err(http)?;
         let status = response.status.as_u16();
         let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
         match status {
@@ -530,7 +543,7 @@ impl ArtifactCache {
         file.set_permissions(std::fs::Permissions::from_mode(0o755))
             .await
             .map_err(io)?;
-        file.sync_all().await.map_err(io)?;
+        // Synced by `verge_durable::commit` when it moves into place.
         Ok(())
     }
 }
@@ -554,10 +567,10 @@ fn manifest_path(tree: &Path) -> PathBuf {
 
 /// Extracts `archive` into `tmp` (removing leftovers of an earlier attempt)
 /// and records its [`Manifest`], then renames both to `to` and its manifest
-/// and syncs `parent`, so `to` appears complete or not at all, and a tree
+/// durably ([`verge_durable::commit`]), so `to` appears complete or not at all, and a tree
 /// without a manifest is never used. A failed extraction leaves nothing
 /// behind.
-fn unpack(archive: &Path, tmp: &Path, to: &Path, parent: &Path) -> Result<(), UnpackError> {
+fn unpack(archive: &Path, tmp: &Path, to: &Path) -> Result<(), UnpackError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |e| UnpackError::Io(path, e)
@@ -575,26 +588,10 @@ fn unpack(archive: &Path, tmp: &Path, to: &Path, parent: &Path) -> Result<(), Un
         let _ = std::fs::remove_file(&tmp_manifest);
         return Err(UnpackError::Io(tmp_manifest, e));
     }
-    std::fs::rename(tmp, to).map_err(io(to))?;
-    std::fs::rename(&tmp_manifest, &manifest).map_err(io(&manifest))?;
-    std::fs::File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(io(parent))
-}
-
-/// The SHA-256 of a file's content.
-pub(crate) fn hash_file(path: &Path) -> Result<Sha256Digest, std::io::Error> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(Sha256Digest::from_ring(hasher.finish()))
+    // The tree first, then its manifest: a tree without a manifest is
+    // extracted again, never used.
+    verge_durable::commit(tmp, to).map_err(io(to))?;
+    verge_durable::commit(&tmp_manifest, &manifest).map_err(io(&manifest))
 }
 
 /// Removes a file or a directory tree.

@@ -36,6 +36,20 @@ pub fn shortage(dir: &Path, need: u64) -> Option<String> {
     })
 }
 
+/// After a store write failed for lack of space: has the space come back
+/// while the store still refuses? sled keeps the first I/O error of its log
+/// and fails every later write with it, even once there is room again
+/// (docs/storage.md#disk-full), so only a new agent process can write: the
+/// caller ends its task, which stops the agent (workloads keep running and
+/// are adopted), and the service manager starts it again.
+pub fn store_stuck(data_dir: &Path) -> bool {
+    let stuck = free_bytes(data_dir).is_ok_and(|free| free >= RESERVE_BYTES);
+    if stuck {
+        tracing::error!(data_dir = %data_dir.display(), "The state store still fails with \"no space left\" although space has returned (sled keeps its first write error); stopping so that a restart opens it afresh.");
+    }
+    stuck
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

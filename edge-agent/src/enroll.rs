@@ -25,7 +25,7 @@ use verge_shared::{AgentId, PublicKey, Timestamp};
 
 use crate::config::Config;
 use crate::http::{self, HttpError};
-use crate::report::{Board, EventSink, Reporter};
+use crate::report::{Board, EventSink, Signer};
 use crate::tls::{self, CurrentCert, Material, TlsError, TlsFiles};
 use verge_shared::messages::EventKind;
 
@@ -53,9 +53,19 @@ pub enum EnrollError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot make a key or CSR: {0}")]
-    Key(String),
-    #[error("{url}: {detail}")]
-    Http { url: String, detail: String },
+    Key(#[source] rcgen::Error),
+    #[error("{url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: HttpError,
+    },
+    #[error("{url}: the answer does not parse: {source}")]
+    BadAnswer {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{url} refused: HTTP {status}: {message}")]
     Refused {
         url: String,
@@ -82,6 +92,9 @@ pub struct Identity {
     pub files: TlsFiles,
     pub ca_pem: String,
     pub current: Arc<CurrentCert>,
+    /// Server verification against `ca_pem`, for HTTPS requests to the
+    /// controller (renewal, artifact downloads).
+    pub https: Arc<rustls::ClientConfig>,
 }
 
 /// Whether the configuration asks for TLS anywhere.
@@ -98,12 +111,13 @@ pub async fn prepare(
     let files = TlsFiles::new(data_dir);
     if files.enrolled() {
         let (material, ca_pem) = files.load()?;
-        tls::set_https_roots(&ca_pem)?;
+        let https = Arc::new(tls::server_only_config(&ca_pem)?);
         info!(agent = %config.id, not_after = %material.not_after, "Loaded the node certificate.");
         return Ok(Identity {
             files,
             ca_pem,
             current: CurrentCert::new(material),
+            https,
         });
     }
     let token = config
@@ -111,11 +125,13 @@ pub async fn prepare(
         .as_ref()
         .ok_or_else(|| EnrollError::NotEnrolled(files.dir.display().to_string()))?;
     let ca_file = config.ca_file.as_ref().ok_or(EnrollError::NoCaFile)?;
-    let ca_pem = std::fs::read_to_string(ca_file).map_err(|e| TlsError::File {
+    let ca_pem = std::fs::read_to_string(ca_file).map_err(|source| TlsError::File {
         path: ca_file.clone(),
-        detail: e.to_string(),
+        source,
     })?;
-    tls::set_https_roots(&ca_pem)?;
+    // The configured CA verifies HTTPS from enrollment on, in this run;
+    // the next start uses the stored copy of the controller's CA.
+    let https = Arc::new(tls::server_only_config(&ca_pem)?);
     let (key_pem, csr_pem) = key_and_csr(&config.id)?;
     let request = EnrollRequest {
         token: token.expose().to_owned(),
@@ -124,13 +140,21 @@ pub async fn prepare(
         node_public_key: node_key,
     };
     let url = format!("{}/api/v1/enroll", config.controller_url);
-    let response: EnrollResponse =
-        post(&url, serde_json::to_vec(&request).unwrap_or_default()).await?;
+    let response: EnrollResponse = post(
+        &Some(https.clone()),
+        &url,
+        serde_json::to_vec(&request).unwrap_or_default(),
+    )
+    .await?;
     let material = Material::from_pem(&response.certificate_pem, &key_pem)?;
     files.store(&response.certificate_pem, &key_pem, &response.ca_pem)?;
     if let Some(bundle) = &response.trust_bundle {
         let bytes = serde_json::to_vec_pretty(bundle).unwrap_or_default();
-        tls::write_atomic(&data_dir.join("trust-bundle.json"), &bytes, 0o644)?;
+        tls::write_durably(
+            &data_dir.join("trust-bundle.json"),
+            &bytes,
+            verge_durable::PUBLIC,
+        )?;
     }
     if response.region != config.region {
         warn!(agent = %config.id, configured = %config.region, token = %response.region,
@@ -140,6 +164,7 @@ pub async fn prepare(
         not_after = %material.not_after, "Enrolled with the controller.");
     Ok(Identity {
         files,
+        https,
         ca_pem: response.ca_pem,
         current: CurrentCert::new(material),
     })
@@ -147,7 +172,7 @@ pub async fn prepare(
 
 /// A new P-256 key (PEM) and a CSR for it naming `agent`.
 fn key_and_csr(agent: &AgentId) -> Result<(String, String), EnrollError> {
-    let key = rcgen::KeyPair::generate().map_err(|e| EnrollError::Key(e.to_string()))?;
+    let key = rcgen::KeyPair::generate().map_err(EnrollError::Key)?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -156,18 +181,22 @@ fn key_and_csr(agent: &AgentId) -> Result<(String, String), EnrollError> {
     let csr = params
         .serialize_request(&key)
         .and_then(|csr| csr.pem())
-        .map_err(|e| EnrollError::Key(e.to_string()))?;
+        .map_err(EnrollError::Key)?;
     Ok((key.serialize_pem(), csr))
 }
 
 /// Posts `body` (JSON) and reads a bounded JSON answer.
-async fn post<T: serde::de::DeserializeOwned>(url: &str, body: Vec<u8>) -> Result<T, EnrollError> {
-    let http = |e: HttpError| EnrollError::Http {
+async fn post<T: serde::de::DeserializeOwned>(
+    https: &http::Tls,
+    url: &str,
+    body: Vec<u8>,
+) -> Result<T, EnrollError> {
+    let http = |source: HttpError| EnrollError::Http {
         url: url.to_owned(),
-        detail: e.to_string(),
+        source,
     };
     let exchange = async {
-        let response = CLIENT.post_json(url, body).await?;
+        let response = CLIENT.post_json_with(https, url, body).await?;
         let status = response.status;
         Ok((status, response.bytes(MAX_RESPONSE_BYTES).await?))
     };
@@ -190,9 +219,9 @@ async fn post<T: serde::de::DeserializeOwned>(url: &str, body: Vec<u8>) -> Resul
             message,
         });
     }
-    serde_json::from_slice(&bytes).map_err(|e| EnrollError::Http {
+    serde_json::from_slice(&bytes).map_err(|source| EnrollError::BadAnswer {
         url: url.to_owned(),
-        detail: format!("the answer does not parse: {e}"),
+        source,
     })
 }
 
@@ -200,12 +229,12 @@ async fn post<T: serde::de::DeserializeOwned>(url: &str, body: Vec<u8>) -> Resul
 pub async fn renewal_loop(
     identity: Identity,
     controller_url: String,
-    reporter: Arc<Reporter>,
+    signer: Arc<Signer>,
     board: Arc<Board>,
     events: EventSink,
     stop: CancellationToken,
 ) {
-    let agent = reporter.agent().clone();
+    let agent = signer.agent().clone();
     let url = format!("{controller_url}/api/v1/nodes/{agent}/certificate");
     loop {
         let material = identity.current.get();
@@ -219,7 +248,7 @@ pub async fn renewal_loop(
         let cap = (lifetime / 10).clamp(Duration::from_secs(1), MAX_RETRY);
         let mut backoff = Duration::from_secs(1).min(cap);
         loop {
-            match renew_once(&identity, &url, &reporter).await {
+            match renew_once(&identity, &url, &signer).await {
                 Ok(renewed) => {
                     info!(agent = %agent, not_after = %renewed.not_after, "Renewed the node certificate.");
                     identity.current.swap(renewed);
@@ -260,11 +289,11 @@ pub async fn renewal_loop(
 async fn renew_once(
     identity: &Identity,
     url: &str,
-    reporter: &Reporter,
+    signer: &Signer,
 ) -> Result<Material, EnrollError> {
-    let (key_pem, csr_pem) = key_and_csr(reporter.agent())?;
-    let envelope = reporter.renewal_request(csr_pem);
-    let response: RenewalResponse = post(url, envelope).await?;
+    let (key_pem, csr_pem) = key_and_csr(signer.agent())?;
+    let envelope = signer.renewal_request(csr_pem);
+    let response: RenewalResponse = post(&Some(identity.https.clone()), url, envelope).await?;
     let material = Material::from_pem(&response.certificate_pem, &key_pem)?;
     identity
         .files

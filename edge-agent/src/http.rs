@@ -1,12 +1,14 @@
 //! The agent's HTTP client: one HTTP/1.1 request per connection over hyper,
-//! `http://` or `https://` verified against the controller's CA
-//! (`tls::set_https_roots`), every wait bounded by a timeout.
+//! `http://` or `https://` verified with the TLS configuration the caller
+//! passes (the controller's CA, from [`crate::enroll::Identity`]), every wait
+//! bounded by a timeout. No TLS configuration: only `http://` works.
 //!
 //! The agent makes few requests (artifact downloads, enrollment, renewal),
 //! so it keeps no connection pool, follows no redirects and reads no proxy
 //! settings. A general client (reqwest) would add URL and IDNA tables, a
 //! pool and a platform verifier: a tenth of the agent's binary.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +18,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderValue, RANGE};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -36,15 +39,17 @@ pub enum HttpError {
     Connect(std::io::Error),
     #[error("TLS: {0}")]
     Tls(std::io::Error),
-    #[error("HTTP: {0}")]
-    Protocol(String),
+    /// The display includes the whole chain: hyper's own message alone
+    /// ("error reading a body from connection") rarely says what went wrong.
+    #[error("HTTP: {}", crate::error::error_chain(.0))]
+    Protocol(#[source] hyper::Error),
     #[error("the answer is over {0} bytes")]
     TooLarge(usize),
 }
 
 impl From<hyper::Error> for HttpError {
     fn from(e: hyper::Error) -> Self {
-        HttpError::Protocol(crate::error_chain(&e))
+        HttpError::Protocol(e)
     }
 }
 
@@ -102,21 +107,43 @@ impl Response {
     }
 }
 
+/// The TLS configuration `https://` requests verify the server with; `None`
+/// refuses them ([`HttpError::NoCa`]).
+pub type Tls = Option<Arc<ClientConfig>>;
+
 impl Client {
-    /// `GET url`, from byte `from` on when it is not 0 (HTTP Range).
+    /// `GET url` over plain HTTP, from byte `from` on when it is not 0 (HTTP
+    /// Range); an `https://` URL fails with [`HttpError::NoCa`].
     pub async fn get(&self, url: &str, from: u64) -> Result<Response, HttpError> {
-        let range = (from > 0).then(|| format!("bytes={from}-"));
-        self.send(Method::GET, url, range, None).await
+        self.get_with(&None, url, from).await
     }
 
-    /// `POST url` with a JSON body.
+    /// `GET url`, from byte `from` on when it is not 0 (HTTP Range), an
+    /// `https://` URL verified with `tls`.
+    pub async fn get_with(&self, tls: &Tls, url: &str, from: u64) -> Result<Response, HttpError> {
+        let range = (from > 0).then(|| format!("bytes={from}-"));
+        self.send(tls, Method::GET, url, range, None).await
+    }
+
+    /// `POST url` with a JSON body over plain HTTP.
     pub async fn post_json(&self, url: &str, body: Vec<u8>) -> Result<Response, HttpError> {
-        self.send(Method::POST, url, None, Some(body)).await
+        self.post_json_with(&None, url, body).await
+    }
+
+    /// `POST url` with a JSON body, an `https://` URL verified with `tls`.
+    pub async fn post_json_with(
+        &self,
+        tls: &Tls,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<Response, HttpError> {
+        self.send(tls, Method::POST, url, None, Some(body)).await
     }
 
     /// One request on a new connection.
     async fn send(
         &self,
+        tls: &Tls,
         method: Method,
         url: &str,
         range: Option<String>,
@@ -152,7 +179,7 @@ impl Client {
             .map_err(|_| bad_url())?;
 
         let tls = match https {
-            true => Some(crate::tls::https_config().ok_or(HttpError::NoCa)?),
+            true => Some(tls.clone().ok_or(HttpError::NoCa)?),
             false => None,
         };
         let connect = async {

@@ -4,6 +4,11 @@
 //! The flow reads as one line:
 //! `mqtt → intake (verify, check generation, persist) → watch channel → reconciler → runtime`.
 //!
+//! This file is the map and the wiring: [`run`] opens the durable state,
+//! builds the shared parts, names the channels between the tasks and starts
+//! every long-running task from one place, with one shutdown. The tasks
+//! themselves live in [`tasks`] or beside what they drive.
+//!
 //! - [`config`]: TOML configuration with environment overrides;
 //! - [`enroll`]: token enrollment and online certificate renewal;
 //! - [`tls`]: the client certificate and the rustls configurations;
@@ -16,28 +21,33 @@
 //! - [`http`]: the small HTTP client for artifacts, enrollment and renewal;
 //! - [`cgroup`]: cgroup v2 detection and per-workload groups with limits;
 //! - [`disk`]: free space, the cache's reserve and "disk full" errors;
+//! - [`error`]: the error-chain helper every module may use (a leaf);
+//! - [`fake`]: in-memory [`runtime::Runtime`] and [`state::StateStore`] for tests;
 //! - [`reconcile`]: the pure plan and the loop applying it;
 //! - [`runtime`]: workload processes, adopted across agent restarts;
 //! - [`supervise`]: one workload's restart policy, crash loops and graceful stop;
 //! - [`health`]: TCP, HTTP and exec health checks;
 //! - [`logs`]: rotated workload logs and their tail for log requests;
 //! - [`manifest`]: what an extracted archive holds, checked at start;
-//! - [`limits`]: the workload user and rlimits (the `exec-workload` helper);
+//! - [`confine`]: the workload user and its limits (the `exec-workload` helper);
 //! - [`report`]: the status board and the signed documents built from it;
 //! - [`outbox`]: status, telemetry and other reports on disk until acknowledged;
 //! - [`telemetry`]: the periodic telemetry sample;
-//! - [`probe`]: the latency probe listener and the probing rounds.
+//! - [`probe`]: the latency probe listener and the probing rounds;
+//! - [`tasks`]: the intake, status, log-request and heartbeat tasks.
 
 pub mod archive;
 pub mod artifacts;
 pub mod cgroup;
 pub mod config;
+pub mod confine;
 pub mod disk;
 pub mod enroll;
+pub mod error;
+pub mod fake;
 pub mod health;
 pub mod http;
 pub mod intake;
-pub mod limits;
 pub mod logs;
 pub mod manifest;
 pub mod mqtt;
@@ -48,6 +58,7 @@ pub mod report;
 pub mod runtime;
 pub mod state;
 pub mod supervise;
+pub mod tasks;
 pub mod telemetry;
 pub mod tls;
 pub mod trust;
@@ -60,41 +71,24 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
-use verge_shared::messages::{
-    DEFAULT_STOP_GRACE_SECS, EventKind, LimitMechanism, RejectReason, Rejection,
-};
+use tracing::{error, info, warn};
+use verge_shared::messages::{DEFAULT_STOP_GRACE_SECS, LimitMechanism};
 
 pub use config::{Config, EX_CONFIG};
 
 use crate::artifacts::ArtifactCache;
-use crate::intake::{Decision, ResolvedState};
-use crate::limits::Launcher;
+use crate::confine::Launcher;
 use crate::outbox::Outbox;
 use crate::reconcile::Reconciler;
-use crate::report::{Board, DiskUser, EventSink, Identity, Reporter};
+use crate::report::{Board, EventSink, Identity, Signer};
 use crate::runtime::{Placement, ProcessRuntime};
-use crate::state::{Accepted, SledStore, StateStore};
+use crate::state::{SledStore, StateStore};
 use crate::supervise::RestartTiming;
-use crate::trust::{OfferError, Offered, TrustStore};
+use crate::trust::TrustStore;
 
 /// Log requests waiting to be answered; more are dropped (the controller
 /// times out and the operator asks again).
 const LOG_REQUESTS_QUEUED: usize = 8;
-
-/// How long a starting agent waits for the broker's retained desired state
-/// before it starts workloads from the one it stored. A node back from a
-/// power cut must not start a replica the controller moved away while it was
-/// gone; with the broker unreachable the wait ends at the first failed
-/// connection attempt, so offline autonomy is not delayed.
-const STARTUP_WAIT: Duration = Duration::from_secs(3);
-
-/// Status changes within this window go out as one Status.
-const STATUS_DEBOUNCE: Duration = Duration::from_millis(200);
-/// The first and the longest wait before persisting an accepted desired
-/// state is tried again.
-const SAVE_RETRY_INITIAL: Duration = Duration::from_secs(1);
-const SAVE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Why the agent stopped other than by being asked to.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +108,7 @@ pub enum AgentError {
     #[error("a core task ended unexpectedly: {0}")]
     TaskDied(String),
     #[error(transparent)]
-    WorkloadUser(#[from] limits::LimitsError),
+    WorkloadUser(#[from] confine::ConfineError),
     #[error("cannot find the agent's own executable, which starts workloads: {0}")]
     SelfExe(#[source] std::io::Error),
     #[error("cannot listen for latency probes on {address}: {source}")]
@@ -157,6 +151,7 @@ impl AgentError {
 /// Runs the agent until `shutdown` is cancelled, then stops every workload,
 /// says goodbye to the broker and returns `Ok(())`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+    // Identity and durable state, in the order a cold start needs them.
     let data_dir = prepare_data_dir(&config.data_dir)?;
     let key = state::load_or_create_node_key(&data_dir.join("node.key"))?;
     // With a TLS URL: the stored certificate, or enrollment with the token.
@@ -183,24 +178,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         &data_dir,
         verge_shared::Timestamp::now(),
     )?);
-    let store: Arc<dyn StateStore> = Arc::new(sled_store);
-    let accepted = store.load()?;
+    let state_store: Arc<dyn StateStore> = Arc::new(sled_store);
+    let accepted = state_store.load()?;
     let applied = accepted.as_ref().map(|a| a.desired.generation);
     info!(agent = %config.id, key = %key.key_id(), generation = ?applied, "Agent starting.");
 
+    // The parts the tasks share.
     let board = Arc::new(Board::new(applied));
     let workloads_dir = data_dir.join("workloads");
-    let helper = std::env::current_exe().map_err(AgentError::SelfExe)?;
-    let cgroups = cgroup::Cgroups::detect()
-        .inspect_err(|why| info!(reason = %why, "cgroup v2 is not usable here; workload limits are rlimits (memory only)."))
-        .ok();
-    let launcher = Launcher::helper(helper, config.workload_user.as_deref(), cgroups)?;
+    let launcher = confined_launcher(&config)?;
     let limits_in_force = launcher.mechanism();
-    let limits = match limits_in_force {
-        LimitMechanism::CgroupV2 => "cgroup v2 (memory.max, cpu.max)",
-        _ => "rlimit (memory only)",
-    };
-    info!(agent = %config.id, user = %launcher.user_name(), limits, "Workloads run confined.");
     let runtime = Arc::new(ProcessRuntime::new(
         workloads_dir.clone(),
         Placement {
@@ -225,124 +212,110 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         .map_err(|source| AgentError::DataDir {
             path: artifacts_dir,
             source,
-        })?,
+        })?
+        .with_https(identity.as_ref().map(|i| i.https.clone())),
     );
-    let status_topic = config.topics.status(&config.id);
-    let sampler = telemetry::Sampler {
-        agent: config.id.clone(),
-        region: config.region.clone(),
-        topic: config.topics.telemetry(&config.region, &config.id),
-        board: board.clone(),
-        artifacts: artifacts.clone(),
-        outbox: outbox.clone(),
-    };
-    let probe_socket = match config.probe {
-        Some(probe) => {
-            let fail = |source| AgentError::ProbeListen {
-                address: probe.listen,
-                source,
-            };
-            let socket = tokio::net::UdpSocket::bind(probe.listen)
-                .await
-                .map_err(fail)?;
-            let bound = socket.local_addr().map_err(fail)?;
-            info!(agent = %config.id, listen = %bound, advertise = ?probe.advertise, "Listening for latency probes.");
-            Some((socket, probe.advertise.unwrap_or(bound)))
-        }
-        None => None,
-    };
-    let probe_addr = probe_socket.as_ref().map(|(_, addr)| *addr);
-    // Probe plans from the broker; only the latest matters.
-    let probes_tx = Arc::new(watch::channel(None::<Bytes>).0);
-    let reporter = Arc::new(Reporter::new(
+    let probe_socket = bind_probe_socket(&config).await?;
+    let signer = Arc::new(Signer::new(
         key,
         Identity {
             agent: config.id.clone(),
             region: config.region.clone(),
             labels: config.labels.clone(),
             capacity: config.capacity.resolve(),
-            probe_addr,
+            probe_addr: probe_socket.as_ref().map(|(_, addr)| *addr),
             limits: Some(limits_in_force),
         },
         board.clone(),
     ));
-    let reporter_for_probes = reporter.clone();
     let events = EventSink {
-        reporter: reporter.clone(),
+        signer: signer.clone(),
         outbox: outbox.clone(),
         topic: config.topics.events(&config.region, &config.id),
     };
 
-    let (desired_tx, desired_rx) = watch::channel(accepted.map(|a| Arc::new(a.desired)));
-    let (inbox_tx, inbox_rx) = watch::channel(None::<Bytes>);
-    let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
-    let (log_requests_tx, log_requests_rx) = mpsc::channel(LOG_REQUESTS_QUEUED);
-
+    // The channels between the tasks, named for what flows through them.
+    // Raw deliveries on the desired-state topic, MQTT → intake (latest only).
+    let (delivery_tx, delivery_rx) = watch::channel(None::<Bytes>);
+    // Verified and persisted desired states, intake → reconciler (latest only).
+    let (accepted_state_tx, accepted_state_rx) =
+        watch::channel(accepted.map(|a| Arc::new(a.desired)));
+    // Probe plans, MQTT → prober (latest only).
+    let probe_plan_tx = Arc::new(watch::channel(None::<Bytes>).0);
+    // Log requests, MQTT → log-request task (bounded; more are dropped).
+    let (log_request_tx, log_request_rx) = mpsc::channel(LOG_REQUESTS_QUEUED);
+    // Heartbeats and log answers, tasks → MQTT publisher. (Status, telemetry
+    // and events go through the disk `outbox` instead.)
+    let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
+    // When a Status last went out, MQTT → heartbeat task.
+    let (status_sent_tx, status_sent_rx) = watch::channel(None);
     // Start-up ends its wait for the broker's copy of the desired state
-    // (see STARTUP_WAIT) when intake has handled a document or the broker
+    // (tasks::reconcile) when intake has handled a delivery or the broker
     // turns out to be unreachable.
-    let startup = Arc::new(Notify::new());
+    let broker_spoke = Arc::new(Notify::new());
+
+    // The MQTT adapter outlives the other tasks so that it can say goodbye.
     let mqtt_stop = CancellationToken::new();
     let mqtt = tokio::spawn(mqtt::run(
         mqtt::Settings {
             broker: config.broker.clone(),
             topics: config.topics.clone(),
             keep_alive: config.keep_alive,
-            heartbeat_interval: config.heartbeat_interval,
-            probes_tx: probes_tx.clone(),
-            log_requests: log_requests_tx,
-            unreachable: startup.clone(),
+            status_sent_tx,
+            probe_plan_tx: probe_plan_tx.clone(),
+            log_request_tx,
+            unreachable: broker_spoke.clone(),
             tls: mqtt_tls,
         },
-        reporter.clone(),
-        inbox_tx,
-        outbox_rx,
+        signer.clone(),
+        delivery_tx,
+        outgoing_rx,
         outbox.clone(),
         mqtt_stop.clone(),
     ));
 
-    // Core tasks run until `stop`; if one ends on its own, the agent exits
-    // and its service manager restarts it.
+    // Every long-running task starts here and runs until `stop`; if one ends
+    // on its own, the agent exits and its service manager restarts it.
     let stop = shutdown.child_token();
-    let mut tasks = JoinSet::new();
-    tasks.spawn(
-        Intake {
+    let mut long_running = JoinSet::new();
+    long_running.spawn(
+        tasks::intake::Intake {
             config: config.clone(),
-            store,
+            store: state_store,
             trust: trust.clone(),
             board: board.clone(),
             events: events.clone(),
-            desired_tx,
+            accepted_state_tx,
         }
-        .run(inbox_rx, startup.clone(), stop.clone()),
+        .run(delivery_rx, broker_spoke.clone(), stop.clone()),
     );
-    let reconciler = Reconciler {
-        runtime: runtime.clone(),
-        artifacts,
-        board: board.clone(),
-    };
-    let reconcile_stop = stop.clone();
-    tasks.spawn(async move {
-        // Adopted workloads already run; what the stored state would start
-        // waits until the broker had its chance to deliver a newer one.
-        tokio::select! {
-            biased;
-            () = reconcile_stop.cancelled() => return,
-            () = startup.notified() => {}
-            () = tokio::time::sleep(STARTUP_WAIT) => debug!("No desired state from the broker yet; applying the stored one."),
-        }
-        reconciler.run(desired_rx, reconcile_stop).await
-    });
-    tasks.spawn(status_loop(
+    long_running.spawn(tasks::reconcile::run_after_startup(
+        Reconciler {
+            runtime: runtime.clone(),
+            artifacts: artifacts.clone(),
+            board: board.clone(),
+        },
+        accepted_state_rx,
+        broker_spoke,
+        stop.clone(),
+    ));
+    long_running.spawn(tasks::status::run(
         board.clone(),
-        reporter.clone(),
+        signer.clone(),
         outbox.clone(),
-        status_topic,
+        config.topics.status(&config.id),
         data_dir.clone(),
         stop.clone(),
     ));
-    tasks.spawn(telemetry::telemetry_loop(
-        sampler,
+    long_running.spawn(telemetry::telemetry_loop(
+        telemetry::Sampler {
+            agent: config.id.clone(),
+            region: config.region.clone(),
+            topic: config.topics.telemetry(&config.region, &config.id),
+            board: board.clone(),
+            artifacts,
+            outbox: outbox.clone(),
+        },
         config.telemetry_interval,
         stop.clone(),
     ));
@@ -353,46 +326,49 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                 let trust = trust.clone();
                 Box::new(move || trust.controller_keys())
             },
-            reporter: reporter_for_probes,
+            signer: signer.clone(),
             outbox: outbox.clone(),
             topic: config
                 .topics
                 .agent(&config.id, verge_shared::topic::Channel::Latency),
         };
-        tasks.spawn(prober.run(socket, probes_tx.subscribe(), stop.clone()));
+        long_running.spawn(prober.run(socket, probe_plan_tx.subscribe(), stop.clone()));
     }
-    tasks.spawn(log_request_loop(
+    long_running.spawn(tasks::log_requests::run(
         config.clone(),
         trust,
         workloads_dir,
-        reporter.clone(),
-        log_requests_rx,
-        outbox_tx.clone(),
+        signer.clone(),
+        log_request_rx,
+        outgoing_tx.clone(),
         stop.clone(),
     ));
     if let Some(identity) = identity {
-        tasks.spawn(enroll::renewal_loop(
+        long_running.spawn(enroll::renewal_loop(
             identity,
             config.controller_url.clone(),
-            reporter.clone(),
+            signer.clone(),
             board.clone(),
             events.clone(),
             stop.clone(),
         ));
     }
-    tasks.spawn(heartbeat_loop(
+    long_running.spawn(tasks::heartbeat::run(
         config.heartbeat_interval,
-        outbox_tx,
+        status_sent_rx,
+        outgoing_tx,
         stop.clone(),
     ));
 
+    // Shutdown: asked for, or a task died; then drain the tasks, leave or
+    // stop the workloads, and let the MQTT adapter say goodbye.
     let mut result = Ok(());
     tokio::select! {
         // Shutdown first: cancelling it also ends the core tasks (child token),
         // which must not be mistaken for a failure.
         biased;
         () = shutdown.cancelled() => info!(agent = %config.id, "Shutting down."),
-        ended = tasks.join_next() => {
+        ended = long_running.join_next() => {
             let detail = match ended {
                 Some(Err(e)) => e.to_string(),
                 _ => "returned early".to_owned(),
@@ -402,7 +378,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         }
     }
     stop.cancel();
-    while tasks.join_next().await.is_some() {}
+    while long_running.join_next().await.is_some() {}
     // Workloads outlive the agent (the next run adopts them) unless the
     // configuration asks for a clean slate, as development mode does.
     if config.stop_workloads_on_exit {
@@ -418,6 +394,43 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     result
 }
 
+/// How workloads are started: through the agent's own executable (the
+/// `exec-workload` helper), as the configured user, with cgroup v2 limits
+/// where the machine has them and rlimits otherwise.
+fn confined_launcher(config: &Config) -> Result<Launcher, AgentError> {
+    let helper = std::env::current_exe().map_err(AgentError::SelfExe)?;
+    let cgroups = cgroup::Cgroups::detect()
+        .inspect_err(|why| info!(reason = %why, "cgroup v2 is not usable here; workload limits are rlimits (memory only)."))
+        .ok();
+    let launcher = Launcher::helper(helper, config.workload_user.as_deref(), cgroups)?;
+    let limits = match launcher.mechanism() {
+        LimitMechanism::CgroupV2 => "cgroup v2 (memory.max, cpu.max)",
+        _ => "rlimit (memory only)",
+    };
+    info!(agent = %config.id, user = %launcher.user_name(), limits, "Workloads run confined.");
+    Ok(launcher)
+}
+
+/// The latency probe socket and the address announced for it, when probes
+/// are configured.
+async fn bind_probe_socket(
+    config: &Config,
+) -> Result<Option<(tokio::net::UdpSocket, std::net::SocketAddr)>, AgentError> {
+    let Some(probe) = config.probe else {
+        return Ok(None);
+    };
+    let fail = |source| AgentError::ProbeListen {
+        address: probe.listen,
+        source,
+    };
+    let socket = tokio::net::UdpSocket::bind(probe.listen)
+        .await
+        .map_err(fail)?;
+    let bound = socket.local_addr().map_err(fail)?;
+    info!(agent = %config.id, listen = %bound, advertise = ?probe.advertise, "Listening for latency probes.");
+    Ok(Some((socket, probe.advertise.unwrap_or(bound))))
+}
+
 /// Creates the data directory and returns its absolute path (workload
 /// pid files record absolute artifact paths, checked against /proc).
 fn prepare_data_dir(path: &std::path::Path) -> Result<PathBuf, AgentError> {
@@ -427,367 +440,6 @@ fn prepare_data_dir(path: &std::path::Path) -> Result<PathBuf, AgentError> {
     };
     std::fs::create_dir_all(path).map_err(fail)?;
     std::fs::canonicalize(path).map_err(fail)
-}
-
-/// Checks each received delivery; persists and publishes accepted desired
-/// states, takes newer trust bundles, and reports every refusal.
-struct Intake {
-    config: Config,
-    store: Arc<dyn StateStore>,
-    trust: Arc<TrustStore>,
-    board: Arc<Board>,
-    events: EventSink,
-    desired_tx: watch::Sender<Option<Arc<ResolvedState>>>,
-}
-
-/// What became of one delivery.
-enum Handled {
-    Done,
-    /// Accepted but not persisted (disk full, say): try again later.
-    RetrySave,
-    /// The store cannot write even with space free again: stop the agent so
-    /// that its service manager starts it afresh (docs/storage.md).
-    StoreStuck,
-}
-
-impl Intake {
-    async fn run(
-        self,
-        mut inbox_rx: watch::Receiver<Option<Bytes>>,
-        handled: Arc<Notify>,
-        stop: CancellationToken,
-    ) {
-        // An accepted document that could not be persisted is tried again
-        // until it is, or until a newer one arrives: the broker delivers a
-        // retained document only once per subscription.
-        let mut unsaved: Option<Bytes> = None;
-        let mut retry_delay = SAVE_RETRY_INITIAL;
-        loop {
-            let retry = async {
-                match unsaved {
-                    Some(_) => tokio::time::sleep(retry_delay).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let bytes = tokio::select! {
-                biased;
-                () = stop.cancelled() => break,
-                changed = inbox_rx.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let Some(bytes) = inbox_rx.borrow_and_update().clone() else {
-                        continue;
-                    };
-                    // Whatever the decision, the broker has spoken: start-up may go on.
-                    handled.notify_one();
-                    unsaved = None;
-                    retry_delay = SAVE_RETRY_INITIAL;
-                    bytes
-                }
-                () = retry => {
-                    retry_delay = (retry_delay * 2).min(SAVE_RETRY_MAX);
-                    match unsaved.take() {
-                        Some(bytes) => bytes,
-                        None => continue,
-                    }
-                }
-            };
-            match self.handle(&bytes).await {
-                Handled::Done => {}
-                Handled::RetrySave => unsaved = Some(bytes),
-                Handled::StoreStuck => return,
-            }
-        }
-    }
-
-    async fn handle(&self, bytes: &[u8]) -> Handled {
-        let now = verge_shared::Timestamp::now();
-        let delivery = match intake::parse_delivery(bytes) {
-            Ok(delivery) => delivery,
-            Err((reason, detail)) => {
-                self.rejected(Rejection {
-                    reason,
-                    generation: None,
-                    detail: verge_shared::messages::bounded_message(&detail),
-                    at: now,
-                })
-                .await;
-                return Handled::Done;
-            }
-        };
-        if let Some(bundle) = &delivery.trust {
-            self.offer_trust(bundle, now).await;
-        }
-        let bundle = self.trust.bundle();
-        let current = self.desired_tx.borrow().clone();
-        let last = if self.trust.reset_pending() {
-            None
-        } else {
-            self.board.accepted()
-        };
-        let decision = intake::check(
-            &delivery,
-            &intake::Context {
-                trust: &bundle,
-                me: &self.config.id,
-                last,
-                running: current.as_ref().map_or(&[], |c| c.workloads.as_slice()),
-                now,
-            },
-        );
-        match decision {
-            Ok(Decision::Accept(desired)) => return self.accept(bytes, desired).await,
-            Ok(Decision::IgnoreSame) => {
-                debug!(agent = %self.config.id, "Ignored a republished desired state of the applied generation.");
-            }
-            Err(rejection) => self.rejected(rejection).await,
-        }
-        Handled::Done
-    }
-
-    async fn accept(&self, bytes: &[u8], desired: ResolvedState) -> Handled {
-        let generation = desired.generation;
-        let accepted = Accepted {
-            envelope: bytes.to_vec(),
-            desired,
-        };
-        // Persist before acting: a crash after this point replays it.
-        let store = self.store.clone();
-        let saved =
-            tokio::task::spawn_blocking(move || store.save(&accepted).map(|()| accepted)).await;
-        match saved {
-            Ok(Ok(accepted)) => {
-                info!(agent = %self.config.id, generation = %generation, "Accepted desired state.");
-                if self.trust.reset_pending()
-                    && let Err(e) = self.trust.clear_reset()
-                {
-                    warn!(error = %e, "Cannot record that the generation reset was used; it applies once more after a restart.");
-                }
-                self.board.clear_disk_full(DiskUser::State);
-                self.board.set_accepted(generation);
-                self.desired_tx
-                    .send_replace(Some(Arc::new(accepted.desired)));
-                Handled::Done
-            }
-            Ok(Err(e)) => {
-                if e.is_disk_full() && store_stuck(&self.config.data_dir) {
-                    return Handled::StoreStuck;
-                }
-                error!(agent = %self.config.id, generation = %generation, error = %e, "Cannot persist the desired state; not applying it yet.");
-                if e.is_disk_full() {
-                    self.board.set_disk_full(DiskUser::State, &e.to_string());
-                }
-                Handled::RetrySave
-            }
-            Err(e) => {
-                error!(agent = %self.config.id, generation = %generation, error = %e, "Persisting the desired state failed.");
-                Handled::Done
-            }
-        }
-    }
-
-    /// Reports a refused desired state: status, a security event (once per
-    /// distinct refusal, not on every republish) and a log line.
-    async fn rejected(&self, rejection: Rejection) {
-        warn!(agent = %self.config.id, reason = ?rejection.reason, generation = ?rejection.generation, detail = %rejection.detail, "Rejected desired state.");
-        let repeated = self.board.last_rejection().is_some_and(|last| {
-            (last.reason, last.generation, &last.detail)
-                == (rejection.reason, rejection.generation, &rejection.detail)
-        });
-        if !repeated {
-            self.events
-                .raise(
-                    EventKind::DesiredStateRejected,
-                    Some(rejection.reason),
-                    rejection.generation,
-                    &rejection.detail,
-                )
-                .await;
-        }
-        self.board.set_rejection(rejection);
-    }
-
-    async fn offer_trust(&self, bundle: &verge_shared::Envelope, now: verge_shared::Timestamp) {
-        let bytes = serde_json::to_vec(bundle).unwrap_or_default();
-        match self.trust.offer(&bytes, now) {
-            Ok(Offered::Unchanged) => {}
-            Ok(Offered::Updated { version, reset }) => {
-                info!(agent = %self.config.id, version, reset, "Trusting a newer trust bundle.");
-                let detail = format!("trust bundle version {version} is trusted from now on");
-                self.events
-                    .raise(EventKind::TrustBundleUpdated, None, None, &detail)
-                    .await;
-                if reset {
-                    self.events
-                        .raise(
-                            EventKind::GenerationsReset,
-                            None,
-                            self.board.accepted(),
-                            "a root-signed reset cleared the highest accepted generation",
-                        )
-                        .await;
-                }
-            }
-            // The controller's copy may lag one the operator installed by file.
-            Err(OfferError::Refused(e @ verge_shared::trust::TrustError::Stale { .. })) => {
-                debug!(agent = %self.config.id, error = %e, "Ignored an older trust bundle.");
-            }
-            Err(OfferError::Store(e)) => {
-                error!(agent = %self.config.id, error = %e, "Cannot store a newer trust bundle; it is taken with the next delivery.");
-            }
-            Err(OfferError::Refused(e)) => {
-                warn!(agent = %self.config.id, error = %e, "Rejected a trust bundle; keeping the trusted one.");
-                let reason = RejectReason::from(&e);
-                self.events
-                    .raise(
-                        EventKind::TrustBundleRejected,
-                        Some(reason),
-                        None,
-                        &e.to_string(),
-                    )
-                    .await;
-            }
-        }
-    }
-}
-
-/// After a store write failed for lack of space: has the space come back
-/// while the store still refuses? sled keeps the first I/O error of its log
-/// and fails every later write with it, even once there is room again
-/// (docs/storage.md#disk-full), so only a new agent process can write: the
-/// caller ends its task, which stops the agent (workloads keep running and
-/// are adopted), and the service manager starts it again.
-fn store_stuck(data_dir: &std::path::Path) -> bool {
-    let stuck = disk::free_bytes(data_dir).is_ok_and(|free| free >= disk::RESERVE_BYTES);
-    if stuck {
-        error!(data_dir = %data_dir.display(), "The state store still fails with \"no space left\" although space has returned (sled keeps its first write error); stopping so that a restart opens it afresh.");
-    }
-    stuck
-}
-
-/// Queues a Status in the outbox after each burst of board changes.
-async fn status_loop(
-    board: Arc<Board>,
-    reporter: Arc<Reporter>,
-    outbox: Arc<Outbox>,
-    topic: String,
-    data_dir: PathBuf,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            () = board.changed() => {}
-        }
-        // Coalesce the changes of one reconcile pass into one message.
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(STATUS_DEBOUNCE) => {}
-        }
-        // The Status built below carries every change made so far; one made
-        // from here on wakes the loop again.
-        board.forget_pending_change();
-        let (outbox, reporter, topic) = (outbox.clone(), reporter.clone(), topic.clone());
-        // The push is flushed to disk: keep it off the runtime thread.
-        let pushed =
-            tokio::task::spawn_blocking(move || outbox.push(&topic, &reporter.status())).await;
-        match pushed {
-            Ok(Ok(())) => board.clear_disk_full(DiskUser::Outbox),
-            Ok(Err(e)) if e.is_disk_full() => {
-                if store_stuck(&data_dir) {
-                    return;
-                }
-                error!(error = %e, "The disk is full: a Status cannot be queued; the next change after space returns sends a full one.");
-                board.set_disk_full(DiskUser::Outbox, &e.to_string());
-            }
-            Ok(Err(e)) => {
-                warn!(error = %e, "Cannot queue a Status; the next change or reconnect sends a full one.");
-            }
-            Err(e) => warn!(error = %e, "Queueing a Status failed."),
-        }
-    }
-}
-
-/// Answers log requests, one at a time, from the workloads' log files.
-async fn log_request_loop(
-    config: Config,
-    trust: Arc<TrustStore>,
-    workloads_dir: PathBuf,
-    reporter: Arc<Reporter>,
-    mut requests_rx: mpsc::Receiver<Bytes>,
-    outbox_tx: mpsc::UnboundedSender<mqtt::Outgoing>,
-    stop: CancellationToken,
-) {
-    loop {
-        let bytes = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            next = requests_rx.recv() => match next {
-                Some(bytes) => bytes,
-                None => break,
-            },
-        };
-        let (keys, agent, dir) = (
-            trust.controller_keys(),
-            config.id.clone(),
-            workloads_dir.clone(),
-        );
-        // File reads: off the runtime thread.
-        let answered = tokio::task::spawn_blocking(move || {
-            logs::answer(&bytes, &keys, &agent, &dir, verge_shared::Timestamp::now())
-        })
-        .await;
-        match answered {
-            Ok(Ok(response)) => {
-                debug!(agent = %config.id, service = %response.service, request_id = %response.request_id, n_lines = response.lines.len(), "Answering a log request.");
-                let envelope = reporter.log_response(response);
-                if outbox_tx
-                    .send(mqtt::Outgoing::LogResponse(envelope))
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            Ok(Err(reason)) => {
-                warn!(agent = %config.id, reason = %reason, "Ignored a log request.");
-            }
-            Err(e) => warn!(error = %e, "Answering a log request failed."),
-        }
-    }
-}
-
-async fn heartbeat_loop(
-    interval: Duration,
-    outbox_tx: mpsc::UnboundedSender<mqtt::Outgoing>,
-    stop: CancellationToken,
-) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            _ = ticks.tick() => {}
-        }
-        if outbox_tx.send(mqtt::Outgoing::Heartbeat).is_err() {
-            break;
-        }
-    }
-}
-
-/// `e` and its sources, joined by ": ".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -56,13 +56,13 @@ fn parse_args(
 
 fn main() -> anyhow::Result<ExitCode> {
     // The workload helper runs before anything else: no runtime, no logging,
-    // and on success it becomes the workload (see `edge_agent::limits`).
+    // and on success it becomes the workload (see `edge_agent::confine`).
     let mut argv = std::env::args_os().skip(1);
     if argv
         .next()
-        .is_some_and(|a| a == edge_agent::limits::EXEC_SUBCOMMAND)
+        .is_some_and(|a| a == edge_agent::confine::EXEC_SUBCOMMAND)
     {
-        return Ok(edge_agent::limits::exec_workload(argv));
+        return Ok(edge_agent::confine::exec_workload(argv));
     }
     match parse_args(
         std::env::args_os().skip(1),
@@ -139,7 +139,7 @@ async fn agent_main(config_path: PathBuf) -> anyhow::Result<ExitCode> {
     match edge_agent::run(config, shutdown).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
-            let text = edge_agent::error_chain(&e);
+            let text = edge_agent::error::error_chain(&e);
             tracing::error!(error = %text, "Agent failed.");
             Ok(ExitCode::from(e.exit_code()))
         }

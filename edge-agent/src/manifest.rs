@@ -8,7 +8,7 @@
 //! tree is extracted again from its verified archive.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -68,7 +68,7 @@ impl Manifest {
                     Node::File {
                         mode,
                         size: meta.len(),
-                        sha256: crate::artifacts::hash_file(&path)?,
+                        sha256: hash_file(&path)?,
                     }
                 } else {
                     return Err(std::io::Error::other(format!(
@@ -88,11 +88,12 @@ impl Manifest {
         Ok(Manifest { entries })
     }
 
-    /// Writes the manifest to `path` and syncs it.
+    /// Writes the manifest to `path` durably ([`verge_durable::write`]).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let mut file = std::fs::File::create(path)?;
-        file.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        file.sync_all()
+        verge_durable::write(
+            path,
+            &serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )
     }
 
     /// Reads a manifest written by [`Manifest::save`].
@@ -133,6 +134,21 @@ impl Manifest {
             .unwrap_or_default();
         Err(format!("{differs:?} differs from the extraction"))
     }
+}
+
+/// The SHA-256 of a file's content.
+pub fn hash_file(path: &Path) -> Result<Sha256Digest, std::io::Error> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Sha256Digest::from_ring(hasher.finish()))
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! `client.publish()` (rumqttc deadlocks when the polling task does); it uses
 //! `try_*` calls and hands received desired states on through a `watch`
 //! channel, where only the latest one matters. A second task publishes
-//! Status and Heartbeat envelopes as the agent asks for them.
+//! Status and Heartbeat envelopes as the agent asks for them (whether a
+//! heartbeat is due is the heartbeat task's rule, [`crate::tasks::heartbeat`]).
 //!
 //! On every ConnAck the agent subscribes to its desired topic again (the
 //! broker may have lost the session) and publishes an online Presence and a
@@ -22,7 +23,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ring::rand::SecureRandom as _;
@@ -31,13 +32,14 @@ use rumqttc::{
     Packet, QoS, Request, TlsConfiguration, Transport,
 };
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use verge_shared::{Topics, limits};
 
 use crate::config::BrokerAddr;
 use crate::outbox::Outbox;
-use crate::report::Reporter;
+use crate::report::Signer;
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -65,14 +67,14 @@ pub struct Settings {
     pub broker: BrokerAddr,
     pub topics: Topics,
     pub keep_alive: Duration,
-    /// A heartbeat is skipped when a status went out less than this long
-    /// ago: the controller counts a status as a sign of life too.
-    pub heartbeat_interval: Duration,
+    /// Told when a Status from the outbox is handed to rumqttc (the
+    /// heartbeat task skips a heartbeat after a recent Status).
+    pub status_sent_tx: watch::Sender<Option<Instant>>,
     /// Where received log requests go (bounded; more are dropped).
-    pub log_requests: mpsc::Sender<Bytes>,
+    pub log_request_tx: mpsc::Sender<Bytes>,
     /// Where received probe plans go (retained on `agents/{id}/probes`;
     /// only the latest matters).
-    pub probes_tx: Arc<watch::Sender<Option<Bytes>>>,
+    pub probe_plan_tx: Arc<watch::Sender<Option<Bytes>>>,
     /// Told when a connection attempt fails, so that start-up does not wait
     /// for a desired state from a broker it cannot reach.
     pub unreachable: Arc<Notify>,
@@ -86,13 +88,13 @@ pub struct Settings {
 /// DISCONNECT, within a deadline.
 pub async fn run(
     settings: Settings,
-    reporter: Arc<Reporter>,
-    desired_tx: watch::Sender<Option<Bytes>>,
-    outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
+    signer: Arc<Signer>,
+    delivery_tx: watch::Sender<Option<Bytes>>,
+    outgoing_rx: mpsc::UnboundedReceiver<Outgoing>,
     outbox: Arc<Outbox>,
     stop: CancellationToken,
 ) {
-    let agent = reporter.agent().clone();
+    let agent = signer.agent().clone();
     let topics = OwnTopics {
         desired: settings.topics.desired(&agent),
         presence: settings.topics.presence(&agent),
@@ -121,21 +123,20 @@ pub async fn run(
     }
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let topics = Arc::new(topics);
-    let link = Arc::new(Link::new(client.clone()));
+    let link = Arc::new(Link::new(client.clone(), settings.status_sent_tx.clone()));
     let publisher = tokio::spawn(publish_loop(
         link.clone(),
-        reporter.clone(),
+        signer.clone(),
         topics.clone(),
-        outbox_rx,
+        outgoing_rx,
         outbox.clone(),
-        settings.heartbeat_interval,
         stop.clone(),
     ));
 
     let mut backoff = BACKOFF_INITIAL;
     let rng = ring::rand::SystemRandom::new();
     // The Last Will is signed afresh before every connection attempt.
-    arm_last_will(&mut eventloop, &reporter, &topics);
+    arm_last_will(&mut eventloop, &signer, &topics);
     loop {
         let event = tokio::select! {
             biased;
@@ -155,13 +156,13 @@ pub async fn run(
                         topics.presence.clone(),
                         QoS::AtLeastOnce,
                         true,
-                        reporter.presence(true),
+                        signer.presence(true),
                     ),
                     link.publish(
                         topics.status.clone(),
                         QoS::AtLeastOnce,
                         false,
-                        reporter.status(),
+                        signer.status(),
                     ),
                 ];
                 for e in results.into_iter().filter_map(Result::err) {
@@ -171,12 +172,12 @@ pub async fn run(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if publish.topic == topics.desired {
                     debug!(agent = %agent, n_bytes = publish.payload.len(), "Received a desired state.");
-                    desired_tx.send_replace(Some(publish.payload));
+                    delivery_tx.send_replace(Some(publish.payload));
                 } else if publish.topic == topics.probes {
                     debug!(agent = %agent, n_bytes = publish.payload.len(), "Received a probe plan.");
-                    settings.probes_tx.send_replace(Some(publish.payload));
+                    settings.probe_plan_tx.send_replace(Some(publish.payload));
                 } else if publish.topic == topics.log_request {
-                    if settings.log_requests.try_send(publish.payload).is_err() {
+                    if settings.log_request_tx.try_send(publish.payload).is_err() {
                         warn!(agent = %agent, "Dropped a log request: too many are waiting.");
                     }
                 } else {
@@ -204,12 +205,12 @@ pub async fn run(
                     () = tokio::time::sleep(delay) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
-                arm_last_will(&mut eventloop, &reporter, &topics);
+                arm_last_will(&mut eventloop, &signer, &topics);
             }
         }
     }
     let _ = publisher.await;
-    goodbye(&link, &mut eventloop, &reporter, &topics).await;
+    goodbye(&link, &mut eventloop, &signer, &topics).await;
 }
 
 /// What one queued publish is, so its PUBACK can be traced to the outbox.
@@ -230,8 +231,6 @@ struct Flight {
     awaiting: HashMap<u16, u64>,
     /// The next outbox key to hand over while connected.
     cursor: u64,
-    /// When a status was last handed to rumqttc.
-    status_sent: Option<Instant>,
 }
 
 impl Flight {
@@ -254,14 +253,17 @@ struct Link {
     flight: Mutex<Flight>,
     /// Wakes the publishing task: connected, or room in the window.
     wake: Notify,
+    /// When a status was last handed to rumqttc.
+    status_sent_tx: watch::Sender<Option<Instant>>,
 }
 
 impl Link {
-    fn new(client: AsyncClient) -> Self {
+    fn new(client: AsyncClient, status_sent_tx: watch::Sender<Option<Instant>>) -> Self {
         Self {
             client,
             flight: Mutex::new(Flight::default()),
             wake: Notify::new(),
+            status_sent_tx,
         }
     }
 
@@ -310,17 +312,10 @@ impl Link {
             f.queued.push_back(Tag::Outbox(entry.key));
             f.cursor = entry.key + 1;
             if is_status {
-                f.status_sent = Some(Instant::now());
+                self.status_sent_tx.send_replace(Some(Instant::now()));
             }
         }
         Ok(())
-    }
-
-    /// Did a status go out less than `within` ago?
-    fn status_sent_within(&self, within: Duration) -> bool {
-        self.lock()
-            .status_sent
-            .is_some_and(|at| at.elapsed() < within)
     }
 
     /// After ConnAck: resend the outbox from its oldest entry.
@@ -405,10 +400,10 @@ struct OwnTopics {
     probes: String,
 }
 
-fn arm_last_will(eventloop: &mut EventLoop, reporter: &Reporter, topics: &OwnTopics) {
+fn arm_last_will(eventloop: &mut EventLoop, signer: &Signer, topics: &OwnTopics) {
     eventloop.mqtt_options.set_last_will(LastWill::new(
         topics.presence.clone(),
-        reporter.presence(false),
+        signer.presence(false),
         QoS::AtLeastOnce,
         true,
     ));
@@ -428,11 +423,10 @@ fn jitter(rng: &ring::rand::SystemRandom, base: Duration) -> Duration {
 
 async fn publish_loop(
     link: Arc<Link>,
-    reporter: Arc<Reporter>,
+    signer: Arc<Signer>,
     topics: Arc<OwnTopics>,
-    mut outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut outgoing_rx: mpsc::UnboundedReceiver<Outgoing>,
     outbox: Arc<Outbox>,
-    heartbeat_interval: Duration,
     stop: CancellationToken,
 ) {
     loop {
@@ -441,7 +435,7 @@ async fn publish_loop(
             () = stop.cancelled() => break,
             () = link.wake.notified() => None,
             () = outbox.pushed() => None,
-            next = outbox_rx.recv() => match next {
+            next = outgoing_rx.recv() => match next {
                 Some(next) => Some(next),
                 None => break,
             },
@@ -455,17 +449,13 @@ async fn publish_loop(
         // try_publish: while offline the request queue fills and further
         // heartbeats are dropped; they only say "alive now" anyway.
         let (kind, result) = match next {
-            Outgoing::Heartbeat if link.status_sent_within(heartbeat_interval) => {
-                debug!("Skipped a heartbeat: a status went out within the heartbeat interval.");
-                continue;
-            }
             Outgoing::Heartbeat => (
                 "heartbeat",
                 link.publish(
                     topics.heartbeat.clone(),
                     QoS::AtMostOnce,
                     false,
-                    reporter.heartbeat(),
+                    signer.heartbeat(),
                 ),
             ),
             Outgoing::LogResponse(payload) => (
@@ -484,13 +474,13 @@ async fn publish_loop(
     }
 }
 
-async fn goodbye(link: &Link, eventloop: &mut EventLoop, reporter: &Reporter, topics: &OwnTopics) {
+async fn goodbye(link: &Link, eventloop: &mut EventLoop, signer: &Signer, topics: &OwnTopics) {
     let queued = link
         .publish(
             topics.presence.clone(),
             QoS::AtLeastOnce,
             true,
-            reporter.presence(false),
+            signer.presence(false),
         )
         .and_then(|()| link.client.try_disconnect());
     if let Err(e) = queued {

@@ -29,7 +29,7 @@ use verge_shared::messages::SCHEMA_VERSION;
 use verge_shared::{AgentId, Envelope, PublicKey};
 
 use crate::outbox::Outbox;
-use crate::report::Reporter;
+use crate::report::Signer;
 
 /// Probes sent to each target per round.
 const PROBES_PER_TARGET: usize = 3;
@@ -40,7 +40,7 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("the envelope does not verify: {0}")]
-    Envelope(String),
+    Envelope(#[source] verge_shared::VerifyError),
     #[error("the plan is invalid: {0}")]
     Invalid(String),
     #[error("the plan is for agent {0}")]
@@ -58,11 +58,10 @@ pub fn accept_plan(
     agent: &AgentId,
     current: Option<&ProbePlan>,
 ) -> Result<ProbePlan, PlanError> {
-    let envelope =
-        Envelope::parse(bytes, MAX_PLAN_BYTES).map_err(|e| PlanError::Envelope(e.to_string()))?;
+    let envelope = Envelope::parse(bytes, MAX_PLAN_BYTES).map_err(PlanError::Envelope)?;
     let plan: ProbePlan = envelope
         .open_any(PLAN_PAYLOAD_TYPE, controller_keys)
-        .map_err(|e| PlanError::Envelope(e.to_string()))?;
+        .map_err(PlanError::Envelope)?;
     if plan.schema_version != SCHEMA_VERSION {
         return Err(PlanError::Invalid(format!(
             "schema_version {} is not supported",
@@ -92,7 +91,7 @@ pub struct Prober {
     pub agent: AgentId,
     /// Whose signatures on probe plans count (the trust bundle's controller keys).
     pub controller_keys: Box<dyn Fn() -> Vec<PublicKey> + Send + Sync>,
-    pub reporter: Arc<Reporter>,
+    pub signer: Arc<Signer>,
     pub outbox: Arc<Outbox>,
     /// The topic latency reports go to.
     pub topic: String,
@@ -189,7 +188,7 @@ impl Prober {
         for (target, _) in round.pending.values() {
             round.samples[*target].lost += 1;
         }
-        let envelope = self.reporter.latency(round.samples);
+        let envelope = self.signer.latency(round.samples);
         let (outbox, topic) = (self.outbox.clone(), self.topic.clone());
         // The push is flushed to disk: keep it off the runtime thread.
         match tokio::task::spawn_blocking(move || outbox.push(&topic, &envelope)).await {
@@ -313,7 +312,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let outbox = Arc::new(Outbox::open(&db, dir.path().to_owned(), 1 << 20).expect("outbox"));
-        let reporter = Arc::new(Reporter::new(
+        let signer = Arc::new(Signer::new(
             SigningKey::generate().expect("key").0,
             crate::report::Identity {
                 agent: AgentId::new("me").expect("id"),
@@ -328,7 +327,7 @@ mod tests {
         let prober = Prober {
             agent: AgentId::new("me").expect("id"),
             controller_keys: Box::new(move || vec![key.public_key()]),
-            reporter,
+            signer,
             outbox,
             topic: "t".into(),
         };

@@ -107,7 +107,7 @@ impl<R: Runtime> Reconciler<R> {
     /// sender is gone; stopping the workloads is the caller's job.
     pub async fn run(
         &self,
-        mut desired_rx: watch::Receiver<Option<Arc<ResolvedState>>>,
+        mut accepted_state_rx: watch::Receiver<Option<Arc<ResolvedState>>>,
         shutdown: CancellationToken,
     ) {
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
@@ -125,11 +125,11 @@ impl<R: Runtime> Reconciler<R> {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                changed = desired_rx.changed() => if changed.is_err() { break },
+                changed = accepted_state_rx.changed() => if changed.is_err() { break },
                 () = retry => debug!("Retrying after a failed pass."),
                 _ = resync.tick() => debug!("Periodic resync."),
             }
-            let desired = desired_rx.borrow_and_update().clone();
+            let desired = accepted_state_rx.borrow_and_update().clone();
             let Some(desired) = desired else { continue };
             let outcome = tokio::select! {
                 biased;

@@ -1,5 +1,5 @@
 //! What the agent reports: a [`Board`] that the runtime, the reconciler and
-//! intake write into, and a [`Reporter`] that turns it into signed Status,
+//! intake write into, and a [`Signer`] that turns it into signed Status,
 //! Heartbeat and Presence envelopes.
 //!
 //! Building an envelope is synchronous and cheap, so the MQTT adapter can
@@ -279,14 +279,14 @@ pub struct Identity {
 }
 
 /// Signs the agent's documents with its node key.
-pub struct Reporter {
+pub struct Signer {
     key: SigningKey,
     identity: Identity,
     board: std::sync::Arc<Board>,
     started: Instant,
 }
 
-impl Reporter {
+impl Signer {
     pub fn new(key: SigningKey, identity: Identity, board: std::sync::Arc<Board>) -> Self {
         Self {
             key,
@@ -415,7 +415,7 @@ impl Reporter {
 /// outbox for `{prefix}/events/{region}/{agent}`.
 #[derive(Clone)]
 pub struct EventSink {
-    pub reporter: std::sync::Arc<Reporter>,
+    pub signer: std::sync::Arc<Signer>,
     pub outbox: std::sync::Arc<crate::outbox::Outbox>,
     pub topic: String,
 }
@@ -430,11 +430,11 @@ impl EventSink {
         generation: Option<Generation>,
         detail: &str,
     ) {
-        let envelope = self.reporter.event(kind, reason, generation, detail);
+        let envelope = self.signer.event(kind, reason, generation, detail);
         let (outbox, topic) = (self.outbox.clone(), self.topic.clone());
         let pushed = tokio::task::spawn_blocking(move || outbox.push(&topic, &envelope)).await;
         if !matches!(pushed, Ok(Ok(()))) {
-            tracing::warn!(agent = %self.reporter.agent(), ?kind, "Cannot queue a security event; it is in the log only.");
+            tracing::warn!(agent = %self.signer.agent(), ?kind, "Cannot queue a security event; it is in the log only.");
         }
     }
 }
@@ -479,7 +479,7 @@ mod tests {
         let (key, _) = SigningKey::generate().expect("key");
         let public = key.public_key();
         let identity = identity();
-        let reporter = Reporter::new(key, identity, board.clone());
+        let signer = Signer::new(key, identity, board.clone());
         let (a, b) = (workload("a"), workload("b"));
         board.set_waiting(
             [
@@ -498,8 +498,7 @@ mod tests {
         running.pid = Some(42);
         board.set_running(running);
 
-        let envelope =
-            Envelope::parse(&reporter.status(), limits::MAX_STATUS_BYTES).expect("parse");
+        let envelope = Envelope::parse(&signer.status(), limits::MAX_STATUS_BYTES).expect("parse");
         let status: Status = envelope
             .open(payload_type::STATUS, &public)
             .expect("signed by the node key");
@@ -507,13 +506,13 @@ mod tests {
         let states: Vec<_> = status.workloads.iter().map(|w| w.state).collect();
         assert_eq!(states, [WorkloadState::Fetching, WorkloadState::Running]);
 
-        let presence = Envelope::parse(&reporter.presence(false), limits::MAX_PRESENCE_BYTES)
+        let presence = Envelope::parse(&signer.presence(false), limits::MAX_PRESENCE_BYTES)
             .expect("parse")
             .open::<Presence>(payload_type::PRESENCE, &public)
             .expect("verify");
         assert!(!presence.online);
         assert_eq!(presence.public_key, public);
-        assert!(reporter.heartbeat().len() <= limits::MAX_HEARTBEAT_BYTES);
+        assert!(signer.heartbeat().len() <= limits::MAX_HEARTBEAT_BYTES);
     }
 
     #[test]
@@ -521,27 +520,24 @@ mod tests {
         let (key, _) = SigningKey::generate().expect("key");
         let board = Arc::new(Board::new(None));
         let identity = identity();
-        let reporter = Reporter::new(key, identity, board.clone());
-        assert_eq!(reporter.status_document().storage_problem, None);
+        let signer = Signer::new(key, identity, board.clone());
+        assert_eq!(signer.status_document().storage_problem, None);
         board.set_disk_full(DiskUser::Artifacts, "no room for the artifact");
-        let first = reporter
-            .status_document()
-            .storage_problem
-            .expect("reported");
+        let first = signer.status_document().storage_problem.expect("reported");
         assert_eq!(first.reason, StorageReason::DiskFull);
         assert_eq!(first.detail, "no room for the artifact");
         // A retry that fails the same way is the same problem, same start.
         board.set_disk_full(DiskUser::Artifacts, "no room for the artifact");
         board.set_disk_full(DiskUser::Outbox, "no room for a status");
-        assert_eq!(reporter.status_document().storage_problem, Some(first));
+        assert_eq!(signer.status_document().storage_problem, Some(first));
         board.clear_disk_full(DiskUser::Artifacts);
-        let left = reporter
+        let left = signer
             .status_document()
             .storage_problem
             .expect("outbox still full");
         assert_eq!(left.detail, "no room for a status");
         board.clear_disk_full(DiskUser::Outbox);
-        assert_eq!(reporter.status_document().storage_problem, None);
+        assert_eq!(signer.status_document().storage_problem, None);
     }
 
     // Paused time: the timeouts below resolve as soon as nothing else can run.

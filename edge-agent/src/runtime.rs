@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use verge_shared::messages::{DEFAULT_STOP_GRACE_SECS, Workload};
 use verge_shared::{AgentId, RegionId, ServiceName};
 
-use crate::limits::Launcher;
+use crate::confine::Launcher;
 use crate::report::Board;
 use crate::supervise::{
     self, Controls, Launch, ProcessId, RestartTiming, read_pid_file, service_of, supervise,
@@ -329,11 +329,8 @@ impl Runtime for ProcessRuntime {
         // Written (atomically) before the process exists, so a process the
         // next agent run finds always has a record.
         let path = dir.join(RECORD_FILE);
-        let tmp = dir.join("workload.json.tmp");
         let bytes = serde_json::to_vec(&record).map_err(|e| prepare(&path, e.into()))?;
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| prepare(&path, e))?;
+        verge_durable::write(&path, &bytes).map_err(|e| prepare(&path, e))?;
         self.supervise(record, None);
         Ok(())
     }

@@ -5,8 +5,6 @@
 //! loaded at start, so the agent runs its last accepted state even when the
 //! controller and the broker are unreachable.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use verge_shared::SigningKey;
@@ -24,8 +22,19 @@ pub enum StateError {
     },
     #[error("stored desired state does not parse: {0}")]
     Corrupt(#[source] serde_json::Error),
-    #[error("node key {path}: {detail}")]
-    Key { path: PathBuf, detail: String },
+    #[error("node key {path}: {source}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: verge_shared::dsse::KeyError,
+    },
+    #[error("node key {path}: cannot {action}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl StateError {
@@ -120,27 +129,25 @@ impl StateStore for SledStore {
 /// Loads the node key from `path` (PKCS#8), creating it with mode 0600 on
 /// first start.
 pub fn load_or_create_node_key(path: &Path) -> Result<SigningKey, StateError> {
-    let fail = |detail: String| StateError::Key {
+    let key_error = |source| StateError::Key {
         path: path.to_owned(),
-        detail,
+        source,
+    };
+    let file_error = |action, source| StateError::KeyFile {
+        path: path.to_owned(),
+        action,
+        source,
     };
     match std::fs::read(path) {
-        Ok(pkcs8) => SigningKey::from_pkcs8(&pkcs8).map_err(|e| fail(e.to_string())),
+        Ok(pkcs8) => SigningKey::from_pkcs8(&pkcs8).map_err(key_error),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (key, pkcs8) = SigningKey::generate().map_err(|e| fail(e.to_string()))?;
+            let (key, pkcs8) = SigningKey::generate().map_err(key_error)?;
             // create_new: never overwrite a key another process just wrote.
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| fail(format!("cannot create: {e}")))?;
-            file.write_all(&pkcs8)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| fail(format!("cannot write: {e}")))?;
+            verge_durable::create_new(path, &pkcs8, verge_durable::PRIVATE)
+                .map_err(|e| file_error("create", e))?;
             Ok(key)
         }
-        Err(e) => Err(fail(format!("cannot read: {e}"))),
+        Err(e) => Err(file_error("read", e)),
     }
 }
 

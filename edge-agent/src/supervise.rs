@@ -29,8 +29,8 @@ use verge_shared::messages::{
 };
 use verge_shared::{ServiceName, Timestamp};
 
+use crate::confine::Launcher;
 use crate::health::{self, ExecCommand};
-use crate::limits::Launcher;
 use crate::logs;
 use crate::report::Board;
 
@@ -290,9 +290,7 @@ pub const PID_FILE: &str = "pid";
 /// is the pid, which is what simple tools (and the test harness) read.
 pub fn write_pid_file(dir: &Path, id: ProcessId, executable: &Path) -> std::io::Result<()> {
     let record = format!("{}\n{}\n{}\n", id.pid, executable.display(), id.start_ticks);
-    let tmp = dir.join("pid.tmp");
-    std::fs::write(&tmp, record)?;
-    std::fs::rename(tmp, dir.join(PID_FILE))
+    verge_durable::write(&dir.join(PID_FILE), record.as_bytes())
 }
 
 /// Reads a pid file: pid, artifact path and start time.

@@ -7,7 +7,7 @@
 //! next TLS handshake on without restarting anything.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::PemObject as _;
@@ -19,8 +19,12 @@ use verge_shared::Timestamp;
 /// Something in the TLS files or configuration is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{path}: {detail}")]
-    File { path: PathBuf, detail: String },
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what}: {detail}")]
     Invalid { what: &'static str, detail: String },
     #[error("TLS configuration: {0}")]
@@ -59,13 +63,13 @@ impl TlsFiles {
         self.cert().exists() && self.key().exists() && self.ca().exists()
     }
 
-    /// Stores a certificate, its key (mode 0600) and the CA, each by
-    /// temp file and rename; the certificate last, as the commit point.
+    /// Stores a certificate, its key (mode 0600) and the CA, each durably
+    /// ([`verge_durable`]); the certificate last, as the commit point.
     pub fn store(&self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<(), TlsError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| file_error(&self.dir, e))?;
-        write_atomic(&self.key(), key_pem.as_bytes(), 0o600)?;
-        write_atomic(&self.ca(), ca_pem.as_bytes(), 0o644)?;
-        write_atomic(&self.cert(), cert_pem.as_bytes(), 0o644)
+        write_durably(&self.key(), key_pem.as_bytes(), verge_durable::PRIVATE)?;
+        write_durably(&self.ca(), ca_pem.as_bytes(), verge_durable::PUBLIC)?;
+        write_durably(&self.cert(), cert_pem.as_bytes(), verge_durable::PUBLIC)
     }
 
     fn read(&self, path: &Path) -> Result<String, TlsError> {
@@ -81,28 +85,16 @@ impl TlsFiles {
     }
 }
 
-fn file_error(path: &Path, e: impl std::fmt::Display) -> TlsError {
+fn file_error(path: &Path, source: std::io::Error) -> TlsError {
     TlsError::File {
         path: path.to_owned(),
-        detail: e.to_string(),
+        source,
     }
 }
 
-/// Writes a file by temp file, fsync and rename, with `mode`.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| file_error(&tmp, e))?;
-    file.write_all(contents).map_err(|e| file_error(&tmp, e))?;
-    file.sync_all().map_err(|e| file_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_error(path, e))
+/// Writes `contents` to `path` durably with `mode` ([`verge_durable`]).
+pub fn write_durably(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    verge_durable::write_with_mode(path, contents, mode).map_err(|e| file_error(path, e))
 }
 
 /// A certificate with its key, ready for rustls, and its validity.
@@ -278,23 +270,6 @@ pub fn server_only_config(ca_pem: &str) -> Result<ClientConfig, TlsError> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca_pem)?)
         .with_no_client_auth())
-}
-
-/// The HTTPS configuration of this process, set once when the agent has its CA.
-static HTTPS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
-
-/// Makes HTTPS requests from now on verify servers against `ca_pem`.
-pub fn set_https_roots(ca_pem: &str) -> Result<(), TlsError> {
-    let config = server_only_config(ca_pem)?;
-    // A second call (same CA) keeps the first configuration.
-    let _ = HTTPS.set(Arc::new(config));
-    Ok(())
-}
-
-/// The configuration HTTPS requests use: the controller's CA once known;
-/// until then there is none and only plain HTTP works.
-pub fn https_config() -> Option<Arc<ClientConfig>> {
-    HTTPS.get().cloned()
 }
 
 #[cfg(test)]

@@ -20,10 +20,22 @@ pub enum TrustLoadError {
         "no trust bundle: set trust_bundle_file, or enroll with a token so that {0} is written"
     )]
     Missing(PathBuf),
-    #[error("trust bundle {path}: {detail}")]
-    Unusable { path: PathBuf, detail: String },
+    #[error("trust bundle {path}: cannot read: {source}")]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("trust bundle {path}: {source}")]
+    Unusable {
+        path: PathBuf,
+        #[source]
+        source: TrustError,
+    },
     #[error("stored trust bundle: {0}")]
-    Store(String),
+    Store(#[source] sled::Error),
+    #[error("stored trust bundle: {0}")]
+    StoredInvalid(#[source] TrustError),
 }
 
 struct Held {
@@ -47,7 +59,7 @@ pub enum OfferError {
     /// A good bundle that could not be stored; it is offered again with the
     /// next delivery.
     #[error("cannot store the trust bundle: {0}")]
-    Store(String),
+    Store(#[source] sled::Error),
 }
 
 /// What became of a bundle offered with a delivery.
@@ -69,19 +81,16 @@ impl TrustStore {
         data_dir: &Path,
         now: Timestamp,
     ) -> Result<Self, TrustLoadError> {
-        let store_err = |e: sled::Error| TrustLoadError::Store(e.to_string());
+        let store_err = TrustLoadError::Store;
         let tree = db.open_tree("trust").map_err(store_err)?;
         let file = initial.map_or_else(|| data_dir.join("trust-bundle.json"), Path::to_owned);
         let stored = tree.get(KEY_ENVELOPE).map_err(store_err)?;
         let reset_pending = tree.get(KEY_RESET).map_err(store_err)?.is_some();
-        let unusable = |detail: String| TrustLoadError::Unusable {
-            path: file.clone(),
-            detail,
-        };
+
         let store = match stored {
             Some(bytes) => {
                 let verified = TrustBundle::verify_self_signed(&bytes)
-                    .map_err(|e| TrustLoadError::Store(e.to_string()))?;
+                    .map_err(TrustLoadError::StoredInvalid)?;
                 Self {
                     tree,
                     held: RwLock::new(Held {
@@ -93,10 +102,17 @@ impl TrustStore {
             None => {
                 let bytes = std::fs::read(&file).map_err(|e| match e.kind() {
                     std::io::ErrorKind::NotFound => TrustLoadError::Missing(file.clone()),
-                    _ => unusable(format!("cannot read: {e}")),
+                    _ => TrustLoadError::Unreadable {
+                        path: file.clone(),
+                        source: e,
+                    },
                 })?;
-                let verified = TrustBundle::verify_initial(&bytes, now)
-                    .map_err(|e| unusable(e.to_string()))?;
+                let verified = TrustBundle::verify_initial(&bytes, now).map_err(|source| {
+                    TrustLoadError::Unusable {
+                        path: file.clone(),
+                        source,
+                    }
+                })?;
                 tree.insert(KEY_ENVELOPE, verified.envelope.as_slice())
                     .and_then(|_| tree.flush())
                     .map_err(store_err)?;
@@ -174,7 +190,7 @@ impl TrustStore {
         self.tree
             .apply_batch(batch)
             .and_then(|()| self.tree.flush().map(drop))
-            .map_err(|e| OfferError::Store(e.to_string()))?;
+            .map_err(OfferError::Store)?;
         let version = verified.bundle.version;
         held.verified = verified;
         held.reset_pending |= reset;

@@ -57,7 +57,7 @@ pub enum Launcher {
 
 /// Why the workload user cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum LimitsError {
+pub enum ConfineError {
     #[error("workload_user: no user {0:?} on this system")]
     NoSuchUser(String),
     #[error("workload_user: cannot look up {name:?}: {source}")]
@@ -77,17 +77,17 @@ impl Launcher {
         exe: PathBuf,
         workload_user: Option<&str>,
         cgroups: Option<Cgroups>,
-    ) -> Result<Self, LimitsError> {
+    ) -> Result<Self, ConfineError> {
         let user = if Uid::effective().is_root() {
             let name = workload_user.unwrap_or("nobody");
             let user = User::from_name(name)
-                .map_err(|source| LimitsError::Lookup {
+                .map_err(|source| ConfineError::Lookup {
                     name: name.to_owned(),
                     source,
                 })?
-                .ok_or_else(|| LimitsError::NoSuchUser(name.to_owned()))?;
+                .ok_or_else(|| ConfineError::NoSuchUser(name.to_owned()))?;
             if user.uid.is_root() {
-                return Err(LimitsError::Root(name.to_owned()));
+                return Err(ConfineError::Root(name.to_owned()));
             }
             Some(RunAs {
                 name: user.name,

@@ -1,0 +1,323 @@
+//! In-memory stand-ins for the agent's seams, [`Runtime`] and
+//! [`StateStore`], for tests between the pure units and the full-process
+//! system tests (and for a fleet simulation that runs many agents' logic in
+//! one process).
+//!
+//! The fakes check safety themselves, the way the real parts would fail
+//! loudly: [`FakeRuntime`] refuses to start a service that already runs or
+//! to overcommit its memory, and counts every such attempt as a violation,
+//! so a test that forgets to look still fails in [`FakeRuntime::assert_safe`].
+//! Faults are injected explicitly (a start that fails, a save that finds the
+//! disk full); nothing here sleeps or reads the clock.
+//!
+//! Public rather than `#[cfg(test)]` so that the tests crate can reuse it;
+//! the agent binary never names it, so none of it is linked in.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use verge_shared::ServiceName;
+use verge_shared::messages::Workload;
+
+use crate::runtime::{Runtime, RuntimeError};
+use crate::state::{Accepted, StateError, StateStore};
+
+/// One call the runtime saw, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// A start of this service (whether or not it was refused).
+    Start(ServiceName),
+    /// A stop of this service (whether or not it ran).
+    Stop(ServiceName),
+}
+
+#[derive(Debug, Default)]
+struct RuntimeState {
+    running: BTreeMap<ServiceName, Workload>,
+    calls: Vec<Call>,
+    /// Starts to refuse, per service, before one succeeds again.
+    failing_starts: BTreeMap<ServiceName, u32>,
+    violations: Vec<String>,
+}
+
+/// A [`Runtime`] that runs nothing: it records what would run, in memory.
+///
+/// Contract checks: a start of a service that already runs is refused with
+/// [`RuntimeError::AlreadyRunning`], and a start that would take the sum of
+/// the running workloads' `memory_mb` over the capacity is refused; both
+/// are recorded as violations.
+#[derive(Debug)]
+pub struct FakeRuntime {
+    memory_mb: u64,
+    state: Mutex<RuntimeState>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        Self::with_memory_mb(u64::MAX)
+    }
+}
+
+impl FakeRuntime {
+    /// A runtime whose workloads may claim `memory_mb` in total.
+    pub fn with_memory_mb(memory_mb: u64) -> Self {
+        Self {
+            memory_mb,
+            state: Mutex::new(RuntimeState::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RuntimeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes the next `n` starts of `service` fail (as a start that cannot
+    /// prepare its directory would).
+    pub fn fail_starts(&self, service: &ServiceName, n: u32) {
+        self.lock().failing_starts.insert(service.clone(), n);
+    }
+
+    /// Every start and stop so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Forgets the calls so far (what runs is kept).
+    pub fn clear_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// How many starts of `service` were asked for, refused ones included.
+    pub fn n_starts(&self, service: &ServiceName) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| **c == Call::Start(service.clone()))
+            .count()
+    }
+
+    /// Marks `service` as exited, as a crash would: it no longer runs.
+    pub fn crash(&self, service: &ServiceName) {
+        self.lock().running.remove(service);
+    }
+
+    /// Every contract violation seen: double starts, overcommits.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    /// Panics with the violations, if there were any.
+    #[track_caller]
+    pub fn assert_safe(&self) {
+        let violations = self.violations();
+        assert!(violations.is_empty(), "runtime violations: {violations:?}");
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn start(&self, workload: &Workload, executable: &Path) -> Result<(), RuntimeError> {
+        let mut state = self.lock();
+        let service = workload.service.clone();
+        state.calls.push(Call::Start(service.clone()));
+        if state.running.contains_key(&service) {
+            state
+                .violations
+                .push(format!("{service} was started while it ran"));
+            return Err(RuntimeError::AlreadyRunning(service));
+        }
+        let refuse = |why: String| RuntimeError::Prepare {
+            service: service.clone(),
+            path: executable.to_owned(),
+            source: std::io::Error::other(why),
+        };
+        if let Some(n) = state.failing_starts.get_mut(&service)
+            && *n > 0
+        {
+            *n -= 1;
+            return Err(refuse("an injected start failure".to_owned()));
+        }
+        let claimed: u64 = state
+            .running
+            .values()
+            .map(|w| u64::from(w.resources.memory_mb))
+            .sum();
+        let wanted = u64::from(workload.resources.memory_mb);
+        if claimed.saturating_add(wanted) > self.memory_mb {
+            let why = format!(
+                "{service} needs {wanted} MB, {claimed} MB of {} MB are claimed",
+                self.memory_mb
+            );
+            state.violations.push(format!("overcommit: {why}"));
+            return Err(refuse(why));
+        }
+        state.running.insert(service, workload.clone());
+        Ok(())
+    }
+
+    fn stop(&self, service: &ServiceName) -> impl Future<Output = ()> + Send {
+        let mut state = self.lock();
+        state.calls.push(Call::Stop(service.clone()));
+        state.running.remove(service);
+        std::future::ready(())
+    }
+
+    fn observe(&self) -> BTreeMap<ServiceName, Workload> {
+        self.lock().running.clone()
+    }
+}
+
+#[derive(Debug, Default)]
+struct StoreState {
+    saved: Option<Accepted>,
+    n_attempts: usize,
+    /// Saves to fail before one succeeds again, and with what.
+    failing_saves: u32,
+    fault: Option<std::io::ErrorKind>,
+}
+
+/// A [`StateStore`] in memory; saves can be made to fail.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<StoreState>,
+}
+
+impl MemoryStore {
+    /// A store that already holds `accepted`, as after an earlier run.
+    pub fn holding(accepted: Accepted) -> Self {
+        let store = Self::default();
+        store.lock().saved = Some(accepted);
+        store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StoreState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes the next `n` saves fail with "no space left on device"
+    /// ([`StateError::is_disk_full`] holds for them).
+    pub fn fill_disk_for(&self, n: u32) {
+        let mut state = self.lock();
+        state.failing_saves = n;
+        state.fault = Some(std::io::ErrorKind::StorageFull);
+    }
+
+    /// Makes the next `n` saves fail with an I/O error that is not a full
+    /// disk.
+    pub fn break_saves_for(&self, n: u32) {
+        let mut state = self.lock();
+        state.failing_saves = n;
+        state.fault = Some(std::io::ErrorKind::Other);
+    }
+
+    /// How many saves were tried, failed ones included.
+    pub fn n_attempts(&self) -> usize {
+        self.lock().n_attempts
+    }
+}
+
+impl StateStore for MemoryStore {
+    fn load(&self) -> Result<Option<Accepted>, StateError> {
+        Ok(self.lock().saved.clone())
+    }
+
+    fn save(&self, accepted: &Accepted) -> Result<(), StateError> {
+        let mut state = self.lock();
+        state.n_attempts += 1;
+        if state.failing_saves > 0
+            && let Some(kind) = state.fault
+        {
+            state.failing_saves -= 1;
+            let source = match kind {
+                std::io::ErrorKind::StorageFull => {
+                    std::io::Error::from_raw_os_error(nix::libc::ENOSPC)
+                }
+                kind => std::io::Error::new(kind, "an injected save failure"),
+            };
+            return Err(StateError::Store {
+                path: PathBuf::from("memory"),
+                source: sled::Error::Io(source),
+            });
+        }
+        state.saved = Some(accepted.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verge_shared::Sha256Digest;
+    use verge_shared::messages::ArtifactRef;
+
+    fn workload(service: &str, memory_mb: u32) -> Workload {
+        Workload {
+            service: ServiceName::new(service).expect("valid"),
+            replica: 0,
+            release: Sha256Digest::of(b"release"),
+            version: "1.0.0".parse().expect("version"),
+            artifact: ArtifactRef {
+                sha256: Sha256Digest::of(service.as_bytes()),
+                size: 1,
+            },
+            run: Default::default(),
+            resources: verge_shared::messages::Resources {
+                memory_mb,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fake_runtime_refuses_double_starts_and_overcommits() {
+        let runtime = FakeRuntime::with_memory_mb(100);
+        let exe = Path::new("/bin/true");
+        let (a, b) = (workload("a", 60), workload("b", 60));
+        runtime.start(&a, exe).expect("fits");
+        assert!(matches!(
+            runtime.start(&a, exe),
+            Err(RuntimeError::AlreadyRunning(_))
+        ));
+        assert!(runtime.start(&b, exe).is_err(), "160 MB of 100");
+        assert_eq!(runtime.violations().len(), 2);
+        runtime.stop(&a.service).await;
+        runtime.start(&b, exe).expect("fits once a is stopped");
+        assert_eq!(runtime.observe().keys().collect::<Vec<_>>(), [&b.service]);
+    }
+
+    #[tokio::test]
+    async fn injected_start_failures_run_out() {
+        let runtime = FakeRuntime::default();
+        let a = workload("a", 0);
+        runtime.fail_starts(&a.service, 1);
+        assert!(runtime.start(&a, Path::new("x")).is_err());
+        runtime
+            .start(&a, Path::new("x"))
+            .expect("the second start works");
+        runtime.assert_safe();
+        assert_eq!(runtime.n_starts(&a.service), 2);
+    }
+
+    #[test]
+    fn a_full_disk_fails_saves_until_it_is_freed() {
+        let store = MemoryStore::default();
+        let accepted = Accepted {
+            envelope: b"envelope".to_vec(),
+            desired: crate::intake::ResolvedState {
+                generation: verge_shared::Generation::new(3),
+                expires_at: verge_shared::Timestamp::from_unix_millis(1),
+                workloads: vec![],
+            },
+        };
+        store.fill_disk_for(1);
+        let err = store.save(&accepted).expect_err("disk full");
+        assert!(err.is_disk_full(), "{err}");
+        assert_eq!(store.load().expect("load"), None);
+        store.save(&accepted).expect("saved");
+        assert_eq!(store.load().expect("load"), Some(accepted.clone()));
+        store.break_saves_for(1);
+        let err = store.save(&accepted).expect_err("broken");
+        assert!(!err.is_disk_full(), "{err}");
+        assert_eq!(store.n_attempts(), 3);
+    }
+}

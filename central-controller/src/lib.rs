@@ -13,7 +13,6 @@ pub mod artifacts;
 pub mod broker;
 pub mod ca;
 pub mod config;
-pub mod dev;
 pub mod keys;
 pub mod latency;
 pub mod mqtt;

@@ -77,8 +77,8 @@ pub enum StartError {
     Ca(#[from] ca::CaError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("loading revoked nodes: {0}")]
-    Revocations(String),
+    #[error("loading revoked nodes")]
+    Revocations(#[source] app::AppError),
 }
 
 /// A started controller.
@@ -179,7 +179,15 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let public_key = key.public_key();
-    let app = App::new(store, files, key, trust, settings, outbox_tx)?;
+    let app = App::new(
+        store,
+        files,
+        key,
+        trust,
+        settings,
+        outbox_tx,
+        Arc::new(app::SystemClock),
+    )?;
 
     let tracker = TaskTracker::new();
     let tls_configs = match tls {
@@ -346,8 +354,7 @@ impl TlsParts {
             broker_url,
             trust_bundle: config.data_dir.join("trust").join("bundle.json"),
         });
-        app.load_revocations()
-            .map_err(|e| StartError::Revocations(e.to_string()))?;
+        app.load_revocations().map_err(StartError::Revocations)?;
         Ok(TlsConfigs {
             api,
             broker,

@@ -159,10 +159,6 @@ async fn ingest(app: Arc<App>, mut inbox_rx: mpsc::Receiver<Incoming>, cancel: C
                 None => break,
             },
         };
-        app.ingest(
-            &message.topic,
-            &message.payload,
-            verge_shared::Timestamp::now(),
-        );
+        app.ingest(&message.topic, &message.payload, app.now());
     }
 }

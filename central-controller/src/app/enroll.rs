@@ -114,7 +114,7 @@ fn random_hex(bytes: usize) -> Result<String, AppError> {
     let mut raw = vec![0u8; bytes];
     ring::rand::SystemRandom::new()
         .fill(&mut raw)
-        .map_err(|_| AppError::Internal("the system random source failed".into()))?;
+        .map_err(|_| AppError::Random)?;
     Ok(hex::encode(raw))
 }
 
@@ -138,7 +138,7 @@ impl From<CaError> for AppError {
     fn from(e: CaError) -> Self {
         match e {
             CaError::Csr(detail) => AppError::invalid("csr_pem", detail),
-            other => AppError::Internal(other.to_string()),
+            other => AppError::Ca(other),
         }
     }
 }
@@ -185,7 +185,7 @@ impl App {
                     )
                 })?,
         };
-        let now = Timestamp::now();
+        let now = self.now();
         let id = random_hex(8)?;
         let token = format!("{id}.{}", random_hex(32)?);
         let record = TokenRecord {
@@ -204,7 +204,7 @@ impl App {
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenView>, AppError> {
-        let now = Timestamp::now();
+        let now = self.now();
         Ok(self
             .store
             .tokens()?
@@ -245,7 +245,7 @@ impl App {
     /// certificate and pins its node key.
     pub async fn enroll(&self, request: EnrollRequest) -> Result<EnrollResponse, AppError> {
         let pki = self.pki()?;
-        let now = Timestamp::now();
+        let now = self.now();
         let agent = request.agent_id.clone();
         // The shipped Mosquitto ACL (configs/mosquitto/verge.acl) gives the
         // `controller` and `consumer` certificate names their own rights.
@@ -308,19 +308,18 @@ impl App {
         if reenrolled {
             self.reconcile(now, true).await?;
         }
-        let trust_bundle =
-            match std::fs::read(&pki.trust_bundle) {
-                Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
-                    AppError::Internal(format!("{}: {e}", pki.trust_bundle.display()))
-                })?),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    return Err(AppError::Internal(format!(
-                        "{}: {e}",
-                        pki.trust_bundle.display()
-                    )));
-                }
+        let bundle_error =
+            |source: Box<dyn std::error::Error + Send + Sync>| AppError::BundleFile {
+                path: pki.trust_bundle.clone(),
+                source,
             };
+        let trust_bundle = match std::fs::read(&pki.trust_bundle) {
+            Ok(bytes) => {
+                Some(serde_json::from_slice(&bytes).map_err(|e| bundle_error(Box::new(e)))?)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(bundle_error(Box::new(e))),
+        };
         Ok(EnrollResponse {
             certificate_pem: issued.pem,
             ca_pem: pki.ca.ca_pem().to_owned(),
@@ -365,7 +364,7 @@ impl App {
     /// node key.
     pub fn renew_certificate(&self, id: &str, body: &[u8]) -> Result<RenewalResponse, AppError> {
         let pki = self.pki()?;
-        let now = Timestamp::now();
+        let now = self.now();
         let agent = AgentId::new(id).map_err(|e| AppError::invalid("id", e.to_string()))?;
         let _guard = lock(&self.enrolling);
         let mut identity = self
@@ -424,7 +423,7 @@ impl App {
     /// API (live connections are closed), the CRL is rewritten, nothing is
     /// placed on it, and its retained desired state is cleared.
     pub async fn revoke_node(&self, id: &str) -> Result<super::NodeView, AppError> {
-        let now = Timestamp::now();
+        let now = self.now();
         let not_found = || AppError::NotFound {
             what: "node",
             name: id.to_owned(),
@@ -501,7 +500,7 @@ impl App {
     /// Loads the revocation set from the store (at start) and writes the CRL.
     pub fn load_revocations(&self) -> Result<(), AppError> {
         let pki = self.pki()?;
-        let now = Timestamp::now();
+        let now = self.now();
         let mut revoked = Vec::new();
         for identity in self.store.identities()? {
             let serials: Vec<String> = identity

@@ -10,6 +10,7 @@ use verge_shared::messages::{Heartbeat, Presence, SCHEMA_VERSION, Status, payloa
 use verge_shared::topic::Channel;
 use verge_shared::{AgentId, Envelope, PublicKey, Timestamp, VerifyError, limits};
 
+use super::logs::LogResponseError;
 use super::{App, lock};
 use crate::store::{Durability, NodeRecord, StoreError};
 
@@ -18,8 +19,8 @@ use crate::store::{Durability, NodeRecord, StoreError};
 enum IngestError {
     #[error("topic is not an agent topic of this controller")]
     UnknownTopic,
-    #[error("log response: {0}")]
-    LogResponse(String),
+    #[error(transparent)]
+    LogResponse(#[from] LogResponseError),
     #[error("controllers do not read desired-state topics")]
     NotForUs,
     #[error(transparent)]
@@ -74,7 +75,7 @@ impl App {
                 Channel::Probes | Channel::LogRequest => Err(IngestError::NotForUs),
                 Channel::LogResponse => self
                     .ingest_log_response(&route.agent, payload)
-                    .map_err(IngestError::LogResponse),
+                    .map_err(IngestError::from),
             },
         };
         if let Err(e) = result {

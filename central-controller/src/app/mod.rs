@@ -4,18 +4,21 @@
 //! workloads change": every plan → sign → store → publish step runs under one
 //! async mutex, and a desired state is stored before it is published.
 
+mod clock;
 mod deployer;
 mod enroll;
+mod error;
 mod health;
 mod ingest;
 mod logs;
 mod placement;
+mod types;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,22 +31,24 @@ use verge_shared::messages::validate_config;
 use verge_shared::trust::TrustError;
 use verge_shared::{
     AgentId, Envelope, PublicKey, RegionId, ServiceName, Sha256Digest, SigningKey, Timestamp,
-    Topics, limits,
+    limits,
 };
 
-use crate::artifacts::{ArtifactFiles, UploadError};
-use crate::config::{DeployConfig, NodesConfig, PlacementConfig};
+use crate::artifacts::ArtifactFiles;
 use crate::latency::LatencyBook;
-use crate::regions::Regions;
 use crate::scheduler::{self, NodeInput, Placement, Plan, ServiceInput};
 use crate::store::{
     ArtifactRecord, DesiredRecord, NodeRecord, ReleaseRecord, ServiceRecord, ServiceSpec, Store,
     StoreError,
 };
-use crate::trust::{InstallError, TrustState};
+use crate::trust::TrustState;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use enroll::{Pki, TokenRequest, TokenView};
+pub use error::{AppError, InstallError, UploadError};
 pub use placement::{LatencyRequest, PlacementRequest};
+use types::lock;
+pub use types::{Incoming, MAX_REPLICAS, Outgoing, Settings};
 
 pub use health::Health;
 pub use logs::{LOG_TIMEOUT, LogTail};
@@ -51,75 +56,6 @@ pub use views::{NodeView, ReplicaView, ServiceView};
 
 /// How often node health is re-evaluated against the clock.
 const HEALTH_TICK: Duration = Duration::from_secs(1);
-
-/// Most replicas one service may ask for.
-pub const MAX_REPLICAS: i64 = 100;
-
-/// What the app needs to know from the configuration.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub topics: Topics,
-    pub deploy: DeployConfig,
-    pub nodes: NodesConfig,
-    pub placement: PlacementConfig,
-    pub regions: Regions,
-    pub max_artifact_bytes: u64,
-}
-
-/// A message for the MQTT adapter to publish (retained, QoS 1).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outgoing {
-    pub topic: String,
-    pub payload: Vec<u8>,
-}
-
-/// A message the MQTT adapter received.
-#[derive(Clone, Debug)]
-pub struct Incoming {
-    pub topic: String,
-    pub payload: Bytes,
-}
-
-/// Why a use case failed; the API maps each kind to one HTTP status.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("{what} {name:?} does not exist")]
-    NotFound { what: &'static str, name: String },
-    #[error("{field}: {message}")]
-    InvalidField { field: String, message: String },
-    #[error(transparent)]
-    Upload(#[from] UploadError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Sign(#[from] deployer::SignError),
-    /// A trust bundle that cannot be installed.
-    #[error(transparent)]
-    Trust(#[from] InstallError),
-    /// An agent did not (or cannot) answer a request in time.
-    #[error("{0}")]
-    AgentUnavailable(String),
-    /// A token, signature or node was refused (401 when `unauthorized`, else 403).
-    #[error("{message}")]
-    Denied {
-        unauthorized: bool,
-        code: &'static str,
-        message: String,
-    },
-    #[error("TLS and node identities are disabled on this controller ([tls] enabled = false)")]
-    TlsDisabled,
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl AppError {
-    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        AppError::InvalidField {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// `PUT /api/v1/services/{name}` body.
 #[derive(Clone, Debug, Deserialize)]
@@ -158,6 +94,8 @@ pub struct App {
     trust: Arc<TrustState>,
     settings: Settings,
     outbox: mpsc::UnboundedSender<Outgoing>,
+    /// Every time-based decision reads this clock.
+    clock: Arc<dyn Clock>,
     started_at: Timestamp,
     nodes: Mutex<BTreeMap<AgentId, NodeRecord>>,
     deploy: tokio::sync::Mutex<DeployState>,
@@ -179,11 +117,6 @@ pub struct App {
     enrolling: Mutex<()>,
 }
 
-/// Locks a std mutex; a panic elsewhere must not take the controller down with it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The scheduler's inputs for one plan.
 struct PlanInputs {
     nodes: Vec<NodeInput>,
@@ -199,7 +132,8 @@ struct Planned {
 }
 
 impl App {
-    /// Loads the node registry; publishing goes to `outbox`.
+    /// Loads the node registry; publishing goes to `outbox`, and every
+    /// time-based decision (health, grace, expiry) reads `clock`.
     pub fn new(
         store: Arc<dyn Store>,
         files: ArtifactFiles,
@@ -207,6 +141,7 @@ impl App {
         trust: Arc<TrustState>,
         settings: Settings,
         outbox: mpsc::UnboundedSender<Outgoing>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StoreError> {
         let nodes = store
             .nodes()?
@@ -220,7 +155,8 @@ impl App {
             trust,
             settings,
             outbox,
-            started_at: Timestamp::now(),
+            started_at: clock.now(),
+            clock,
             nodes: Mutex::new(nodes),
             deploy: tokio::sync::Mutex::new(DeployState::default()),
             plan: RwLock::new(Plan::default()),
@@ -234,6 +170,11 @@ impl App {
             pki: OnceLock::new(),
             enrolling: Mutex::new(()),
         }))
+    }
+
+    /// The time by the app's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -262,22 +203,22 @@ impl App {
         // The first tick fires at once: publish whatever is stored at start.
         let mut republish_tick = tokio::time::interval(self.settings.deploy.republish_interval);
         republish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.log_failure("plan", self.reconcile(Timestamp::now(), true).await);
+        self.log_failure("plan", self.reconcile(self.now(), true).await);
         loop {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
                 () = self.replan.notified() => {
-                    self.log_failure("plan", self.reconcile(Timestamp::now(), true).await);
+                    self.log_failure("plan", self.reconcile(self.now(), true).await);
                 }
                 () = self.republish.notified() => {
-                    self.log_failure("republish", self.republish_all(Timestamp::now()).await);
+                    self.log_failure("republish", self.republish_all(self.now()).await);
                 }
                 _ = health_tick.tick() => {
-                    self.log_failure("plan", self.reconcile(Timestamp::now(), false).await);
+                    self.log_failure("plan", self.reconcile(self.now(), false).await);
                 }
                 _ = republish_tick.tick() => {
-                    self.log_failure("republish", self.republish_all(Timestamp::now()).await);
+                    self.log_failure("republish", self.republish_all(self.now()).await);
                 }
             }
         }
@@ -544,7 +485,7 @@ impl App {
         request: ServiceRequest,
     ) -> Result<(ServiceView, bool), AppError> {
         let (name, spec, release) = self.validate(name, request)?;
-        let now = Timestamp::now();
+        let now = self.now();
         let mut state = self.deploy.lock().await;
         let existing = self.store.service(&name)?;
         let created = existing.is_none();
@@ -590,7 +531,7 @@ impl App {
             name: name.to_owned(),
         };
         let name = ServiceName::new(name).map_err(|_| not_found())?;
-        let now = Timestamp::now();
+        let now = self.now();
         let mut state = self.deploy.lock().await;
         if !self.store.delete_service(&name)? {
             return Err(not_found());
@@ -618,7 +559,7 @@ impl App {
         let record = ArtifactRecord {
             sha256: stored.sha256,
             size: stored.size,
-            created_at: Timestamp::now(),
+            created_at: self.now(),
         };
         self.store.put_artifact(&record)?;
         info!(sha256 = %record.sha256, size = record.size, "Stored an artifact.");
@@ -672,7 +613,7 @@ impl App {
             publisher: publisher.name.clone(),
             envelope,
             release,
-            created_at: Timestamp::now(),
+            created_at: self.now(),
         };
         self.store.put_release(&record)?;
         info!(digest = %digest, service = %record.release.service, version = %record.release.version, publisher = %record.publisher, "Stored a release.");
@@ -699,13 +640,13 @@ impl App {
 
     /// Installs a newer trust bundle and sends it to every agent.
     pub async fn install_trust(&self, bytes: &[u8]) -> Result<Option<u64>, AppError> {
-        let installed = self.trust.install(bytes, Timestamp::now())?;
+        let installed = self.trust.install(bytes, self.now())?;
         if let Some(version) = installed {
             info!(
                 version,
                 "Installed a newer trust bundle; republishing every desired state."
             );
-            self.republish_all(Timestamp::now()).await?;
+            self.republish_all(self.now()).await?;
         }
         Ok(installed)
     }
@@ -724,3 +665,5 @@ impl App {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod use_case_tests;

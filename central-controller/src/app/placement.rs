@@ -378,7 +378,7 @@ impl App {
         };
         self.store.put_node(&record, Durability::Flush)?;
         info!(agent = %agent, cordon = ?cordon, "An operator changed a node's cordon.");
-        self.reconcile(Timestamp::now(), true).await?;
+        self.reconcile(self.now(), true).await?;
         self.node(id)
     }
 
@@ -396,7 +396,7 @@ impl App {
 
     /// Regions from the regions file and from the nodes, with node counts.
     pub fn regions(&self) -> Vec<RegionView> {
-        let now = Timestamp::now();
+        let now = self.now();
         let mut out: BTreeMap<RegionId, RegionView> = self
             .settings
             .regions
@@ -435,7 +435,7 @@ impl App {
 
     /// The latency matrix per node and per region pair.
     pub fn latency_view(&self) -> LatencyView {
-        let now = Timestamp::now();
+        let now = self.now();
         let records: Vec<NodeRecord> = lock(&self.nodes).values().cloned().collect();
         let nodes = self.latency_figures(&records, now);
         let mut names: BTreeSet<RegionId> = self.settings.regions.regions.keys().cloned().collect();

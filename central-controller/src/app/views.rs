@@ -247,7 +247,7 @@ impl App {
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeView>, AppError> {
-        let now = Timestamp::now();
+        let now = self.now();
         let nodes: Vec<NodeRecord> = lock(&self.nodes).values().cloned().collect();
         nodes.iter().map(|n| self.node_view(n, now)).collect()
     }
@@ -260,6 +260,6 @@ impl App {
                 what: "node",
                 name: id.to_owned(),
             })?;
-        self.node_view(&node, Timestamp::now())
+        self.node_view(&node, self.now())
     }
 }

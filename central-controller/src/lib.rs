@@ -20,6 +20,7 @@ pub mod probe;
 pub mod regions;
 pub mod scheduler;
 pub mod store;
+mod tasks;
 pub mod terminator;
 #[cfg(test)]
 mod testing;
@@ -189,31 +190,19 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         Arc::new(app::SystemClock),
     )?;
 
-    let tracker = TaskTracker::new();
     let tls_configs = match tls {
-        Some(parts) => {
-            let configs = parts.install(&app, &config)?;
-            if let (Some(listener), BrokerEndpoint::Embedded(_)) =
-                (terminator, &config.broker.endpoint)
-            {
-                let upstream = SocketAddr::from(([127, 0, 0, 1], broker_url.port));
-                tracker.spawn(terminator::run(
-                    listener,
-                    Arc::clone(&configs.broker),
-                    upstream,
-                    Arc::clone(&configs.revocations),
-                    cancel.clone(),
-                ));
-            }
-            Some(configs)
-        }
+        Some(parts) => Some(parts.install(&app, &config)?),
         None => None,
     };
-    mqtt::spawn(&broker_url, Arc::clone(&app), outbox_rx, &tracker, &cancel);
-    tracker.spawn(Arc::clone(&app).run_background(cancel.clone()));
-    if let Some(socket) = probe_socket {
-        tracker.spawn(probe::serve(socket, cancel.clone()));
-    }
+    let terminator = match (terminator, &config.broker.endpoint, &tls_configs) {
+        (Some(listener), BrokerEndpoint::Embedded(_), Some(configs)) => Some(tasks::Terminator {
+            listener,
+            config: Arc::clone(&configs.broker),
+            upstream: SocketAddr::from(([127, 0, 0, 1], broker_url.port)),
+            revocations: Arc::clone(&configs.revocations),
+        }),
+        _ => None,
+    };
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -225,25 +214,20 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         address: config.api.listen,
         source,
     })?;
-    let router = api::router(app, keys::TokenCheck::new(&admin_token.value));
-    let shutdown = cancel.clone();
-    let https = tls_configs.as_ref().map(|c| Arc::clone(&c.api));
-    match https {
-        Some(server_config) => {
-            tracker.spawn(tls::serve_https(listener, server_config, router, shutdown));
-        }
-        None => {
-            tracker.spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    warn!(error = %e, "The HTTP server stopped with an error.");
-                }
-            });
-        }
-    }
-    tracker.close();
+    let router = api::router(Arc::clone(&app), keys::TokenCheck::new(&admin_token.value));
+    let tracker = tasks::spawn_all(
+        tasks::TaskInputs {
+            app,
+            broker_url: broker_url.clone(),
+            outbox_rx,
+            terminator,
+            probe_socket,
+            api_listener: listener,
+            router,
+            https: tls_configs.as_ref().map(|c| Arc::clone(&c.api)),
+        },
+        &cancel,
+    );
     let tls = tls_configs.is_some();
     info!(api = %api_addr, tls, broker = %broker_url, key_id = %public_key.key_id(), "The controller is running.");
     Ok(Controller {

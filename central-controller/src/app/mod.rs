@@ -38,8 +38,7 @@ use crate::artifacts::ArtifactFiles;
 use crate::latency::LatencyBook;
 use crate::scheduler::{self, NodeInput, Placement, Plan, ServiceInput};
 use crate::store::{
-    ArtifactRecord, DesiredRecord, NodeRecord, ReleaseRecord, ServiceRecord, ServiceSpec, Store,
-    StoreError,
+    ArtifactRecord, DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec, Store, StoreError,
 };
 use crate::trust::TrustState;
 
@@ -50,6 +49,10 @@ pub use placement::{LatencyRequest, PlacementRequest};
 use types::lock;
 pub use types::{Incoming, MAX_REPLICAS, Outgoing, Settings};
 
+/// Lower-layer types that cross the api boundary, so that `api` imports
+/// from `app` alone.
+pub use crate::keys::TokenCheck;
+pub use crate::store::{Cordon, ReleaseRecord};
 pub use health::Health;
 pub use logs::{LOG_TIMEOUT, LogTail};
 pub use views::{NodeView, ReplicaView, ServiceView};

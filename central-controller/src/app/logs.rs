@@ -131,7 +131,7 @@ impl App {
         stream: LogStream,
         lines: u32,
     ) -> Result<LogTail, AppError> {
-        let online = lock(&self.nodes).get(&node).map(|n| n.online);
+        let online = self.nodes.records().get(&node).map(|n| n.online);
         match online {
             None => {
                 return Err(AppError::NotFound {
@@ -208,7 +208,9 @@ impl App {
         agent: &AgentId,
         payload: &[u8],
     ) -> Result<(), LogResponseError> {
-        let key = lock(&self.nodes)
+        let key = self
+            .nodes
+            .records()
             .get(agent)
             .map(|n| n.public_key)
             .ok_or(LogResponseError::UnknownAgent)?;

@@ -3,28 +3,70 @@
 //! The app owns the invariant "an agent's generation grows exactly when its
 //! workloads change": every plan → sign → store → publish step runs under one
 //! async mutex, and a desired state is stored before it is published.
+//!
+//! # Shape
+//!
+//! [`App`] composes parts, each a file with its own state and lock:
+//!
+//! | part | file | state |
+//! |---|---|---|
+//! | node registry | `nodes.rs` | node records, health by the clock |
+//! | latency | `probes.rs` | latency samples, published probe plans |
+//! | identity | `identity.rs` | the CA, the enrollment lock |
+//! | log requests | `logs.rs` | requests waiting for an agent's answer |
+//! | deployment | `deployment.rs` | the deployment lock, the plan, loop wake-ups |
+//!
+//! Leaves every file may use: `types.rs` (settings, messages, `lock`),
+//! `error.rs`, `clock.rs`, and the pure steps `health.rs` and `deployer.rs`.
+//! A part imports leaves only, never another part or this file; the use
+//! cases (`ingest.rs`, `enroll.rs`, `placement.rs`, `logs.rs`, `views.rs`
+//! and this file) combine parts. A new capability (accounts and audit, a
+//! watch stream, alarms, rollouts) adds a part and a use-case file.
+//!
+//! # Lock order
+//!
+//! Where two parts meet, locks are taken in this order and released in
+//! reverse; a lock further down is never held while taking one above it:
+//!
+//! 1. `deployment.state` (async): held from planning to publishing, across
+//!    store writes; the only lock held across an `await`.
+//! 2. `identity.enrolling`: never held while waiting for 1; enrollment and
+//!    revocation release it before they re-plan.
+//! 3. `nodes.records`: held for a lookup or an edit only, never across a
+//!    store write or another part's lock, except under 2 (pinning a key).
+//! 4. `deployment.planned_from`, then `deployment.plan`.
+//! 5. `probes.book`, then (released first) `probes.published`; the node
+//!    registry is read and released before either.
+//! 6. `logs.waiting`: a leaf, held with nothing else.
 
+// Leaves: shared types, the error, the clock, pure steps.
 mod clock;
 mod deployer;
-mod enroll;
 mod error;
 mod health;
+mod types;
+// Parts, each with its own state and lock.
+mod deployment;
+mod identity;
+mod nodes;
+mod probes;
+// Use cases over the parts.
+mod enroll;
 mod ingest;
 mod logs;
 mod placement;
-mod types;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use verge_shared::messages::validate_config;
@@ -35,7 +77,6 @@ use verge_shared::{
 };
 
 use crate::artifacts::ArtifactFiles;
-use crate::latency::LatencyBook;
 use crate::scheduler::{self, NodeInput, Placement, Plan, ServiceInput};
 use crate::store::{
     ArtifactRecord, DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec, Store, StoreError,
@@ -43,9 +84,14 @@ use crate::store::{
 use crate::trust::TrustState;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use enroll::{Pki, TokenRequest, TokenView};
+use deployment::{DeployState, Deployment, PlanInputs};
+pub use enroll::{TokenRequest, TokenView};
 pub use error::{AppError, InstallError, UploadError};
+use identity::Identity;
+pub use identity::Pki;
+use nodes::Nodes;
 pub use placement::{LatencyRequest, PlacementRequest};
+use probes::Probes;
 use types::lock;
 pub use types::{Incoming, MAX_REPLICAS, Outgoing, Settings};
 
@@ -82,13 +128,6 @@ pub struct ServiceRequest {
     pub placement: PlacementRequest,
 }
 
-/// State that only the deployment step touches, guarded by its mutex.
-#[derive(Default)]
-struct DeployState {
-    /// Node health as of the last plan, to notice changes.
-    last_health: BTreeMap<AgentId, Health>,
-}
-
 /// The controller's use cases over one store and one signing key.
 pub struct App {
     store: Arc<dyn Store>,
@@ -99,31 +138,13 @@ pub struct App {
     outbox: mpsc::UnboundedSender<Outgoing>,
     /// Every time-based decision reads this clock.
     clock: Arc<dyn Clock>,
-    started_at: Timestamp,
-    nodes: Mutex<BTreeMap<AgentId, NodeRecord>>,
-    deploy: tokio::sync::Mutex<DeployState>,
-    plan: RwLock<Plan>,
-    /// The scheduler inputs `plan` was made from, for the incremental path.
-    planned_from: Mutex<Option<PlanInputs>>,
-    replan: Notify,
-    republish: Notify,
     n_rejected: AtomicU64,
-    /// Log requests waiting for their agent's answer.
+    /// The parts, each with its own state and lock (lower parts first).
+    nodes: Nodes,
+    probes: Probes,
+    identity: Identity,
     logs: logs::Pending,
-    /// Round-trip samples from agents' latency reports.
-    latency: Mutex<LatencyBook>,
-    /// The probe plan last published to each agent: its targets and envelope.
-    probe_plans: Mutex<BTreeMap<AgentId, placement::PublishedProbes>>,
-    /// The CA and certificate rules, when TLS is enabled.
-    pki: OnceLock<enroll::Pki>,
-    /// Serialises token uses, enrollments, renewals and revocations.
-    enrolling: Mutex<()>,
-}
-
-/// The scheduler's inputs for one plan.
-struct PlanInputs {
-    nodes: Vec<NodeInput>,
-    services: Vec<ServiceInput>,
+    deployment: Deployment,
 }
 
 /// A plan plus what it was computed from.
@@ -146,11 +167,7 @@ impl App {
         outbox: mpsc::UnboundedSender<Outgoing>,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StoreError> {
-        let nodes = store
-            .nodes()?
-            .into_iter()
-            .map(|n| (n.id.clone(), n))
-            .collect();
+        let nodes = Nodes::new(store.nodes()?, clock.now(), settings.nodes);
         Ok(Arc::new(Self {
             store,
             files,
@@ -158,20 +175,13 @@ impl App {
             trust,
             settings,
             outbox,
-            started_at: clock.now(),
             clock,
-            nodes: Mutex::new(nodes),
-            deploy: tokio::sync::Mutex::new(DeployState::default()),
-            plan: RwLock::new(Plan::default()),
-            planned_from: Mutex::new(None),
-            replan: Notify::new(),
-            republish: Notify::new(),
             n_rejected: AtomicU64::new(0),
+            nodes,
+            probes: Probes::default(),
+            identity: Identity::default(),
             logs: logs::Pending::default(),
-            latency: Mutex::new(LatencyBook::default()),
-            probe_plans: Mutex::new(BTreeMap::new()),
-            pki: OnceLock::new(),
-            enrolling: Mutex::new(()),
+            deployment: Deployment::default(),
         }))
     }
 
@@ -195,7 +205,7 @@ impl App {
 
     /// Asks the background loop to republish every desired state (on ConnAck).
     pub fn request_republish(&self) {
-        self.republish.notify_one();
+        self.deployment.request_republish();
     }
 
     /// The background loop: re-plans on node and health changes and
@@ -211,10 +221,10 @@ impl App {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                () = self.replan.notified() => {
+                () = self.deployment.replan_requested() => {
                     self.log_failure("plan", self.reconcile(self.now(), true).await);
                 }
-                () = self.republish.notified() => {
+                () = self.deployment.republish_requested() => {
                     self.log_failure("republish", self.republish_all(self.now()).await);
                 }
                 _ = health_tick.tick() => {
@@ -233,17 +243,9 @@ impl App {
         }
     }
 
-    fn node_health(&self, node: &NodeRecord, now: Timestamp) -> Health {
-        let heard_from = node
-            .last_seen
-            .map_or(self.started_at, |t| t.max(self.started_at));
-        health::evaluate(
-            node,
-            heard_from,
-            now,
-            self.settings.nodes.heartbeat_timeout,
-            self.settings.nodes.failover_grace,
-        )
+    /// Whether messages from this node are to be ignored.
+    fn is_revoked(&self, agent: &AgentId) -> bool {
+        self.nodes.is_revoked(agent)
     }
 
     fn plan_with(&self, services: &[ServiceRecord], now: Timestamp) -> Result<Planned, AppError> {
@@ -263,12 +265,12 @@ impl App {
             })
             .collect();
         let mut health = BTreeMap::new();
-        let records: Vec<NodeRecord> = lock(&self.nodes).values().cloned().collect();
+        let records: Vec<NodeRecord> = self.nodes.snapshot();
         let mut figures = self.latency_figures(&records, now);
         let nodes: Vec<NodeInput> = records
             .iter()
             .map(|n| {
-                let h = self.node_health(n, now);
+                let h = self.nodes.health(n, now);
                 health.insert(n.id.clone(), h);
                 placement::node_input(n, h, &self.settings.regions, figures.remove(&n.id))
             })
@@ -276,16 +278,10 @@ impl App {
         let inputs: Vec<ServiceInput> = services.iter().map(placement::service_input).collect();
         // When nodes were only lost since the last plan, re-place just their
         // replicas: the same outcome as a full plan (scheduler::replan_displaced).
-        let last_plan = lock(&self.planned_from)
-            .as_ref()
-            .filter(|last| {
+        let last_plan = self
+            .deployment
+            .plan_if(|last| {
                 last.services == inputs && scheduler::only_nodes_lost(&last.nodes, &nodes)
-            })
-            .map(|_| {
-                self.plan
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone()
             })
             .filter(|last| last.placement() == previous);
         let plan = match last_plan {
@@ -338,8 +334,7 @@ impl App {
             self.publish(&record);
         }
         state.last_health = planned.health;
-        *self.plan.write().unwrap_or_else(PoisonError::into_inner) = planned.plan;
-        *lock(&self.planned_from) = Some(planned.inputs);
+        self.deployment.set_plan(planned.plan, planned.inputs);
         self.update_probe_plans(now);
         Ok(())
     }
@@ -382,13 +377,13 @@ impl App {
 
     /// Re-plans and deploys. Without `force`, only when node health changed.
     async fn reconcile(&self, now: Timestamp, force: bool) -> Result<(), AppError> {
-        let mut state = self.deploy.lock().await;
+        let mut state = self.deployment.state().await;
         let services = self.store.services()?;
         let planned = self.plan_with(&services, now)?;
         // Latency figures change without any health change, so a changed
         // plan counts too; hysteresis in the scheduler keeps this calm.
-        let unchanged = planned.health == state.last_health
-            && planned.plan == *self.plan.read().unwrap_or_else(PoisonError::into_inner);
+        let unchanged =
+            planned.health == state.last_health && self.deployment.is_current(&planned.plan);
         if !force && unchanged {
             return Ok(());
         }
@@ -399,7 +394,7 @@ impl App {
     /// the same generation and fresh times when less than half the TTL
     /// remains or another key signed it.
     async fn republish_all(&self, now: Timestamp) -> Result<(), AppError> {
-        let _state = self.deploy.lock().await;
+        let _state = self.deployment.state().await;
         let ttl = self.settings.deploy.desired_state_ttl;
         for record in self.store.desired_states()? {
             // A revoked node's retained desired state stays cleared.
@@ -489,7 +484,7 @@ impl App {
     ) -> Result<(ServiceView, bool), AppError> {
         let (name, spec, release) = self.validate(name, request)?;
         let now = self.now();
-        let mut state = self.deploy.lock().await;
+        let mut state = self.deployment.state().await;
         let existing = self.store.service(&name)?;
         let created = existing.is_none();
         let record = match existing {
@@ -535,7 +530,7 @@ impl App {
         };
         let name = ServiceName::new(name).map_err(|_| not_found())?;
         let now = self.now();
-        let mut state = self.deploy.lock().await;
+        let mut state = self.deployment.state().await;
         if !self.store.delete_service(&name)? {
             return Err(not_found());
         }

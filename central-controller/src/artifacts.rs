@@ -67,7 +67,12 @@ impl ArtifactFiles {
                 return Err(e);
             }
         };
-        tokio::fs::rename(&temp, self.path_of(&stored.sha256)).await?;
+        // The temp file was synced by `write_temp`; commit syncs it again
+        // (cheap) and then the directory, so the rename survives a crash.
+        let path = self.path_of(&stored.sha256);
+        tokio::task::spawn_blocking(move || verge_durable::commit(&temp, &path))
+            .await
+            .map_err(io::Error::other)??;
         Ok(stored)
     }
 

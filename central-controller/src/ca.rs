@@ -102,21 +102,10 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CaError + '_ {
     }
 }
 
-/// Writes `contents` to `path` atomically (temp file + rename) with `mode`.
+/// Writes `contents` to `path` durably with `mode` ([`verge_durable::write_with_mode`]):
+/// after a crash `path` holds its old contents or `contents`.
 pub fn write_private(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_error(&tmp))?;
-    file.write_all(contents).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_error(path))
+    verge_durable::write_with_mode(path, contents, mode).map_err(io_error(path))
 }
 
 fn offset_time(t: Timestamp) -> time::OffsetDateTime {

@@ -17,8 +17,8 @@ use verge_shared::SigningKey;
 use verge_shared::trust::payload_type::TRUST_BUNDLE;
 use verge_shared::trust::{Publisher, RootRole, TrustBundle};
 
-use crate::Controller;
-use crate::config::{
+use central_controller::Controller;
+use central_controller::config::{
     ApiConfig, BrokerConfig, BrokerEndpoint, Config, DEFAULT_MAX_ARTIFACT_BYTES, DeployConfig,
     NodesConfig,
 };
@@ -73,14 +73,14 @@ pub fn config(data_dir: &Path, api_listen: SocketAddr, mqtt_listen: SocketAddr) 
         },
         deploy: DeployConfig::default(),
         nodes: NodesConfig::default(),
-        placement: crate::config::PlacementConfig::default(),
-        trust: crate::config::TrustConfig {
+        placement: central_controller::config::PlacementConfig::default(),
+        trust: central_controller::config::TrustConfig {
             bundle_file: Some(bundle_path(data_dir)),
         },
         // Development mode is the one place plain TCP is the default.
-        tls: crate::config::TlsConfig {
+        tls: central_controller::config::TlsConfig {
             enabled: false,
-            ..crate::config::TlsConfig::default()
+            ..central_controller::config::TlsConfig::default()
         },
     }
 }
@@ -111,7 +111,7 @@ fn dev_key(path: &Path) -> Result<SigningKey, DevError> {
         Err(_) => {
             let (key, pkcs8) = SigningKey::generate()
                 .map_err(|e| write_error(std::io::Error::other(e.to_string())))?;
-            crate::keys::create_file(path, &pkcs8, 0o600)
+            central_controller::keys::create_file(path, &pkcs8, 0o600)
                 .map_err(|e| write_error(std::io::Error::other(e.to_string())))?;
             Ok(key)
         }
@@ -123,9 +123,11 @@ fn dev_key(path: &Path) -> Result<SigningKey, DevError> {
 /// key. Each start signs a higher version, which installs as an update.
 pub fn prepare_trust(data_dir: &Path) -> Result<(), DevError> {
     let controller =
-        crate::keys::load_or_create_signing_key(data_dir).map_err(|e| DevError::Write {
-            path: data_dir.join("keys"),
-            source: std::io::Error::other(e.to_string()),
+        central_controller::keys::load_or_create_signing_key(data_dir).map_err(|e| {
+            DevError::Write {
+                path: data_dir.join("keys"),
+                source: std::io::Error::other(e.to_string()),
+            }
         })?;
     let dir = dev_keys_dir(data_dir);
     std::fs::create_dir_all(&dir).map_err(|source| DevError::Write {

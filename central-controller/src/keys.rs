@@ -1,9 +1,7 @@
 //! Secrets in the data directory: the controller's Ed25519 signing key and the
 //! admin token, both created at first start with owner-only permissions.
 
-use std::fs::OpenOptions;
-use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use ring::rand::SecureRandom as _;
@@ -31,19 +29,13 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> KeyFileError + '_ {
     }
 }
 
-/// Writes a new file with `mode`; fails if it already exists.
+/// Creates the directories above `path`, then writes a new file with `mode`
+/// durably ([`verge_durable::create_new`]); fails if it already exists.
 pub fn create_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyFileError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io_error(parent))?;
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(io_error(path))?;
-    file.write_all(contents).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))
+    verge_durable::create_new(path, contents, mode).map_err(io_error(path))
 }
 
 /// Loads `<data_dir>/keys/controller.pk8`, creating it (and `controller.pub`)
@@ -64,7 +56,7 @@ pub fn load_or_create_signing_key(data_dir: &Path) -> Result<SigningKey, KeyFile
     };
     // Rewritten every start so that it always matches the private key.
     let public_path = data_dir.join("keys").join("controller.pub");
-    std::fs::write(&public_path, format!("{}\n", key.public_key()))
+    verge_durable::write(&public_path, format!("{}\n", key.public_key()).as_bytes())
         .map_err(io_error(&public_path))?;
     Ok(key)
 }

@@ -13,7 +13,6 @@ pub mod artifacts;
 pub mod broker;
 pub mod ca;
 pub mod config;
-pub mod dev;
 pub mod keys;
 pub mod latency;
 pub mod mqtt;
@@ -21,6 +20,7 @@ pub mod probe;
 pub mod regions;
 pub mod scheduler;
 pub mod store;
+mod tasks;
 pub mod terminator;
 #[cfg(test)]
 mod testing;
@@ -78,8 +78,8 @@ pub enum StartError {
     Ca(#[from] ca::CaError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("loading revoked nodes: {0}")]
-    Revocations(String),
+    #[error("loading revoked nodes")]
+    Revocations(#[source] app::AppError),
 }
 
 /// A started controller.
@@ -180,33 +180,29 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let public_key = key.public_key();
-    let app = App::new(store, files, key, trust, settings, outbox_tx)?;
+    let app = App::new(
+        store,
+        files,
+        key,
+        trust,
+        settings,
+        outbox_tx,
+        Arc::new(app::SystemClock),
+    )?;
 
-    let tracker = TaskTracker::new();
     let tls_configs = match tls {
-        Some(parts) => {
-            let configs = parts.install(&app, &config)?;
-            if let (Some(listener), BrokerEndpoint::Embedded(_)) =
-                (terminator, &config.broker.endpoint)
-            {
-                let upstream = SocketAddr::from(([127, 0, 0, 1], broker_url.port));
-                tracker.spawn(terminator::run(
-                    listener,
-                    Arc::clone(&configs.broker),
-                    upstream,
-                    Arc::clone(&configs.revocations),
-                    cancel.clone(),
-                ));
-            }
-            Some(configs)
-        }
+        Some(parts) => Some(parts.install(&app, &config)?),
         None => None,
     };
-    mqtt::spawn(&broker_url, Arc::clone(&app), outbox_rx, &tracker, &cancel);
-    tracker.spawn(Arc::clone(&app).run_background(cancel.clone()));
-    if let Some(socket) = probe_socket {
-        tracker.spawn(probe::serve(socket, cancel.clone()));
-    }
+    let terminator = match (terminator, &config.broker.endpoint, &tls_configs) {
+        (Some(listener), BrokerEndpoint::Embedded(_), Some(configs)) => Some(tasks::Terminator {
+            listener,
+            config: Arc::clone(&configs.broker),
+            upstream: SocketAddr::from(([127, 0, 0, 1], broker_url.port)),
+            revocations: Arc::clone(&configs.revocations),
+        }),
+        _ => None,
+    };
 
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -218,25 +214,20 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         address: config.api.listen,
         source,
     })?;
-    let router = api::router(app, keys::TokenCheck::new(&admin_token.value));
-    let shutdown = cancel.clone();
-    let https = tls_configs.as_ref().map(|c| Arc::clone(&c.api));
-    match https {
-        Some(server_config) => {
-            tracker.spawn(tls::serve_https(listener, server_config, router, shutdown));
-        }
-        None => {
-            tracker.spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    warn!(error = %e, "The HTTP server stopped with an error.");
-                }
-            });
-        }
-    }
-    tracker.close();
+    let router = api::router(Arc::clone(&app), keys::TokenCheck::new(&admin_token.value));
+    let tracker = tasks::spawn_all(
+        tasks::TaskInputs {
+            app,
+            broker_url: broker_url.clone(),
+            outbox_rx,
+            terminator,
+            probe_socket,
+            api_listener: listener,
+            router,
+            https: tls_configs.as_ref().map(|c| Arc::clone(&c.api)),
+        },
+        &cancel,
+    );
     let tls = tls_configs.is_some();
     info!(api = %api_addr, tls, broker = %broker_url, key_id = %public_key.key_id(), "The controller is running.");
     Ok(Controller {
@@ -347,8 +338,7 @@ impl TlsParts {
             broker_url,
             trust_bundle: config.data_dir.join("trust").join("bundle.json"),
         });
-        app.load_revocations()
-            .map_err(|e| StartError::Revocations(e.to_string()))?;
+        app.load_revocations().map_err(StartError::Revocations)?;
         Ok(TlsConfigs {
             api,
             broker,

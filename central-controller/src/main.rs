@@ -7,11 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use central_controller::config::Config;
-use central_controller::{dev, shutdown_signal, start};
+use central_controller::{shutdown_signal, start};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+mod dev;
 mod node_cmd;
 
 /// sysexits EX_CONFIG: the configuration is wrong.

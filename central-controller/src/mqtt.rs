@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use verge_shared::limits;
 use verge_shared::topic::Channel;
@@ -28,14 +28,23 @@ const INBOX_CAPACITY: usize = 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// Connects to `url` and runs the poll, publish and ingest tasks until `cancel`.
-pub fn spawn(
+/// The client's three tasks, not yet started: polling the event loop,
+/// publishing the outbox, and handing received messages to the app. Each
+/// ends when `cancel` fires; [`crate::tasks`] starts them.
+pub struct ClientTasks {
+    pub poll: BoxFuture<'static, ()>,
+    pub publish: BoxFuture<'static, ()>,
+    pub ingest: BoxFuture<'static, ()>,
+}
+
+/// Prepares a client of `url` that publishes what arrives on `outbox_rx`
+/// and hands what it receives to `app`, until `cancel`.
+pub fn client(
     url: &BrokerUrl,
     app: Arc<App>,
     outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
-    tracker: &TaskTracker,
     cancel: &CancellationToken,
-) {
+) -> ClientTasks {
     let mut options = MqttOptions::new(CLIENT_ID, url.host.clone(), url.port);
     options
         .set_clean_session(true)
@@ -43,16 +52,18 @@ pub fn spawn(
         .set_max_packet_size(limits::MAX_MQTT_PACKET_BYTES, limits::MAX_MQTT_PACKET_BYTES);
     let (client, eventloop) = AsyncClient::new(options, 256);
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
-    tracker.spawn(poll(
-        eventloop,
-        client.clone(),
-        Arc::clone(&app),
-        inbox_tx,
-        cancel.clone(),
-    ));
     let topics = app.settings().topics.clone();
-    tracker.spawn(publish(client, topics, outbox_rx, cancel.clone()));
-    tracker.spawn(ingest(app, inbox_rx, cancel.clone()));
+    ClientTasks {
+        poll: Box::pin(poll(
+            eventloop,
+            client.clone(),
+            Arc::clone(&app),
+            inbox_tx,
+            cancel.clone(),
+        )),
+        publish: Box::pin(publish(client, topics, outbox_rx, cancel.clone())),
+        ingest: Box::pin(ingest(app, inbox_rx, cancel.clone())),
+    }
 }
 
 async fn poll(
@@ -159,10 +170,6 @@ async fn ingest(app: Arc<App>, mut inbox_rx: mpsc::Receiver<Incoming>, cancel: C
                 None => break,
             },
         };
-        app.ingest(
-            &message.topic,
-            &message.payload,
-            verge_shared::Timestamp::now(),
-        );
+        app.ingest(&message.topic, &message.payload, app.now());
     }
 }

@@ -1,4 +1,5 @@
-//! Durable controller state behind the [`Store`] trait, with a sled implementation.
+//! Durable controller state behind the [`Store`] trait, with a sled
+//! implementation and an in-memory one ([`MemoryStore`]) for tests.
 //!
 //! Records are JSON in one sled tree per kind. Writes that must survive a
 //! crash (services, desired states, key pins) are flushed before returning;
@@ -15,11 +16,18 @@ use verge_shared::{
     AgentId, Envelope, Generation, PublicKey, RegionId, ServiceName, Sha256Digest, Timestamp,
 };
 
+mod memory;
+
+pub use memory::MemoryStore;
+
 /// What a failed store operation was about.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O failed: {0}")]
     Sled(#[from] sled::Error),
+    /// A [`MemoryStore`] told to refuse writes.
+    #[error("the store refused the write to {tree}")]
+    Refused { tree: &'static str },
     #[error("stored record {key:?} in {tree} is unreadable: {detail}")]
     Corrupt {
         tree: &'static str,

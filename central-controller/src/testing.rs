@@ -1,5 +1,6 @@
-//! Test fixtures: a real app over a sled store in a temporary directory, and
-//! signed agent messages.
+//! Test fixtures: a real app over a sled store in a temporary directory, or
+//! over a [`MemoryStore`] with a [`ManualClock`]; the captured MQTT outbox;
+//! and signed agent messages.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +15,10 @@ use verge_shared::trust::{
 };
 use verge_shared::{AgentId, PublicKey, RegionId, ServiceName, SigningKey, Timestamp, Topics};
 
-use crate::app::{App, Outgoing, Settings};
+use crate::app::{App, Clock, ManualClock, Outgoing, Settings, SystemClock};
 use crate::artifacts::ArtifactFiles;
 use crate::config::{DeployConfig, NodesConfig};
-use crate::store::SledStore;
+use crate::store::{MemoryStore, SledStore, Store};
 use crate::trust::TrustState;
 
 pub struct Fixture {
@@ -29,9 +30,35 @@ pub struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+/// The app over a sled store in a temporary directory, on the wall clock.
 pub fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SledStore::open(&dir.path().join("store")).expect("store"));
+    fixture_in(dir, store, Arc::new(SystemClock))
+}
+
+/// The app over an in-memory store and a clock that moves only when told.
+pub struct MemoryFixture {
+    pub fx: Fixture,
+    pub store: Arc<MemoryStore>,
+    pub clock: Arc<ManualClock>,
+}
+
+/// The app over `MemoryStore` and a `ManualClock` standing at the wall
+/// clock's time (trust bundles and releases are signed with real times).
+pub fn memory_fixture() -> MemoryFixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(Timestamp::now()));
+    let fx = fixture_in(
+        dir,
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    );
+    MemoryFixture { fx, store, clock }
+}
+
+fn fixture_in(dir: tempfile::TempDir, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Fixture {
     let files = ArtifactFiles::open(dir.path()).expect("artifact dir");
     let key = SigningKey::generate().expect("key").0;
     let publisher = SigningKey::generate().expect("key").0;
@@ -62,7 +89,7 @@ pub fn fixture() -> Fixture {
         max_artifact_bytes: 1024,
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
-    let app = App::new(store, files, key, trust, settings, outbox_tx).expect("app");
+    let app = App::new(store, files, key, trust, settings, outbox_tx, clock).expect("app");
     Fixture {
         app,
         publisher,
@@ -97,6 +124,12 @@ pub fn trust_bundle(controller: &PublicKey, publisher: &PublicKey) -> Vec<u8> {
 }
 
 impl Fixture {
+    /// Every message the app handed to the MQTT adapter since the last call,
+    /// in order: the captured outbox.
+    pub fn sent(&mut self) -> Vec<Outgoing> {
+        std::iter::from_fn(|| self.outbox_rx.try_recv().ok()).collect()
+    }
+
     /// Uploads `artifact` and a release of `service` running it with `args`
     /// and an `http` port; returns the release digest.
     pub async fn release(&self, service: &str, artifact: &'static [u8], args: &[&str]) -> String {

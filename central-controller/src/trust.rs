@@ -64,14 +64,12 @@ impl Held {
     }
 }
 
+/// Creates the directory above `path`, then writes `bytes` durably.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let temp = path.with_extension("json.tmp");
-    std::fs::write(&temp, bytes)?;
-    std::fs::File::open(&temp)?.sync_all()?;
-    std::fs::rename(&temp, path)
+    verge_durable::write(path, bytes)
 }
 
 impl TrustState {

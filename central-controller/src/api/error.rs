@@ -7,9 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tracing::error;
 
-use crate::app::AppError;
-use crate::artifacts::UploadError;
-use crate::trust::InstallError;
+use crate::app::{AppError, InstallError, UploadError};
 
 /// An error as the API reports it.
 #[derive(Debug)]
@@ -80,8 +78,16 @@ impl ApiError {
         }
     }
 
-    pub fn internal(detail: &dyn std::fmt::Display) -> Self {
-        error!(error = %detail, "A request failed inside the controller.");
+    /// A 500 whose detail goes to the log (with every cause), not to the client.
+    pub fn internal(detail: &(dyn std::error::Error + 'static)) -> Self {
+        let mut chain = detail.to_string();
+        let mut cause = detail.source();
+        while let Some(e) = cause {
+            chain.push_str(": ");
+            chain.push_str(&e.to_string());
+            cause = e.source();
+        }
+        error!(error = %chain, "A request failed inside the controller.");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -126,7 +132,9 @@ impl From<AppError> for ApiError {
             AppError::Upload(UploadError::Io(_))
             | AppError::Store(_)
             | AppError::Sign(_)
-            | AppError::Internal(_) => ApiError::internal(&e),
+            | AppError::Random
+            | AppError::Ca(_)
+            | AppError::BundleFile { .. } => ApiError::internal(&e),
         }
     }
 }

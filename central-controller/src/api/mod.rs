@@ -30,9 +30,7 @@ use verge_shared::Sha256Digest;
 
 pub use error::ApiError;
 
-use crate::app::{App, ServiceRequest};
-use crate::keys::TokenCheck;
-use crate::store::Cordon;
+use crate::app::{App, Cordon, ServiceRequest, TokenCheck};
 
 /// Largest JSON request body.
 pub const MAX_JSON_BYTES: usize = 64 * 1024;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use verge_shared::limits;
 
 use super::{ApiError, ApiState, read_bytes};
-use crate::store::ReleaseRecord;
+use crate::app::ReleaseRecord;
 
 fn summary(record: &ReleaseRecord) -> Value {
     json!({

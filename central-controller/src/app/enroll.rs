@@ -6,8 +6,6 @@
 //! uses, identities and key pins change under one lock, each write flushed.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ring::rand::SecureRandom as _;
@@ -19,10 +17,10 @@ use verge_shared::enroll::{
 };
 use verge_shared::{AgentId, Envelope, RegionId, Sha256Digest, Timestamp};
 
-use super::{App, AppError, Outgoing, lock};
-use crate::ca::{Ca, CaError, RevokedSerial};
+use super::identity::Pki;
+use super::{App, AppError, Outgoing};
+use crate::ca::{CaError, RevokedSerial};
 use crate::store::{Durability, IdentityRecord, IssuedCert, NodeRecord, TokenRecord};
-use crate::tls::Revocations;
 
 /// The certificate name the shipped Mosquitto ACL gives read-only rights to
 /// telemetry, presence and events; never an agent id.
@@ -36,18 +34,6 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 86_400);
 pub const MAX_TOKEN_USES: u32 = 10_000;
 /// Expired certificates are forgotten this long after their expiry.
 const FORGET_AFTER: Duration = Duration::from_secs(86_400);
-
-/// The controller's CA and the rules it issues certificates by.
-pub struct Pki {
-    pub ca: Ca,
-    pub revocations: Arc<Revocations>,
-    pub client_cert_ttl: Duration,
-    pub renew_grace: Duration,
-    /// Where agents connect (`mqtts://host:port`), sent at enrollment.
-    pub broker_url: String,
-    /// `<data_dir>/trust/bundle.json`, sent at enrollment when it exists.
-    pub trust_bundle: PathBuf,
-}
 
 /// `POST /api/v1/tokens` body.
 #[derive(Clone, Debug, Deserialize)]
@@ -114,7 +100,7 @@ fn random_hex(bytes: usize) -> Result<String, AppError> {
     let mut raw = vec![0u8; bytes];
     ring::rand::SystemRandom::new()
         .fill(&mut raw)
-        .map_err(|_| AppError::Internal("the system random source failed".into()))?;
+        .map_err(|_| AppError::Random)?;
     Ok(hex::encode(raw))
 }
 
@@ -138,7 +124,7 @@ impl From<CaError> for AppError {
     fn from(e: CaError) -> Self {
         match e {
             CaError::Csr(detail) => AppError::invalid("csr_pem", detail),
-            other => AppError::Internal(other.to_string()),
+            other => AppError::Ca(other),
         }
     }
 }
@@ -152,13 +138,13 @@ impl App {
     /// Hands the app its CA (TLS enabled); without one, the identity
     /// endpoints answer that TLS is off.
     pub fn set_pki(&self, pki: Pki) {
-        if self.pki.set(pki).is_err() {
+        if !self.identity.set_pki(pki) {
             warn!("The CA was set twice; keeping the first.");
         }
     }
 
     fn pki(&self) -> Result<&Pki, AppError> {
-        self.pki.get().ok_or(AppError::TlsDisabled)
+        self.identity.pki().ok_or(AppError::TlsDisabled)
     }
 
     /// Creates a bootstrap token; its text is in the answer and nowhere else.
@@ -185,7 +171,7 @@ impl App {
                     )
                 })?,
         };
-        let now = Timestamp::now();
+        let now = self.now();
         let id = random_hex(8)?;
         let token = format!("{id}.{}", random_hex(32)?);
         let record = TokenRecord {
@@ -197,14 +183,14 @@ impl App {
             created_at: now,
             revoked: false,
         };
-        let _guard = lock(&self.enrolling);
+        let _guard = self.identity.serialise();
         self.store.put_token(&record)?;
         info!(token = %id, region = %record.region, uses, ttl_secs = ttl.as_secs(), "Created a bootstrap token.");
         Ok(view(&record, Some(token), now))
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenView>, AppError> {
-        let now = Timestamp::now();
+        let now = self.now();
         Ok(self
             .store
             .tokens()?
@@ -215,7 +201,7 @@ impl App {
 
     /// Revokes a token: it enrolls nobody from now on.
     pub fn revoke_token(&self, id: &str) -> Result<(), AppError> {
-        let _guard = lock(&self.enrolling);
+        let _guard = self.identity.serialise();
         let mut record = self.store.token(id)?.ok_or_else(|| AppError::NotFound {
             what: "token",
             name: id.to_owned(),
@@ -245,7 +231,7 @@ impl App {
     /// certificate and pins its node key.
     pub async fn enroll(&self, request: EnrollRequest) -> Result<EnrollResponse, AppError> {
         let pki = self.pki()?;
-        let now = Timestamp::now();
+        let now = self.now();
         let agent = request.agent_id.clone();
         // The shipped Mosquitto ACL (configs/mosquitto/verge.acl) gives the
         // `controller` and `consumer` certificate names their own rights.
@@ -259,10 +245,10 @@ impl App {
             ));
         }
         let (issued, region, reenrolled) = {
-            let _guard = lock(&self.enrolling);
+            let _guard = self.identity.serialise();
             let mut token = self.spend_token(&request.token, now)?;
             let existing = self.store.identity(&agent)?;
-            let pinned = lock(&self.nodes).get(&agent).map(|n| n.public_key);
+            let pinned = self.nodes.records().get(&agent).map(|n| n.public_key);
             let revoked = existing.as_ref().is_some_and(|i| i.revoked_at.is_some());
             let key = existing.as_ref().map(|i| i.public_key).or(pinned);
             if !revoked && key.is_some_and(|k| k != request.node_public_key) {
@@ -308,19 +294,18 @@ impl App {
         if reenrolled {
             self.reconcile(now, true).await?;
         }
-        let trust_bundle =
-            match std::fs::read(&pki.trust_bundle) {
-                Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
-                    AppError::Internal(format!("{}: {e}", pki.trust_bundle.display()))
-                })?),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    return Err(AppError::Internal(format!(
-                        "{}: {e}",
-                        pki.trust_bundle.display()
-                    )));
-                }
+        let bundle_error =
+            |source: Box<dyn std::error::Error + Send + Sync>| AppError::BundleFile {
+                path: pki.trust_bundle.clone(),
+                source,
             };
+        let trust_bundle = match std::fs::read(&pki.trust_bundle) {
+            Ok(bytes) => {
+                Some(serde_json::from_slice(&bytes).map_err(|e| bundle_error(Box::new(e)))?)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(bundle_error(Box::new(e))),
+        };
         Ok(EnrollResponse {
             certificate_pem: issued.pem,
             ca_pem: pki.ca.ca_pem().to_owned(),
@@ -334,7 +319,7 @@ impl App {
     /// yet seen, until its first presence).
     fn pin_enrolled(&self, agent: &AgentId, identity: &IdentityRecord) -> Result<(), AppError> {
         let record = {
-            let mut nodes = lock(&self.nodes);
+            let mut nodes = self.nodes.records();
             let node = nodes.entry(agent.clone()).or_insert_with(|| NodeRecord {
                 id: agent.clone(),
                 region: identity.region.clone(),
@@ -365,9 +350,9 @@ impl App {
     /// node key.
     pub fn renew_certificate(&self, id: &str, body: &[u8]) -> Result<RenewalResponse, AppError> {
         let pki = self.pki()?;
-        let now = Timestamp::now();
+        let now = self.now();
         let agent = AgentId::new(id).map_err(|e| AppError::invalid("id", e.to_string()))?;
-        let _guard = lock(&self.enrolling);
+        let _guard = self.identity.serialise();
         let mut identity = self
             .store
             .identity(&agent)?
@@ -424,16 +409,16 @@ impl App {
     /// API (live connections are closed), the CRL is rewritten, nothing is
     /// placed on it, and its retained desired state is cleared.
     pub async fn revoke_node(&self, id: &str) -> Result<super::NodeView, AppError> {
-        let now = Timestamp::now();
+        let now = self.now();
         let not_found = || AppError::NotFound {
             what: "node",
             name: id.to_owned(),
         };
         let agent = AgentId::new(id).map_err(|_| not_found())?;
         {
-            let _guard = lock(&self.enrolling);
+            let _guard = self.identity.serialise();
             let record = {
-                let mut nodes = lock(&self.nodes);
+                let mut nodes = self.nodes.records();
                 let node = nodes.get_mut(&agent).ok_or_else(not_found)?;
                 node.revoked = true;
                 // Its connections are closed below and its messages (the
@@ -501,7 +486,7 @@ impl App {
     /// Loads the revocation set from the store (at start) and writes the CRL.
     pub fn load_revocations(&self) -> Result<(), AppError> {
         let pki = self.pki()?;
-        let now = Timestamp::now();
+        let now = self.now();
         let mut revoked = Vec::new();
         for identity in self.store.identities()? {
             let serials: Vec<String> = identity
@@ -520,23 +505,21 @@ impl App {
             }
         }
         // Nodes revoked without ever enrolling (pinned at first contact).
-        for node in lock(&self.nodes).values().filter(|n| n.revoked) {
+        for node in self.nodes.records().values().filter(|n| n.revoked) {
             pki.revocations.revoke(node.id.as_str(), Vec::new());
         }
         pki.ca.write_crl(&revoked, now)?;
         Ok(())
-    }
-
-    /// Whether messages from this node are to be ignored.
-    pub(super) fn is_revoked(&self, agent: &AgentId) -> bool {
-        lock(&self.nodes).get(agent).is_some_and(|n| n.revoked)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::Ca;
     use crate::testing::fixture;
+    use crate::tls::Revocations;
+    use std::sync::Arc;
     use verge_shared::SigningKey;
 
     fn pki(dir: &std::path::Path) -> Pki {
@@ -630,7 +613,9 @@ mod tests {
         );
         // The pinned key is the enrolled one; another key cannot take the id.
         assert_eq!(
-            lock(&f.app.nodes)
+            f.app
+                .nodes
+                .records()
                 .get(&AgentId::new("edge-a").expect("id"))
                 .map(|n| n.public_key),
             Some(a.public_key())

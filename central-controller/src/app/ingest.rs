@@ -8,9 +8,10 @@ use tracing::{debug, info, warn};
 use verge_shared::latency::{self, LatencyReport};
 use verge_shared::messages::{Heartbeat, Presence, SCHEMA_VERSION, Status, payload_type};
 use verge_shared::topic::Channel;
-use verge_shared::{AgentId, Envelope, PublicKey, Timestamp, VerifyError, limits};
+use verge_shared::{AgentId, Envelope, Timestamp, VerifyError, limits};
 
-use super::{App, lock};
+use super::App;
+use super::logs::LogResponseError;
 use crate::store::{Durability, NodeRecord, StoreError};
 
 /// Why an agent message was ignored.
@@ -18,8 +19,8 @@ use crate::store::{Durability, NodeRecord, StoreError};
 enum IngestError {
     #[error("topic is not an agent topic of this controller")]
     UnknownTopic,
-    #[error("log response: {0}")]
-    LogResponse(String),
+    #[error(transparent)]
+    LogResponse(#[from] LogResponseError),
     #[error("controllers do not read desired-state topics")]
     NotForUs,
     #[error(transparent)]
@@ -64,7 +65,7 @@ impl App {
         let route = self.settings.topics.route(topic);
         let result = match &route {
             None => Err(IngestError::UnknownTopic),
-            Some(route) if self.is_revoked(&route.agent) => Err(IngestError::Revoked),
+            Some(route) if self.nodes.is_revoked(&route.agent) => Err(IngestError::Revoked),
             Some(route) => match route.channel {
                 Channel::Presence => self.ingest_presence(&route.agent, payload, now),
                 Channel::Heartbeat => self.ingest_heartbeat(&route.agent, payload, now),
@@ -74,7 +75,7 @@ impl App {
                 Channel::Probes | Channel::LogRequest => Err(IngestError::NotForUs),
                 Channel::LogResponse => self
                     .ingest_log_response(&route.agent, payload)
-                    .map_err(IngestError::LogResponse),
+                    .map_err(IngestError::from),
             },
         };
         if let Err(e) = result {
@@ -83,10 +84,6 @@ impl App {
             let topic: String = topic.chars().take(200).collect();
             warn!(agent, topic, bytes = payload.len(), error = %e, "Ignored an agent message.");
         }
-    }
-
-    fn pinned_key(&self, agent: &AgentId) -> Option<PublicKey> {
-        lock(&self.nodes).get(agent).map(|n| n.public_key)
     }
 
     fn ingest_presence(
@@ -98,7 +95,7 @@ impl App {
         let envelope = Envelope::parse(payload, limits::MAX_PRESENCE_BYTES)?;
         // First contact: the envelope must verify with the key it carries,
         // which is then pinned. Afterwards only the pinned key counts.
-        let key = match self.pinned_key(agent) {
+        let key = match self.nodes.pinned_key(agent) {
             Some(key) => key,
             None => envelope.peek_unverified::<Presence>()?.public_key,
         };
@@ -115,7 +112,7 @@ impl App {
         }
 
         let (record, changed, pinned) = {
-            let mut nodes = lock(&self.nodes);
+            let mut nodes = self.nodes.records();
             let pinned = !nodes.contains_key(agent);
             let node = nodes.entry(agent.clone()).or_insert_with(|| NodeRecord {
                 id: agent.clone(),
@@ -163,7 +160,7 @@ impl App {
         if changed {
             info!(agent = %agent, online = record.online, region = %record.region, "Node registry changed.");
             self.store.put_node(&record, Durability::Flush)?;
-            self.replan.notify_one();
+            self.deployment.request_replan();
         }
         Ok(())
     }
@@ -177,7 +174,10 @@ impl App {
         payload_type: &str,
     ) -> Result<T, IngestError> {
         let envelope = Envelope::parse(payload, limit)?;
-        let key = self.pinned_key(agent).ok_or(IngestError::UnknownAgent)?;
+        let key = self
+            .nodes
+            .pinned_key(agent)
+            .ok_or(IngestError::UnknownAgent)?;
         Ok(envelope.open(payload_type, &key)?)
     }
 
@@ -196,7 +196,7 @@ impl App {
         check_header(agent, &heartbeat.agent, heartbeat.schema_version)?;
         // Health changes are noticed by the periodic health check; a heartbeat
         // alone never triggers a re-plan.
-        if let Some(node) = lock(&self.nodes).get_mut(agent) {
+        if let Some(node) = self.nodes.records().get_mut(agent) {
             node.last_seen = Some(now);
             if heartbeat.applied_generation.is_some() {
                 node.applied_generation = heartbeat.applied_generation;
@@ -243,7 +243,7 @@ impl App {
             payload_type::STATUS,
         )?;
         check_header(agent, &status.agent, status.schema_version)?;
-        let record = lock(&self.nodes).get_mut(agent).map(|node| {
+        let record = self.nodes.records().get_mut(agent).map(|node| {
             // Every status repeats the last rejection; report each one once.
             let previous = node.last_status.as_ref().and_then(|s| s.last_rejection.as_ref());
             if let Some(rejection) = &status.last_rejection

@@ -19,9 +19,22 @@ use verge_shared::logs::{
     RESPONSE_PAYLOAD_TYPE,
 };
 use verge_shared::messages::SCHEMA_VERSION;
-use verge_shared::{AgentId, Envelope, ServiceName, Timestamp};
+use verge_shared::{AgentId, Envelope, ServiceName, VerifyError};
 
 use super::{App, AppError, Outgoing, lock};
+
+/// Why a log response was ignored.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LogResponseError {
+    #[error("log response: no presence has been seen from this agent, so its key is unknown")]
+    UnknownAgent,
+    #[error("log response: {0}")]
+    Envelope(#[source] VerifyError),
+    #[error("log response: invalid document: {0}")]
+    Invalid(String),
+    #[error("log response: payload names agent {0}, not the topic's agent")]
+    AgentMismatch(AgentId),
+}
 
 /// How long the API waits for an agent's answer.
 pub const LOG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,7 +131,7 @@ impl App {
         stream: LogStream,
         lines: u32,
     ) -> Result<LogTail, AppError> {
-        let online = lock(&self.nodes).get(&node).map(|n| n.online);
+        let online = self.nodes.records().get(&node).map(|n| n.online);
         match online {
             None => {
                 return Err(AppError::NotFound {
@@ -133,7 +146,7 @@ impl App {
             }
             Some(true) => {}
         }
-        let now = Timestamp::now();
+        let now = self.now();
         let request = LogRequest {
             schema_version: SCHEMA_VERSION,
             agent: node.clone(),
@@ -194,20 +207,19 @@ impl App {
         &self,
         agent: &AgentId,
         payload: &[u8],
-    ) -> Result<(), String> {
-        let key = lock(&self.nodes)
+    ) -> Result<(), LogResponseError> {
+        let key = self
+            .nodes
+            .records()
             .get(agent)
             .map(|n| n.public_key)
-            .ok_or("no presence has been seen from this agent, so its key is unknown")?;
+            .ok_or(LogResponseError::UnknownAgent)?;
         let response: LogResponse = Envelope::parse(payload, MAX_LOG_RESPONSE_BYTES)
             .and_then(|e| e.open(RESPONSE_PAYLOAD_TYPE, &key))
-            .map_err(|e| e.to_string())?;
-        response.validate()?;
+            .map_err(LogResponseError::Envelope)?;
+        response.validate().map_err(LogResponseError::Invalid)?;
         if &response.agent != agent {
-            return Err(format!(
-                "payload names agent {}, not the topic's agent",
-                response.agent
-            ));
+            return Err(LogResponseError::AgentMismatch(response.agent));
         }
         let waiter = lock(&self.logs.waiting).remove(&response.request_id);
         match waiter {

@@ -3,10 +3,55 @@
 //! The app owns the invariant "an agent's generation grows exactly when its
 //! workloads change": every plan → sign → store → publish step runs under one
 //! async mutex, and a desired state is stored before it is published.
+//!
+//! # Shape
+//!
+//! [`App`] composes parts, each a file with its own state and lock:
+//!
+//! | part | file | state |
+//! |---|---|---|
+//! | node registry | `nodes.rs` | node records, health by the clock |
+//! | latency | `probes.rs` | latency samples, published probe plans |
+//! | identity | `identity.rs` | the CA, the enrollment lock |
+//! | log requests | `logs.rs` | requests waiting for an agent's answer |
+//! | deployment | `deployment.rs` | the deployment lock, the plan, loop wake-ups |
+//!
+//! Leaves every file may use: `types.rs` (settings, messages, `lock`),
+//! `error.rs`, `clock.rs`, and the pure steps `health.rs` and `deployer.rs`.
+//! A part imports leaves only, never another part or this file; the use
+//! cases (`ingest.rs`, `enroll.rs`, `placement.rs`, `logs.rs`, `views.rs`
+//! and this file) combine parts. A new capability (accounts and audit, a
+//! watch stream, alarms, rollouts) adds a part and a use-case file.
+//!
+//! # Lock order
+//!
+//! Where two parts meet, locks are taken in this order and released in
+//! reverse; a lock further down is never held while taking one above it:
+//!
+//! 1. `deployment.state` (async): held from planning to publishing, across
+//!    store writes; the only lock held across an `await`.
+//! 2. `identity.enrolling`: never held while waiting for 1; enrollment and
+//!    revocation release it before they re-plan.
+//! 3. `nodes.records`: held for a lookup or an edit only, never across a
+//!    store write or another part's lock, except under 2 (pinning a key).
+//! 4. `deployment.planned_from`, then `deployment.plan`.
+//! 5. `probes.book`, then (released first) `probes.published`; the node
+//!    registry is read and released before either.
+//! 6. `logs.waiting`: a leaf, held with nothing else.
 
+// Leaves: shared types, the error, the clock, pure steps.
+mod clock;
 mod deployer;
-mod enroll;
+mod error;
 mod health;
+mod types;
+// Parts, each with its own state and lock.
+mod deployment;
+mod identity;
+mod nodes;
+mod probes;
+// Use cases over the parts.
+mod enroll;
 mod ingest;
 mod logs;
 mod placement;
@@ -14,112 +59,52 @@ mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use verge_shared::messages::validate_config;
 use verge_shared::trust::TrustError;
 use verge_shared::{
     AgentId, Envelope, PublicKey, RegionId, ServiceName, Sha256Digest, SigningKey, Timestamp,
-    Topics, limits,
+    limits,
 };
 
-use crate::artifacts::{ArtifactFiles, UploadError};
-use crate::config::{DeployConfig, NodesConfig, PlacementConfig};
-use crate::latency::LatencyBook;
-use crate::regions::Regions;
+use crate::artifacts::ArtifactFiles;
 use crate::scheduler::{self, NodeInput, Placement, Plan, ServiceInput};
 use crate::store::{
-    ArtifactRecord, DesiredRecord, NodeRecord, ReleaseRecord, ServiceRecord, ServiceSpec, Store,
-    StoreError,
+    ArtifactRecord, DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec, Store, StoreError,
 };
-use crate::trust::{InstallError, TrustState};
+use crate::trust::TrustState;
 
-pub use enroll::{Pki, TokenRequest, TokenView};
+pub use clock::{Clock, ManualClock, SystemClock};
+use deployment::{DeployState, Deployment, PlanInputs};
+pub use enroll::{TokenRequest, TokenView};
+pub use error::{AppError, InstallError, UploadError};
+use identity::Identity;
+pub use identity::Pki;
+use nodes::Nodes;
 pub use placement::{LatencyRequest, PlacementRequest};
+use probes::Probes;
+use types::lock;
+pub use types::{Incoming, MAX_REPLICAS, Outgoing, Settings};
 
+/// Lower-layer types that cross the api boundary, so that `api` imports
+/// from `app` alone.
+pub use crate::keys::TokenCheck;
+pub use crate::store::{Cordon, ReleaseRecord};
 pub use health::Health;
 pub use logs::{LOG_TIMEOUT, LogTail};
 pub use views::{NodeView, ReplicaView, ServiceView};
 
 /// How often node health is re-evaluated against the clock.
 const HEALTH_TICK: Duration = Duration::from_secs(1);
-
-/// Most replicas one service may ask for.
-pub const MAX_REPLICAS: i64 = 100;
-
-/// What the app needs to know from the configuration.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub topics: Topics,
-    pub deploy: DeployConfig,
-    pub nodes: NodesConfig,
-    pub placement: PlacementConfig,
-    pub regions: Regions,
-    pub max_artifact_bytes: u64,
-}
-
-/// A message for the MQTT adapter to publish (retained, QoS 1).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outgoing {
-    pub topic: String,
-    pub payload: Vec<u8>,
-}
-
-/// A message the MQTT adapter received.
-#[derive(Clone, Debug)]
-pub struct Incoming {
-    pub topic: String,
-    pub payload: Bytes,
-}
-
-/// Why a use case failed; the API maps each kind to one HTTP status.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("{what} {name:?} does not exist")]
-    NotFound { what: &'static str, name: String },
-    #[error("{field}: {message}")]
-    InvalidField { field: String, message: String },
-    #[error(transparent)]
-    Upload(#[from] UploadError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Sign(#[from] deployer::SignError),
-    /// A trust bundle that cannot be installed.
-    #[error(transparent)]
-    Trust(#[from] InstallError),
-    /// An agent did not (or cannot) answer a request in time.
-    #[error("{0}")]
-    AgentUnavailable(String),
-    /// A token, signature or node was refused (401 when `unauthorized`, else 403).
-    #[error("{message}")]
-    Denied {
-        unauthorized: bool,
-        code: &'static str,
-        message: String,
-    },
-    #[error("TLS and node identities are disabled on this controller ([tls] enabled = false)")]
-    TlsDisabled,
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl AppError {
-    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        AppError::InvalidField {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// `PUT /api/v1/services/{name}` body.
 #[derive(Clone, Debug, Deserialize)]
@@ -143,13 +128,6 @@ pub struct ServiceRequest {
     pub placement: PlacementRequest,
 }
 
-/// State that only the deployment step touches, guarded by its mutex.
-#[derive(Default)]
-struct DeployState {
-    /// Node health as of the last plan, to notice changes.
-    last_health: BTreeMap<AgentId, Health>,
-}
-
 /// The controller's use cases over one store and one signing key.
 pub struct App {
     store: Arc<dyn Store>,
@@ -158,36 +136,15 @@ pub struct App {
     trust: Arc<TrustState>,
     settings: Settings,
     outbox: mpsc::UnboundedSender<Outgoing>,
-    started_at: Timestamp,
-    nodes: Mutex<BTreeMap<AgentId, NodeRecord>>,
-    deploy: tokio::sync::Mutex<DeployState>,
-    plan: RwLock<Plan>,
-    /// The scheduler inputs `plan` was made from, for the incremental path.
-    planned_from: Mutex<Option<PlanInputs>>,
-    replan: Notify,
-    republish: Notify,
+    /// Every time-based decision reads this clock.
+    clock: Arc<dyn Clock>,
     n_rejected: AtomicU64,
-    /// Log requests waiting for their agent's answer.
+    /// The parts, each with its own state and lock (lower parts first).
+    nodes: Nodes,
+    probes: Probes,
+    identity: Identity,
     logs: logs::Pending,
-    /// Round-trip samples from agents' latency reports.
-    latency: Mutex<LatencyBook>,
-    /// The probe plan last published to each agent: its targets and envelope.
-    probe_plans: Mutex<BTreeMap<AgentId, placement::PublishedProbes>>,
-    /// The CA and certificate rules, when TLS is enabled.
-    pki: OnceLock<enroll::Pki>,
-    /// Serialises token uses, enrollments, renewals and revocations.
-    enrolling: Mutex<()>,
-}
-
-/// Locks a std mutex; a panic elsewhere must not take the controller down with it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The scheduler's inputs for one plan.
-struct PlanInputs {
-    nodes: Vec<NodeInput>,
-    services: Vec<ServiceInput>,
+    deployment: Deployment,
 }
 
 /// A plan plus what it was computed from.
@@ -199,7 +156,8 @@ struct Planned {
 }
 
 impl App {
-    /// Loads the node registry; publishing goes to `outbox`.
+    /// Loads the node registry; publishing goes to `outbox`, and every
+    /// time-based decision (health, grace, expiry) reads `clock`.
     pub fn new(
         store: Arc<dyn Store>,
         files: ArtifactFiles,
@@ -207,12 +165,9 @@ impl App {
         trust: Arc<TrustState>,
         settings: Settings,
         outbox: mpsc::UnboundedSender<Outgoing>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StoreError> {
-        let nodes = store
-            .nodes()?
-            .into_iter()
-            .map(|n| (n.id.clone(), n))
-            .collect();
+        let nodes = Nodes::new(store.nodes()?, clock.now(), settings.nodes);
         Ok(Arc::new(Self {
             store,
             files,
@@ -220,20 +175,19 @@ impl App {
             trust,
             settings,
             outbox,
-            started_at: Timestamp::now(),
-            nodes: Mutex::new(nodes),
-            deploy: tokio::sync::Mutex::new(DeployState::default()),
-            plan: RwLock::new(Plan::default()),
-            planned_from: Mutex::new(None),
-            replan: Notify::new(),
-            republish: Notify::new(),
+            clock,
             n_rejected: AtomicU64::new(0),
+            nodes,
+            probes: Probes::default(),
+            identity: Identity::default(),
             logs: logs::Pending::default(),
-            latency: Mutex::new(LatencyBook::default()),
-            probe_plans: Mutex::new(BTreeMap::new()),
-            pki: OnceLock::new(),
-            enrolling: Mutex::new(()),
+            deployment: Deployment::default(),
         }))
+    }
+
+    /// The time by the app's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -251,7 +205,7 @@ impl App {
 
     /// Asks the background loop to republish every desired state (on ConnAck).
     pub fn request_republish(&self) {
-        self.republish.notify_one();
+        self.deployment.request_republish();
     }
 
     /// The background loop: re-plans on node and health changes and
@@ -262,22 +216,22 @@ impl App {
         // The first tick fires at once: publish whatever is stored at start.
         let mut republish_tick = tokio::time::interval(self.settings.deploy.republish_interval);
         republish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.log_failure("plan", self.reconcile(Timestamp::now(), true).await);
+        self.log_failure("plan", self.reconcile(self.now(), true).await);
         loop {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                () = self.replan.notified() => {
-                    self.log_failure("plan", self.reconcile(Timestamp::now(), true).await);
+                () = self.deployment.replan_requested() => {
+                    self.log_failure("plan", self.reconcile(self.now(), true).await);
                 }
-                () = self.republish.notified() => {
-                    self.log_failure("republish", self.republish_all(Timestamp::now()).await);
+                () = self.deployment.republish_requested() => {
+                    self.log_failure("republish", self.republish_all(self.now()).await);
                 }
                 _ = health_tick.tick() => {
-                    self.log_failure("plan", self.reconcile(Timestamp::now(), false).await);
+                    self.log_failure("plan", self.reconcile(self.now(), false).await);
                 }
                 _ = republish_tick.tick() => {
-                    self.log_failure("republish", self.republish_all(Timestamp::now()).await);
+                    self.log_failure("republish", self.republish_all(self.now()).await);
                 }
             }
         }
@@ -289,17 +243,9 @@ impl App {
         }
     }
 
-    fn node_health(&self, node: &NodeRecord, now: Timestamp) -> Health {
-        let heard_from = node
-            .last_seen
-            .map_or(self.started_at, |t| t.max(self.started_at));
-        health::evaluate(
-            node,
-            heard_from,
-            now,
-            self.settings.nodes.heartbeat_timeout,
-            self.settings.nodes.failover_grace,
-        )
+    /// Whether messages from this node are to be ignored.
+    fn is_revoked(&self, agent: &AgentId) -> bool {
+        self.nodes.is_revoked(agent)
     }
 
     fn plan_with(&self, services: &[ServiceRecord], now: Timestamp) -> Result<Planned, AppError> {
@@ -319,12 +265,12 @@ impl App {
             })
             .collect();
         let mut health = BTreeMap::new();
-        let records: Vec<NodeRecord> = lock(&self.nodes).values().cloned().collect();
+        let records: Vec<NodeRecord> = self.nodes.snapshot();
         let mut figures = self.latency_figures(&records, now);
         let nodes: Vec<NodeInput> = records
             .iter()
             .map(|n| {
-                let h = self.node_health(n, now);
+                let h = self.nodes.health(n, now);
                 health.insert(n.id.clone(), h);
                 placement::node_input(n, h, &self.settings.regions, figures.remove(&n.id))
             })
@@ -332,16 +278,10 @@ impl App {
         let inputs: Vec<ServiceInput> = services.iter().map(placement::service_input).collect();
         // When nodes were only lost since the last plan, re-place just their
         // replicas: the same outcome as a full plan (scheduler::replan_displaced).
-        let last_plan = lock(&self.planned_from)
-            .as_ref()
-            .filter(|last| {
+        let last_plan = self
+            .deployment
+            .plan_if(|last| {
                 last.services == inputs && scheduler::only_nodes_lost(&last.nodes, &nodes)
-            })
-            .map(|_| {
-                self.plan
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone()
             })
             .filter(|last| last.placement() == previous);
         let plan = match last_plan {
@@ -394,8 +334,7 @@ impl App {
             self.publish(&record);
         }
         state.last_health = planned.health;
-        *self.plan.write().unwrap_or_else(PoisonError::into_inner) = planned.plan;
-        *lock(&self.planned_from) = Some(planned.inputs);
+        self.deployment.set_plan(planned.plan, planned.inputs);
         self.update_probe_plans(now);
         Ok(())
     }
@@ -438,13 +377,13 @@ impl App {
 
     /// Re-plans and deploys. Without `force`, only when node health changed.
     async fn reconcile(&self, now: Timestamp, force: bool) -> Result<(), AppError> {
-        let mut state = self.deploy.lock().await;
+        let mut state = self.deployment.state().await;
         let services = self.store.services()?;
         let planned = self.plan_with(&services, now)?;
         // Latency figures change without any health change, so a changed
         // plan counts too; hysteresis in the scheduler keeps this calm.
-        let unchanged = planned.health == state.last_health
-            && planned.plan == *self.plan.read().unwrap_or_else(PoisonError::into_inner);
+        let unchanged =
+            planned.health == state.last_health && self.deployment.is_current(&planned.plan);
         if !force && unchanged {
             return Ok(());
         }
@@ -455,7 +394,7 @@ impl App {
     /// the same generation and fresh times when less than half the TTL
     /// remains or another key signed it.
     async fn republish_all(&self, now: Timestamp) -> Result<(), AppError> {
-        let _state = self.deploy.lock().await;
+        let _state = self.deployment.state().await;
         let ttl = self.settings.deploy.desired_state_ttl;
         for record in self.store.desired_states()? {
             // A revoked node's retained desired state stays cleared.
@@ -544,8 +483,8 @@ impl App {
         request: ServiceRequest,
     ) -> Result<(ServiceView, bool), AppError> {
         let (name, spec, release) = self.validate(name, request)?;
-        let now = Timestamp::now();
-        let mut state = self.deploy.lock().await;
+        let now = self.now();
+        let mut state = self.deployment.state().await;
         let existing = self.store.service(&name)?;
         let created = existing.is_none();
         let record = match existing {
@@ -590,8 +529,8 @@ impl App {
             name: name.to_owned(),
         };
         let name = ServiceName::new(name).map_err(|_| not_found())?;
-        let now = Timestamp::now();
-        let mut state = self.deploy.lock().await;
+        let now = self.now();
+        let mut state = self.deployment.state().await;
         if !self.store.delete_service(&name)? {
             return Err(not_found());
         }
@@ -618,7 +557,7 @@ impl App {
         let record = ArtifactRecord {
             sha256: stored.sha256,
             size: stored.size,
-            created_at: Timestamp::now(),
+            created_at: self.now(),
         };
         self.store.put_artifact(&record)?;
         info!(sha256 = %record.sha256, size = record.size, "Stored an artifact.");
@@ -672,7 +611,7 @@ impl App {
             publisher: publisher.name.clone(),
             envelope,
             release,
-            created_at: Timestamp::now(),
+            created_at: self.now(),
         };
         self.store.put_release(&record)?;
         info!(digest = %digest, service = %record.release.service, version = %record.release.version, publisher = %record.publisher, "Stored a release.");
@@ -699,13 +638,13 @@ impl App {
 
     /// Installs a newer trust bundle and sends it to every agent.
     pub async fn install_trust(&self, bytes: &[u8]) -> Result<Option<u64>, AppError> {
-        let installed = self.trust.install(bytes, Timestamp::now())?;
+        let installed = self.trust.install(bytes, self.now())?;
         if let Some(version) = installed {
             info!(
                 version,
                 "Installed a newer trust bundle; republishing every desired state."
             );
-            self.republish_all(Timestamp::now()).await?;
+            self.republish_all(self.now()).await?;
         }
         Ok(installed)
     }
@@ -724,3 +663,5 @@ impl App {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod use_case_tests;

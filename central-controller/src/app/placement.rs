@@ -15,7 +15,8 @@ use verge_shared::messages::SCHEMA_VERSION;
 use verge_shared::topic::Channel;
 use verge_shared::{AgentId, RegionId, Timestamp};
 
-use super::{App, AppError, Health, MAX_REPLICAS, NodeView, Outgoing, lock};
+use super::probes::PublishedProbes;
+use super::{App, AppError, Health, MAX_REPLICAS, NodeView, Outgoing};
 use crate::latency::{Estimate, Source, choose_targets};
 use crate::regions::Regions;
 use crate::scheduler::{LatencyTarget, NodeInput, Percentile, ServiceInput, Spread, Unschedulable};
@@ -48,12 +49,6 @@ pub struct LatencyRequest {
     pub max_ms: i64,
     #[serde(default)]
     pub percentile: Option<i64>,
-}
-
-/// The probe plan last published to one agent.
-pub(super) struct PublishedProbes {
-    targets: Vec<ProbeTarget>,
-    envelope: Vec<u8>,
 }
 
 /// Validates `placement` with the spec's `replicas`; returns the placement
@@ -285,23 +280,23 @@ impl App {
             .iter()
             .map(|n| (n.id.clone(), n.region.clone()))
             .collect();
-        let mut book = lock(&self.latency);
+        let mut book = self.probes.book();
         book.prune(now, window, &|id| known.contains(id));
         book.figures(&pairs, &self.settings.regions, now, window)
     }
 
     /// Takes a verified latency report into the book.
     pub(super) fn record_latency(&self, report: &LatencyReport, now: Timestamp) {
-        lock(&self.latency).record(report, now);
+        self.probes.book().record(report, now);
     }
 
     /// Chooses every probing agent's targets among the healthy nodes that
     /// listen for probes, and publishes (signed, retained) the plans that changed.
     pub(super) fn update_probe_plans(&self, now: Timestamp) {
-        let nodes: Vec<NodeRecord> = lock(&self.nodes).values().cloned().collect();
+        let nodes: Vec<NodeRecord> = self.nodes.snapshot();
         let peers: Vec<(AgentId, RegionId, SocketAddr)> = nodes
             .iter()
-            .filter(|n| self.node_health(n, now).healthy)
+            .filter(|n| self.nodes.health(n, now).healthy)
             .filter_map(|n| {
                 n.probe_addr
                     .map(|addr| (n.id.clone(), n.region.clone(), addr))
@@ -310,7 +305,7 @@ impl App {
         let interval_secs =
             u32::try_from(self.settings.placement.probe_interval.as_secs()).unwrap_or(u32::MAX);
         let controller = self.controller_target();
-        let mut published = lock(&self.probe_plans);
+        let mut published = self.probes.published();
         for node in nodes.iter().filter(|n| n.probe_addr.is_some()) {
             let mut targets = choose_targets(&node.id, &peers);
             if let Some(controller) = &controller {
@@ -348,7 +343,7 @@ impl App {
 
     /// Publishes every probe plan again (the broker may have lost them).
     pub(super) fn republish_probe_plans(&self) {
-        for (agent, plan) in lock(&self.probe_plans).iter() {
+        for (agent, plan) in self.probes.published().iter() {
             self.send_probe_plan(agent, &plan.envelope);
         }
     }
@@ -371,14 +366,14 @@ impl App {
         };
         let agent = AgentId::new(id).map_err(|_| not_found())?;
         let record = {
-            let mut nodes = lock(&self.nodes);
+            let mut nodes = self.nodes.records();
             let node = nodes.get_mut(&agent).ok_or_else(not_found)?;
             node.cordon = cordon;
             node.clone()
         };
         self.store.put_node(&record, Durability::Flush)?;
         info!(agent = %agent, cordon = ?cordon, "An operator changed a node's cordon.");
-        self.reconcile(Timestamp::now(), true).await?;
+        self.reconcile(self.now(), true).await?;
         self.node(id)
     }
 
@@ -388,7 +383,7 @@ impl App {
         id: &AgentId,
         now: Timestamp,
     ) -> BTreeMap<RegionId, Estimate> {
-        let nodes: Vec<NodeRecord> = lock(&self.nodes).values().cloned().collect();
+        let nodes: Vec<NodeRecord> = self.nodes.snapshot();
         self.latency_figures(&nodes, now)
             .remove(id)
             .unwrap_or_default()
@@ -396,7 +391,7 @@ impl App {
 
     /// Regions from the regions file and from the nodes, with node counts.
     pub fn regions(&self) -> Vec<RegionView> {
-        let now = Timestamp::now();
+        let now = self.now();
         let mut out: BTreeMap<RegionId, RegionView> = self
             .settings
             .regions
@@ -414,7 +409,7 @@ impl App {
                 (r.name.clone(), view)
             })
             .collect();
-        for node in lock(&self.nodes).values() {
+        for node in self.nodes.records().values() {
             let view = out
                 .entry(node.region.clone())
                 .or_insert_with(|| RegionView {
@@ -426,7 +421,7 @@ impl App {
                     healthy_nodes: 0,
                 });
             view.nodes += 1;
-            if self.node_health(node, now).healthy {
+            if self.nodes.health(node, now).healthy {
                 view.healthy_nodes += 1;
             }
         }
@@ -435,8 +430,8 @@ impl App {
 
     /// The latency matrix per node and per region pair.
     pub fn latency_view(&self) -> LatencyView {
-        let now = Timestamp::now();
-        let records: Vec<NodeRecord> = lock(&self.nodes).values().cloned().collect();
+        let now = self.now();
+        let records: Vec<NodeRecord> = self.nodes.snapshot();
         let nodes = self.latency_figures(&records, now);
         let mut names: BTreeSet<RegionId> = self.settings.regions.regions.keys().cloned().collect();
         names.extend(records.iter().map(|n| n.region.clone()));
@@ -485,7 +480,7 @@ impl App {
             |_| BTreeMap::new(),
             |controller| {
                 let ids: Vec<AgentId> = records.iter().map(|n| n.id.clone()).collect();
-                let book = lock(&self.latency);
+                let book = self.probes.book();
                 book.to_peer(
                     &ids,
                     &controller,

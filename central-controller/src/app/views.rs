@@ -10,7 +10,7 @@ use verge_shared::messages::{
 };
 use verge_shared::{AgentId, Generation, KeyId, RegionId, ServiceName, Timestamp};
 
-use super::{App, AppError, lock};
+use super::{App, AppError};
 use crate::store::{Cordon, DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec};
 
 /// A replica's state as shown to operators: the agent's states plus `unplaced`.
@@ -170,12 +170,10 @@ fn unplaced(index: u32, reason: String) -> ReplicaView {
 
 impl App {
     pub(super) fn view_of(&self, service: &ServiceRecord) -> Result<ServiceView, AppError> {
-        let plan = self
-            .plan
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let planned = plan.services.get(&service.name);
-        let nodes = lock(&self.nodes);
+        // Copied out, so the plan's lock is not held with the registry's.
+        let planned = self.deployment.service_plan(&service.name);
+        let planned = planned.as_ref();
+        let nodes = self.nodes.records();
         let mut replicas = Vec::with_capacity(service.spec.replicas as usize);
         for index in 0..service.spec.replicas {
             let decision = planned.and_then(|p| p.iter().find(|r| r.index == index));
@@ -230,7 +228,7 @@ impl App {
             labels: node.labels.clone(),
             capacity: node.capacity,
             online: node.online,
-            healthy: self.node_health(node, now).healthy,
+            healthy: self.nodes.health(node, now).healthy,
             last_seen: node.last_seen,
             key_id: node.public_key.key_id(),
             desired_generation: self.store.desired_state(&node.id)?.map(|d| d.generation),
@@ -247,19 +245,19 @@ impl App {
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeView>, AppError> {
-        let now = Timestamp::now();
-        let nodes: Vec<NodeRecord> = lock(&self.nodes).values().cloned().collect();
+        let now = self.now();
+        let nodes: Vec<NodeRecord> = self.nodes.records().values().cloned().collect();
         nodes.iter().map(|n| self.node_view(n, now)).collect()
     }
 
     pub fn node(&self, id: &str) -> Result<NodeView, AppError> {
         let node = AgentId::new(id)
             .ok()
-            .and_then(|id| lock(&self.nodes).get(&id).cloned())
+            .and_then(|id| self.nodes.records().get(&id).cloned())
             .ok_or_else(|| AppError::NotFound {
                 what: "node",
                 name: id.to_owned(),
             })?;
-        self.node_view(&node, Timestamp::now())
+        self.node_view(&node, self.now())
     }
 }

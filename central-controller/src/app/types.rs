@@ -1,0 +1,44 @@
+//! Types every part of the app shares: settings, the messages exchanged
+//! with the MQTT adapter, and the poison-tolerant lock. A leaf: it imports
+//! nothing from the rest of `app`.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use verge_shared::Topics;
+
+use crate::config::{DeployConfig, NodesConfig, PlacementConfig};
+use crate::regions::Regions;
+
+/// Most replicas one service may ask for.
+pub const MAX_REPLICAS: i64 = 100;
+
+/// What the app needs to know from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub topics: Topics,
+    pub deploy: DeployConfig,
+    pub nodes: NodesConfig,
+    pub placement: PlacementConfig,
+    pub regions: Regions,
+    pub max_artifact_bytes: u64,
+}
+
+/// A message for the MQTT adapter to publish (retained, QoS 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// A message the MQTT adapter received.
+#[derive(Clone, Debug)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: Bytes,
+}
+
+/// Locks a std mutex; a panic elsewhere must not take the controller down with it.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

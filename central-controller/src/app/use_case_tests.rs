@@ -1,0 +1,308 @@
+//! The deployment use cases over the fakes: an in-memory store that can be
+//! told to fail, the captured MQTT outbox and a manual clock, so timeouts
+//! are crossed by moving the clock, never by waiting.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use verge_shared::messages::{Delivery, DesiredState, payload_type};
+use verge_shared::{AgentId, SigningKey};
+
+use super::*;
+use crate::testing::{MemoryFixture, memory_fixture, presence};
+
+const ONE_SECOND: Duration = Duration::from_secs(1);
+
+fn request(release: &str, replicas: i64) -> ServiceRequest {
+    serde_json::from_value(serde_json::json!({
+        "release": release,
+        "replicas": replicas,
+        "placement": {"spread": "node"},
+    }))
+    .expect("request")
+}
+
+/// The desired states the app sent since the last call, by agent, each
+/// checked to be signed by the controller and sent on that agent's topic.
+/// Other messages (probe plans) are left out.
+fn published(mf: &mut MemoryFixture) -> Vec<(AgentId, DesiredState)> {
+    let key = mf.fx.app.public_key();
+    let topics = mf.fx.app.settings().topics.clone();
+    mf.fx
+        .sent()
+        .into_iter()
+        .filter_map(|m| {
+            let route = topics.route(&m.topic)?;
+            (route.channel == verge_shared::topic::Channel::Desired).then_some((route.agent, m))
+        })
+        .map(|(agent, m)| {
+            let delivery: Delivery = serde_json::from_slice(&m.payload).expect("delivery");
+            let desired: DesiredState = delivery
+                .desired
+                .open(payload_type::DESIRED_STATE, &key)
+                .expect("signed by the controller");
+            assert_eq!(desired.agent, agent, "sent on the agent's own topic");
+            (agent, desired)
+        })
+        .collect()
+}
+
+/// Announces `agents` (online, region `eu`) at the clock's time; returns their keys.
+fn announce(mf: &MemoryFixture, agents: &[&str]) -> BTreeMap<String, SigningKey> {
+    agents
+        .iter()
+        .map(|id| {
+            let key = SigningKey::generate().expect("key").0;
+            mf.fx.app.ingest(
+                &format!("verge/v1/agents/{id}/presence"),
+                &presence(&key, id, "eu"),
+                mf.clock.now(),
+            );
+            ((*id).to_owned(), key)
+        })
+        .collect()
+}
+
+/// A presence from every agent in `keys` at the clock's time (it counts as hearing from them).
+fn keep_alive(mf: &MemoryFixture, keys: &BTreeMap<String, SigningKey>, only: &[&str]) {
+    for id in only {
+        mf.fx.app.ingest(
+            &format!("verge/v1/agents/{id}/presence"),
+            &presence(&keys[*id], id, "eu"),
+            mf.clock.now(),
+        );
+    }
+}
+
+fn replica_nodes(mf: &MemoryFixture, service: &str) -> Vec<Option<String>> {
+    mf.fx
+        .app
+        .service(service)
+        .expect("service")
+        .replicas
+        .iter()
+        .map(|r| r.node.as_ref().map(|n| n.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn deploying_a_service_publishes_one_signed_desired_state_per_agent_at_generation_1() {
+    let mut mf = memory_fixture();
+    announce(&mf, &["edge-a", "edge-b", "edge-c"]);
+    let digest = mf.fx.release("web", b"binary", &[]).await;
+    mf.fx.sent();
+
+    mf.fx
+        .app
+        .put_service("web", request(&digest, 2))
+        .await
+        .expect("put");
+
+    let docs = published(&mut mf);
+    let agents: Vec<&AgentId> = docs.iter().map(|(a, _)| a).collect();
+    assert_eq!(
+        docs.len(),
+        2,
+        "one document per agent with work: {agents:?}"
+    );
+    assert_ne!(agents[0], agents[1], "one document per agent");
+    for (agent, desired) in &docs {
+        assert_eq!(desired.generation.get(), 1, "{agent}");
+        assert_eq!(desired.workloads.len(), 1, "{agent}");
+    }
+    let stored = mf.store.desired_states().expect("stored");
+    assert_eq!(stored.len(), 2, "every published document was stored");
+}
+
+#[tokio::test]
+async fn an_unchanged_re_put_publishes_nothing() {
+    let mut mf = memory_fixture();
+    announce(&mf, &["edge-a", "edge-b"]);
+    let digest = mf.fx.release("web", b"binary", &[]).await;
+    mf.fx
+        .app
+        .put_service("web", request(&digest, 2))
+        .await
+        .expect("put");
+    assert_eq!(published(&mut mf).len(), 2);
+
+    let (_, created) = mf
+        .fx
+        .app
+        .put_service("web", request(&digest, 2))
+        .await
+        .expect("put again");
+    assert!(!created);
+    assert!(
+        published(&mut mf).is_empty(),
+        "nothing changed, nothing sent"
+    );
+    assert!(
+        mf.store
+            .desired_states()
+            .expect("stored")
+            .iter()
+            .all(|d| d.generation.get() == 1)
+    );
+}
+
+#[tokio::test]
+async fn a_silent_node_goes_unhealthy_after_the_timeout_and_loses_its_replicas_after_the_grace() {
+    let mut mf = memory_fixture();
+    let keys = announce(&mf, &["edge-a", "edge-b"]);
+    let digest = mf.fx.release("web", b"binary", &[]).await;
+    mf.fx
+        .app
+        .put_service("web", request(&digest, 1))
+        .await
+        .expect("put");
+    let docs = published(&mut mf);
+    assert_eq!(docs.len(), 1);
+    let silent = docs[0].0.to_string();
+    let other = if silent == "edge-a" {
+        "edge-b"
+    } else {
+        "edge-a"
+    };
+    let nodes = mf.fx.app.settings().nodes;
+
+    // Just before the timeout: still healthy, nothing moves.
+    mf.clock.advance(nodes.heartbeat_timeout - ONE_SECOND);
+    keep_alive(&mf, &keys, &[other]);
+    mf.fx
+        .app
+        .reconcile(mf.clock.now(), false)
+        .await
+        .expect("tick");
+    assert!(mf.fx.app.node(&silent).expect("node").healthy);
+    assert!(published(&mut mf).is_empty());
+
+    // Past the timeout: unhealthy, but within the grace the replica stays.
+    mf.clock.advance(2 * ONE_SECOND);
+    keep_alive(&mf, &keys, &[other]);
+    mf.fx
+        .app
+        .reconcile(mf.clock.now(), false)
+        .await
+        .expect("tick");
+    assert!(!mf.fx.app.node(&silent).expect("node").healthy);
+    assert!(mf.fx.app.node(other).expect("node").healthy);
+    assert!(
+        published(&mut mf).is_empty(),
+        "nothing moves within the grace"
+    );
+    assert_eq!(replica_nodes(&mf, "web"), [Some(silent.clone())]);
+
+    // Past the grace: the replica moves to the node still heard from.
+    mf.clock.advance(nodes.failover_grace);
+    keep_alive(&mf, &keys, &[other]);
+    mf.fx
+        .app
+        .reconcile(mf.clock.now(), false)
+        .await
+        .expect("tick");
+    let docs: BTreeMap<String, DesiredState> = published(&mut mf)
+        .into_iter()
+        .map(|(a, d)| (a.to_string(), d))
+        .collect();
+    assert_eq!(docs.len(), 2, "{docs:?}");
+    assert_eq!(docs[other].workloads.len(), 1);
+    assert_eq!(docs[other].generation.get(), 1);
+    assert!(docs[&silent].workloads.is_empty());
+    assert_eq!(docs[&silent].generation.get(), 2);
+    assert_eq!(replica_nodes(&mf, "web"), [Some(other.to_owned())]);
+}
+
+#[tokio::test]
+async fn a_failed_desired_state_write_publishes_nothing() {
+    let mut mf = memory_fixture();
+    announce(&mf, &["edge-a"]);
+    let digest = mf.fx.release("web", b"binary", &[]).await;
+    mf.fx.sent();
+
+    mf.store.refuse_writes_to(&["desired"]);
+    let result = mf.fx.app.put_service("web", request(&digest, 1)).await;
+    assert!(
+        matches!(
+            result,
+            Err(AppError::Store(StoreError::Refused { tree: "desired" }))
+        ),
+        "{result:?}"
+    );
+    assert!(
+        published(&mut mf).is_empty(),
+        "nothing unstored is published"
+    );
+    mf.fx
+        .app
+        .republish_all(mf.clock.now())
+        .await
+        .expect("republish");
+    assert!(published(&mut mf).is_empty(), "nothing stored to republish");
+
+    // Once the store works again the next trigger deploys generation 1.
+    mf.store.refuse_writes_to(&[]);
+    mf.fx
+        .app
+        .reconcile(mf.clock.now(), true)
+        .await
+        .expect("plan");
+    let docs = published(&mut mf);
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0].1.generation.get(), 1);
+}
+
+#[tokio::test]
+async fn generations_only_grow_and_grow_exactly_when_workloads_change() {
+    let mut mf = memory_fixture();
+    announce(&mf, &["edge-a", "edge-b", "edge-c"]);
+    let first = mf.fx.release("web", b"one", &[]).await;
+    let mut last: BTreeMap<AgentId, DesiredState> = BTreeMap::new();
+    let mut n_published = 0;
+    let steps: [(&str, i64); 6] = [
+        ("put", 1),
+        ("put", 3),
+        ("put", 2),
+        ("delete", 0),
+        ("put", 2),
+        ("republish", 0),
+    ];
+    for (step, replicas) in steps {
+        match step {
+            "put" => {
+                mf.fx
+                    .app
+                    .put_service("web", request(&first, replicas))
+                    .await
+                    .expect("put");
+            }
+            "delete" => mf.fx.app.delete_service("web").await.expect("delete"),
+            _ => mf
+                .fx
+                .app
+                .republish_all(mf.clock.now())
+                .await
+                .expect("republish"),
+        }
+        mf.clock.advance(ONE_SECOND);
+        for (agent, desired) in published(&mut mf) {
+            n_published += 1;
+            if let Some(before) = last.get(&agent) {
+                assert!(desired.generation >= before.generation, "{agent} went back");
+                let changed = desired.workloads != before.workloads;
+                assert_eq!(
+                    desired.generation > before.generation,
+                    changed,
+                    "{agent}: the generation grows exactly when workloads change ({step})"
+                );
+            } else {
+                assert_eq!(desired.generation.get(), 1, "{agent} starts at 1");
+            }
+            last.insert(agent, desired);
+        }
+    }
+    assert!(
+        n_published >= 8,
+        "the steps published {n_published} documents"
+    );
+}

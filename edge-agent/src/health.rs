@@ -291,4 +291,25 @@ mod tests {
         };
         assert!(probe(&bad, &ports, &exec).await.is_err());
     }
+
+    #[test]
+    fn a_threshold_of_one_decides_on_the_first_result() {
+        let mut v = Verdict::new(&check(1, 1));
+        assert_eq!(v.record(false), HealthState::Unhealthy);
+        assert_eq!(v.record(true), HealthState::Healthy);
+        assert_eq!(v.record(false), HealthState::Unhealthy);
+    }
+
+    #[test]
+    fn only_consecutive_results_count_towards_a_threshold() {
+        let mut v = Verdict::new(&check(3, 3));
+        for ok in [true, true, false, true, true] {
+            assert_eq!(v.record(ok), HealthState::Unknown, "interrupted run");
+        }
+        assert_eq!(v.record(true), HealthState::Healthy);
+        for ok in [false, false, true, false, false] {
+            assert_eq!(v.record(ok), HealthState::Healthy, "interrupted run");
+        }
+        assert_eq!(v.record(false), HealthState::Unhealthy);
+    }
 }

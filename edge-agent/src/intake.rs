@@ -568,4 +568,58 @@ mod tests {
             Ok(Decision::Accept(_))
         ));
     }
+
+    #[test]
+    fn a_delivery_of_exactly_the_size_limit_is_read() {
+        let f = fixture();
+        let d = f.web(1, "1.0.0");
+        let mut bytes = serde_json::to_vec(&d).expect("json");
+        bytes.resize(limits::MAX_DELIVERY_BYTES, b' ');
+        assert_eq!(parse_delivery(&bytes), Ok(d));
+    }
+
+    #[test]
+    fn the_container_is_checked_before_anything_in_it() {
+        let f = fixture();
+        let mut d = f.web(1, "1.0.0");
+        d.schema_version = 2;
+        let bytes = serde_json::to_vec(&d).expect("json");
+        assert_eq!(
+            parse_delivery(&bytes).expect_err("schema").0,
+            RejectReason::UnsupportedSchema
+        );
+        // As many releases as an agent may run workloads, and no more.
+        let mut d = f.web(1, "1.0.0");
+        d.releases = vec![d.releases[0].clone(); limits::MAX_WORKLOADS_PER_AGENT];
+        let bytes = serde_json::to_vec(&d).expect("json");
+        assert_eq!(parse_delivery(&bytes), Ok(d.clone()));
+        d.releases.push(d.releases[0].clone());
+        let bytes = serde_json::to_vec(&d).expect("json");
+        assert_eq!(
+            parse_delivery(&bytes).expect_err("too many").0,
+            RejectReason::TooLarge
+        );
+    }
+
+    #[test]
+    fn a_rejection_names_the_generation_it_refused_and_when() {
+        let f = fixture();
+        let rejection = f
+            .check(&f.web(2, "1.0.0"), Some(5), &[])
+            .expect_err("stale");
+        assert_eq!(
+            (rejection.generation, rejection.at),
+            (Some(Generation::new(2)), ts(0))
+        );
+        assert!(rejection.detail.contains("older than the accepted 5"));
+        // The first desired state, and any newer one, is accepted.
+        assert!(matches!(
+            f.check(&f.web(1, "1.0.0"), None, &[]),
+            Ok(Decision::Accept(s)) if s.generation == Generation::new(1)
+        ));
+        assert!(matches!(
+            f.check(&f.web(6, "1.0.0"), Some(5), &[]),
+            Ok(Decision::Accept(s)) if s.generation == Generation::new(6) && s.expires_at == ts(60_000)
+        ));
+    }
 }

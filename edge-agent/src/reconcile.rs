@@ -342,4 +342,17 @@ mod tests {
         assert_eq!(p.stop.len(), 2);
         assert!(p.start.is_empty() && p.replace.is_empty());
     }
+
+    #[test]
+    fn a_plan_with_any_step_is_not_empty() {
+        let running = [w("a", b"1")];
+        let only_stop = plan(&[], &observed(&running));
+        assert!(!only_stop.is_empty(), "{only_stop:?}");
+        let only_start = plan(&running, &BTreeMap::new());
+        assert!(!only_start.is_empty(), "{only_start:?}");
+        let only_replace = plan(&[w("a", b"2")], &observed(&running));
+        assert_eq!((only_replace.stop.len(), only_replace.start.len()), (0, 0));
+        assert!(!only_replace.is_empty(), "{only_replace:?}");
+        assert!(Plan::default().is_empty());
+    }
 }

@@ -539,4 +539,66 @@ mod tests {
         assert_eq!(PublicKey::from_base64(&p.to_string()).expect("parse"), p);
         assert!(PublicKey::from_base64("AAAA").is_err());
     }
+
+    #[test]
+    fn an_envelope_of_exactly_the_limit_is_read() {
+        let bytes = serde_json::to_vec(&key().sign(T, b"x")).expect("json");
+        let env = Envelope::parse(&bytes, bytes.len()).expect("at the limit");
+        assert_eq!(env.payload, B64.encode(b"x"));
+        assert!(matches!(
+            Envelope::parse(&bytes, bytes.len() - 1),
+            Err(VerifyError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_key_id_is_the_hex_sha256_of_the_raw_public_key() {
+        let k = key();
+        let p = k.public_key();
+        let expected = crate::Sha256Digest::of(p.as_bytes()).to_string();
+        assert_eq!(expected.len(), 64);
+        assert_eq!(p.key_id().as_str(), expected);
+        assert_eq!(p.key_id().to_string(), expected);
+        assert_eq!(k.key_id(), p.key_id());
+        assert_eq!(PublicKey::from_bytes(*p.as_bytes()), p);
+        assert_eq!(k.sign(T, b"x").signatures[0].keyid, expected);
+    }
+
+    #[test]
+    fn debug_output_names_keys_by_their_public_parts_only() {
+        let (k, pkcs8) = SigningKey::generate().expect("key");
+        let shown = format!("{k:?}");
+        assert_eq!(shown, format!("SigningKey({})", k.key_id()));
+        assert!(!shown.contains(&B64.encode(&pkcs8)));
+        let p = k.public_key();
+        assert_eq!(format!("{p:?}"), format!("PublicKey({p})"));
+    }
+
+    #[test]
+    fn sign_json_signs_the_documents_json() {
+        let k = key();
+        let bytes = k.sign_json(T, &serde_json::json!({"a": 1}));
+        let env = Envelope::parse(&bytes, 4096).expect("envelope");
+        let doc: serde_json::Value = env.open(T, &k.public_key()).expect("opens");
+        assert_eq!(doc, serde_json::json!({"a": 1}));
+        let doc: serde_json::Value = env.open_any(T, &[k.public_key()]).expect("opens");
+        assert_eq!(doc, serde_json::json!({"a": 1}));
+    }
+
+    #[test]
+    fn a_key_signs_an_envelope_once() {
+        let (a, b) = (key(), key());
+        let mut env = a.sign(T, b"x");
+        env.add_signature(&a).expect("again");
+        assert_eq!(env.signatures.len(), 1);
+        env.add_signature(&b).expect("sign");
+        env.add_signature(&b).expect("again");
+        assert_eq!(env.signatures.len(), 2);
+        assert_eq!(env.signatures[1].keyid, b.key_id().as_str());
+        assert_eq!(
+            env.verify(T, &b.public_key())
+                .expect("b's signature verifies"),
+            b"x"
+        );
+    }
 }

@@ -678,4 +678,231 @@ mod tests {
             Err(TrustError::Invalid(e)) if e.starts_with("run.entrypoint")
         ));
     }
+
+    /// The field a refused bundle's error names (the text up to the colon).
+    fn refused_field(b: &TrustBundle) -> String {
+        let e = b.validate().expect_err("must be refused");
+        e.split(':').next().unwrap_or_default().to_owned()
+    }
+
+    fn publisher(name: &str) -> Publisher {
+        Publisher {
+            name: name.into(),
+            key: key().public_key(),
+            services: vec!["web-*".into()],
+        }
+    }
+
+    #[test]
+    fn every_inconsistency_of_a_bundle_is_refused_with_its_field() {
+        let k = keys(2);
+        let good = bundle(&k, 1, 2);
+        assert_eq!(good.validate(), Ok(()));
+        let refused = |change: &dyn Fn(&mut TrustBundle)| {
+            let mut b = good.clone();
+            change(&mut b);
+            refused_field(&b)
+        };
+        assert_eq!(refused(&|b| b.schema_version = 2), "schema_version");
+        assert_eq!(refused(&|b| b.expires_at = b.issued_at), "expires_at");
+        assert_eq!(refused(&|b| b.root.keys.clear()), "root.keys");
+        assert_eq!(
+            refused(&|b| b.root.keys = (0..=MAX_ROLE_KEYS).map(|_| key().public_key()).collect()),
+            "root.keys"
+        );
+        assert_eq!(
+            refused(&|b| b.root.keys[1] = b.root.keys[0]),
+            "root.keys",
+            "a root key listed twice would count twice towards the threshold"
+        );
+        assert_eq!(refused(&|b| b.root.threshold = 0), "root.threshold");
+        assert_eq!(refused(&|b| b.root.threshold = 3), "root.threshold");
+        assert_eq!(refused(&|b| b.controllers.clear()), "controllers");
+        assert_eq!(
+            refused(&|b| b.controllers = (0..=MAX_ROLE_KEYS).map(|_| key().public_key()).collect()),
+            "controllers"
+        );
+        assert_eq!(
+            refused(&|b| b.controllers.push(b.controllers[0])),
+            "controllers"
+        );
+        assert_eq!(
+            refused(&|b| {
+                b.publishers = (0..=MAX_PUBLISHERS)
+                    .map(|i| publisher(&format!("p{i}")))
+                    .collect();
+            }),
+            "publishers"
+        );
+        assert_eq!(
+            refused(&|b| b.publishers[0].name.clear()),
+            "publishers[0].name"
+        );
+        assert_eq!(
+            refused(&|b| b.publishers[0].name = "x".repeat(65)),
+            "publishers[0].name"
+        );
+        assert_eq!(
+            refused(&|b| b.publishers[0].name = "web\nteam".into()),
+            "publishers[0].name"
+        );
+        assert_eq!(
+            refused(&|b| b.publishers[0].key = b.root.keys[1]),
+            "publishers[0].key",
+            "a root key may not publish"
+        );
+        assert_eq!(
+            refused(&|b| {
+                let mut twice = b.publishers[0].clone();
+                twice.name = "other team".into();
+                b.publishers.push(twice);
+            }),
+            "publishers[1].key"
+        );
+        assert_eq!(
+            refused(&|b| b.publishers[0].services.clear()),
+            "publishers[0].services"
+        );
+        assert_eq!(
+            refused(&|b| b.publishers[0].services = vec!["web-*".into(); MAX_PATTERNS + 1]),
+            "publishers[0].services"
+        );
+        assert_eq!(
+            refused(&|b| b.publishers[0].services = vec![String::new()]),
+            "publishers[0].services"
+        );
+        assert_eq!(
+            refused(&|b| b.publishers[0].services = vec!["w".repeat(65)]),
+            "publishers[0].services"
+        );
+    }
+
+    #[test]
+    fn bundle_limits_are_inclusive() {
+        let k = keys(MAX_ROLE_KEYS);
+        // Every root key must sign: the threshold may equal the number of keys.
+        let mut b = bundle(&k, 1, u32::try_from(MAX_ROLE_KEYS).expect("small"));
+        b.controllers = (0..MAX_ROLE_KEYS).map(|_| key().public_key()).collect();
+        b.publishers = (0..MAX_PUBLISHERS)
+            .map(|i| publisher(&format!("p{i}")))
+            .collect();
+        b.publishers[0].name = "x".repeat(64);
+        b.publishers[0].services = vec!["w".repeat(64); MAX_PATTERNS];
+        b.publishers[1].services = vec!["a".into(), "0-*".into()];
+        assert_eq!(b.validate(), Ok(()));
+        // No publisher at all is a valid (if useless) bundle.
+        let mut b = bundle(&keys(1), 1, 1);
+        b.publishers.clear();
+        assert_eq!(b.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_stored_bundle_is_rechecked_without_its_expiry() {
+        let k = keys(2);
+        let mut b = bundle(&k, 1, 2);
+        b.issued_at = at(-7200);
+        b.expires_at = at(-3600);
+        let both = sign_by(&b, &[&k.roots[0], &k.roots[1]]);
+        let verified = TrustBundle::verify_self_signed(&both).expect("expired but signed");
+        assert_eq!((verified.bundle, verified.envelope), (b.clone(), both));
+        assert!(matches!(
+            TrustBundle::verify_self_signed(&sign_by(&b, &[&k.roots[1]])),
+            Err(TrustError::Envelope(VerifyError::Threshold { .. }))
+        ));
+        let mut invalid = b;
+        invalid.controllers.clear();
+        assert!(matches!(
+            TrustBundle::verify_self_signed(&sign_by(&invalid, &[&k.roots[0], &k.roots[1]])),
+            Err(TrustError::Invalid(e)) if e.starts_with("controllers")
+        ));
+    }
+
+    #[test]
+    fn a_properly_signed_but_invalid_successor_is_refused() {
+        let k = keys(1);
+        let current = bundle(&k, 1, 1);
+        let mut next = bundle(&k, 2, 1);
+        next.controllers.clear();
+        assert!(matches!(
+            current.verify_update(&sign_by(&next, &[&k.roots[0]]), at(0)),
+            Err(TrustError::Invalid(e)) if e.starts_with("controllers")
+        ));
+        let next = bundle(&k, 2, 1);
+        let bytes = sign_by(&next, &[&k.roots[0]]);
+        assert_eq!(
+            current.verify_update(&bytes, at(0)),
+            Ok(BundleUpdate::Newer(VerifiedBundle {
+                bundle: next,
+                envelope: bytes.clone()
+            }))
+        );
+    }
+
+    #[test]
+    fn a_release_names_exactly_one_artifact_and_an_entrypoint_only_for_archives() {
+        assert_eq!(release("web").validate(), Ok(()));
+        let mut none = release("web");
+        none.artifacts.clear();
+        assert!(none.validate().expect_err("none").starts_with("artifacts"));
+        let mut two = release("web");
+        two.artifacts.push(two.artifacts[0].clone());
+        assert!(two.validate().expect_err("two").starts_with("artifacts"));
+        let mut executable = release("web");
+        executable.run.entrypoint = Some("bin/web".into());
+        assert!(
+            executable
+                .validate()
+                .expect_err("entrypoint of an executable")
+                .starts_with("run.entrypoint")
+        );
+        let mut archive = release("web");
+        archive.artifacts[0].media_type = MediaType::TarGzip;
+        archive.run.entrypoint = Some("bin/web".into());
+        assert_eq!(archive.validate(), Ok(()));
+        let mut bad_run = release("web");
+        bad_run.run.args = vec!["a\0b".into()];
+        assert!(bad_run.validate().expect_err("NUL").starts_with("run.args"));
+        let mut schema = release("web");
+        schema.schema_version = 2;
+        assert!(schema.validate().is_err());
+    }
+
+    #[test]
+    fn a_workload_is_the_release_run_spec_plus_the_assignment_config() {
+        let mut r = release("web-eu");
+        r.run.args = vec!["--port".into(), "8080".into()];
+        r.run.env.insert("MODE".into(), "fast".into());
+        r.resources.memory_mb = 64;
+        let assignment = Assignment {
+            service: ServiceName::new("web-eu").expect("name"),
+            replica: 2,
+            release: Sha256Digest::of(b"release"),
+            rollback: false,
+            config: [("GREETING".to_owned(), "hi".to_owned())].into(),
+        };
+        let w = r.workload(&assignment).expect("resolves");
+        assert_eq!(w.service, r.service);
+        assert_eq!((w.replica, w.release), (2, Sha256Digest::of(b"release")));
+        assert_eq!(w.version, r.version);
+        assert_eq!(
+            w.artifact,
+            ArtifactRef {
+                sha256: Sha256Digest::of(b"code"),
+                size: 4
+            }
+        );
+        assert_eq!(w.run.args, ["--port", "8080"]);
+        assert_eq!(
+            w.run.env,
+            [
+                ("MODE".to_owned(), "fast".to_owned()),
+                ("VERGE_CONFIG_GREETING".to_owned(), "hi".to_owned())
+            ]
+            .into()
+        );
+        assert_eq!(w.resources, r.resources);
+        let mut empty = r;
+        empty.artifacts.clear();
+        assert!(empty.workload(&assignment).is_err());
+    }
 }

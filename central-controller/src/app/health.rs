@@ -129,4 +129,62 @@ mod tests {
             Err(Unschedulable::Offline)
         );
     }
+
+    #[test]
+    fn the_timeout_and_the_grace_end_exactly_when_they_run_out() {
+        let timeout = Duration::from_secs(30);
+        let grace = Duration::from_secs(20);
+        let n = node(true, None);
+        assert!(evaluate(&n, at(0), at(30 * SEC - 1), timeout, grace).healthy);
+        let h = evaluate(&n, at(0), at(30 * SEC), timeout, grace);
+        assert_eq!(
+            h,
+            Health {
+                healthy: false,
+                schedulable: Ok(())
+            },
+            "silent for the whole timeout: unhealthy, in grace"
+        );
+        assert_eq!(
+            evaluate(&n, at(0), at(50 * SEC - 1), timeout, grace).schedulable,
+            Ok(())
+        );
+        assert_eq!(
+            evaluate(&n, at(0), at(50 * SEC), timeout, grace).schedulable,
+            Err(Unschedulable::NotResponding)
+        );
+    }
+
+    #[test]
+    fn an_offline_node_is_never_healthy_and_its_grace_runs_from_going_offline() {
+        let timeout = Duration::from_secs(30);
+        let grace = Duration::from_secs(10);
+        let n = node(false, Some(100 * SEC));
+        let h = evaluate(&n, at(100 * SEC), at(100 * SEC), timeout, grace);
+        assert_eq!(
+            h,
+            Health {
+                healthy: false,
+                schedulable: Ok(())
+            }
+        );
+        assert_eq!(
+            evaluate(&n, at(100 * SEC), at(110 * SEC - 1), timeout, grace).schedulable,
+            Ok(())
+        );
+        assert_eq!(
+            evaluate(&n, at(100 * SEC), at(110 * SEC), timeout, grace).schedulable,
+            Err(Unschedulable::Offline)
+        );
+        // Offline without a recorded time: the grace runs from the last contact.
+        let n = node(false, None);
+        assert_eq!(
+            evaluate(&n, at(50 * SEC), at(59 * SEC), timeout, grace).schedulable,
+            Ok(())
+        );
+        assert_eq!(
+            evaluate(&n, at(50 * SEC), at(60 * SEC), timeout, grace).schedulable,
+            Err(Unschedulable::Offline)
+        );
+    }
 }

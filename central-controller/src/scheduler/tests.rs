@@ -521,3 +521,198 @@ proptest! {
         }
     }
 }
+
+// ---- rules at their edges ----
+
+#[test]
+fn a_replica_that_fits_exactly_is_placed() {
+    let nodes = [node("a1", "a", 250, 64), node("a2", "a", 250, 64)];
+    let p = plan(
+        &nodes,
+        &[service("web", 2, &[], 250, 64)],
+        &Placement::new(),
+    );
+    assert_eq!(nodes_of(&p, "web"), [Some("a1".into()), Some("a2".into())]);
+    // Exactly full: one more replica finds no room, and the reason says so.
+    let p = plan(
+        &nodes,
+        &[service("web", 3, &[], 250, 64)],
+        &Placement::new(),
+    );
+    assert_eq!(nodes_of(&p, "web")[2], None);
+    assert_eq!(
+        reason_of(&p, "web", 2),
+        "0/2 nodes: 2 already running a replica of it"
+    );
+}
+
+#[test]
+fn what_is_placed_is_taken_from_the_node() {
+    // Two services on one node: the second finds only what the first left.
+    let nodes = [node("a1", "a", 1000, 100)];
+    let p = plan(
+        &nodes,
+        &[
+            service("aa", 1, &[], 600, 60),
+            service("bb", 1, &[], 500, 10),
+        ],
+        &Placement::new(),
+    );
+    assert_eq!(nodes_of(&p, "aa"), [Some("a1".into())]);
+    assert_eq!(nodes_of(&p, "bb"), [None]);
+    assert_eq!(
+        reason_of(&p, "bb", 0),
+        "0/1 nodes: 1 insufficient cpu (needs 500 millicores, 400 free)"
+    );
+    let p = plan(
+        &nodes,
+        &[service("aa", 1, &[], 10, 60), service("bb", 1, &[], 10, 50)],
+        &Placement::new(),
+    );
+    assert_eq!(
+        reason_of(&p, "bb", 0),
+        "0/1 nodes: 1 insufficient memory (needs 50 MB, 40 free)"
+    );
+}
+
+#[test]
+fn a_node_exactly_at_the_latency_target_qualifies() {
+    let nodes = [
+        with_latency(node("a1", "a", 1000, 100), "a", 20.0),
+        with_latency(node("a2", "a", 1000, 100), "a", 20.5),
+    ];
+    let s = targeting(service("web", 2, &[], 10, 10), &["a"], 20.0);
+    let p = plan(&nodes, std::slice::from_ref(&s), &Placement::new());
+    assert_eq!(nodes_of(&p, "web"), [Some("a1".into()), None]);
+    // The same when the replica is re-placed after a node loss.
+    let mut moved = s.clone();
+    moved.replicas = 1;
+    let three = [
+        with_latency(node("a0", "a", 1000, 100), "a", 1.0),
+        nodes[0].clone(),
+        nodes[1].clone(),
+    ];
+    let before = plan(&three, std::slice::from_ref(&moved), &Placement::new());
+    assert_eq!(nodes_of(&before, "web"), [Some("a0".into())]);
+    let mut lost = three.clone();
+    lost[0].schedulable = Err(Unschedulable::Offline);
+    let after = replan_displaced(&lost, std::slice::from_ref(&moved), before);
+    assert_eq!(nodes_of(&after, "web"), [Some("a1".into())]);
+}
+
+#[test]
+fn nodes_in_the_same_latency_step_are_equally_close() {
+    // 1 ms and 4 ms are in the same 5 ms step: free memory decides.
+    let nodes = [
+        with_latency(node("a1", "a", 1000, 100), "a", 1.0),
+        with_latency(node("a2", "a", 1000, 400), "a", 4.0),
+    ];
+    let mut busy = service("busy", 1, &[], 10, 50);
+    busy.priority = 1;
+    let web = || targeting(service("web", 1, &[], 10, 10), &["a"], 20.0);
+    let p = plan(&nodes, &[busy.clone(), web()], &Placement::new());
+    // busy went to a1 (free fractions tie, then id); a2 now has more free memory.
+    assert_eq!(nodes_of(&p, "busy"), [Some("a1".into())]);
+    assert_eq!(nodes_of(&p, "web"), [Some("a2".into())]);
+    // 4 ms and 6 ms are not: the closer node wins with less free memory.
+    let nodes = [
+        with_latency(node("a1", "a", 1000, 100), "a", 4.0),
+        with_latency(node("a2", "a", 1000, 100), "a", 6.0),
+    ];
+    busy.resources.memory_mb = 90;
+    let p = plan(&nodes, &[busy, web()], &Placement::new());
+    assert_eq!(nodes_of(&p, "busy"), [Some("a1".into())]);
+    assert_eq!(nodes_of(&p, "web"), [Some("a1".into())]);
+}
+
+#[test]
+fn a_replica_of_a_service_with_several_targets_is_near_all_of_them() {
+    // Without per_target_region every replica must be within the target of
+    // every listed region.
+    let near = |n: NodeInput, seoul: f64, busan: f64| {
+        with_latency(with_latency(n, "seoul", seoul), "busan", busan)
+    };
+    let nodes = [
+        near(node("s1", "seoul", 1000, 100), 2.0, 30.0),
+        near(node("m1", "seoul", 1000, 100), 10.0, 10.0),
+        near(node("b1", "busan", 1000, 100), 30.0, 2.0),
+    ];
+    let s = targeting(service("web", 2, &[], 10, 10), &["seoul", "busan"], 20.0);
+    let p = plan(&nodes, &[s], &Placement::new());
+    assert_eq!(nodes_of(&p, "web"), [Some("m1".into()), None]);
+}
+
+#[test]
+fn plans_that_decide_differently_differ() {
+    let nodes = [node("a1", "a", 1000, 100), node("a2", "a", 1000, 100)];
+    let one = plan(&nodes, &[service("web", 1, &[], 10, 10)], &Placement::new());
+    let two = plan(&nodes, &[service("web", 2, &[], 10, 10)], &Placement::new());
+    assert_ne!(one, two);
+    assert_eq!(
+        one,
+        plan(&nodes, &[service("web", 1, &[], 10, 10)], &Placement::new())
+    );
+}
+
+#[test]
+fn a_plan_given_only_its_decisions_is_re_placed_like_the_schedulers_own() {
+    let nodes = [node("a1", "a", 1000, 100), node("a2", "a", 1000, 100)];
+    let services = [service("web", 1, &[], 10, 10)];
+    let made = plan(&nodes, &services, &Placement::new());
+    assert_eq!(nodes_of(&made, "web"), [Some("a1".into())]);
+    // A plan from elsewhere (say, rebuilt from storage) carries no load.
+    let rebuilt = Plan {
+        services: made.services.clone(),
+        ..Plan::default()
+    };
+    let mut lost = nodes.clone();
+    lost[0].schedulable = Err(Unschedulable::Drained);
+    let expected = replan_displaced(&lost, &services, made);
+    assert_eq!(nodes_of(&expected, "web"), [Some("a2".into())]);
+    assert_eq!(replan_displaced(&lost, &services, rebuilt), expected);
+}
+
+#[test]
+fn any_change_but_a_lost_node_needs_a_full_replan() {
+    let nodes = vec![
+        with_latency(node("a1", "a", 1000, 100), "a", 5.0),
+        node("a2", "a", 1000, 100),
+    ];
+    assert!(only_nodes_lost(&nodes, &nodes));
+    let changed = |change: &dyn Fn(&mut Vec<NodeInput>)| {
+        let mut now = nodes.clone();
+        change(&mut now);
+        only_nodes_lost(&nodes, &now)
+    };
+    assert!(changed(&|n| n[1].schedulable = Err(Unschedulable::Offline)));
+    assert!(!changed(&|n| n[1].id = AgentId::new("a3").expect("id")));
+    assert!(!changed(&|n| n[1].region = region("b")));
+    assert!(!changed(&|n| n[1].zone = Some("north".into())));
+    assert!(!changed(&|n| n[1].capacity.memory_mb = 200));
+    assert!(!changed(&|n| {
+        n[0].latency.insert(region("a"), Figure::flat(6.0));
+    }));
+    assert!(!changed(&|n| {
+        n.pop();
+    }));
+}
+
+#[test]
+fn scoring_stops_after_the_closest_nodes_to_score() {
+    // More passing nodes than are scored, all equally close: only the
+    // first NODES_TO_SCORE by id are compared, so the one with the most
+    // free memory, last by id, is not looked at.
+    let mut nodes: Vec<NodeInput> = (0..NODES_TO_SCORE)
+        .map(|i| node(&format!("n{i:03}"), "a", 1000, 0))
+        .collect();
+    nodes.push(node(&format!("n{NODES_TO_SCORE:03}"), "a", 1000, 100));
+    let p = plan(&nodes, &[service("web", 1, &[], 10, 0)], &Placement::new());
+    assert_eq!(nodes_of(&p, "web"), [Some("n000".into())]);
+    // With fewer nodes than that, every node is scored.
+    let p = plan(
+        &nodes[NODES_TO_SCORE - 5..],
+        &[service("web", 1, &[], 10, 0)],
+        &Placement::new(),
+    );
+    assert_eq!(nodes_of(&p, "web"), [Some(format!("n{NODES_TO_SCORE:03}"))]);
+}

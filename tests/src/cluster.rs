@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use verge_shared::SigningKey;
 
 use crate::api::Api;
+use crate::require::Tool;
 use crate::trust::Roles;
 use crate::wait::wait_for;
 
@@ -635,14 +636,11 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
-    /// Runs `mosquitto -c <conf>` from the Debian package with its output in
+    /// Runs `mosquitto -c <conf>` (found by [`Tool::path`]) with its output in
     /// `log`, and waits until it accepts TCP connections on loopback `port`.
     pub async fn start(conf: &Path, log: &Path, port: u16) -> Result<Mosquitto> {
-        let exe = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists());
-        let Some(exe) = exe else {
+        // Tests call `require::missing(Tool::Mosquitto)` first and skip.
+        let Some(exe) = Tool::Mosquitto.path() else {
             bail!("mosquitto is not installed (apt-get install -y mosquitto; .ci/run does this)");
         };
         let mut cmd = Command::new(exe);

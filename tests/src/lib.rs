@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cluster;
 pub mod mqtt;
 pub mod proxy;
+pub mod require;
 pub mod tls;
 pub mod trust;
 pub mod wait;

@@ -109,5 +109,8 @@ async fn deploy_update_delete_over_the_embedded_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_update_delete_over_mosquitto() {
+    if verge_tests::require::missing(verge_tests::require::Tool::Mosquitto) {
+        return;
+    }
     deploy_update_delete(BrokerKind::Mosquitto).await;
 }

@@ -26,6 +26,7 @@ use verge_shared::topic::{Channel, DEFAULT_PREFIX, Topics};
 use verge_shared::{AgentId, RegionId};
 use verge_tests::cluster::{Mosquitto, free_port};
 use verge_tests::mqtt::{Message, TestClient};
+use verge_tests::require::{Tool, missing};
 use verge_tests::wait_for;
 
 /// How long a message or acknowledgement may take on a loaded machine.
@@ -306,6 +307,9 @@ fn from_b(messages: &[Message]) -> Vec<&Message> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_publish_on_another_agents_topics() {
+    if missing(Tool::Mosquitto) {
+        return;
+    }
     let broker = Broker::start().await;
     let (a, b) = (&broker.a, &broker.b);
     let upward = [
@@ -424,6 +428,9 @@ async fn an_agent_cannot_publish_on_another_agents_topics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_read_another_agents_desired_state() {
+    if missing(Tool::Mosquitto) {
+        return;
+    }
     let broker = Broker::start().await;
     let (a, b) = (&broker.a, &broker.b);
     let (desired_a, desired_b) = (broker.topics.desired(a), broker.topics.desired(b));
@@ -500,6 +507,9 @@ async fn an_agent_cannot_read_another_agents_desired_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_pose_as_the_controller() {
+    if missing(Tool::Mosquitto) {
+        return;
+    }
     let broker = Broker::start().await;
     let (a, b) = (&broker.a, &broker.b);
     let (desired_a, desired_b) = (broker.topics.desired(a), broker.topics.desired(b));
@@ -555,6 +565,9 @@ async fn an_agent_cannot_pose_as_the_controller() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_will_on_another_agents_topic_is_dropped() {
+    if missing(Tool::Mosquitto) {
+        return;
+    }
     let broker = Broker::start().await;
     let presence_b = broker.agent(&broker.b, Channel::Presence);
     let mut controller = broker.connect(&broker.controller).await;
@@ -595,6 +608,9 @@ async fn a_last_will_on_another_agents_topic_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_take_over_another_agents_session() {
+    if missing(Tool::Mosquitto) {
+        return;
+    }
     let broker = Broker::start().await;
     let desired_b = broker.topics.desired(&broker.b);
     let controller = broker.connect(&broker.controller).await;
@@ -629,6 +645,9 @@ async fn an_agent_cannot_take_over_another_agents_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_a_verge_certificate_are_refused() {
+    if missing(Tool::Mosquitto) {
+        return;
+    }
     let broker = Broker::start().await;
 
     let plain = TestClient::connect(broker.addr, "plain").await;
@@ -656,6 +675,9 @@ async fn clients_without_a_verge_certificate_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate_is_refused_after_a_reload() {
+    if missing(Tool::Mosquitto) {
+        return;
+    }
     let broker = Broker::start_with_crl().await;
     let desired_a = broker.topics.desired(&broker.a);
     let controller = broker.connect(&broker.controller).await;

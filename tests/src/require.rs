@@ -1,0 +1,105 @@
+//! Optional system programs some tests need (today: Mosquitto): where to
+//! find them, and one rule for when they are missing.
+//!
+//! On a machine with only the Rust toolchain, a test that needs a missing
+//! program prints `SKIPPED: ...` to stderr and returns, so `cargo test
+//! --workspace` passes. `VERGE_REQUIRE` (a comma-separated list such as
+//! `mosquitto`, set by `.ci/run`) turns that absence into a failure, so CI
+//! never passes by skipping. New programs (a browser, a container runtime)
+//! are added as [`Tool`] variants.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+/// The environment variable listing the tools whose absence fails a test.
+pub const REQUIRE_VAR: &str = "VERGE_REQUIRE";
+
+/// A system program a test may need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tool {
+    /// The Mosquitto broker (Debian package `mosquitto`).
+    Mosquitto,
+}
+
+impl Tool {
+    /// The name used in `VERGE_REQUIRE` and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Mosquitto => "mosquitto",
+        }
+    }
+
+    /// The variable that overrides where the program is looked for (a
+    /// path that does not exist simulates a machine without it).
+    pub fn path_var(self) -> &'static str {
+        match self {
+            Tool::Mosquitto => "VERGE_MOSQUITTO",
+        }
+    }
+
+    /// How to install it.
+    pub fn install_hint(self) -> &'static str {
+        match self {
+            Tool::Mosquitto => "apt-get install -y mosquitto",
+        }
+    }
+
+    fn default_paths(self) -> &'static [&'static str] {
+        match self {
+            Tool::Mosquitto => &["/usr/sbin/mosquitto", "/usr/bin/mosquitto"],
+        }
+    }
+
+    /// The program's path, if it is installed: the path in
+    /// [`Tool::path_var`] when that is set, else the usual install places.
+    pub fn path(self) -> Option<PathBuf> {
+        if let Some(path) = std::env::var_os(self.path_var()) {
+            let path = PathBuf::from(path);
+            return path.exists().then_some(path);
+        }
+        self.default_paths()
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    }
+
+    /// Whether `VERGE_REQUIRE` lists this tool.
+    pub fn required(self) -> bool {
+        std::env::var(REQUIRE_VAR).is_ok_and(|list| {
+            list.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(self.name()))
+        })
+    }
+}
+
+/// Whether the calling test must stop because `tool` is missing. Call it
+/// first thing and return when it says so:
+///
+/// ```no_run
+/// # use verge_tests::require::{missing, Tool};
+/// if missing(Tool::Mosquitto) {
+///     return;
+/// }
+/// ```
+///
+/// Returns `false` when the tool is installed. When it is not, prints
+/// `SKIPPED: <tool> is not installed (<install hint>) [<test>]` to stderr and
+/// returns `true`, or panics if `VERGE_REQUIRE` lists the tool.
+pub fn missing(tool: Tool) -> bool {
+    if tool.path().is_some() {
+        return false;
+    }
+    let why = format!(
+        "{} is not installed ({}; or set {} to its path)",
+        tool.name(),
+        tool.install_hint(),
+        tool.path_var()
+    );
+    assert!(!tool.required(), "{why}, and {REQUIRE_VAR} requires it");
+    // Straight to stderr, not through `eprintln!`, which the test harness
+    // captures: a skip must be seen also when the test passes.
+    let test = std::thread::current().name().unwrap_or("").to_owned();
+    let line = format!("SKIPPED: {why} [{test}]\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    true
+}

@@ -1,0 +1,539 @@
+//! Every ```json and ```toml example in README.md and docs/ is exercised
+//! against the real code, so the documentation cannot drift from what Verge
+//! accepts and answers.
+//!
+//! A marker comment on the line before each block says what it is:
+//!
+//! - `<!-- example: request PUT /api/v1/services/{name} -->`: a request body,
+//!   sent to a real controller, which must accept it;
+//! - `<!-- example: response <METHOD> <route> -->` (and `response error`):
+//!   every key of the example (recursively, for objects) must be in the
+//!   real response of that route;
+//! - `<!-- example: release contents -->`: the `run` and `resources` of a
+//!   release, signed and uploaded to a real controller, which must accept it;
+//! - `<!-- example: document <Type> -->`: a protocol document, parsed as the
+//!   `verge-shared` type with its keys found in a real one;
+//! - `<!-- example: release spec -->`, `<!-- example: trust bundle spec -->`:
+//!   TOML signed by the real `verge-admin`.
+//!
+//! Placeholders (`"<digest>"`, or any string `"<...>"` in a document) are
+//! replaced by real values before use.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use verge_shared::messages::{Assignment, Delivery};
+use verge_shared::{Envelope, ServiceName};
+use verge_tests::trust::{Roles, delivery, sign_by};
+use verge_tests::workload::{hello_artifact, hello_spec, wait_running};
+use verge_tests::{Cluster, ClusterOptions};
+
+/// Every kind of example the test knows how to exercise.
+const KINDS: [&str; 10] = [
+    "request PUT /api/v1/services/{name}",
+    "response error",
+    "response GET /api/v1/services/{name}",
+    "response GET /api/v1/nodes/{id}",
+    "release contents",
+    "document Envelope",
+    "document Delivery",
+    "document Assignment",
+    "release spec",
+    "trust bundle spec",
+];
+
+/// One fenced block of a Markdown file.
+#[derive(Debug, Clone)]
+struct Example {
+    file: String,
+    /// The line of the opening fence.
+    line: usize,
+    lang: String,
+    marker: Option<String>,
+    body: String,
+}
+
+impl Example {
+    fn at(&self) -> String {
+        format!("{}:{}", self.file, self.line)
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("{}: the example is not valid JSON: {e}", self.at()))
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+fn markdown_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).expect("docs/ is readable").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = vec![root().join("README.md")];
+    walk(&root().join("docs"), &mut files);
+    files.sort();
+    files
+}
+
+/// Every ```json and ```toml block of README.md and docs/**/*.md.
+fn examples() -> Vec<Example> {
+    let mut out = Vec::new();
+    for path in markdown_files() {
+        let text = fs::read_to_string(&path).expect("readable");
+        let file = path
+            .strip_prefix(root())
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut i = 0;
+        while i < lines.len() {
+            let fence = lines[i].trim_start();
+            let Some(lang) = fence.strip_prefix("```") else {
+                i += 1;
+                continue;
+            };
+            let lang = lang.trim().to_owned();
+            let start = i;
+            let mut body = String::new();
+            i += 1;
+            while i < lines.len() && !lines[i].trim_start().starts_with("```") {
+                body.push_str(lines[i]);
+                body.push('\n');
+                i += 1;
+            }
+            i += 1;
+            if lang != "json" && lang != "toml" {
+                continue;
+            }
+            let marker = lines[..start]
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .and_then(|l| {
+                    l.trim()
+                        .strip_prefix("<!-- example:")
+                        .and_then(|m| m.strip_suffix("-->"))
+                        .map(|m| m.trim().to_owned())
+                });
+            out.push(Example {
+                file: file.clone(),
+                line: start + 1,
+                lang,
+                marker,
+                body,
+            });
+        }
+    }
+    out
+}
+
+fn of_kind(kind: &str) -> Vec<Example> {
+    examples()
+        .into_iter()
+        .filter(|e| e.marker.as_deref() == Some(kind))
+        .collect()
+}
+
+#[test]
+fn every_json_and_toml_example_is_marked_with_a_known_kind() {
+    let all = examples();
+    assert!(all.len() >= 10, "found only {} examples", all.len());
+    let mut problems = Vec::new();
+    for e in &all {
+        match &e.marker {
+            None => problems.push(format!(
+                "{}: ```{} block without a marker; put `<!-- example: KIND -->` on the line \
+                 before it",
+                e.at(),
+                e.lang
+            )),
+            Some(kind) if !KINDS.contains(&kind.as_str()) => problems.push(format!(
+                "{}: unknown example kind `{kind}`; teach tests/tests/docs_examples.rs to \
+                 exercise it",
+                e.at()
+            )),
+            Some(_) => {}
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{}\nKnown kinds: {}",
+        problems.join("\n"),
+        KINDS.join(", ")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Keys and placeholders.
+
+/// Checks that every key of `example` is in `real`, recursively for objects
+/// (and for arrays, against all of the real array's elements together).
+fn keys_in(example: &Value, real: &Value, path: &str, missing: &mut Vec<String>) {
+    match (example, real) {
+        (Value::Object(ex), Value::Object(re)) => {
+            for (key, value) in ex {
+                match re.get(key) {
+                    Some(r) => keys_in(value, r, &format!("{path}.{key}"), missing),
+                    None => missing.push(format!("{path}.{key}")),
+                }
+            }
+        }
+        (Value::Array(ex), Value::Array(re)) if !re.is_empty() => {
+            let mut merged = serde_json::Map::new();
+            for r in re {
+                if let Value::Object(o) = r {
+                    for (k, v) in o {
+                        merged.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+            }
+            let merged = if merged.is_empty() {
+                re[0].clone()
+            } else {
+                Value::Object(merged)
+            };
+            for (i, e) in ex.iter().enumerate() {
+                keys_in(e, &merged, &format!("{path}[{i}]"), missing);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn assert_keys_in(example: &Example, real: &Value) {
+    let mut missing = Vec::new();
+    keys_in(&example.json(), real, "", &mut missing);
+    assert!(
+        missing.is_empty(),
+        "{} ({}): keys not in the real {}: {}\nreal: {real:#}",
+        example.at(),
+        example.marker.as_deref().unwrap_or(""),
+        if example
+            .marker
+            .as_deref()
+            .is_some_and(|m| m.starts_with("document"))
+        {
+            "document"
+        } else {
+            "response"
+        },
+        missing.join(", ")
+    );
+}
+
+/// Replaces every placeholder string `"<...>"` in `example` by the value at
+/// the same place in `real`.
+fn fill(example: &Value, real: &Value) -> Value {
+    match (example, real) {
+        (Value::String(s), r) if s.starts_with('<') && s.ends_with('>') => r.clone(),
+        (Value::Object(ex), Value::Object(re)) => Value::Object(
+            ex.iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        re.get(k).map_or_else(|| v.clone(), |r| fill(v, r)),
+                    )
+                })
+                .collect(),
+        ),
+        (Value::Array(ex), Value::Array(re)) if !re.is_empty() => Value::Array(
+            ex.iter()
+                .enumerate()
+                .map(|(i, v)| fill(v, &re[i.min(re.len() - 1)]))
+                .collect(),
+        ),
+        (v, _) => v.clone(),
+    }
+}
+
+/// `body` with every `"<digest>"` replaced by `digest`.
+fn with_digest(body: &str, digest: &str) -> String {
+    body.replace("\"<digest>\"", &format!("\"{digest}\""))
+}
+
+// ---------------------------------------------------------------------------
+// Protocol documents.
+
+#[test]
+fn document_examples_parse_as_the_protocol_types() {
+    let roles = Roles::generate();
+    let release = json!({
+        "schema_version": 1, "service": "hello", "version": "1.0.0",
+        "issued_at": verge_shared::Timestamp::now(),
+        "artifacts": [{"sha256": "00".repeat(32), "size": 1,
+                       "media_type": "application/vnd.verge.executable"}],
+    });
+    let envelope: Envelope = sign_by(
+        verge_shared::trust::payload_type::RELEASE,
+        &release,
+        &[&roles.publisher],
+    );
+    let digest = envelope.signed_digest().expect("a signed digest");
+    let real_envelope = serde_json::to_value(&envelope).expect("json");
+    let real_delivery: Value = serde_json::from_slice(&delivery(
+        envelope.clone(),
+        vec![envelope.clone()],
+        Some(envelope.clone()),
+    ))
+    .expect("json");
+    let real_assignment = serde_json::to_value(Assignment {
+        service: ServiceName::new("hello").expect("name"),
+        replica: 0,
+        release: digest,
+        rollback: true,
+        config: BTreeMap::from([("MODE".to_owned(), "edge".to_owned())]),
+    })
+    .expect("json");
+
+    let mut seen = 0;
+    for (kind, real) in [
+        ("document Envelope", &real_envelope),
+        ("document Delivery", &real_delivery),
+        ("document Assignment", &real_assignment),
+    ] {
+        for example in of_kind(kind) {
+            seen += 1;
+            assert_keys_in(&example, real);
+            let filled = fill(&example.json(), real);
+            let parsed = match kind {
+                "document Envelope" => serde_json::from_value::<Envelope>(filled).map(|_| ()),
+                "document Delivery" => serde_json::from_value::<Delivery>(filled).map(|_| ()),
+                _ => serde_json::from_value::<Assignment>(filled).map(|_| ()),
+            };
+            if let Err(e) = parsed {
+                panic!("{}: does not parse as a {kind}: {e}", example.at());
+            }
+        }
+    }
+    assert_eq!(seen, 3, "the protocol's three document examples");
+}
+
+// ---------------------------------------------------------------------------
+// TOML specs, signed by the real verge-admin.
+
+/// The `verge-admin` binary, built with the profile of this test.
+fn verge_admin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let hello = verge_tests::cluster::binary("hello-edge");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "-p", "verge-admin"]);
+            if hello.parent().is_some_and(|d| d.ends_with("release")) {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building verge-admin failed: {status}");
+            hello.with_file_name("verge-admin")
+        })
+        .clone()
+}
+
+fn admin(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(verge_admin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("verge-admin runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "verge-admin {args:?}: {text}");
+    text
+}
+
+#[test]
+fn toml_examples_are_signed_by_verge_admin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The spec sits two levels down, so the documented relative artifact
+    // path `../../target/release/hello-edge` resolves inside the temp dir.
+    let spec_dir = dir.path().join("a/b");
+    fs::create_dir_all(&spec_dir).expect("mkdir");
+    let artifact = dir.path().join("target/release/hello-edge");
+    fs::create_dir_all(artifact.parent().expect("parent")).expect("mkdir");
+    fs::write(&artifact, hello_artifact()).expect("artifact");
+    for key in ["root1", "root2", "root3", "controller", "publisher"] {
+        admin(
+            &spec_dir,
+            &["key", "create", "--out", &format!("{key}.pk8")],
+        );
+    }
+
+    let releases = of_kind("release spec");
+    let bundles = of_kind("trust bundle spec");
+    assert!(
+        !releases.is_empty() && !bundles.is_empty(),
+        "both TOML kinds are documented"
+    );
+    for example in releases {
+        fs::write(spec_dir.join("release.toml"), &example.body).expect("write");
+        let out = admin(
+            &spec_dir,
+            &[
+                "release",
+                "sign",
+                "--spec",
+                "release.toml",
+                "--key",
+                "publisher.pk8",
+                "--out",
+                "release.json",
+            ],
+        );
+        assert!(
+            spec_dir.join("release.json").exists(),
+            "{}: {out}",
+            example.at()
+        );
+    }
+    for example in bundles {
+        fs::write(spec_dir.join("bundle.toml"), &example.body).expect("write");
+        let out = admin(
+            &spec_dir,
+            &[
+                "trust",
+                "sign",
+                "--spec",
+                "bundle.toml",
+                "--key",
+                "root1.pk8",
+                "--key",
+                "root2.pk8",
+                "--out",
+                "bundle.json",
+            ],
+        );
+        assert!(
+            spec_dir.join("bundle.json").exists(),
+            "{}: {out}",
+            example.at()
+        );
+        let verified = admin(&spec_dir, &["verify", "bundle.json"]);
+        assert!(
+            verified.contains("VERIFIED"),
+            "{}: {verified}",
+            example.at()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The HTTP API, against a real controller and agent.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_examples_are_accepted_and_answered_by_a_real_controller() {
+    let mut cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    cluster.add_agent("edge-a", "eu-west").await.expect("agent");
+    cluster.wait_node_online("edge-a").await;
+    let api = &cluster.api;
+
+    // A running replica of `hello`, so the views show every field.
+    let artifact = api.upload_artifact(hello_artifact()).await.expect("upload");
+    let reply = api
+        .put_service("hello", &hello_spec(&artifact, "docs", 1, &["eu-west"]))
+        .await
+        .expect("PUT");
+    assert!(reply.status.is_success(), "{}", reply.body);
+    let digest = reply.body["spec"]["release"]
+        .as_str()
+        .expect("the view shows the release digest")
+        .to_owned();
+    wait_running(api, "hello", "docs").await;
+
+    let service = api.service("hello").await.expect("service view");
+    for example in of_kind("response GET /api/v1/services/{name}") {
+        assert_keys_in(&example, &service);
+    }
+    let node = api.node("edge-a").await.expect("node view");
+    for example in of_kind("response GET /api/v1/nodes/{id}") {
+        assert_keys_in(&example, &node);
+    }
+    let refused = api
+        .put_service("hello", &json!({"release": digest, "replicas": 1000}))
+        .await
+        .expect("PUT");
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    for example in of_kind("response error") {
+        assert_keys_in(&example, &refused.body);
+    }
+
+    // Release contents: signed with the cluster's publisher and uploaded.
+    let contents = of_kind("release contents");
+    assert!(
+        contents.len() >= 2,
+        "release contents in protocol.md and workloads.md"
+    );
+    for (i, example) in contents.iter().enumerate() {
+        let value = example.json();
+        let mut spec = json!({"artifact": artifact, "replicas": 0});
+        if let Some(Value::Object(run)) = value.get("run") {
+            for (k, v) in run {
+                spec[k] = v.clone();
+            }
+        }
+        if let Some(resources) = value.get("resources") {
+            spec["resources"] = resources.clone();
+        }
+        let reply = api
+            .put_service(&format!("docs-{i}"), &spec)
+            .await
+            .expect("PUT");
+        assert!(
+            reply.status.is_success(),
+            "{}: refused: HTTP {} {}",
+            example.at(),
+            reply.status,
+            reply.body
+        );
+    }
+
+    // Request bodies, last: they replace `hello`'s spec.
+    let requests = of_kind("request PUT /api/v1/services/{name}");
+    assert!(
+        requests.len() >= 2,
+        "service specs in api.md and placement.md"
+    );
+    for example in requests {
+        let body = with_digest(&example.body, &digest);
+        let reply = api
+            .request(
+                Method::PUT,
+                "/api/v1/services/hello",
+                Some(body.into_bytes().into()),
+            )
+            .await
+            .expect("PUT");
+        assert!(
+            reply.status.is_success(),
+            "{}: refused: HTTP {} {}",
+            example.at(),
+            reply.status,
+            reply.body
+        );
+    }
+}

@@ -569,7 +569,7 @@ mod tests {
         let (k, pkcs8) = SigningKey::generate().expect("key");
         let shown = format!("{k:?}");
         assert_eq!(shown, format!("SigningKey({})", k.key_id()));
-        assert!(!shown.contains(&B64.encode(&pkcs8)));
+        assert!(!shown.contains(&B64.encode(pkcs8.as_slice())));
         let p = k.public_key();
         assert_eq!(format!("{p:?}"), format!("PublicKey({p})"));
     }

@@ -713,7 +713,7 @@ mod tests {
         assert_eq!(
             refused(&|b| b.root.keys[1] = b.root.keys[0]),
             "root.keys",
-            "a root key listed twice would count twice towards the threshold"
+            "a root key listed twice would let a threshold its distinct keys cannot reach pass"
         );
         assert_eq!(refused(&|b| b.root.threshold = 0), "root.threshold");
         assert_eq!(refused(&|b| b.root.threshold = 3), "root.threshold");

@@ -241,9 +241,12 @@ impl Envelope {
     /// The SHA-256 of the signed bytes, `PAE(payloadType, payload)`: the
     /// identity of a signed document, independent of how its JSON is laid
     /// out and of how many signatures it carries.
-    pub fn signed_digest(&self) -> Result<crate::Sha256Digest, VerifyError> {
+    pub fn signed_digest(&self) -> Result<crate::digest::Sha256Digest, VerifyError> {
         let payload = self.payload_bytes()?;
-        Ok(crate::Sha256Digest::of(&pae(&self.payload_type, &payload)))
+        Ok(crate::digest::Sha256Digest::of(&pae(
+            &self.payload_type,
+            &payload,
+        )))
     }
 
     fn payload_bytes(&self) -> Result<Vec<u8>, VerifyError> {
@@ -555,7 +558,7 @@ mod tests {
     fn a_key_id_is_the_hex_sha256_of_the_raw_public_key() {
         let k = key();
         let p = k.public_key();
-        let expected = crate::Sha256Digest::of(p.as_bytes()).to_string();
+        let expected = crate::digest::Sha256Digest::of(p.as_bytes()).to_string();
         assert_eq!(expected.len(), 64);
         assert_eq!(p.key_id().as_str(), expected);
         assert_eq!(p.key_id().to_string(), expected);

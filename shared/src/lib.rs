@@ -7,6 +7,7 @@
 //! - [`id`]: validated identifiers that can never contain MQTT wildcards or `/`;
 //! - [`topic`]: the MQTT topic tree, built only by constructors and inverted by a router;
 //! - [`messages`]: desired state, status, heartbeat and presence documents;
+//! - [`digest`]: the SHA-256 digest that names artifacts and signed documents;
 //! - [`dsse`]: signed envelopes (DSSE over Ed25519) — verify the bytes, then parse;
 //! - [`enroll`]: enrollment and signed certificate renewal requests;
 //! - [`limits`]: every size bound as a named constant;
@@ -14,6 +15,7 @@
 //! - [`latency`]: the probe datagram, probe targets and signed latency reports;
 //! - [`trust`]: the root-signed trust bundle and publisher-signed releases.
 
+pub mod digest;
 pub mod dsse;
 pub mod enroll;
 pub mod id;
@@ -26,8 +28,9 @@ pub mod time;
 pub mod topic;
 pub mod trust;
 
+pub use digest::Sha256Digest;
 pub use dsse::{Envelope, KeyId, PublicKey, SigningKey, VerifyError};
 pub use id::{AgentId, IdError, RegionId, ServiceName};
-pub use messages::{Generation, Sha256Digest};
+pub use messages::Generation;
 pub use time::Timestamp;
 pub use topic::{Route, Topics};

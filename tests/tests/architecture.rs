@@ -363,9 +363,19 @@ impl<'ast> Visit<'ast> for Collector {
 
 /// Every module file of every target of every crate, with what it names.
 struct Workspace {
-    /// (crate dir, target root, whether the whole target is test code,
-    /// files of that target's module tree).
-    targets: Vec<(&'static str, PathBuf, bool, Vec<(ModFile, Collector)>)>,
+    targets: Vec<Target>,
+}
+
+/// One target (lib, bin, test, example, bench) of one crate.
+struct Target {
+    /// The crate's directory.
+    dir: &'static str,
+    /// The target's root file.
+    root: PathBuf,
+    /// Whether the whole target is test code.
+    test_code: bool,
+    /// The files of the target's module tree, with what each names.
+    files: Vec<(ModFile, Collector)>,
 }
 
 fn workspace() -> Workspace {
@@ -381,7 +391,12 @@ fn workspace() -> Workspace {
                     (f, c)
                 })
                 .collect();
-            targets.push((dir, target, test_target, files));
+            targets.push(Target {
+                dir,
+                root: target,
+                test_code: test_target,
+                files,
+            });
         }
     }
     Workspace { targets }
@@ -475,7 +490,7 @@ const SHARED_NET_VALUES: [&str; 8] = [
 fn shared_does_no_io_and_knows_no_runtime() {
     let ws = workspace();
     let mut violations = Vec::new();
-    for (dir, _, _, files) in &ws.targets {
+    for Target { dir, files, .. } in &ws.targets {
         if *dir != "shared" {
             continue;
         }
@@ -531,7 +546,13 @@ fn shared_does_no_io_and_knows_no_runtime() {
 fn adapter_crates_are_named_only_by_their_module() {
     let ws = workspace();
     let mut violations = Vec::new();
-    for (dir, _, test_target, files) in &ws.targets {
+    for Target {
+        dir,
+        test_code: test_target,
+        files,
+        ..
+    } in &ws.targets
+    {
         if *test_target || !matches!(*dir, "edge-agent" | "central-controller") {
             continue;
         }
@@ -579,7 +600,13 @@ fn adapter_crates_are_named_only_by_their_module() {
 fn the_controllers_api_goes_through_app_only() {
     let ws = workspace();
     let mut violations = Vec::new();
-    for (dir, _, test_target, files) in &ws.targets {
+    for Target {
+        dir,
+        test_code: test_target,
+        files,
+        ..
+    } in &ws.targets
+    {
         if *test_target || *dir != "central-controller" {
             continue;
         }
@@ -655,7 +682,12 @@ fn the_agent_and_the_controller_never_depend_on_each_other() {
 fn no_unwrap_outside_test_code() {
     let ws = workspace();
     let mut violations = Vec::new();
-    for (_, _, test_target, files) in &ws.targets {
+    for Target {
+        test_code: test_target,
+        files,
+        ..
+    } in &ws.targets
+    {
         if *test_target {
             continue;
         }
@@ -1003,29 +1035,17 @@ impl Tarjan<'_> {
     }
 }
 
-/// Module cycles known today and allowed until they are broken, each as the
-/// exact set of files of its cycle. An entry that no longer matches a cycle
-/// fails the test too, so that it is removed once the cycle is gone.
-const KNOWN_CYCLES: [&[&str]; 1] = [
-    // `dsse` returns a `messages::Sha256Digest`; `messages` and `trust` use
-    // `dsse`'s keys and envelopes. Fix: move `Sha256Digest` into its own
-    // module that `dsse` and `messages` both use.
-    &[
-        "shared/src/dsse.rs",
-        "shared/src/messages.rs",
-        "shared/src/trust.rs",
-    ],
-];
-
-fn same_files(known: &[&str], files: &[String]) -> bool {
-    known.iter().copied().eq(files.iter().map(String::as_str))
-}
-
 /// Checks the module graphs of the non-test targets of `crate_dirs`.
 fn check_module_graphs(crate_dirs: &[&str]) {
     let ws = workspace();
     let mut violations = Vec::new();
-    for (dir, target, _, files) in &ws.targets {
+    for Target {
+        dir,
+        root: target,
+        files,
+        ..
+    } in &ws.targets
+    {
         if !crate_dirs.contains(dir) {
             continue;
         }
@@ -1037,10 +1057,6 @@ fn check_module_graphs(crate_dirs: &[&str]) {
             message: v.message.clone(),
         }));
         for scc in g.cycles() {
-            let files: Vec<String> = scc.iter().map(|p| relative(p)).collect();
-            if KNOWN_CYCLES.iter().any(|known| same_files(known, &files)) {
-                continue;
-            }
             let cycle = g.cycle_through(&scc[0], &scc);
             let mut message = format!(
                 "module cycle in {}: {}",
@@ -1081,30 +1097,6 @@ fn check_module_graphs(crate_dirs: &[&str]) {
                 line,
                 rule: "module-cycle",
                 message,
-            });
-        }
-    }
-    for known in KNOWN_CYCLES {
-        let in_scope = crate_dirs.iter().any(|d| {
-            known
-                .first()
-                .is_some_and(|f| f.starts_with(&format!("{d}/")))
-        });
-        let still_there = ws.targets.iter().any(|(_, _, _, files)| {
-            Graph::build(files).cycles().iter().any(|scc| {
-                let files: Vec<String> = scc.iter().map(|p| relative(p)).collect();
-                same_files(known, &files)
-            })
-        });
-        if in_scope && !still_there {
-            violations.push(Violation {
-                file: "tests/tests/architecture.rs".into(),
-                line: 1,
-                rule: "module-cycle",
-                message: format!(
-                    "KNOWN_CYCLES lists {} but there is no such cycle any more: remove the entry",
-                    known.join(", ")
-                ),
             });
         }
     }

@@ -8,9 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 pub use crate::digest::Sha256Digest;
 use crate::dsse::{PublicKey, VerifyError};

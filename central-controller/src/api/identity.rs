@@ -10,7 +10,9 @@ use http_body_util::BodyExt as _;
 use serde_json::json;
 use verge_shared::enroll::{EnrollRequest, MAX_RENEWAL_BYTES};
 
-use super::{ApiError, ApiState, read_json};
+use super::body::read_json;
+use super::error::ApiError;
+use super::state::ApiState;
 use crate::app::TokenRequest;
 
 pub(super) async fn create_token(

@@ -12,7 +12,8 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use verge_shared::logs::{LogStream, MAX_LOG_LINES};
 
-use super::{ApiError, ApiState};
+use super::error::ApiError;
+use super::state::ApiState;
 
 const DEFAULT_LINES: u32 = 100;
 

@@ -8,10 +8,12 @@
 //! authenticated by the bootstrap token in its body; and
 //! `POST /api/v1/nodes/{id}/certificate`, signed by the node's pinned key.
 
+mod body;
 mod error;
 mod identity;
 mod logs;
 mod releases;
+mod state;
 
 use std::sync::Arc;
 
@@ -22,24 +24,17 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_body_util::BodyExt as _;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tower::ServiceExt as _;
 use verge_shared::Sha256Digest;
 
+pub use body::MAX_JSON_BYTES;
 pub use error::ApiError;
 
+use body::read_json;
+use state::ApiState;
+
 use crate::app::{App, Cordon, ServiceRequest, TokenCheck};
-
-/// Largest JSON request body.
-pub const MAX_JSON_BYTES: usize = 64 * 1024;
-
-#[derive(Clone)]
-struct ApiState {
-    app: Arc<App>,
-    token: TokenCheck,
-}
 
 /// Builds the router. `token` checks the admin bearer token.
 pub fn router(app: Arc<App>, token: TokenCheck) -> Router {
@@ -107,28 +102,6 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
     match presented {
         Some(token) if state.token.matches(token.trim()) => next.run(request).await,
         _ => ApiError::unauthorized().into_response(),
-    }
-}
-
-/// Reads a JSON body of at most [`MAX_JSON_BYTES`].
-async fn read_json<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = read_bytes(body, MAX_JSON_BYTES).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(&e))
-}
-
-/// Reads a body of at most `limit` bytes.
-async fn read_bytes(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    let limited = http_body_util::Limited::new(body, limit);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(format!(
-            "this body is limited to {limit} bytes"
-        ))),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            e.to_string(),
-        )),
     }
 }
 

@@ -9,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use verge_shared::limits;
 
-use super::{ApiError, ApiState, read_bytes};
+use super::body::read_bytes;
+use super::error::ApiError;
+use super::state::ApiState;
 use crate::app::ReleaseRecord;
 
 fn summary(record: &ReleaseRecord) -> Value {

@@ -3,6 +3,8 @@
 use axum::http::{Method, Request as HttpRequest, StatusCode, header};
 use serde_json::Value;
 
+use http_body_util::BodyExt as _;
+
 use super::*;
 use crate::testing::{Fixture, fixture};
 

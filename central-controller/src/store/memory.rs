@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use verge_shared::{AgentId, ServiceName, Sha256Digest};
 
-use super::{
+use super::records::{
     ArtifactRecord, DesiredRecord, Durability, IdentityRecord, NodeRecord, ReleaseRecord,
     ServiceRecord, Store, StoreError, TokenRecord,
 };

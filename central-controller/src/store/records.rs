@@ -1,0 +1,247 @@
+//! What the controller stores: the records, their errors, and the [`Store`]
+//! contract every implementation keeps.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use verge_shared::messages::{Assignment, LimitMechanism, Resources, Status, Workload};
+use verge_shared::trust::Release;
+use verge_shared::{
+    AgentId, Envelope, Generation, PublicKey, RegionId, ServiceName, Sha256Digest, Timestamp,
+};
+
+/// What a failed store operation was about.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Sled(#[from] sled::Error),
+    /// A [`MemoryStore`] told to refuse writes.
+    #[error("the store refused the write to {tree}")]
+    Refused { tree: &'static str },
+    #[error("stored record {key:?} in {tree} is unreadable: {detail}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        detail: String,
+    },
+}
+
+/// A service as the operator declared it (validated).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// The signed digest of the release every replica runs.
+    pub release: Sha256Digest,
+    pub replicas: u32,
+    pub regions: Vec<RegionId>,
+    /// An operator rollback to an older release version than replicas run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
+    /// Per-agent settings (`VERGE_CONFIG_<KEY>` in the workload).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Latency target, spread and priority.
+    #[serde(default)]
+    pub placement: PlacementSpec,
+}
+
+/// Where and how a service's replicas are placed (validated).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlacementSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencySpec>,
+    /// Replicas per region of `latency.to`; the spec's `replicas` is then
+    /// this times the number of those regions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas_per_region: Option<u32>,
+    pub spread: SpreadSpec,
+    /// Higher places first.
+    pub priority: u32,
+}
+
+/// "Within `max_ms` of every region in `to`, at `percentile`."
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencySpec {
+    pub to: Vec<RegionId>,
+    pub max_ms: u32,
+    /// 50, 90 or 99.
+    pub percentile: u8,
+}
+
+/// How replicas are spread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpreadSpec {
+    #[default]
+    Zone,
+    Node,
+}
+
+/// An operator's hold on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cordon {
+    /// Takes no new replicas, keeps what it runs.
+    Cordoned,
+    /// Takes no replicas; what it ran is placed elsewhere.
+    Drained,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub name: ServiceName,
+    pub spec: ServiceSpec,
+    /// The release `spec.release` names, as verified when the spec was stored.
+    pub release: Release,
+    /// Grows by one whenever the spec changes.
+    pub revision: u64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// The registry entry of one node (edge agent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: AgentId,
+    pub region: RegionId,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    /// Pinned at first contact; every later message must verify with it.
+    pub public_key: PublicKey,
+    pub version: String,
+    pub online: bool,
+    /// When the node was last reported offline; `None` while online.
+    pub offline_since: Option<Timestamp>,
+    pub last_seen: Option<Timestamp>,
+    pub applied_generation: Option<Generation>,
+    pub last_status: Option<Status>,
+    /// Set by the operator (cordon, drain), cleared by uncordon.
+    #[serde(default)]
+    pub cordon: Option<Cordon>,
+    /// Where the node's probe listener answers, from its presence.
+    #[serde(default)]
+    pub probe_addr: Option<std::net::SocketAddr>,
+    /// How the node enforces workload limits, from its presence.
+    #[serde(default)]
+    pub limits: Option<LimitMechanism>,
+    /// Revoked by an operator: placed nothing, heard from no more, until it
+    /// enrolls again with a new token.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// A bootstrap token, kept only as the SHA-256 of its text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub sha256: Sha256Digest,
+    pub region: RegionId,
+    pub uses_left: u32,
+    pub expires_at: Timestamp,
+    pub created_at: Timestamp,
+    pub revoked: bool,
+}
+
+/// A client certificate issued to a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedCert {
+    /// Lower-case hex of the serial number.
+    pub serial: String,
+    pub not_after: Timestamp,
+}
+
+/// An enrolled node's identity: its pinned node key and its certificates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    pub agent: AgentId,
+    pub public_key: PublicKey,
+    pub region: RegionId,
+    pub enrolled_at: Timestamp,
+    /// Certificates not yet long expired, oldest first; the last is current.
+    pub certificates: Vec<IssuedCert>,
+    /// Set by revocation, cleared by a new enrollment.
+    pub revoked_at: Option<Timestamp>,
+    /// Serials revoked and not yet expired, kept across re-enrollment so
+    /// that an old certificate stays refused (and listed in the CRL).
+    #[serde(default)]
+    pub revoked_serials: Vec<IssuedCert>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    pub sha256: Sha256Digest,
+    pub size: u64,
+    pub created_at: Timestamp,
+}
+
+/// A publisher-signed release the controller accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// The envelope's signed digest: how desired states name it.
+    pub digest: Sha256Digest,
+    pub envelope: Envelope,
+    pub release: Release,
+    /// The name of the publisher whose key signed it, from the trust bundle.
+    pub publisher: String,
+    pub created_at: Timestamp,
+}
+
+/// The signed desired state last issued to one agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredRecord {
+    pub agent: AgentId,
+    pub generation: Generation,
+    /// The exact envelope JSON of the signed desired state.
+    pub envelope: Vec<u8>,
+    /// What was signed: releases by digest.
+    pub assignments: Vec<Assignment>,
+    /// What the agent runs once it resolves those releases.
+    pub workloads: Vec<Workload>,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// Whether a write must reach the disk before the call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    Flush,
+    Lazy,
+}
+
+/// The controller's persistent state. Implementations are synchronous and
+/// cheap enough to call from async code for single records.
+pub trait Store: Send + Sync {
+    fn services(&self) -> Result<Vec<ServiceRecord>, StoreError>;
+    fn service(&self, name: &ServiceName) -> Result<Option<ServiceRecord>, StoreError>;
+    /// Durable.
+    fn put_service(&self, record: &ServiceRecord) -> Result<(), StoreError>;
+    /// Durable; `false` when there was no such service.
+    fn delete_service(&self, name: &ServiceName) -> Result<bool, StoreError>;
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    fn put_node(&self, record: &NodeRecord, durability: Durability) -> Result<(), StoreError>;
+
+    fn artifact(&self, digest: &Sha256Digest) -> Result<Option<ArtifactRecord>, StoreError>;
+    /// Durable.
+    fn put_artifact(&self, record: &ArtifactRecord) -> Result<(), StoreError>;
+
+    fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError>;
+    fn release(&self, digest: &Sha256Digest) -> Result<Option<ReleaseRecord>, StoreError>;
+    /// Durable.
+    fn put_release(&self, record: &ReleaseRecord) -> Result<(), StoreError>;
+
+    fn desired_states(&self) -> Result<Vec<DesiredRecord>, StoreError>;
+    fn desired_state(&self, agent: &AgentId) -> Result<Option<DesiredRecord>, StoreError>;
+    /// Durable: a desired state is stored before it is published.
+    fn put_desired(&self, record: &DesiredRecord) -> Result<(), StoreError>;
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Durable: a spent use must not come back after a crash.
+    fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError>;
+
+    fn identities(&self) -> Result<Vec<IdentityRecord>, StoreError>;
+    fn identity(&self, agent: &AgentId) -> Result<Option<IdentityRecord>, StoreError>;
+    /// Durable.
+    fn put_identity(&self, record: &IdentityRecord) -> Result<(), StoreError>;
+}

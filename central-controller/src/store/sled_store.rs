@@ -1,0 +1,209 @@
+//! [`SledStore`]: the [`Store`] contract on a sled database, one tree per
+//! record kind, JSON values.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use verge_shared::{AgentId, ServiceName, Sha256Digest};
+
+use super::records::*;
+
+/// [`Store`] on a sled database.
+pub struct SledStore {
+    db: sled::Db,
+    services: sled::Tree,
+    nodes: sled::Tree,
+    artifacts: sled::Tree,
+    releases: sled::Tree,
+    desired: sled::Tree,
+    tokens: sled::Tree,
+    identities: sled::Tree,
+}
+
+impl SledStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(path)?;
+        Ok(Self {
+            services: db.open_tree("services")?,
+            nodes: db.open_tree("nodes")?,
+            artifacts: db.open_tree("artifacts")?,
+            releases: db.open_tree("releases")?,
+            desired: db.open_tree("desired")?,
+            tokens: db.open_tree("tokens")?,
+            identities: db.open_tree("identities")?,
+            db,
+        })
+    }
+
+    fn flush(&self, durability: Durability) -> Result<(), StoreError> {
+        if durability == Durability::Flush {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn tree_name(tree: &sled::Tree) -> &'static str {
+    match &*tree.name() {
+        b"services" => "services",
+        b"nodes" => "nodes",
+        b"artifacts" => "artifacts",
+        b"releases" => "releases",
+        b"desired" => "desired",
+        b"tokens" => "tokens",
+        b"identities" => "identities",
+        _ => "unknown",
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        tree: tree_name(tree),
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
+    tree.get(key)?
+        .map(|v| decode(tree, key.as_bytes(), &v))
+        .transpose()
+}
+
+fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .map(|entry| {
+            let (k, v) = entry?;
+            decode(tree, &k, &v)
+        })
+        .collect()
+}
+
+fn put<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        tree: tree_name(tree),
+        key: key.to_owned(),
+        detail: e.to_string(),
+    })?;
+    tree.insert(key, bytes)?;
+    Ok(())
+}
+
+impl Store for SledStore {
+    fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        all(&self.services)
+    }
+
+    fn service(&self, name: &ServiceName) -> Result<Option<ServiceRecord>, StoreError> {
+        get(&self.services, name.as_str())
+    }
+
+    fn put_service(&self, record: &ServiceRecord) -> Result<(), StoreError> {
+        put(&self.services, record.name.as_str(), record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn delete_service(&self, name: &ServiceName) -> Result<bool, StoreError> {
+        let existed = self.services.remove(name.as_str())?.is_some();
+        self.flush(Durability::Flush)?;
+        Ok(existed)
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        all(&self.nodes)
+    }
+
+    fn put_node(&self, record: &NodeRecord, durability: Durability) -> Result<(), StoreError> {
+        put(&self.nodes, record.id.as_str(), record)?;
+        self.flush(durability)
+    }
+
+    fn artifact(&self, digest: &Sha256Digest) -> Result<Option<ArtifactRecord>, StoreError> {
+        get(&self.artifacts, &digest.to_string())
+    }
+
+    fn put_artifact(&self, record: &ArtifactRecord) -> Result<(), StoreError> {
+        put(&self.artifacts, &record.sha256.to_string(), record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError> {
+        all(&self.releases)
+    }
+
+    fn release(&self, digest: &Sha256Digest) -> Result<Option<ReleaseRecord>, StoreError> {
+        get(&self.releases, &digest.to_string())
+    }
+
+    fn put_release(&self, record: &ReleaseRecord) -> Result<(), StoreError> {
+        put(&self.releases, &record.digest.to_string(), record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn desired_states(&self) -> Result<Vec<DesiredRecord>, StoreError> {
+        all(&self.desired)
+    }
+
+    fn desired_state(&self, agent: &AgentId) -> Result<Option<DesiredRecord>, StoreError> {
+        get(&self.desired, agent.as_str())
+    }
+
+    fn put_desired(&self, record: &DesiredRecord) -> Result<(), StoreError> {
+        put(&self.desired, record.agent.as_str(), record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        all(&self.tokens)
+    }
+
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        get(&self.tokens, id)
+    }
+
+    fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        put(&self.tokens, &record.id, record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn identities(&self) -> Result<Vec<IdentityRecord>, StoreError> {
+        all(&self.identities)
+    }
+
+    fn identity(&self, agent: &AgentId) -> Result<Option<IdentityRecord>, StoreError> {
+        get(&self.identities, agent.as_str())
+    }
+
+    fn put_identity(&self, record: &IdentityRecord) -> Result<(), StoreError> {
+        put(&self.identities, record.agent.as_str(), record)?;
+        self.flush(Durability::Flush)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verge_shared::Timestamp;
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let record = ArtifactRecord {
+            sha256: Sha256Digest::of(b"x"),
+            size: 1,
+            created_at: Timestamp::from_unix_millis(5),
+        };
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            store.put_artifact(&record).expect("put");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.artifact(&record.sha256).expect("get"), Some(record));
+        assert!(store.services().expect("services").is_empty());
+    }
+}

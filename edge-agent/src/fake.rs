@@ -22,6 +22,8 @@ use verge_shared::messages::Workload;
 
 use crate::runtime::{Runtime, RuntimeError};
 use crate::state::{Accepted, StateError, StateStore};
+use verge_shared::Sha256Digest;
+use verge_shared::messages::ArtifactRef;
 
 /// One call the runtime saw, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -244,27 +246,38 @@ impl StateStore for MemoryStore {
     }
 }
 
+/// A workload of `service` (replica 0, version 1.0.0, no limits) whose
+/// artifact is `content`: the one builder the agent's tests share.
+///
+/// # Panics
+///
+/// On a service name that is not a valid id: it is for tests only.
+pub fn workload(service: &str, content: &[u8]) -> Workload {
+    Workload {
+        service: ServiceName::new(service).expect("a valid service name"),
+        replica: 0,
+        release: Sha256Digest::of(b"release"),
+        version: "1.0.0".parse().expect("a valid version"),
+        artifact: ArtifactRef {
+            sha256: Sha256Digest::of(content),
+            size: content.len() as u64,
+        },
+        run: Default::default(),
+        resources: Default::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use verge_shared::Sha256Digest;
-    use verge_shared::messages::ArtifactRef;
 
     fn workload(service: &str, memory_mb: u32) -> Workload {
         Workload {
-            service: ServiceName::new(service).expect("valid"),
-            replica: 0,
-            release: Sha256Digest::of(b"release"),
-            version: "1.0.0".parse().expect("version"),
-            artifact: ArtifactRef {
-                sha256: Sha256Digest::of(service.as_bytes()),
-                size: 1,
-            },
-            run: Default::default(),
             resources: verge_shared::messages::Resources {
                 memory_mb,
                 ..Default::default()
             },
+            ..super::workload(service, service.as_bytes())
         }
     }
 

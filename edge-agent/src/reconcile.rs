@@ -241,22 +241,9 @@ impl<R: Runtime> Reconciler<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use verge_shared::Sha256Digest;
-    use verge_shared::messages::ArtifactRef;
 
     fn w(service: &str, artifact: &[u8]) -> Workload {
-        Workload {
-            service: ServiceName::new(service).expect("valid"),
-            replica: 0,
-            release: Sha256Digest::of(b"release"),
-            version: "1.0.0".parse().expect("version"),
-            artifact: ArtifactRef {
-                sha256: Sha256Digest::of(artifact),
-                size: artifact.len() as u64,
-            },
-            run: Default::default(),
-            resources: Default::default(),
-        }
+        crate::fake::workload(service, artifact)
     }
 
     fn observed(ws: &[Workload]) -> BTreeMap<ServiceName, Workload> {

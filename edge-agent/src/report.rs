@@ -443,22 +443,11 @@ impl EventSink {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use verge_shared::messages::{ArtifactRef, Workload};
-    use verge_shared::{Envelope, Sha256Digest, limits};
+    use verge_shared::messages::Workload;
+    use verge_shared::{Envelope, limits};
 
     fn workload(service: &str) -> Workload {
-        Workload {
-            service: ServiceName::new(service).expect("valid"),
-            replica: 0,
-            release: Sha256Digest::of(b"release"),
-            version: "1.0.0".parse().expect("version"),
-            artifact: ArtifactRef {
-                sha256: Sha256Digest::of(service.as_bytes()),
-                size: 1,
-            },
-            run: Default::default(),
-            resources: Default::default(),
-        }
+        crate::fake::workload(service, service.as_bytes())
     }
 
     fn identity() -> Identity {

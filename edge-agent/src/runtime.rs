@@ -365,10 +365,8 @@ fn runs(pid: i32, executable: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use verge_shared::Sha256Digest;
-    use verge_shared::messages::{
-        ArtifactRef, PortSpec, RestartPolicy, RunSpec, WorkloadState, WorkloadStatus,
-    };
+
+    use verge_shared::messages::{PortSpec, RestartPolicy, RunSpec, WorkloadState, WorkloadStatus};
 
     const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -464,14 +462,6 @@ mod tests {
 
     fn workload(service: &str, args: &[&str]) -> Workload {
         Workload {
-            service: ServiceName::new(service).expect("valid"),
-            replica: 0,
-            release: Sha256Digest::of(b"release"),
-            version: "1.0.0".parse().expect("version"),
-            artifact: ArtifactRef {
-                sha256: Sha256Digest::of(service.as_bytes()),
-                size: 1,
-            },
             run: RunSpec {
                 args: args.iter().map(|a| (*a).to_owned()).collect(),
                 ports: vec![PortSpec {
@@ -480,7 +470,7 @@ mod tests {
                 }],
                 ..RunSpec::default()
             },
-            resources: Default::default(),
+            ..crate::fake::workload(service, service.as_bytes())
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edge_agent::artifacts::ArtifactCache;
-use edge_agent::fake::{Call, FakeRuntime};
+use edge_agent::fake::{self, Call, FakeRuntime};
 use edge_agent::intake::ResolvedState;
 use edge_agent::reconcile::Reconciler;
 use edge_agent::report::Board;
@@ -19,7 +19,7 @@ use edge_agent::runtime::Runtime as _;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use verge_shared::messages::{ArtifactRef, Resources, Workload};
+use verge_shared::messages::{Resources, Workload};
 use verge_shared::{Generation, ServiceName, Sha256Digest, Timestamp};
 
 /// The loop's periodic resync and first retry delay (reconcile.rs).
@@ -35,19 +35,11 @@ fn service(name: &str) -> ServiceName {
 /// A workload of `name` whose artifact is the bytes `content`.
 fn workload(name: &str, content: &str, memory_mb: u32) -> Workload {
     Workload {
-        service: service(name),
-        replica: 0,
-        release: Sha256Digest::of(b"release"),
-        version: "1.0.0".parse().expect("version"),
-        artifact: ArtifactRef {
-            sha256: Sha256Digest::of(content.as_bytes()),
-            size: content.len() as u64,
-        },
-        run: Default::default(),
         resources: Resources {
             memory_mb,
             ..Default::default()
         },
+        ..fake::workload(name, content.as_bytes())
     }
 }
 

@@ -378,6 +378,16 @@ struct Target {
     files: Vec<(ModFile, Collector)>,
 }
 
+impl Workspace {
+    /// Every file of every non-test target, with its crate's directory.
+    fn production_files(&self) -> impl Iterator<Item = (&'static str, &ModFile, &Collector)> {
+        self.targets
+            .iter()
+            .filter(|t| !t.test_code)
+            .flat_map(|t| t.files.iter().map(move |(file, c)| (t.dir, file, c)))
+    }
+}
+
 fn workspace() -> Workspace {
     let root = root();
     let mut targets = Vec::new();
@@ -546,44 +556,36 @@ fn shared_does_no_io_and_knows_no_runtime() {
 fn adapter_crates_are_named_only_by_their_module() {
     let ws = workspace();
     let mut violations = Vec::new();
-    for Target {
-        dir,
-        test_code: test_target,
-        files,
-        ..
-    } in &ws.targets
-    {
-        if *test_target || !matches!(*dir, "edge-agent" | "central-controller") {
-            continue;
-        }
-        for (file, c) in files {
-            for n in c.named.iter().filter(|n| !n.test) {
-                for rule in &CONFINED {
-                    if n.segments.first().is_none_or(|s| s != rule.external) {
-                        continue;
-                    }
-                    let allowed = rule
+    let adapters = ws
+        .production_files()
+        .filter(|(dir, ..)| matches!(*dir, "edge-agent" | "central-controller"));
+    for (dir, file, c) in adapters {
+        for n in c.named.iter().filter(|n| !n.test) {
+            for rule in &CONFINED {
+                if n.segments.first().is_none_or(|s| s != rule.external) {
+                    continue;
+                }
+                let allowed = rule
+                    .allowed
+                    .iter()
+                    .any(|(d, m)| *d == dir && n.module.first().is_some_and(|f| f == m));
+                if !allowed {
+                    let places: Vec<String> = rule
                         .allowed
                         .iter()
-                        .any(|(d, m)| d == dir && n.module.first().is_some_and(|f| f == m));
-                    if !allowed {
-                        let places: Vec<String> = rule
-                            .allowed
-                            .iter()
-                            .map(|(d, m)| format!("{d}::{m}"))
-                            .collect();
-                        violations.push(Violation {
-                            file: relative(&file.path),
-                            line: n.line,
-                            rule: "confined-crate",
-                            message: format!(
-                                "names `{}` outside {} ({})",
-                                rule.external,
-                                places.join(", "),
-                                rule.why
-                            ),
-                        });
-                    }
+                        .map(|(d, m)| format!("{d}::{m}"))
+                        .collect();
+                    violations.push(Violation {
+                        file: relative(&file.path),
+                        line: n.line,
+                        rule: "confined-crate",
+                        message: format!(
+                            "names `{}` outside {} ({})",
+                            rule.external,
+                            places.join(", "),
+                            rule.why
+                        ),
+                    });
                 }
             }
         }
@@ -600,37 +602,29 @@ fn adapter_crates_are_named_only_by_their_module() {
 fn the_controllers_api_goes_through_app_only() {
     let ws = workspace();
     let mut violations = Vec::new();
-    for Target {
-        dir,
-        test_code: test_target,
-        files,
-        ..
-    } in &ws.targets
-    {
-        if *test_target || *dir != "central-controller" {
+    let controller = ws
+        .production_files()
+        .filter(|(dir, ..)| *dir == "central-controller");
+    for (_, file, c) in controller {
+        if file.module.first().is_none_or(|m| m != "api") {
             continue;
         }
-        for (file, c) in files {
-            if file.module.first().is_none_or(|m| m != "api") {
+        for n in &c.named {
+            let bad = if names(&n.segments, &["crate", "store"]) {
+                "crate::store"
+            } else if names(&n.segments, &["crate", "scheduler"]) {
+                "crate::scheduler"
+            } else if n.segments.first().is_some_and(|s| s == "sled") {
+                "sled"
+            } else {
                 continue;
-            }
-            for n in &c.named {
-                let bad = if names(&n.segments, &["crate", "store"]) {
-                    "crate::store"
-                } else if names(&n.segments, &["crate", "scheduler"]) {
-                    "crate::scheduler"
-                } else if n.segments.first().is_some_and(|s| s == "sled") {
-                    "sled"
-                } else {
-                    continue;
-                };
-                violations.push(Violation {
-                    file: relative(&file.path),
-                    line: n.line,
-                    rule: "api-through-app",
-                    message: format!("`api` names `{bad}` (api -> app only)"),
-                });
-            }
+            };
+            violations.push(Violation {
+                file: relative(&file.path),
+                line: n.line,
+                rule: "api-through-app",
+                message: format!("`api` names `{bad}` (api -> app only)"),
+            });
         }
     }
     report(
@@ -682,25 +676,15 @@ fn the_agent_and_the_controller_never_depend_on_each_other() {
 fn no_unwrap_outside_test_code() {
     let ws = workspace();
     let mut violations = Vec::new();
-    for Target {
-        test_code: test_target,
-        files,
-        ..
-    } in &ws.targets
-    {
-        if *test_target {
-            continue;
-        }
-        for (file, c) in files {
-            for (line, test) in &c.unwraps {
-                if !test {
-                    violations.push(Violation {
-                        file: relative(&file.path),
-                        line: *line,
-                        rule: "no-unwrap",
-                        message: "`.unwrap()` in production code".into(),
-                    });
-                }
+    for (_, file, c) in ws.production_files() {
+        for (line, test) in &c.unwraps {
+            if !test {
+                violations.push(Violation {
+                    file: relative(&file.path),
+                    line: *line,
+                    rule: "no-unwrap",
+                    message: "`.unwrap()` in production code".into(),
+                });
             }
         }
     }

@@ -246,7 +246,7 @@ impl LatencyBook {
 }
 
 /// The peers `agent` probes: in every region (its own included), up to
-/// [`TARGETS_PER_REGION`] nodes, starting at an offset derived from the
+/// `TARGETS_PER_REGION` nodes, starting at an offset derived from the
 /// agent's id so that probing load spreads over a region's nodes; at most
 /// [`verge_shared::latency::MAX_TARGETS`], sorted by agent id.
 /// `peers` are (id, region, probe address) of the nodes that can be probed.

@@ -357,7 +357,7 @@ fn host_port(host: &str, port: u16) -> String {
 
 impl Controller {
     /// Waits for every task to finish after cancellation, at most
-    /// [`DRAIN_DEADLINE`] once it has been requested.
+    /// `DRAIN_DEADLINE` once it has been requested.
     pub async fn wait(self, cancel: &CancellationToken) {
         cancel.cancelled().await;
         if tokio::time::timeout(DRAIN_DEADLINE, self.tracker.wait())

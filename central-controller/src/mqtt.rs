@@ -30,7 +30,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The client's three tasks, not yet started: polling the event loop,
 /// publishing the outbox, and handing received messages to the app. Each
-/// ends when `cancel` fires; [`crate::tasks`] starts them.
+/// ends when `cancel` fires; `crate::tasks` starts them.
 pub struct ClientTasks {
     pub poll: BoxFuture<'static, ()>,
     pub publish: BoxFuture<'static, ()>,

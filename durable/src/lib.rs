@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The mode of files written by [`write`]: readable by everyone, as
+/// The mode of files written by [`write`](fn@write): readable by everyone, as
 /// `std::fs::write` would create them under the usual umask.
 pub const PUBLIC: u32 = 0o644;
 

@@ -21,7 +21,7 @@
 //! - [`http`]: the small HTTP client for artifacts, enrollment and renewal;
 //! - [`cgroup`]: cgroup v2 detection and per-workload groups with limits;
 //! - [`disk`]: free space, the cache's reserve and "disk full" errors;
-//! - [`error`]: the error-chain helper every module may use (a leaf);
+//! - [`error`](mod@error): the error-chain helper every module may use (a leaf);
 //! - [`fake`]: in-memory [`runtime::Runtime`] and [`state::StateStore`] for tests;
 //! - [`reconcile`]: the pure plan and the loop applying it;
 //! - [`runtime`]: workload processes, adopted across agent restarts;

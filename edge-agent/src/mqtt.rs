@@ -12,10 +12,10 @@
 //! full Status, which also makes up for anything dropped while offline.
 //!
 //! Status changes, telemetry and other reports go through the disk [`Outbox`]: the
-//! publishing task hands at most [`OUTBOX_WINDOW`] entries to rumqttc and an
+//! publishing task hands at most `OUTBOX_WINDOW` entries to rumqttc and an
 //! entry leaves the outbox only when the broker's PUBACK for its packet
 //! arrives. rumqttc reports packet ids only in events, so every publish is
-//! tagged in the order it is queued ([`Link`]) and the tags are matched to
+//! tagged in the order it is queued (`Link`) and the tags are matched to
 //! `Outgoing::Publish(pkid)` events, which come in the same order. When the
 //! connection drops, rumqttc's own retransmission queue is emptied of
 //! publishes and the outbox resends everything unacknowledged from its

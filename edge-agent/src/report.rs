@@ -370,7 +370,7 @@ impl Signer {
             .sign_json(verge_shared::latency::REPORT_PAYLOAD_TYPE, &doc)
     }
 
-    /// A signed log response within [`MAX_LOG_RESPONSE_BYTES`]: the oldest
+    /// A signed log response within [`MAX_LOG_RESPONSE_BYTES`](verge_shared::logs::MAX_LOG_RESPONSE_BYTES): the oldest
     /// lines are dropped (and `truncated` set) until it fits.
     pub fn log_response(&self, mut response: verge_shared::logs::LogResponse) -> Vec<u8> {
         use verge_shared::logs::{MAX_LOG_RESPONSE_BYTES, RESPONSE_PAYLOAD_TYPE};

@@ -82,7 +82,7 @@ async fn check_running(
     Ok(out)
 }
 
-/// Waits until [`check_running`] holds.
+/// Waits until `check_running` holds.
 pub async fn wait_running(api: &Api, service: &str, greeting: &str) -> Vec<RunningReplica> {
     wait_for(
         &format!("service {service} running with greeting {greeting:?}"),

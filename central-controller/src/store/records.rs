@@ -15,7 +15,7 @@ use verge_shared::{
 pub enum StoreError {
     #[error("store I/O failed: {0}")]
     Sled(#[from] sled::Error),
-    /// A [`MemoryStore`] told to refuse writes.
+    /// A [`MemoryStore`](super::MemoryStore) told to refuse writes.
     #[error("the store refused the write to {tree}")]
     Refused { tree: &'static str },
     #[error("stored record {key:?} in {tree} is unreadable: {detail}")]

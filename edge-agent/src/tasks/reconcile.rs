@@ -21,7 +21,7 @@ const STARTUP_WAIT: Duration = Duration::from_secs(3);
 
 /// The reconcile loop, after start-up: adopted workloads already run; what
 /// the stored state would start waits until the broker had its chance to
-/// deliver a newer one (`broker_spoke`) or [`STARTUP_WAIT`] has passed.
+/// deliver a newer one (`broker_spoke`) or `STARTUP_WAIT` has passed.
 pub async fn run_after_startup<R: Runtime>(
     reconciler: Reconciler<R>,
     accepted_state_rx: watch::Receiver<Option<Arc<ResolvedState>>>,

@@ -365,6 +365,18 @@ fn admin(dir: &Path, args: &[&str]) -> String {
     text
 }
 
+/// Writes `example` to `spec` in `dir` and runs `verge-admin` with `args`
+/// plus `--spec spec --out out`; `out` is removed first, so an output left
+/// by an earlier example cannot stand in for this one's.
+fn sign_example(dir: &Path, example: &Example, spec: &str, out: &str, args: &[&str]) {
+    fs::write(dir.join(spec), &example.body).expect("write");
+    let _ = fs::remove_file(dir.join(out));
+    let mut args = args.to_vec();
+    args.extend(["--spec", spec, "--out", out]);
+    let text = admin(dir, &args);
+    assert!(dir.join(out).exists(), "{}: {text}", example.at());
+}
+
 #[test]
 fn toml_examples_are_signed_by_verge_admin() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -389,47 +401,21 @@ fn toml_examples_are_signed_by_verge_admin() {
         "both TOML kinds are documented"
     );
     for example in releases {
-        fs::write(spec_dir.join("release.toml"), &example.body).expect("write");
-        let out = admin(
+        sign_example(
             &spec_dir,
-            &[
-                "release",
-                "sign",
-                "--spec",
-                "release.toml",
-                "--key",
-                "publisher.pk8",
-                "--out",
-                "release.json",
-            ],
-        );
-        assert!(
-            spec_dir.join("release.json").exists(),
-            "{}: {out}",
-            example.at()
+            &example,
+            "release.toml",
+            "release.json",
+            &["release", "sign", "--key", "publisher.pk8"],
         );
     }
     for example in bundles {
-        fs::write(spec_dir.join("bundle.toml"), &example.body).expect("write");
-        let out = admin(
+        sign_example(
             &spec_dir,
-            &[
-                "trust",
-                "sign",
-                "--spec",
-                "bundle.toml",
-                "--key",
-                "root1.pk8",
-                "--key",
-                "root2.pk8",
-                "--out",
-                "bundle.json",
-            ],
-        );
-        assert!(
-            spec_dir.join("bundle.json").exists(),
-            "{}: {out}",
-            example.at()
+            &example,
+            "bundle.toml",
+            "bundle.json",
+            &["trust", "sign", "--key", "root1.pk8", "--key", "root2.pk8"],
         );
         let verified = admin(&spec_dir, &["verify", "bundle.json"]);
         assert!(

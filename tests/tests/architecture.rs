@@ -1019,20 +1019,6 @@ impl Tarjan<'_> {
     }
 }
 
-/// Module-graph violations that are known and being removed, as (file,
-/// rule). The controller's use-case files (`impl App` blocks beside the
-/// parts) still reach up for `App`; they are to become functions over the
-/// parts, combined only in `app/mod.rs`. An entry that no longer matches a
-/// violation fails the test too, so the list can only shrink.
-const KNOWN: &[(&str, &str)] = &[
-    ("central-controller/src/app/enroll.rs", "module-cycle"),
-    ("central-controller/src/app/enroll.rs", "upward-import"),
-    ("central-controller/src/app/ingest.rs", "upward-import"),
-    ("central-controller/src/app/logs.rs", "upward-import"),
-    ("central-controller/src/app/placement.rs", "upward-import"),
-    ("central-controller/src/app/views.rs", "upward-import"),
-];
-
 /// Checks the module graphs of the non-test targets of `crate_dirs`.
 fn check_module_graphs(crate_dirs: &[&str]) {
     let ws = workspace();
@@ -1103,20 +1089,6 @@ fn check_module_graphs(crate_dirs: &[&str]) {
             .iter()
             .any(|d| file.starts_with(&format!("{d}/")))
     };
-    for (file, rule) in KNOWN {
-        let still_there = violations
-            .iter()
-            .any(|v| v.file == *file && v.rule == *rule);
-        if in_scope(file) && !still_there {
-            violations.push(Violation {
-                file: "tests/tests/architecture.rs".into(),
-                line: 1,
-                rule: "known-violation",
-                message: format!("KNOWN lists {rule} in {file}, which is gone: remove the entry"),
-            });
-        }
-    }
-    violations.retain(|v| !KNOWN.contains(&(v.file.as_str(), v.rule)));
     report(
         "modules form layers: a child never reaches up into its parent's `lib.rs`/`mod.rs` \
          items (move the shared item into its own module, or re-export it with `pub use` from \

@@ -17,8 +17,11 @@ use verge_shared::enroll::{
 };
 use verge_shared::{AgentId, Envelope, RegionId, Sha256Digest, Timestamp};
 
+use super::composition::App;
+use super::error::AppError;
 use super::identity::Pki;
-use super::{App, AppError, Outgoing};
+use super::types::Outgoing;
+use super::views::NodeView;
 use crate::ca::{CaError, RevokedSerial};
 use crate::store::{Durability, IdentityRecord, IssuedCert, NodeRecord, TokenRecord};
 
@@ -408,7 +411,7 @@ impl App {
     /// Revokes a node: its certificates stop working at the broker and the
     /// API (live connections are closed), the CRL is rewritten, nothing is
     /// placed on it, and its retained desired state is cleared.
-    pub async fn revoke_node(&self, id: &str) -> Result<super::NodeView, AppError> {
+    pub async fn revoke_node(&self, id: &str) -> Result<NodeView, AppError> {
         let now = self.now();
         let not_found = || AppError::NotFound {
             what: "node",

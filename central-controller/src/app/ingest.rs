@@ -10,7 +10,7 @@ use verge_shared::messages::{Heartbeat, Presence, SCHEMA_VERSION, Status, payloa
 use verge_shared::topic::Channel;
 use verge_shared::{AgentId, Envelope, Timestamp, VerifyError, limits};
 
-use super::App;
+use super::composition::App;
 use super::logs::LogResponseError;
 use crate::store::{Durability, NodeRecord, StoreError};
 

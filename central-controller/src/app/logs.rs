@@ -2,17 +2,12 @@
 //! signs a [`LogRequest`], publishes it (not retained) to the agent's
 //! `logs/request` topic and waits, at most [`LOG_TIMEOUT`], for the signed
 //! [`LogResponse`] carrying the same `request_id` on `logs/response`.
-//!
-//! Nothing is stored: an answer that comes after its request timed out
-//! finds no waiter and is dropped.
+//! The waiting requests are the part in `waiting.rs`.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use ring::rand::SecureRandom as _;
 use serde::Serialize;
-use tokio::sync::oneshot;
 use tracing::debug;
 use verge_shared::logs::{
     LogRequest, LogResponse, LogStream, MAX_LOG_RESPONSE_BYTES, REQUEST_PAYLOAD_TYPE,
@@ -21,7 +16,9 @@ use verge_shared::logs::{
 use verge_shared::messages::SCHEMA_VERSION;
 use verge_shared::{AgentId, Envelope, ServiceName, VerifyError};
 
-use super::{App, AppError, Outgoing, lock};
+use super::composition::App;
+use super::error::AppError;
+use super::types::Outgoing;
 
 /// Why a log response was ignored.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +36,6 @@ pub(super) enum LogResponseError {
 /// How long the API waits for an agent's answer.
 pub const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Requests waiting for their answer, by request id.
-#[derive(Default)]
-pub(super) struct Pending {
-    waiting: Mutex<BTreeMap<String, oneshot::Sender<LogResponse>>>,
-}
-
 /// A log tail as the API returns it.
 #[derive(Clone, Debug, Serialize)]
 pub struct LogTail {
@@ -55,19 +46,6 @@ pub struct LogTail {
     pub lines: Vec<String>,
     /// Older lines exist that are not shown.
     pub truncated: bool,
-}
-
-/// Removes a request's waiter however the wait ends (answer, timeout,
-/// or the HTTP client going away).
-struct Waiter<'a> {
-    pending: &'a Pending,
-    id: String,
-}
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        lock(&self.pending.waiting).remove(&self.id);
-    }
 }
 
 fn request_id() -> String {
@@ -161,12 +139,7 @@ impl App {
             Some((field, message)) => AppError::invalid(field, message),
             None => AppError::invalid("lines", e),
         })?;
-        let (tx, rx) = oneshot::channel();
-        lock(&self.logs.waiting).insert(request.request_id.clone(), tx);
-        let _waiter = Waiter {
-            pending: &self.logs,
-            id: request.request_id.clone(),
-        };
+        let (_waiter, rx) = self.logs.wait_for(request.request_id.clone());
         let payload = self.key.sign_json(REQUEST_PAYLOAD_TYPE, &request);
         let message = Outgoing {
             topic: self.settings.topics.log_request(&node),
@@ -221,14 +194,9 @@ impl App {
         if &response.agent != agent {
             return Err(LogResponseError::AgentMismatch(response.agent));
         }
-        let waiter = lock(&self.logs.waiting).remove(&response.request_id);
-        match waiter {
-            Some(tx) => {
-                let _ = tx.send(response);
-            }
-            None => {
-                debug!(agent = %agent, request_id = %response.request_id, "A log response came after its request gave up.");
-            }
+        let request_id = response.request_id.clone();
+        if !self.logs.answer(response) {
+            debug!(agent = %agent, request_id = %request_id, "A log response came after its request gave up.");
         }
         Ok(())
     }

@@ -15,8 +15,12 @@ use verge_shared::messages::SCHEMA_VERSION;
 use verge_shared::topic::Channel;
 use verge_shared::{AgentId, RegionId, Timestamp};
 
+use super::composition::App;
+use super::error::AppError;
+use super::health::Health;
 use super::probes::PublishedProbes;
-use super::{App, AppError, Health, MAX_REPLICAS, NodeView, Outgoing};
+use super::types::{MAX_REPLICAS, Outgoing};
+use super::views::NodeView;
 use crate::latency::{Estimate, Source, choose_targets};
 use crate::regions::Regions;
 use crate::scheduler::{LatencyTarget, NodeInput, Percentile, ServiceInput, Spread, Unschedulable};

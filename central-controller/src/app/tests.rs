@@ -1,7 +1,7 @@
 //! Use-case tests over a real sled store: generations, deletes, key pinning.
 
 use verge_shared::messages::{Delivery, DesiredState, payload_type};
-use verge_shared::{Generation, SigningKey, Timestamp, limits};
+use verge_shared::{Generation, Sha256Digest, SigningKey, Timestamp, limits};
 
 use super::*;
 use crate::testing::{Fixture, fixture, presence};

@@ -9,6 +9,7 @@ use verge_shared::messages::{Delivery, DesiredState, payload_type};
 use verge_shared::{AgentId, SigningKey};
 
 use super::*;
+use crate::store::{Store as _, StoreError};
 use crate::testing::{MemoryFixture, memory_fixture, presence};
 
 const ONE_SECOND: Duration = Duration::from_secs(1);

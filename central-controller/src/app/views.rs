@@ -10,7 +10,8 @@ use verge_shared::messages::{
 };
 use verge_shared::{AgentId, Generation, KeyId, RegionId, ServiceName, Timestamp};
 
-use super::{App, AppError};
+use super::composition::App;
+use super::error::AppError;
 use crate::store::{Cordon, DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec};
 
 /// A replica's state as shown to operators: the agent's states plus `unplaced`.

@@ -1,0 +1,99 @@
+//! `App`: the parts composed, with the settings and handles every use case shares.
+//!
+//! The use-case files (`catalog.rs`, `reconcile.rs`, `ingest.rs`, …) each add
+//! an `impl App` block over these fields; this file holds no use case.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+use verge_shared::{AgentId, PublicKey, SigningKey, Timestamp};
+
+use super::clock::Clock;
+use super::deployment::Deployment;
+use super::identity::Identity;
+use super::nodes::Nodes;
+use super::probes::Probes;
+use super::types::{Outgoing, Settings};
+use super::waiting::Pending;
+use crate::artifacts::ArtifactFiles;
+use crate::store::{Store, StoreError};
+use crate::trust::TrustState;
+
+/// The controller's use cases over one store and one signing key.
+pub struct App {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) files: ArtifactFiles,
+    pub(super) key: SigningKey,
+    pub(super) trust: Arc<TrustState>,
+    pub(super) settings: Settings,
+    pub(super) outbox: mpsc::UnboundedSender<Outgoing>,
+    /// Every time-based decision reads this clock.
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) n_rejected: AtomicU64,
+    /// The parts, each with its own state and lock (lower parts first).
+    pub(super) nodes: Nodes,
+    pub(super) probes: Probes,
+    pub(super) identity: Identity,
+    pub(super) logs: Pending,
+    pub(super) deployment: Deployment,
+}
+
+impl App {
+    /// Loads the node registry; publishing goes to `outbox`, and every
+    /// time-based decision (health, grace, expiry) reads `clock`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        files: ArtifactFiles,
+        key: SigningKey,
+        trust: Arc<TrustState>,
+        settings: Settings,
+        outbox: mpsc::UnboundedSender<Outgoing>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let nodes = Nodes::new(store.nodes()?, clock.now(), settings.nodes);
+        Ok(Arc::new(Self {
+            store,
+            files,
+            key,
+            trust,
+            settings,
+            outbox,
+            clock,
+            n_rejected: AtomicU64::new(0),
+            nodes,
+            probes: Probes::default(),
+            identity: Identity::default(),
+            logs: Pending::default(),
+            deployment: Deployment::default(),
+        }))
+    }
+
+    /// The time by the app's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// How many agent messages were ignored (unsigned, oversize, malformed, ...).
+    pub fn rejected_messages(&self) -> u64 {
+        self.n_rejected.load(Ordering::Relaxed)
+    }
+
+    /// Asks the background loop to republish every desired state (on ConnAck).
+    pub fn request_republish(&self) {
+        self.deployment.request_republish();
+    }
+
+    /// Whether messages from this node are to be ignored.
+    pub(super) fn is_revoked(&self, agent: &AgentId) -> bool {
+        self.nodes.is_revoked(agent)
+    }
+}

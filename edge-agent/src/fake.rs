@@ -1,5 +1,5 @@
-//! In-memory stand-ins for the agent's seams, [`Runtime`] and
-//! [`StateStore`], for tests between the pure units and the full-process
+//! In-memory stand-ins for the agent's seams, [`Runtime`], [`StateStore`]
+//! and supervision's [`Spawner`], for tests between the pure units and the full-process
 //! system tests (and for a fleet simulation that runs many agents' logic in
 //! one process).
 //!
@@ -8,20 +8,26 @@
 //! to overcommit its memory, and counts every such attempt as a violation,
 //! so a test that forgets to look still fails in [`FakeRuntime::assert_safe`].
 //! Faults are injected explicitly (a start that fails, a save that finds the
-//! disk full); nothing here sleeps or reads the clock.
+//! disk full, a process that exits); nothing here sleeps or reads the clock.
 //!
 //! Public rather than `#[cfg(test)]` so that the tests crate can reuse it;
 //! the agent binary never names it, so none of it is linked in.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use verge_shared::ServiceName;
 use verge_shared::messages::Workload;
 
+use nix::sys::signal::Signal;
+use tokio::sync::watch;
+use verge_shared::messages::{Isolation, LimitMechanism};
+
 use crate::runtime::{Runtime, RuntimeError};
 use crate::state::{Accepted, StateError, StateStore};
+use crate::supervise::{Exit, Launch, Process, ProcessId, Spawner};
 use verge_shared::Sha256Digest;
 use verge_shared::messages::ArtifactRef;
 
@@ -243,6 +249,158 @@ impl StateStore for MemoryStore {
         }
         state.saved = Some(accepted.clone());
         Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct ProcessBook {
+    /// Pids in the order their processes were spawned.
+    spawned: Vec<i32>,
+    /// Pids taken over with [`Spawner::adopt`].
+    adopted: Vec<i32>,
+    /// Every terminate call: the pid and the grace it was given.
+    terminated: Vec<(i32, Duration)>,
+    /// How each live process will end, once told.
+    ends: BTreeMap<i32, watch::Sender<Option<Exit>>>,
+    /// Spawns to refuse before one succeeds again.
+    failing_spawns: u32,
+}
+
+/// A [`Spawner`] whose processes exist only in memory. A process runs until
+/// the test ends it with [`FakeProcesses::exit`] or supervision terminates
+/// it (it then ends by SIGTERM at once); every spawn, adoption and
+/// terminate is recorded.
+#[derive(Clone, Debug, Default)]
+pub struct FakeProcesses {
+    book: Arc<Mutex<ProcessBook>>,
+    /// Bumped on every spawn, so that a test can wait for one.
+    n_spawned: Arc<watch::Sender<usize>>,
+}
+
+/// First pid handed out (far from any real one a test could signal).
+const FIRST_FAKE_PID: i32 = 4_000_000;
+
+impl FakeProcesses {
+    fn book(&self) -> MutexGuard<'_, ProcessBook> {
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Refuses the next `n` spawns ("could not start").
+    pub fn fail_spawns(&self, n: u32) {
+        self.book().failing_spawns = n;
+    }
+
+    /// Pids of the spawned processes, in order.
+    pub fn spawned(&self) -> Vec<i32> {
+        self.book().spawned.clone()
+    }
+
+    /// Pids of the adopted processes, in order.
+    pub fn adopted(&self) -> Vec<i32> {
+        self.book().adopted.clone()
+    }
+
+    /// Every terminate call, as (pid, grace), in order.
+    pub fn terminated(&self) -> Vec<(i32, Duration)> {
+        self.book().terminated.clone()
+    }
+
+    /// Ends the live process `pid` with `exit`; false when none runs.
+    pub fn exit(&self, pid: i32, exit: Exit) -> bool {
+        match self.book().ends.remove(&pid) {
+            Some(end) => end.send(Some(exit)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Waits until at least `n` processes were spawned; returns the pid of
+    /// the `n`th.
+    ///
+    /// # Panics
+    ///
+    /// If every handle to this fake is gone, which a test holding it
+    /// cannot see.
+    pub async fn nth_spawn(&self, n: usize) -> i32 {
+        let mut rx = self.n_spawned.subscribe();
+        rx.wait_for(|&count| count >= n)
+            .await
+            .expect("the sender lives in self");
+        self.book().spawned[n - 1]
+    }
+
+    fn process(&self, pid: i32) -> FakeProcess {
+        let (end, ended) = watch::channel(None);
+        self.book().ends.insert(pid, end);
+        FakeProcess {
+            id: ProcessId {
+                pid,
+                start_ticks: 0,
+            },
+            ended,
+            book: Arc::clone(&self.book),
+        }
+    }
+}
+
+impl Spawner for FakeProcesses {
+    type Process = FakeProcess;
+
+    fn spawn(&self, _launch: &Launch) -> Result<(FakeProcess, Isolation), String> {
+        let pid = {
+            let mut book = self.book();
+            if book.failing_spawns > 0 {
+                book.failing_spawns -= 1;
+                return Err("an injected spawn failure".into());
+            }
+            let pid = FIRST_FAKE_PID + i32::try_from(book.spawned.len()).unwrap_or(i32::MAX);
+            book.spawned.push(pid);
+            pid
+        };
+        let process = self.process(pid);
+        self.n_spawned.send_modify(|n| *n += 1);
+        let isolation = Isolation {
+            limits: LimitMechanism::None,
+            user: "fake".into(),
+        };
+        Ok((process, isolation))
+    }
+
+    fn adopt(&self, id: ProcessId) -> FakeProcess {
+        self.book().adopted.push(id.pid);
+        self.process(id.pid)
+    }
+}
+
+/// A process of [`FakeProcesses`].
+#[derive(Debug)]
+pub struct FakeProcess {
+    id: ProcessId,
+    ended: watch::Receiver<Option<Exit>>,
+    book: Arc<Mutex<ProcessBook>>,
+}
+
+impl Process for FakeProcess {
+    fn id(&self) -> ProcessId {
+        self.id
+    }
+
+    async fn wait(&mut self) -> Exit {
+        match self.ended.wait_for(Option::is_some).await {
+            Ok(exit) => exit.unwrap_or(Exit::Unknown),
+            // Its end was dropped without a word: say nothing of how.
+            Err(_) => Exit::Unknown,
+        }
+    }
+
+    async fn terminate(&mut self, grace: Duration) {
+        let end = {
+            let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+            book.terminated.push((self.id.pid, grace));
+            book.ends.remove(&self.id.pid)
+        };
+        if let Some(end) = end {
+            let _ = end.send(Some(Exit::Signal(Signal::SIGTERM as i32)));
+        }
     }
 }
 

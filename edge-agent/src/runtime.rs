@@ -28,7 +28,7 @@ use verge_shared::{AgentId, RegionId, ServiceName};
 use crate::confine::Launcher;
 use crate::report::Board;
 use crate::supervise::{
-    self, Controls, Launch, ProcessId, RestartTiming, read_pid_file, service_of, supervise,
+    self, Controls, Launch, Os, ProcessId, RestartTiming, read_pid_file, service_of, supervise,
 };
 
 /// The record of what runs in a workload directory.
@@ -273,6 +273,7 @@ impl ProcessRuntime {
         };
         let controls = Controls::default();
         let task = tokio::spawn(supervise(
+            Os,
             launch,
             adopted,
             self.timing,

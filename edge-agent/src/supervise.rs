@@ -315,7 +315,9 @@ pub struct Launch {
 }
 
 impl Launch {
-    fn spawn(&self) -> Result<(Child, Isolation), String> {
+    /// Starts the workload's process as a child in its own process group,
+    /// its output appended to the logs in its directory.
+    fn spawn_child(&self) -> Result<(Child, Isolation), String> {
         check_executable(&self.executable)?;
         let append = |stream: LogStream| {
             std::fs::OpenOptions::new()
@@ -402,16 +404,73 @@ pub struct Controls {
     pub detach: CancellationToken,
 }
 
-enum Proc {
-    Child(Child),
-    Adopted,
+/// A supervised process: the seam between the restart loop and the
+/// operating system. [`Os`] gives real ones; `fake::FakeProcesses` gives
+/// processes that exist only in memory, for tests with paused time.
+pub trait Process: Send + 'static {
+    /// Its identity, written to the pid file.
+    fn id(&self) -> ProcessId;
+    /// Waits until the process ends. Cancel-safe.
+    fn wait(&mut self) -> impl Future<Output = Exit> + Send;
+    /// Ends it: SIGTERM to its group, up to `grace` for it to exit, then
+    /// SIGKILL to the group.
+    fn terminate(&mut self, grace: Duration) -> impl Future<Output = ()> + Send;
 }
 
-impl Proc {
-    /// Waits until the process ends. Cancel-safe.
-    async fn wait(&mut self, id: ProcessId) -> Exit {
-        match self {
-            Proc::Child(child) => match child.wait().await {
+/// Starts a workload's processes, or takes over one a previous agent run
+/// left running.
+pub trait Spawner: Send + Sync + 'static {
+    type Process: Process;
+    /// Starts `launch`'s process; the error says why it could not start.
+    fn spawn(&self, launch: &Launch) -> Result<(Self::Process, Isolation), String>;
+    /// The process `id`, which is not our child.
+    fn adopt(&self, id: ProcessId) -> Self::Process;
+}
+
+/// Real processes: children of the agent, or adopted ones.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Os;
+
+impl Spawner for Os {
+    type Process = OsProcess;
+
+    fn spawn(&self, launch: &Launch) -> Result<(OsProcess, Isolation), String> {
+        let (child, isolation) = launch.spawn_child()?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok());
+        // A child that already exited is a zombie until it is reaped: its
+        // id is still readable.
+        let id = pid
+            .and_then(ProcessId::of_child)
+            .ok_or_else(|| "the process ended before it could be recorded".to_owned())?;
+        Ok((
+            OsProcess {
+                id,
+                child: Some(child),
+            },
+            isolation,
+        ))
+    }
+
+    fn adopt(&self, id: ProcessId) -> OsProcess {
+        OsProcess { id, child: None }
+    }
+}
+
+/// A real process: our child (whose exit status we learn), or an adopted
+/// one (whose end is all we learn).
+pub struct OsProcess {
+    id: ProcessId,
+    child: Option<Child>,
+}
+
+impl Process for OsProcess {
+    fn id(&self) -> ProcessId {
+        self.id
+    }
+
+    async fn wait(&mut self) -> Exit {
+        match &mut self.child {
+            Some(child) => match child.wait().await {
                 Ok(status) => status
                     .code()
                     .map(Exit::Code)
@@ -419,18 +478,17 @@ impl Proc {
                     .unwrap_or(Exit::Unknown),
                 Err(_) => Exit::Unknown,
             },
-            Proc::Adopted => {
-                adopted_exit(id).await;
+            None => {
+                adopted_exit(self.id).await;
                 Exit::Unknown
             }
         }
     }
 
-    /// SIGTERM to the group, up to `grace` for the leader to exit, then
-    /// SIGKILL to the group (taking any stragglers the leader left behind).
-    async fn terminate(&mut self, id: ProcessId, grace: Duration) {
+    async fn terminate(&mut self, grace: Duration) {
+        let id = self.id;
         id.signal_group(Signal::SIGTERM);
-        if tokio::time::timeout(grace, self.wait(id)).await.is_err() {
+        if tokio::time::timeout(grace, self.wait()).await.is_err() {
             warn!(pid = id.pid, grace = ?grace, "Workload ignored SIGTERM; killing its process group.");
         }
         // Stragglers the leader left behind. Once the group is empty and the
@@ -441,13 +499,14 @@ impl Proc {
         if group_has_members(id.pid) {
             let _ = killpg(Pid::from_raw(id.pid), Signal::SIGKILL);
         }
-        let _ = tokio::time::timeout(KILL_WAIT, self.wait(id)).await;
+        let _ = tokio::time::timeout(KILL_WAIT, self.wait()).await;
     }
 }
 
 /// Keeps one workload running until told to stop or detach. With
 /// `adopted`, the first process is that one instead of a new one.
-pub async fn supervise(
+pub async fn supervise<S: Spawner>(
+    spawner: S,
     launch: Launch,
     adopted: Option<ProcessId>,
     timing: RestartTiming,
@@ -497,22 +556,13 @@ pub async fn supervise(
         let started = match adopted.take() {
             Some(id) => {
                 info!(service = %service, pid = id.pid, "Adopted a workload left running by a previous agent run.");
-                Ok((Proc::Adopted, id, None))
+                Ok((spawner.adopt(id), None))
             }
-            None => launch.spawn().and_then(|(child, iso)| {
-                let pid = child.id().and_then(|p| i32::try_from(p).ok());
-                let id = pid
-                    .and_then(ProcessId::of_child)
-                    .ok_or_else(|| "the process ended before it could be recorded".to_owned());
-                // A child that already exited still has to be reaped below.
-                match id {
-                    Ok(id) => Ok((Proc::Child(child), id, Some(iso))),
-                    Err(e) => Err(e),
-                }
-            }),
+            None => spawner.spawn(&launch).map(|(proc, iso)| (proc, Some(iso))),
         };
         let (exit, ran, message) = match started {
-            Ok((mut proc, id, iso)) => {
+            Ok((mut proc, iso)) => {
+                let id = proc.id();
                 if iso.is_some() {
                     isolation = iso;
                 }
@@ -549,7 +599,7 @@ pub async fn supervise(
                     tokio::select! {
                         biased;
                         () = controls.stop.cancelled() => {
-                            proc.terminate(id, launch.grace).await;
+                            proc.terminate(launch.grace).await;
                             launch.launcher.release(&service);
                             remove_pid_file(&launch.dir);
                             info!(service = %service, pid = id.pid, "Stopped workload.");
@@ -560,7 +610,7 @@ pub async fn supervise(
                             info!(service = %service, pid = id.pid, "Left the workload running for the next agent run.");
                             return;
                         }
-                        exit = proc.wait(id) => break exit,
+                        exit = proc.wait() => break exit,
                         () = tokio::time::sleep_until(next_check) => {
                             if let Err(e) = pace.check(&launch.dir) {
                                 warn!(service = %service, error = %e, "Cannot rotate the workload's logs.");
@@ -635,7 +685,7 @@ fn remove_pid_file(dir: &Path) {
 /// Kills a process group nobody can account for: SIGTERM, up to `grace`,
 /// then SIGKILL.
 pub async fn kill_unaccounted(id: ProcessId, grace: Duration) {
-    Proc::Adopted.terminate(id, grace).await;
+    Os.adopt(id).terminate(grace).await;
 }
 
 /// The service a workload directory belongs to, from its name.

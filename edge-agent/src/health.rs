@@ -18,6 +18,7 @@ use verge_shared::ServiceName;
 use verge_shared::messages::{HealthCheck, HealthState, Probe};
 
 use crate::report::Board;
+use crate::ticks::Ticks;
 
 /// Most bytes of an HTTP answer the probe reads to find the status code.
 const MAX_STATUS_LINE_BYTES: usize = 256;
@@ -77,16 +78,10 @@ pub async fn run(
 ) {
     let mut verdict = Verdict::new(&check);
     let timeout = Duration::from_secs(check.timeout_secs.into());
-    let mut ticks = tokio::time::interval(Duration::from_secs(check.interval_secs.into()));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = Ticks::every(Duration::from_secs(check.interval_secs.into()));
     board.set_health(&service, HealthState::Unknown);
     let mut last = HealthState::Unknown;
-    loop {
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
+    while ticks.next(&cancel).await {
         let result = tokio::select! {
             biased;
             () = cancel.cancelled() => return,

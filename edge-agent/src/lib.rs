@@ -34,7 +34,8 @@
 //! - [`outbox`]: status, telemetry and other reports on disk until acknowledged;
 //! - [`telemetry`]: the periodic telemetry sample;
 //! - [`probe`]: the latency probe listener and the probing rounds;
-//! - [`tasks`]: the intake, status, log-request and heartbeat tasks.
+//! - [`tasks`]: the intake, status, log-request and heartbeat tasks;
+//! - [`ticks`]: the periodic timer of the timed loops.
 
 pub mod archive;
 pub mod artifacts;
@@ -60,6 +61,7 @@ pub mod state;
 pub mod supervise;
 pub mod tasks;
 pub mod telemetry;
+pub mod ticks;
 pub mod tls;
 pub mod trust;
 

@@ -14,6 +14,7 @@ use verge_shared::{AgentId, RegionId, Timestamp};
 use crate::artifacts::ArtifactCache;
 use crate::outbox::Outbox;
 use crate::report::Board;
+use crate::ticks::Ticks;
 
 /// Everything one sample is built from.
 pub struct Sampler {
@@ -55,14 +56,8 @@ impl Sampler {
 pub async fn telemetry_loop(sampler: Sampler, interval: Duration, stop: CancellationToken) {
     let started = Instant::now();
     let sampler = Arc::new(sampler);
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            _ = ticks.tick() => {}
-        }
+    let mut ticks = Ticks::every(interval);
+    while ticks.next(&stop).await {
         let s = sampler.clone();
         // The push is flushed to disk: keep it off the runtime thread.
         let pushed = tokio::task::spawn_blocking(move || {

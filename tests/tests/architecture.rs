@@ -1084,11 +1084,6 @@ fn check_module_graphs(crate_dirs: &[&str]) {
             });
         }
     }
-    let in_scope = |file: &str| {
-        crate_dirs
-            .iter()
-            .any(|d| file.starts_with(&format!("{d}/")))
-    };
     report(
         "modules form layers: a child never reaches up into its parent's `lib.rs`/`mod.rs` \
          items (move the shared item into its own module, or re-export it with `pub use` from \

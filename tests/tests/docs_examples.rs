@@ -28,6 +28,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use verge_shared::messages::{Assignment, Delivery};
 use verge_shared::{Envelope, ServiceName};
+use verge_tests::api::Reply;
 use verge_tests::trust::{Roles, delivery, sign_by};
 use verge_tests::workload::{hello_artifact, hello_spec, wait_running};
 use verge_tests::{Cluster, ClusterOptions};
@@ -66,6 +67,17 @@ impl Example {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("{}: the example is not valid JSON: {e}", self.at()))
     }
+}
+
+/// Fails naming the example when the API refused it.
+fn assert_accepted(example: &Example, reply: &Reply) {
+    assert!(
+        reply.status.is_success(),
+        "{}: refused: HTTP {} {}",
+        example.at(),
+        reply.status,
+        reply.body
+    );
 }
 
 fn root() -> PathBuf {
@@ -489,13 +501,7 @@ async fn api_examples_are_accepted_and_answered_by_a_real_controller() {
             .put_service(&format!("docs-{i}"), &spec)
             .await
             .expect("PUT");
-        assert!(
-            reply.status.is_success(),
-            "{}: refused: HTTP {} {}",
-            example.at(),
-            reply.status,
-            reply.body
-        );
+        assert_accepted(example, &reply);
     }
 
     // Request bodies, last: they replace `hello`'s spec.
@@ -514,12 +520,6 @@ async fn api_examples_are_accepted_and_answered_by_a_real_controller() {
             )
             .await
             .expect("PUT");
-        assert!(
-            reply.status.is_success(),
-            "{}: refused: HTTP {} {}",
-            example.at(),
-            reply.status,
-            reply.body
-        );
+        assert_accepted(&example, &reply);
     }
 }

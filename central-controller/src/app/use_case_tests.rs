@@ -64,6 +64,26 @@ fn announce(mf: &MemoryFixture, agents: &[&str]) -> BTreeMap<String, SigningKey>
         .collect()
 }
 
+/// A fleet of `agents` (online, region `eu`) and an uploaded release of
+/// `web`, with nothing sent yet; returns the fixture, the release digest
+/// and the agents' keys.
+async fn fleet(agents: &[&str]) -> (MemoryFixture, String, BTreeMap<String, SigningKey>) {
+    let mut mf = memory_fixture();
+    let keys = announce(&mf, agents);
+    let digest = mf.fx.release("web", b"binary", &[]).await;
+    mf.fx.sent();
+    (mf, digest, keys)
+}
+
+/// Deploys `replicas` of `web` from `digest`.
+async fn deploy(mf: &MemoryFixture, digest: &str, replicas: i64) {
+    mf.fx
+        .app
+        .put_service("web", request(digest, replicas))
+        .await
+        .expect("put");
+}
+
 /// A presence from every agent in `keys` at the clock's time (it counts as hearing from them).
 fn keep_alive(mf: &MemoryFixture, keys: &BTreeMap<String, SigningKey>, only: &[&str]) {
     for id in only {
@@ -88,16 +108,9 @@ fn replica_nodes(mf: &MemoryFixture, service: &str) -> Vec<Option<String>> {
 
 #[tokio::test]
 async fn deploying_a_service_publishes_one_signed_desired_state_per_agent_at_generation_1() {
-    let mut mf = memory_fixture();
-    announce(&mf, &["edge-a", "edge-b", "edge-c"]);
-    let digest = mf.fx.release("web", b"binary", &[]).await;
-    mf.fx.sent();
+    let (mut mf, digest, _) = fleet(&["edge-a", "edge-b", "edge-c"]).await;
 
-    mf.fx
-        .app
-        .put_service("web", request(&digest, 2))
-        .await
-        .expect("put");
+    deploy(&mf, &digest, 2).await;
 
     let docs = published(&mut mf);
     let agents: Vec<&AgentId> = docs.iter().map(|(a, _)| a).collect();
@@ -117,14 +130,8 @@ async fn deploying_a_service_publishes_one_signed_desired_state_per_agent_at_gen
 
 #[tokio::test]
 async fn an_unchanged_re_put_publishes_nothing() {
-    let mut mf = memory_fixture();
-    announce(&mf, &["edge-a", "edge-b"]);
-    let digest = mf.fx.release("web", b"binary", &[]).await;
-    mf.fx
-        .app
-        .put_service("web", request(&digest, 2))
-        .await
-        .expect("put");
+    let (mut mf, digest, _) = fleet(&["edge-a", "edge-b"]).await;
+    deploy(&mf, &digest, 2).await;
     assert_eq!(published(&mut mf).len(), 2);
 
     let (_, created) = mf
@@ -149,14 +156,8 @@ async fn an_unchanged_re_put_publishes_nothing() {
 
 #[tokio::test]
 async fn a_silent_node_goes_unhealthy_after_the_timeout_and_loses_its_replicas_after_the_grace() {
-    let mut mf = memory_fixture();
-    let keys = announce(&mf, &["edge-a", "edge-b"]);
-    let digest = mf.fx.release("web", b"binary", &[]).await;
-    mf.fx
-        .app
-        .put_service("web", request(&digest, 1))
-        .await
-        .expect("put");
+    let (mut mf, digest, keys) = fleet(&["edge-a", "edge-b"]).await;
+    deploy(&mf, &digest, 1).await;
     let docs = published(&mut mf);
     assert_eq!(docs.len(), 1);
     let silent = docs[0].0.to_string();
@@ -216,10 +217,7 @@ async fn a_silent_node_goes_unhealthy_after_the_timeout_and_loses_its_replicas_a
 
 #[tokio::test]
 async fn a_failed_desired_state_write_publishes_nothing() {
-    let mut mf = memory_fixture();
-    announce(&mf, &["edge-a"]);
-    let digest = mf.fx.release("web", b"binary", &[]).await;
-    mf.fx.sent();
+    let (mut mf, digest, _) = fleet(&["edge-a"]).await;
 
     mf.store.refuse_writes_to(&["desired"]);
     let result = mf.fx.app.put_service("web", request(&digest, 1)).await;
@@ -255,9 +253,7 @@ async fn a_failed_desired_state_write_publishes_nothing() {
 
 #[tokio::test]
 async fn generations_only_grow_and_grow_exactly_when_workloads_change() {
-    let mut mf = memory_fixture();
-    announce(&mf, &["edge-a", "edge-b", "edge-c"]);
-    let first = mf.fx.release("web", b"one", &[]).await;
+    let (mut mf, first, _) = fleet(&["edge-a", "edge-b", "edge-c"]).await;
     let mut last: BTreeMap<AgentId, DesiredState> = BTreeMap::new();
     let mut n_published = 0;
     let steps: [(&str, i64); 6] = [
@@ -270,13 +266,7 @@ async fn generations_only_grow_and_grow_exactly_when_workloads_change() {
     ];
     for (step, replicas) in steps {
         match step {
-            "put" => {
-                mf.fx
-                    .app
-                    .put_service("web", request(&first, replicas))
-                    .await
-                    .expect("put");
-            }
+            "put" => deploy(&mf, &first, replicas).await,
             "delete" => mf.fx.app.delete_service("web").await.expect("delete"),
             _ => mf
                 .fx

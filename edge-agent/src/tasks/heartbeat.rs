@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::mqtt::Outgoing;
+use crate::ticks::Ticks;
 
 /// Whether the heartbeat due at `now` is skipped: a Status was handed to
 /// the broker less than `interval` before.
@@ -27,14 +28,8 @@ pub async fn run(
     outgoing_tx: mpsc::UnboundedSender<Outgoing>,
     stop: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            _ = ticks.tick() => {}
-        }
+    let mut ticks = Ticks::every(interval);
+    while ticks.next(&stop).await {
         if skip(*status_sent_rx.borrow(), Instant::now(), interval) {
             debug!("Skipped a heartbeat: a status went out within the heartbeat interval.");
             continue;

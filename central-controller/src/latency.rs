@@ -16,7 +16,7 @@ use verge_shared::latency::{LatencyReport, ProbeTarget};
 use verge_shared::{AgentId, RegionId, Timestamp};
 
 use crate::regions::Regions;
-use crate::scheduler::Figure;
+use verge_scheduler::Figure;
 
 /// Most samples kept per pair; older ones fall out first.
 pub const MAX_SAMPLES_PER_PAIR: usize = 64;

@@ -1,7 +1,8 @@
 //! Verge central controller: HTTP API, scheduler, desired-state signer,
 //! embedded MQTT broker and store, started by [`start`].
 //!
-//! Layers point one way: [`api`] → [`app`] → [`store`] and [`scheduler`];
+//! Layers point one way: [`api`] → [`app`] → [`store`] and the pure
+//! [`verge_scheduler`];
 //! [`mqtt`] is the only module that knows rumqttc, [`broker`] the only one
 //! that knows rumqttd, [`ca`] the only one that knows rcgen. With TLS on,
 //! [`tls`] serves the API over HTTPS and [`terminator`] fronts the embedded
@@ -18,7 +19,6 @@ pub mod latency;
 pub mod mqtt;
 pub mod probe;
 pub mod regions;
-pub mod scheduler;
 pub mod store;
 mod tasks;
 pub mod terminator;

@@ -24,9 +24,10 @@ fn root() -> PathBuf {
 }
 
 /// The workspace's member crates: (directory, name used in messages).
-const CRATES: [(&str, &str); 7] = [
+const CRATES: [(&str, &str); 8] = [
     ("shared", "verge-shared"),
     ("durable", "verge-durable"),
+    ("scheduler", "verge-scheduler"),
     ("edge-agent", "edge-agent"),
     ("central-controller", "central-controller"),
     ("admin", "verge-admin"),
@@ -496,14 +497,18 @@ const SHARED_NET_VALUES: [&str; 8] = [
     "Shutdown",
 ];
 
+/// The pure crates: the wire protocol and the placement function.
+const PURE_CRATES: [(&str, &str); 2] =
+    [("shared", "verge-shared"), ("scheduler", "verge-scheduler")];
+
 #[test]
-fn shared_does_no_io_and_knows_no_runtime() {
+fn the_pure_crates_do_no_io_and_know_no_runtime() {
     let ws = workspace();
     let mut violations = Vec::new();
     for Target { dir, files, .. } in &ws.targets {
-        if *dir != "shared" {
+        let Some((_, name)) = PURE_CRATES.iter().find(|(d, _)| d == dir) else {
             continue;
-        }
+        };
         for (file, c) in files {
             for n in &c.named {
                 let net_value = names(&n.segments, &["std", "net"])
@@ -516,38 +521,40 @@ fn shared_does_no_io_and_knows_no_runtime() {
                     violations.push(Violation {
                         file: relative(&file.path),
                         line: n.line,
-                        rule: "shared-layer",
-                        message: format!("verge-shared names `{}`", bad.join("::")),
+                        rule: "pure-layer",
+                        message: format!("{name} names `{}`", bad.join("::")),
                     });
                 }
             }
         }
     }
-    // And its manifest does not even depend on them.
-    let manifest = root().join("shared/Cargo.toml");
-    let toml: toml::Table = fs::read_to_string(&manifest)
-        .expect("shared/Cargo.toml")
-        .parse()
-        .expect("shared/Cargo.toml is TOML");
-    for section in ["dependencies", "dev-dependencies", "build-dependencies"] {
-        let Some(deps) = toml.get(section).and_then(|d| d.as_table()) else {
-            continue;
-        };
-        for bad in ["tokio", "rumqttc", "rumqttd", "sled"] {
-            if deps.contains_key(bad) {
-                violations.push(Violation {
-                    file: "shared/Cargo.toml".into(),
-                    line: 0,
-                    rule: "shared-layer",
-                    message: format!("[{section}] names `{bad}`"),
-                });
+    // And their manifests do not even depend on them.
+    for (dir, _) in PURE_CRATES {
+        let manifest = format!("{dir}/Cargo.toml");
+        let toml: toml::Table = fs::read_to_string(root().join(&manifest))
+            .unwrap_or_else(|e| panic!("{manifest}: {e}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{manifest} is not TOML: {e}"));
+        for section in ["dependencies", "dev-dependencies", "build-dependencies"] {
+            let Some(deps) = toml.get(section).and_then(|d| d.as_table()) else {
+                continue;
+            };
+            for bad in ["tokio", "rumqttc", "rumqttd", "sled"] {
+                if deps.contains_key(bad) {
+                    violations.push(Violation {
+                        file: manifest.clone(),
+                        line: 0,
+                        rule: "pure-layer",
+                        message: format!("[{section}] names `{bad}`"),
+                    });
+                }
             }
         }
     }
     report(
-        "verge-shared is the wire protocol: pure data, parsing and signatures. Move the I/O or \
-         runtime code to the agent or the controller and pass plain values into shared \
-         (of std::net, only the address types).",
+        "verge-shared is the wire protocol (pure data, parsing and signatures) and \
+         verge-scheduler a pure function. Move the I/O or runtime code to the agent or the \
+         controller and pass plain values in (of std::net, only the address types).",
         violations,
     );
 }
@@ -612,8 +619,8 @@ fn the_controllers_api_goes_through_app_only() {
         for n in &c.named {
             let bad = if names(&n.segments, &["crate", "store"]) {
                 "crate::store"
-            } else if names(&n.segments, &["crate", "scheduler"]) {
-                "crate::scheduler"
+            } else if n.segments.first().is_some_and(|s| s == "verge_scheduler") {
+                "verge_scheduler"
             } else if n.segments.first().is_some_and(|s| s == "sled") {
                 "sled"
             } else {
@@ -1094,8 +1101,15 @@ fn check_module_graphs(crate_dirs: &[&str]) {
 }
 
 #[test]
-fn module_graph_of_shared_durable_admin_tests_and_examples_is_layered() {
-    check_module_graphs(&["shared", "durable", "admin", "tests", "examples/hello-edge"]);
+fn module_graph_of_the_small_crates_is_layered() {
+    check_module_graphs(&[
+        "shared",
+        "durable",
+        "scheduler",
+        "admin",
+        "tests",
+        "examples/hello-edge",
+    ]);
 }
 
 #[test]

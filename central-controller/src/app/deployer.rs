@@ -12,8 +12,8 @@ use verge_shared::messages::{
 };
 use verge_shared::{AgentId, Envelope, Generation, SigningKey, Timestamp, limits};
 
-use crate::scheduler::Plan;
 use crate::store::{DesiredRecord, ServiceRecord};
+use verge_scheduler::Plan;
 
 /// What one agent is told to run: the signed assignments, and the
 /// workloads they resolve to (kept for views and placement).
@@ -170,8 +170,8 @@ pub fn delivery(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::ReplicaPlan;
     use crate::store::ServiceSpec;
+    use verge_scheduler::ReplicaPlan;
     use verge_shared::messages::{Resources, RunSpec};
     use verge_shared::trust::{MediaType, Release, ReleaseArtifact};
     use verge_shared::{ServiceName, Sha256Digest};

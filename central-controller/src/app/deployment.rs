@@ -14,7 +14,7 @@ use verge_shared::{AgentId, ServiceName};
 
 use super::health::Health;
 use super::types::lock;
-use crate::scheduler::{NodeInput, Plan, ReplicaPlan, ServiceInput};
+use verge_scheduler::{NodeInput, Plan, ReplicaPlan, ServiceInput};
 
 /// State that only the deployment step touches, guarded by its mutex.
 #[derive(Default)]

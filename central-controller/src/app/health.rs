@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use verge_shared::Timestamp;
 
-use crate::scheduler::Unschedulable;
 use crate::store::NodeRecord;
+use verge_scheduler::Unschedulable;
 
 /// One evaluation of a node's health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,10 +23,10 @@ use super::types::{MAX_REPLICAS, Outgoing};
 use super::views::NodeView;
 use crate::latency::{Estimate, Source, choose_targets};
 use crate::regions::Regions;
-use crate::scheduler::{LatencyTarget, NodeInput, Percentile, ServiceInput, Spread, Unschedulable};
 use crate::store::{
     Cordon, Durability, LatencySpec, NodeRecord, PlacementSpec, ServiceRecord, SpreadSpec,
 };
+use verge_scheduler::{LatencyTarget, NodeInput, Percentile, ServiceInput, Spread, Unschedulable};
 
 /// Highest priority a service may ask for.
 pub const MAX_PRIORITY: i64 = 1000;

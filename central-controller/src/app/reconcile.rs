@@ -16,8 +16,8 @@ use super::error::AppError;
 use super::health::Health;
 use super::placement;
 use super::types::Outgoing;
-use crate::scheduler::{self, NodeInput, Placement, Plan, ServiceInput};
 use crate::store::{DesiredRecord, NodeRecord, ServiceRecord};
+use verge_scheduler::{self as scheduler, NodeInput, Placement, Plan, ServiceInput};
 
 /// How often node health is re-evaluated against the clock.
 const HEALTH_TICK: Duration = Duration::from_secs(1);

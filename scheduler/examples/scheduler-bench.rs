@@ -1,6 +1,6 @@
 //! Scheduler benchmark: prints figures, asserts nothing.
 //!
-//! `cargo run --release -p central-controller --example scheduler-bench`
+//! `cargo run --release -p verge-scheduler --example scheduler-bench`
 //!
 //! 1. Speed, one core: 100,000 replicas (a mix of latency-targeted,
 //!    region-restricted, per-target-region and unconstrained services) on
@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use central_controller::scheduler::{
+use verge_scheduler::{
     Figure, LatencyTarget, NodeInput, Percentile, Placement, Plan, ServiceInput, Spread,
     Unschedulable, plan, replan_displaced,
 };
@@ -206,7 +206,7 @@ fn services(rng: &mut Rng, topo: &Topology) -> Vec<ServiceInput> {
 /// one sample to be noise).
 const INCREMENTAL_RUNS: usize = 21;
 
-fn count(plan: &central_controller::scheduler::Plan) -> (usize, usize) {
+fn count(plan: &verge_scheduler::Plan) -> (usize, usize) {
     let all: usize = plan.services.values().map(Vec::len).sum();
     let placed = plan
         .services
@@ -307,7 +307,7 @@ fn quality() {
         .filter(|s| s.latency.is_some() && !s.per_target_region)
         .collect();
     let by_id: BTreeMap<&AgentId, &NodeInput> = nodes.iter().map(|n| (&n.id, n)).collect();
-    let meets = |p: &central_controller::scheduler::Plan| {
+    let meets = |p: &verge_scheduler::Plan| {
         let mut ok = 0usize;
         let mut all = 0usize;
         for s in &targeted {

@@ -8,7 +8,7 @@
 //! measured only in the other direction counts too. Without a fresh
 //! measurement the static hint from the regions file stands in.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -63,10 +63,13 @@ struct Pair {
     samples: VecDeque<(Timestamp, f64)>,
 }
 
-/// Samples per ordered (from, to) pair.
+/// Samples per ordered (from, to) pair, and who has samples with whom, so
+/// that one node's figures cost what that node measured, not the fleet.
 #[derive(Default)]
 pub struct LatencyBook {
     pairs: HashMap<(AgentId, AgentId), Pair>,
+    /// For every agent, the agents it has a pair with, in either direction.
+    neighbours: HashMap<AgentId, BTreeSet<AgentId>>,
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -93,6 +96,10 @@ impl LatencyBook {
             if sample.target == report.agent {
                 continue;
             }
+            if sample.rtt_micros.is_empty() {
+                continue;
+            }
+            self.link(&report.agent, &sample.target);
             let pair = self
                 .pairs
                 .entry((report.agent.clone(), sample.target.clone()))
@@ -108,6 +115,7 @@ impl LatencyBook {
 
     /// Forgets samples older than `window` and pairs involving unknown nodes.
     pub fn prune(&mut self, now: Timestamp, window: Duration, known: &dyn Fn(&AgentId) -> bool) {
+        let mut gone = Vec::new();
         self.pairs.retain(|(from, to), pair| {
             while pair
                 .samples
@@ -116,8 +124,48 @@ impl LatencyBook {
             {
                 pair.samples.pop_front();
             }
-            !pair.samples.is_empty() && known(from) && known(to)
+            let keep = !pair.samples.is_empty() && known(from) && known(to);
+            if !keep {
+                gone.push((from.clone(), to.clone()));
+            }
+            keep
         });
+        for (a, b) in gone {
+            if !self.pairs.contains_key(&(b.clone(), a.clone())) {
+                self.unlink(&a, &b);
+            }
+        }
+    }
+
+    fn link(&mut self, a: &AgentId, b: &AgentId) {
+        self.neighbours
+            .entry(a.clone())
+            .or_default()
+            .insert(b.clone());
+        self.neighbours
+            .entry(b.clone())
+            .or_default()
+            .insert(a.clone());
+    }
+
+    fn unlink(&mut self, a: &AgentId, b: &AgentId) {
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(set) = self.neighbours.get_mut(x) {
+                set.remove(y);
+                if set.is_empty() {
+                    self.neighbours.remove(x);
+                }
+            }
+        }
+    }
+
+    /// The agents `id` has samples with (in either direction, fresh or not
+    /// yet pruned).
+    pub fn neighbours_of(&self, id: &AgentId) -> Vec<AgentId> {
+        self.neighbours
+            .get(id)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The fresh samples between two nodes, in both directions.
@@ -212,36 +260,67 @@ impl LatencyBook {
         now: Timestamp,
         window: Duration,
     ) -> BTreeMap<AgentId, BTreeMap<RegionId, Estimate>> {
-        let mut by_region: BTreeMap<&RegionId, Vec<&AgentId>> = BTreeMap::new();
-        for (id, region) in nodes {
-            by_region.entry(region).or_default().push(id);
-        }
-        for region in regions.regions.keys() {
-            by_region.entry(region).or_default();
-        }
-        let mut out = BTreeMap::new();
-        for (id, home) in nodes {
-            let mut row = BTreeMap::new();
-            for (region, peers) in &by_region {
-                let peers = peers.iter().copied().filter(|p| *p != id);
-                let estimate = match self.measured(id, peers, now, window) {
-                    Some(measured) => Some(measured),
-                    None => regions.hint(home, region).map(|ms| Estimate {
-                        p50_ms: ms,
-                        p90_ms: ms,
-                        p99_ms: ms,
-                        source: Source::Static,
-                        age_secs: None,
-                        samples: 0,
-                    }),
-                };
-                if let Some(estimate) = estimate {
-                    row.insert((*region).clone(), estimate);
-                }
+        let region_of: HashMap<&AgentId, &RegionId> = nodes.iter().map(|(i, r)| (i, r)).collect();
+        nodes
+            .iter()
+            .map(|(id, home)| {
+                let row = self.row(
+                    id,
+                    home,
+                    |p| region_of.get(p).copied(),
+                    regions,
+                    now,
+                    window,
+                );
+                (id.clone(), row)
+            })
+            .collect()
+    }
+
+    /// One node's latency to every region it measured, every region listed
+    /// in `regions` and its own: measured over its fresh peers there, else
+    /// the static hint (which exists only between listed regions and within
+    /// a region). `region_of` gives a known node's region; peers it does not
+    /// know (the controller's listener, forgotten nodes) do not count. The
+    /// cost is in what this node measured, not in the size of the fleet.
+    pub fn row<'a>(
+        &self,
+        id: &AgentId,
+        home: &RegionId,
+        region_of: impl Fn(&AgentId) -> Option<&'a RegionId>,
+        regions: &Regions,
+        now: Timestamp,
+        window: Duration,
+    ) -> BTreeMap<RegionId, Estimate> {
+        let mut peers_in: BTreeMap<&RegionId, Vec<&AgentId>> = BTreeMap::new();
+        for peer in self.neighbours.get(id).into_iter().flatten() {
+            if let Some(region) = region_of(peer) {
+                peers_in.entry(region).or_default().push(peer);
             }
-            out.insert(id.clone(), row);
         }
-        out
+        let mut names: BTreeSet<&RegionId> = regions.regions.keys().collect();
+        names.insert(home);
+        names.extend(peers_in.keys().copied());
+        let mut row = BTreeMap::new();
+        for region in names {
+            let measured = peers_in
+                .get(region)
+                .and_then(|peers| self.measured(id, peers.iter().copied(), now, window));
+            let estimate = measured.or_else(|| {
+                regions.hint(home, region).map(|ms| Estimate {
+                    p50_ms: ms,
+                    p90_ms: ms,
+                    p99_ms: ms,
+                    source: Source::Static,
+                    age_secs: None,
+                    samples: 0,
+                })
+            });
+            if let Some(estimate) = estimate {
+                row.insert(region.clone(), estimate);
+            }
+        }
+        row
     }
 }
 
@@ -346,6 +425,101 @@ mod tests {
         assert_eq!(f[&agent("a1")][&region("b")].p90_ms, 50.0);
         book.prune(later, WINDOW, &|_| true);
         assert!(book.pairs.is_empty());
+    }
+
+    /// The figures by their definition, over every node of each region:
+    /// what the neighbour index must reproduce.
+    fn figures_by_definition(
+        book: &LatencyBook,
+        nodes: &[(AgentId, RegionId)],
+        regions: &Regions,
+        now: Timestamp,
+    ) -> BTreeMap<AgentId, BTreeMap<RegionId, Estimate>> {
+        let mut names: BTreeSet<&RegionId> = regions.regions.keys().collect();
+        names.extend(nodes.iter().map(|(_, r)| r));
+        nodes
+            .iter()
+            .map(|(id, home)| {
+                let row = names
+                    .iter()
+                    .filter_map(|&region| {
+                        let peers = nodes
+                            .iter()
+                            .filter(|(p, r)| r == region && p != id)
+                            .map(|(p, _)| p);
+                        let estimate = book.measured(id, peers, now, WINDOW).or_else(|| {
+                            regions.hint(home, region).map(|ms| Estimate {
+                                p50_ms: ms,
+                                p90_ms: ms,
+                                p99_ms: ms,
+                                source: Source::Static,
+                                age_secs: None,
+                                samples: 0,
+                            })
+                        });
+                        estimate.map(|e| (region.clone(), e))
+                    })
+                    .collect();
+                (id.clone(), row)
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn indexed_figures_equal_the_definition(
+            homes in proptest::collection::vec(0..4usize, 1..10),
+            reports in proptest::collection::vec(
+                (0..12usize, 0..12usize, proptest::collection::vec(1..200u32, 0..4), 0..90u64),
+                0..40,
+            ),
+            forget in proptest::option::of(0..12usize),
+            at in 0..150u64,
+        ) {
+            // Regions a and b are listed with a hint; c is listed; d is not.
+            let regions = Regions::parse(
+                "[[region]]\nname = \"a\"\n[[region]]\nname = \"b\"\n[[region]]\nname = \"c\"\n\
+                 [[hint]]\nfrom = \"a\"\nto = \"b\"\nms = 50\n",
+                "t",
+            )
+            .expect("regions");
+            let names = ["a", "b", "c", "d"];
+            let mut nodes: Vec<(AgentId, RegionId)> = homes
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (agent(&format!("n{i}")), region(names[*h])))
+                .collect();
+            let t0 = Timestamp::from_unix_millis(1_000_000);
+            let mut book = LatencyBook::default();
+            // Reports may name agents that are not nodes (n10, n11).
+            for (from, to, rtts, secs) in &reports {
+                let mut r = report(&format!("n{from}"), &format!("n{to}"), rtts);
+                r.samples[0].rtt_micros = rtts.iter().map(|ms| ms * 1000).collect();
+                book.record(&r, t0.saturating_add(Duration::from_secs(*secs)));
+            }
+            let now = t0.saturating_add(Duration::from_secs(at));
+            if let Some(i) = forget {
+                nodes.retain(|(id, _)| id != &agent(&format!("n{i}")));
+            }
+            let known: BTreeSet<AgentId> = nodes.iter().map(|(id, _)| id.clone()).collect();
+            book.prune(now, WINDOW, &|id| known.contains(id));
+            proptest::prop_assert_eq!(
+                book.figures(&nodes, &regions, now, WINDOW),
+                figures_by_definition(&book, &nodes, &regions, now)
+            );
+            // The index holds exactly the pairs left.
+            for (a, set) in &book.neighbours {
+                for b in set {
+                    proptest::prop_assert!(
+                        book.pairs.contains_key(&(a.clone(), b.clone()))
+                            || book.pairs.contains_key(&(b.clone(), a.clone()))
+                    );
+                }
+            }
+            for (a, b) in book.pairs.keys() {
+                proptest::prop_assert!(book.neighbours.get(a).is_some_and(|s| s.contains(b)));
+            }
+        }
     }
 
     #[test]

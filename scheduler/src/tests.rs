@@ -197,6 +197,17 @@ fn per_target_region_places_replicas_near_each_region() {
 }
 
 #[test]
+fn per_target_region_without_target_regions_places_like_no_target() {
+    // Not a spec the API accepts, but a valid input: per target region
+    // over no regions means no latency filter at all.
+    let nodes = [node("a1", "a", 1000, 100), node("a2", "a", 1000, 100)];
+    let mut s = targeting(service("web", 2, &[], 10, 10), &[], 20.0);
+    s.per_target_region = true;
+    let p = plan(&nodes, &[s], &Placement::new());
+    assert_eq!(nodes_of(&p, "web"), [Some("a1".into()), Some("a2".into())]);
+}
+
+#[test]
 fn keeps_previous_placement_while_possible() {
     let nodes = [node("a1", "a", 1000, 100), node("a2", "a", 1000, 100)];
     let mut previous = Placement::new();

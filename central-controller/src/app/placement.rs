@@ -381,16 +381,31 @@ impl App {
         self.node(id)
     }
 
-    /// One node's latency figures, for its view.
+    /// One node's latency figures, for its view: read from what that node
+    /// measured, at a cost independent of the fleet's size. Stale samples
+    /// are skipped here and pruned by the deployment loop.
     pub(super) fn node_latency(
         &self,
-        id: &AgentId,
+        node: &NodeRecord,
         now: Timestamp,
     ) -> BTreeMap<RegionId, Estimate> {
-        let nodes: Vec<NodeRecord> = self.nodes.snapshot();
-        self.latency_figures(&nodes, now)
-            .remove(id)
-            .unwrap_or_default()
+        let window = self.settings.placement.latency_window;
+        let peers = self.probes.book().neighbours_of(&node.id);
+        let region_of: BTreeMap<AgentId, RegionId> = {
+            let records = self.nodes.records();
+            peers
+                .into_iter()
+                .filter_map(|p| records.get(&p).map(|n| (p, n.region.clone())))
+                .collect()
+        };
+        self.probes.book().row(
+            &node.id,
+            &node.region,
+            |p| region_of.get(p),
+            &self.settings.regions,
+            now,
+            window,
+        )
     }
 
     /// Regions from the regions file and from the nodes, with node counts.

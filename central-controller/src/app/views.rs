@@ -12,6 +12,7 @@ use verge_shared::{AgentId, Generation, KeyId, RegionId, ServiceName, Timestamp}
 
 use super::composition::App;
 use super::error::AppError;
+use crate::latency::Estimate;
 use crate::store::{Cordon, DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec};
 
 /// A replica's state as shown to operators: the agent's states plus `unplaced`.
@@ -221,7 +222,12 @@ impl App {
             .collect()
     }
 
-    fn node_view(&self, node: &NodeRecord, now: Timestamp) -> Result<NodeView, AppError> {
+    fn node_view(
+        &self,
+        node: &NodeRecord,
+        now: Timestamp,
+        latency: BTreeMap<RegionId, Estimate>,
+    ) -> Result<NodeView, AppError> {
         let status = node.last_status.as_ref();
         Ok(NodeView {
             id: node.id.clone(),
@@ -241,14 +247,20 @@ impl App {
             revoked: node.revoked,
             probe_addr: node.probe_addr,
             limits: node.limits,
-            latency: self.node_latency(&node.id, now),
+            latency,
         })
     }
 
+    /// Every node's view. The latency figures are computed once for the
+    /// fleet (each node's from what it measured), not once per node.
     pub fn nodes(&self) -> Result<Vec<NodeView>, AppError> {
         let now = self.now();
-        let nodes: Vec<NodeRecord> = self.nodes.records().values().cloned().collect();
-        nodes.iter().map(|n| self.node_view(n, now)).collect()
+        let nodes: Vec<NodeRecord> = self.nodes.snapshot();
+        let mut latency = self.latency_figures(&nodes, now);
+        nodes
+            .iter()
+            .map(|n| self.node_view(n, now, latency.remove(&n.id).unwrap_or_default()))
+            .collect()
     }
 
     pub fn node(&self, id: &str) -> Result<NodeView, AppError> {
@@ -259,6 +271,7 @@ impl App {
                 what: "node",
                 name: id.to_owned(),
             })?;
-        self.node_view(&node, self.now())
+        let now = self.now();
+        self.node_view(&node, now, self.node_latency(&node, now))
     }
 }

@@ -52,6 +52,52 @@ async fn deploy_update_delete(broker: BrokerKind) {
         "edge-c must run nothing: {idle}"
     );
 
+    // The node list, a page at a time, filtered, with bad parameters named.
+    let first = api.get("/api/v1/nodes?limit=2").await.expect("page 1");
+    let ids = |page: &serde_json::Value| -> Vec<String> {
+        page["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| n["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&first), ["edge-a", "edge-b"]);
+    let cursor = first["next_cursor"].as_str().expect("a cursor").to_owned();
+    let second = api
+        .get(&format!("/api/v1/nodes?limit=2&cursor={cursor}"))
+        .await
+        .expect("page 2");
+    assert_eq!(
+        (ids(&second), &second["next_cursor"]),
+        (vec!["edge-c".to_owned()], &json!(null))
+    );
+    let filtered = api
+        .get("/api/v1/nodes?region=region-b&state=healthy")
+        .await
+        .expect("filtered");
+    assert_eq!(ids(&filtered), ["edge-b"]);
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("cursor=edge-a", "cursor"),
+        ("state=asleep", "state"),
+    ] {
+        let reply = api
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/v1/nodes?{query}"),
+                None,
+            )
+            .await
+            .expect("GET");
+        assert_eq!(reply.status, 400, "{query}: {}", reply.body);
+        assert_eq!(
+            reply.body["error"]["field"], field,
+            "{query}: {}",
+            reply.body
+        );
+    }
+
     // Update: each agent applies exactly the next generation and the new
     // version replaces the old process.
     let reply = api

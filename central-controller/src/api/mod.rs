@@ -12,6 +12,7 @@ mod body;
 mod error;
 mod identity;
 mod logs;
+mod nodes;
 mod releases;
 mod state;
 
@@ -45,7 +46,7 @@ pub fn router(app: Arc<App>, token: TokenCheck) -> Router {
             "/api/v1/services/{name}",
             get(get_service).put(put_service).delete(delete_service),
         )
-        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes", get(nodes::list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
         .route(
             "/api/v1/nodes/{id}/workloads/{service}/logs",
@@ -137,10 +138,6 @@ async fn delete_service(
 ) -> Result<StatusCode, ApiError> {
     state.app.delete_service(&name).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn list_nodes(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    Ok(Json(json!({ "nodes": state.app.nodes()? })).into_response())
 }
 
 async fn get_node(

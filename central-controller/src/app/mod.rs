@@ -24,8 +24,8 @@
 //! A part imports leaves only, never another part or this file. The use
 //! cases each add an `impl App` block that combines parts: `catalog.rs`
 //! (services, artifacts, releases, trust), `reconcile.rs` (the deployment
-//! loop), `ingest.rs`, `enroll.rs`, `placement.rs`, `logs.rs` and
-//! `views.rs`. They import `App` from `composition.rs` and what else they
+//! loop), `ingest.rs`, `enroll.rs`, `placement.rs`, `logs.rs`,
+//! `node_list.rs` and `views.rs`. They import `App` from `composition.rs` and what else they
 //! need from the file that defines it, never from this file, which only
 //! declares and re-exports. A new capability (accounts and audit, a watch
 //! stream, alarms, rollouts) adds a part and a use-case file.
@@ -65,6 +65,7 @@ mod catalog;
 mod enroll;
 mod ingest;
 mod logs;
+mod node_list;
 mod placement;
 mod reconcile;
 mod views;
@@ -75,6 +76,7 @@ pub use composition::App;
 pub use enroll::{TokenRequest, TokenView};
 pub use error::{AppError, InstallError, UploadError};
 pub use identity::Pki;
+pub use node_list::{MAX_PAGE, NodeFilter, NodePage, NodeState};
 pub use placement::{LatencyRequest, PlacementRequest};
 pub use types::{Incoming, MAX_REPLICAS, Outgoing, Settings};
 

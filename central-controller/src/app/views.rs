@@ -222,7 +222,7 @@ impl App {
             .collect()
     }
 
-    fn node_view(
+    pub(super) fn node_view(
         &self,
         node: &NodeRecord,
         now: Timestamp,
@@ -249,18 +249,6 @@ impl App {
             limits: node.limits,
             latency,
         })
-    }
-
-    /// Every node's view. The latency figures are computed once for the
-    /// fleet (each node's from what it measured), not once per node.
-    pub fn nodes(&self) -> Result<Vec<NodeView>, AppError> {
-        let now = self.now();
-        let nodes: Vec<NodeRecord> = self.nodes.snapshot();
-        let mut latency = self.latency_figures(&nodes, now);
-        nodes
-            .iter()
-            .map(|n| self.node_view(n, now, latency.remove(&n.id).unwrap_or_default()))
-            .collect()
     }
 
     pub fn node(&self, id: &str) -> Result<NodeView, AppError> {

@@ -1,0 +1,151 @@
+//! `GET /api/v1/nodes`: filters, a page size and an opaque cursor, each
+//! checked and named when wrong.
+//!
+//! Query: `region`, `state` (see [`NodeState`]), `label` (`key=value`),
+//! `service`, `limit` (1 to [`MAX_PAGE`]; without it, every matching node)
+//! and `cursor` (the `next_cursor` of the previous page). Nodes come in id
+//! order; `next_cursor` is `null` on the last page.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::json;
+use verge_shared::{AgentId, RegionId, ServiceName};
+
+use super::error::ApiError;
+use super::state::ApiState;
+use crate::app::{MAX_PAGE, NodeFilter, NodeState};
+
+const PARAMS: [&str; 6] = ["region", "state", "label", "service", "limit", "cursor"];
+/// Marks a cursor as this route's, so that a made-up one is refused.
+const CURSOR_PREFIX: &str = "nodes-after:";
+
+fn cursor_for(id: &AgentId) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{id}"))
+}
+
+fn after_cursor(cursor: &str) -> Option<AgentId> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    AgentId::new(text.strip_prefix(CURSOR_PREFIX)?).ok()
+}
+
+/// The list query, checked; every error names its parameter.
+fn parse(
+    query: &BTreeMap<String, String>,
+) -> Result<(NodeFilter, Option<AgentId>, Option<usize>), ApiError> {
+    if let Some(unknown) = query.keys().find(|k| !PARAMS.contains(&k.as_str())) {
+        return Err(ApiError::invalid_field(
+            unknown.as_str(),
+            format!("unknown query parameter (expected {})", PARAMS.join(", ")),
+        ));
+    }
+    let invalid = |field: &str, e: String| ApiError::invalid_field(field, e);
+    let filter = NodeFilter {
+        region: query
+            .get("region")
+            .map(|r| RegionId::new(r.as_str()).map_err(|e| invalid("region", e.to_string())))
+            .transpose()?,
+        state: query
+            .get("state")
+            .map(|s| s.parse::<NodeState>().map_err(|e| invalid("state", e)))
+            .transpose()?,
+        label: query
+            .get("label")
+            .map(|l| {
+                l.split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .ok_or_else(|| invalid("label", format!("{l:?} is not key=value")))
+            })
+            .transpose()?,
+        service: query
+            .get("service")
+            .map(|s| ServiceName::new(s.as_str()).map_err(|e| invalid("service", e.to_string())))
+            .transpose()?,
+    };
+    let after = query
+        .get("cursor")
+        .map(|c| {
+            after_cursor(c).ok_or_else(|| {
+                invalid(
+                    "cursor",
+                    "not a cursor from this route (pass next_cursor as it came)".into(),
+                )
+            })
+        })
+        .transpose()?;
+    let limit = query
+        .get("limit")
+        .map(|l| {
+            l.parse()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| invalid("limit", format!("must be 1 to {MAX_PAGE}")))
+        })
+        .transpose()?;
+    Ok((filter, after, limit))
+}
+
+/// `GET /api/v1/nodes`
+pub(super) async fn list_nodes(
+    State(state): State<ApiState>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (filter, after, limit) = parse(&query)?;
+    let page = state.app.node_page(&filter, after.as_ref(), limit)?;
+    let next_cursor = page.continue_after.as_ref().map(cursor_for);
+    Ok(Json(json!({ "nodes": page.nodes, "next_cursor": next_cursor })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn field_of(pairs: &[(&str, &str)]) -> Option<String> {
+        parse(&query(pairs)).err().and_then(|e| e.field)
+    }
+
+    #[test]
+    fn cursors_round_trip_and_made_up_ones_are_refused() {
+        let id = AgentId::new("edge-7").expect("id");
+        assert_eq!(after_cursor(&cursor_for(&id)), Some(id));
+        assert_eq!(after_cursor("edge-7"), None);
+        assert_eq!(after_cursor(&URL_SAFE_NO_PAD.encode("edge-7")), None);
+    }
+
+    #[test]
+    fn each_bad_parameter_is_named() {
+        assert_eq!(field_of(&[("limit", "0")]), Some("limit".into()));
+        assert_eq!(field_of(&[("limit", "1001")]), Some("limit".into()));
+        assert_eq!(field_of(&[("limit", "ten")]), Some("limit".into()));
+        assert_eq!(field_of(&[("cursor", "zzz")]), Some("cursor".into()));
+        assert_eq!(field_of(&[("state", "asleep")]), Some("state".into()));
+        assert_eq!(field_of(&[("label", "novalue")]), Some("label".into()));
+        assert_eq!(
+            field_of(&[("region", "Not A Region!")]),
+            Some("region".into())
+        );
+        assert_eq!(field_of(&[("sort", "id")]), Some("sort".into()));
+        let (filter, after, limit) = parse(&query(&[
+            ("state", "healthy"),
+            ("label", "tier=edge"),
+            ("limit", "100"),
+        ]))
+        .expect("valid");
+        assert_eq!(filter.state, Some(NodeState::Healthy));
+        assert_eq!(filter.label, Some(("tier".into(), "edge".into())));
+        assert_eq!((after, limit), (None, Some(100)));
+    }
+}

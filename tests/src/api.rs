@@ -177,10 +177,25 @@ impl Api {
         path: &str,
         body: Option<reqwest::Body>,
     ) -> Result<Reply> {
+        Ok(self.request_with(method, path, body, &[]).await?.0)
+    }
+
+    /// [`Api::request`] with extra request headers; also returns the
+    /// response's headers.
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> Result<(Reply, reqwest::header::HeaderMap)> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
             .bearer_auth(&self.token);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(body) = body {
             req = req.header("content-type", "application/json").body(body);
         }
@@ -189,6 +204,7 @@ impl Api {
             .await
             .with_context(|| format!("{method} {path}"))?;
         let status = resp.status();
+        let response_headers = resp.headers().clone();
         let bytes = resp.bytes().await?;
         let body = if bytes.is_empty() {
             Value::Null
@@ -196,7 +212,7 @@ impl Api {
             serde_json::from_slice(&bytes)
                 .with_context(|| format!("{method} {path}: body is not JSON"))?
         };
-        Ok(Reply { status, body })
+        Ok((Reply { status, body }, response_headers))
     }
 
     pub async fn get(&self, path: &str) -> Result<Value> {

@@ -123,6 +123,33 @@ async fn deploy_update_delete(broker: BrokerKind) {
     )
     .await;
 
+    // Conditional writes: the ETag is the revision; a DELETE naming a
+    // revision the service has left is refused and changes nothing.
+    let (reply, headers) = api
+        .request_with(reqwest::Method::GET, "/api/v1/services/hello", None, &[])
+        .await
+        .expect("GET");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        headers.get("etag").and_then(|v| v.to_str().ok()),
+        Some("\"2\"")
+    );
+    let (reply, _) = api
+        .request_with(
+            reqwest::Method::DELETE,
+            "/api/v1/services/hello",
+            None,
+            &[("if-match", "\"1\"")],
+        )
+        .await
+        .expect("DELETE");
+    assert_eq!(reply.status, 412, "{}", reply.body);
+    assert_eq!(reply.error_code(), "precondition_failed", "{}", reply.body);
+    assert_eq!(
+        api.service("hello").await.expect("still there")["revision"],
+        2
+    );
+
     // Delete: the workloads stop and the agents report nothing running.
     let reply = api.delete_service("hello").await.expect("DELETE");
     assert_eq!(reply.status, 204, "{}", reply.body);

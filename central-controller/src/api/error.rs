@@ -126,6 +126,11 @@ impl From<AppError> for ApiError {
                 };
                 ApiError::new(status, code, message)
             }
+            AppError::PreconditionFailed { message } => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                message,
+            ),
             AppError::TlsDisabled => {
                 ApiError::new(StatusCode::CONFLICT, "tls_disabled", e.to_string())
             }

@@ -9,6 +9,7 @@
 //! `POST /api/v1/nodes/{id}/certificate`, signed by the node's pinned key.
 
 mod body;
+mod conditional;
 mod error;
 mod identity;
 mod logs;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -114,29 +115,42 @@ async fn get_service(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.app.service(&name)?).into_response())
+    let view = state.app.service(&name)?;
+    Ok((
+        [(header::ETAG, conditional::etag(view.revision))],
+        Json(view),
+    )
+        .into_response())
 }
 
 async fn put_service(
     State(state): State<ApiState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let expect = conditional::expectation(&headers)?;
     let request: ServiceRequest = read_json(body).await?;
-    let (view, created) = state.app.put_service(&name, request).await?;
+    let (view, created) = state
+        .app
+        .put_service_expecting(&name, request, &expect)
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view)).into_response())
+    let etag = conditional::etag(view.revision);
+    Ok((status, [(header::ETAG, etag)], Json(view)).into_response())
 }
 
 async fn delete_service(
     State(state): State<ApiState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    state.app.delete_service(&name).await?;
+    let expect = conditional::expectation(&headers)?;
+    state.app.delete_service_expecting(&name, &expect).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

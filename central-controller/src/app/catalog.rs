@@ -39,6 +39,44 @@ pub struct ServiceRequest {
     pub placement: PlacementRequest,
 }
 
+/// What a write expects of a service's current revision: HTTP's `If-Match`
+/// and `If-None-Match`, checked under the deployment lock, so that of two
+/// writers who read the same revision only the first one's write lands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Expect {
+    /// No condition.
+    #[default]
+    Anything,
+    /// `If-Match: *`: the service exists.
+    Exists,
+    /// `If-None-Match: *`: the service does not exist yet.
+    Absent,
+    /// `If-Match` with entity tags: the service is at one of these revisions.
+    OneOf(Vec<u64>),
+}
+
+impl Expect {
+    fn check(&self, name: &ServiceName, current: Option<u64>) -> Result<(), AppError> {
+        let holds = match (self, current) {
+            (Expect::Anything, _) | (Expect::Exists, Some(_)) | (Expect::Absent, None) => true,
+            (Expect::OneOf(revisions), Some(now)) => revisions.contains(&now),
+            (Expect::Exists | Expect::OneOf(_), None) | (Expect::Absent, Some(_)) => false,
+        };
+        if holds {
+            return Ok(());
+        }
+        Err(AppError::PreconditionFailed {
+            message: match current {
+                Some(revision) => format!(
+                    "service {name} is at revision {revision} (ETag \"{revision}\"), which this \
+                     request does not expect: read it again and apply the change to that"
+                ),
+                None => format!("service {name} does not exist, and this request expects it to"),
+            },
+        })
+    }
+}
+
 impl App {
     fn validate(
         &self,
@@ -97,10 +135,23 @@ impl App {
         name: &str,
         request: ServiceRequest,
     ) -> Result<(ServiceView, bool), AppError> {
+        self.put_service_expecting(name, request, &Expect::Anything)
+            .await
+    }
+
+    /// [`App::put_service`], only if the service's revision is as `expect`
+    /// says when the write happens.
+    pub async fn put_service_expecting(
+        &self,
+        name: &str,
+        request: ServiceRequest,
+        expect: &Expect,
+    ) -> Result<(ServiceView, bool), AppError> {
         let (name, spec, release) = self.validate(name, request)?;
         let now = self.now();
         let mut state = self.deployment.state().await;
         let existing = self.store.service(&name)?;
+        expect.check(&name, existing.as_ref().map(|s| s.revision))?;
         let created = existing.is_none();
         let record = match existing {
             Some(old) if old.spec == spec => old,
@@ -139,6 +190,16 @@ impl App {
 
     /// Deletes a service; its agents get desired states without it.
     pub async fn delete_service(&self, name: &str) -> Result<(), AppError> {
+        self.delete_service_expecting(name, &Expect::Anything).await
+    }
+
+    /// [`App::delete_service`], only if the service's revision is as
+    /// `expect` says when the delete happens.
+    pub async fn delete_service_expecting(
+        &self,
+        name: &str,
+        expect: &Expect,
+    ) -> Result<(), AppError> {
         let not_found = || AppError::NotFound {
             what: "service",
             name: name.to_owned(),
@@ -146,6 +207,8 @@ impl App {
         let name = ServiceName::new(name).map_err(|_| not_found())?;
         let now = self.now();
         let mut state = self.deployment.state().await;
+        let current = self.store.service(&name)?.map(|s| s.revision);
+        expect.check(&name, current)?;
         if !self.store.delete_service(&name)? {
             return Err(not_found());
         }

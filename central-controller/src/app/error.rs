@@ -35,6 +35,10 @@ pub enum AppError {
         code: &'static str,
         message: String,
     },
+    /// A conditional write whose condition (`If-Match`, `If-None-Match`)
+    /// does not hold.
+    #[error("{message}")]
+    PreconditionFailed { message: String },
     #[error("TLS and node identities are disabled on this controller ([tls] enabled = false)")]
     TlsDisabled,
     /// The system random source failed.

@@ -70,7 +70,7 @@ mod placement;
 mod reconcile;
 mod views;
 
-pub use catalog::ServiceRequest;
+pub use catalog::{Expect, ServiceRequest};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use composition::App;
 pub use enroll::{TokenRequest, TokenView};

@@ -297,3 +297,74 @@ async fn generations_only_grow_and_grow_exactly_when_workloads_change() {
         "the steps published {n_published} documents"
     );
 }
+
+#[tokio::test]
+async fn of_two_writers_who_read_the_same_revision_only_the_first_lands() {
+    let (mut mf, digest, _) = fleet(&["edge-a", "edge-b", "edge-c"]).await;
+    let app = &mf.fx.app;
+    let (created, _) = app
+        .put_service_expecting("web", request(&digest, 1), &Expect::Absent)
+        .await
+        .expect("create");
+    assert_eq!(created.revision, 1);
+    let again = app
+        .put_service_expecting("web", request(&digest, 3), &Expect::Absent)
+        .await;
+    assert!(
+        matches!(again, Err(AppError::PreconditionFailed { .. })),
+        "{again:?}"
+    );
+    published(&mut mf);
+
+    // Both read revision 1; the first write moves it to 2.
+    let read = Expect::OneOf(vec![created.revision]);
+    let (first, _) = mf
+        .fx
+        .app
+        .put_service_expecting("web", request(&digest, 2), &read)
+        .await
+        .expect("first writer");
+    assert_eq!(first.revision, 2);
+    let n_first = published(&mut mf).len();
+    assert!(n_first > 0, "the first write is deployed");
+    let second = mf
+        .fx
+        .app
+        .put_service_expecting("web", request(&digest, 3), &read)
+        .await;
+    let Err(AppError::PreconditionFailed { message }) = second else {
+        panic!("the second writer must be refused: {second:?}");
+    };
+    assert!(message.contains("revision 2"), "{message}");
+    assert!(
+        published(&mut mf).is_empty(),
+        "the refused write sent nothing"
+    );
+    let view = mf.fx.app.service("web").expect("view");
+    assert_eq!(
+        (view.revision, view.replicas.len()),
+        (2, 2),
+        "the first write stands"
+    );
+
+    // A stale delete is refused too; a current one deletes.
+    let stale = mf.fx.app.delete_service_expecting("web", &read).await;
+    assert!(
+        matches!(stale, Err(AppError::PreconditionFailed { .. })),
+        "{stale:?}"
+    );
+    mf.fx
+        .app
+        .delete_service_expecting("web", &Expect::OneOf(vec![2]))
+        .await
+        .expect("delete at the current revision");
+    let gone = mf
+        .fx
+        .app
+        .delete_service_expecting("web", &Expect::Exists)
+        .await;
+    assert!(
+        matches!(gone, Err(AppError::PreconditionFailed { .. })),
+        "{gone:?}"
+    );
+}

@@ -519,16 +519,27 @@ impl ArtifactCache {
             return Err(ArtifactError::TooLarge { digest, declared });
         }
         let mut got = have;
-        while let Some(chunk) = response.chunk().await.map_err(http)? {
-            got = got.saturating_add(chunk.len() as u64);
-            if got > declared {
-                return Err(ArtifactError::TooLarge { digest, declared });
+        let streamed = async {
+            while let Some(chunk) = response.chunk().await.map_err(http)? {
+                got = got.saturating_add(chunk.len() as u64);
+                if got > declared {
+                    return Err(ArtifactError::TooLarge { digest, declared });
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(io)?;
+                self.bytes_fetched
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
-            hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(io)?;
-            self.bytes_fetched
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            Ok(())
         }
+        .await;
+        // However the stream ended, what arrived reaches the file before it
+        // is dropped: tokio's File writes in the background, and a write
+        // still in flight would leave a retry (or a restarted agent) to
+        // resume from fewer bytes than were received, racing that write.
+        let flushed = file.flush().await.map_err(io);
+        streamed?;
+        flushed?;
         if got != declared {
             return Err(ArtifactError::WrongSize {
                 digest,

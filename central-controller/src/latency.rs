@@ -48,6 +48,18 @@ pub struct Estimate {
 }
 
 impl Estimate {
+    /// The static hint of the regions file, as an estimate.
+    pub fn hint(ms: f64) -> Self {
+        Estimate {
+            p50_ms: ms,
+            p90_ms: ms,
+            p99_ms: ms,
+            source: Source::Static,
+            age_secs: None,
+            samples: 0,
+        }
+    }
+
     pub fn figure(&self) -> Figure {
         Figure {
             p50_ms: self.p50_ms,
@@ -306,16 +318,7 @@ impl LatencyBook {
             let measured = peers_in
                 .get(region)
                 .and_then(|peers| self.measured(id, peers.iter().copied(), now, window));
-            let estimate = measured.or_else(|| {
-                regions.hint(home, region).map(|ms| Estimate {
-                    p50_ms: ms,
-                    p90_ms: ms,
-                    p99_ms: ms,
-                    source: Source::Static,
-                    age_secs: None,
-                    samples: 0,
-                })
-            });
+            let estimate = measured.or_else(|| regions.hint(home, region).map(Estimate::hint));
             if let Some(estimate) = estimate {
                 row.insert(region.clone(), estimate);
             }
@@ -447,16 +450,9 @@ mod tests {
                             .iter()
                             .filter(|(p, r)| r == region && p != id)
                             .map(|(p, _)| p);
-                        let estimate = book.measured(id, peers, now, WINDOW).or_else(|| {
-                            regions.hint(home, region).map(|ms| Estimate {
-                                p50_ms: ms,
-                                p90_ms: ms,
-                                p99_ms: ms,
-                                source: Source::Static,
-                                age_secs: None,
-                                samples: 0,
-                            })
-                        });
+                        let estimate = book
+                            .measured(id, peers, now, WINDOW)
+                            .or_else(|| regions.hint(home, region).map(Estimate::hint));
                         estimate.map(|e| (region.clone(), e))
                     })
                     .collect();

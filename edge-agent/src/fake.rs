@@ -28,8 +28,9 @@ use verge_shared::messages::{Isolation, LimitMechanism};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::state::{Accepted, StateError, StateStore};
 use crate::supervise::{Exit, Launch, Process, ProcessId, Spawner};
-use verge_shared::Sha256Digest;
 use verge_shared::messages::ArtifactRef;
+use verge_shared::trust::{Publisher, RootRole, TrustBundle};
+use verge_shared::{PublicKey, Sha256Digest, Timestamp};
 
 /// One call the runtime saw, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -401,6 +402,29 @@ impl Process for FakeProcess {
         if let Some(end) = end {
             let _ = end.send(Some(Exit::Signal(Signal::SIGTERM as i32)));
         }
+    }
+}
+
+/// A version-1 trust bundle with one root key (threshold 1), valid from
+/// `issued_at` to `expires_at`: the bundle the agent's tests share.
+pub fn trust_bundle(
+    root: PublicKey,
+    controller: PublicKey,
+    publishers: Vec<Publisher>,
+    (issued_at, expires_at): (Timestamp, Timestamp),
+) -> TrustBundle {
+    TrustBundle {
+        schema_version: 1,
+        version: 1,
+        issued_at,
+        expires_at,
+        root: RootRole {
+            keys: vec![root],
+            threshold: 1,
+        },
+        controllers: vec![controller],
+        publishers,
+        reset_generations: false,
     }
 }
 

@@ -241,7 +241,7 @@ mod tests {
     use verge_shared::SigningKey;
     use verge_shared::messages::{Resources, RunSpec, SCHEMA_VERSION};
     use verge_shared::trust::{
-        MediaType, Publisher, Release, ReleaseArtifact, RootRole, payload_type as trust_type,
+        MediaType, Publisher, Release, ReleaseArtifact, payload_type as trust_type,
     };
 
     const NOW: u64 = 1_800_000_000_000;
@@ -263,23 +263,16 @@ mod tests {
 
     fn fixture() -> Fixture {
         let (root, controller, publisher) = (key(), key(), key());
-        let trust = TrustBundle {
-            schema_version: 1,
-            version: 1,
-            issued_at: ts(-1000),
-            expires_at: ts(3_600_000),
-            root: RootRole {
-                keys: vec![root.public_key()],
-                threshold: 1,
-            },
-            controllers: vec![controller.public_key()],
-            publishers: vec![Publisher {
+        let trust = crate::fake::trust_bundle(
+            root.public_key(),
+            controller.public_key(),
+            vec![Publisher {
                 name: "web team".into(),
                 key: publisher.public_key(),
                 services: vec!["web*".into()],
             }],
-            reset_generations: false,
-        };
+            (ts(-1000), ts(3_600_000)),
+        );
         Fixture {
             controller,
             publisher,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use edge_agent::Config;
-use edge_agent::fake::MemoryStore;
+use edge_agent::fake::{self, MemoryStore};
 use edge_agent::intake::ResolvedState;
 use edge_agent::outbox::Outbox;
 use edge_agent::report::{Board, EventSink, Identity, Signer};
@@ -21,7 +21,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use verge_shared::messages::{Delivery, DesiredState, SCHEMA_VERSION, payload_type};
-use verge_shared::trust::{RootRole, TrustBundle, payload_type as trust_type};
+use verge_shared::trust::payload_type as trust_type;
 use verge_shared::{AgentId, Generation, SigningKey, Timestamp};
 
 /// The first delay before a failed save is tried again (tasks/intake.rs).
@@ -60,19 +60,12 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path();
         let (root, controller) = (key(), key());
-        let bundle = TrustBundle {
-            schema_version: 1,
-            version: 1,
-            issued_at: at(-60_000),
-            expires_at: at(3_600_000),
-            root: RootRole {
-                keys: vec![root.public_key()],
-                threshold: 1,
-            },
-            controllers: vec![controller.public_key()],
-            publishers: vec![],
-            reset_generations: false,
-        };
+        let bundle = fake::trust_bundle(
+            root.public_key(),
+            controller.public_key(),
+            vec![],
+            (at(-60_000), at(3_600_000)),
+        );
         let signed = root.sign(
             trust_type::TRUST_BUNDLE,
             &serde_json::to_vec(&bundle).expect("json"),

@@ -13,18 +13,14 @@ use axum::response::{IntoResponse, Response};
 use verge_shared::logs::{LogStream, MAX_LOG_LINES};
 
 use super::error::ApiError;
+use super::query::only_known;
 use super::state::ApiState;
 
 const DEFAULT_LINES: u32 = 100;
 
 /// `stream` and `lines` from the query string, each checked and named.
 fn parse(query: &BTreeMap<String, String>) -> Result<(LogStream, u32), ApiError> {
-    if let Some(unknown) = query.keys().find(|k| *k != "stream" && *k != "lines") {
-        return Err(ApiError::invalid_field(
-            unknown.as_str(),
-            "unknown query parameter (expected stream, lines)",
-        ));
-    }
+    only_known(query, &["stream", "lines"])?;
     let stream = match query.get("stream").map(String::as_str) {
         None | Some("stdout") => LogStream::Stdout,
         Some("stderr") => LogStream::Stderr,
@@ -79,13 +75,7 @@ pub(super) async fn replica_logs(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn query(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::api::query::of as query;
 
     #[test]
     fn query_parameters_are_checked_and_named() {

@@ -14,6 +14,7 @@ mod error;
 mod identity;
 mod logs;
 mod nodes;
+mod query;
 mod releases;
 mod state;
 

@@ -17,6 +17,7 @@ use serde_json::json;
 use verge_shared::{AgentId, RegionId, ServiceName};
 
 use super::error::ApiError;
+use super::query::only_known;
 use super::state::ApiState;
 use crate::app::{MAX_PAGE, NodeFilter, NodeState};
 
@@ -38,12 +39,7 @@ fn after_cursor(cursor: &str) -> Option<AgentId> {
 fn parse(
     query: &BTreeMap<String, String>,
 ) -> Result<(NodeFilter, Option<AgentId>, Option<usize>), ApiError> {
-    if let Some(unknown) = query.keys().find(|k| !PARAMS.contains(&k.as_str())) {
-        return Err(ApiError::invalid_field(
-            unknown.as_str(),
-            format!("unknown query parameter (expected {})", PARAMS.join(", ")),
-        ));
-    }
+    only_known(query, &PARAMS)?;
     let invalid = |field: &str, e: String| ApiError::invalid_field(field, e);
     let filter = NodeFilter {
         region: query
@@ -105,13 +101,7 @@ pub(super) async fn list_nodes(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn query(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::api::query::of as query;
 
     fn field_of(pairs: &[(&str, &str)]) -> Option<String> {
         parse(&query(pairs)).err().and_then(|e| e.field)

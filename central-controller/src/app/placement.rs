@@ -469,14 +469,7 @@ impl App {
                     .filter(|e| e.source == Source::Measured)
                     .collect();
                 let estimate = if measured.is_empty() {
-                    self.settings.regions.hint(from, to).map(|ms| Estimate {
-                        p50_ms: ms,
-                        p90_ms: ms,
-                        p99_ms: ms,
-                        source: Source::Static,
-                        age_secs: None,
-                        samples: 0,
-                    })
+                    self.settings.regions.hint(from, to).map(Estimate::hint)
                 } else {
                     let pick = |f: fn(&Estimate) -> f64| {
                         median(&mut measured.iter().map(|e| f(e)).collect::<Vec<_>>())

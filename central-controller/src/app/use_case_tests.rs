@@ -84,6 +84,17 @@ async fn deploy(mf: &MemoryFixture, digest: &str, replicas: i64) {
         .expect("put");
 }
 
+/// Moves the clock by `by`, hears from `alive` only, and runs a health tick.
+async fn tick(mf: &MemoryFixture, keys: &BTreeMap<String, SigningKey>, alive: &str, by: Duration) {
+    mf.clock.advance(by);
+    keep_alive(mf, keys, &[alive]);
+    mf.fx
+        .app
+        .reconcile(mf.clock.now(), false)
+        .await
+        .expect("tick");
+}
+
 /// A presence from every agent in `keys` at the clock's time (it counts as hearing from them).
 fn keep_alive(mf: &MemoryFixture, keys: &BTreeMap<String, SigningKey>, only: &[&str]) {
     for id in only {
@@ -169,24 +180,12 @@ async fn a_silent_node_goes_unhealthy_after_the_timeout_and_loses_its_replicas_a
     let nodes = mf.fx.app.settings().nodes;
 
     // Just before the timeout: still healthy, nothing moves.
-    mf.clock.advance(nodes.heartbeat_timeout - ONE_SECOND);
-    keep_alive(&mf, &keys, &[other]);
-    mf.fx
-        .app
-        .reconcile(mf.clock.now(), false)
-        .await
-        .expect("tick");
+    tick(&mf, &keys, other, nodes.heartbeat_timeout - ONE_SECOND).await;
     assert!(mf.fx.app.node(&silent).expect("node").healthy);
     assert!(published(&mut mf).is_empty());
 
     // Past the timeout: unhealthy, but within the grace the replica stays.
-    mf.clock.advance(2 * ONE_SECOND);
-    keep_alive(&mf, &keys, &[other]);
-    mf.fx
-        .app
-        .reconcile(mf.clock.now(), false)
-        .await
-        .expect("tick");
+    tick(&mf, &keys, other, 2 * ONE_SECOND).await;
     assert!(!mf.fx.app.node(&silent).expect("node").healthy);
     assert!(mf.fx.app.node(other).expect("node").healthy);
     assert!(
@@ -196,13 +195,7 @@ async fn a_silent_node_goes_unhealthy_after_the_timeout_and_loses_its_replicas_a
     assert_eq!(replica_nodes(&mf, "web"), [Some(silent.clone())]);
 
     // Past the grace: the replica moves to the node still heard from.
-    mf.clock.advance(nodes.failover_grace);
-    keep_alive(&mf, &keys, &[other]);
-    mf.fx
-        .app
-        .reconcile(mf.clock.now(), false)
-        .await
-        .expect("tick");
+    tick(&mf, &keys, other, nodes.failover_grace).await;
     let docs: BTreeMap<String, DesiredState> = published(&mut mf)
         .into_iter()
         .map(|(a, d)| (a.to_string(), d))

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
 use serde_json::json;
@@ -17,9 +17,10 @@ use crate::app::TokenRequest;
 
 pub(super) async fn create_token(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let request: TokenRequest = read_json(body).await?;
+    let request: TokenRequest = read_json(&headers, body).await?;
     let token = state.app.create_token(request)?;
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }
@@ -38,9 +39,10 @@ pub(super) async fn revoke_token(
 
 pub(super) async fn enroll(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let request: EnrollRequest = read_json(body).await?;
+    let request: EnrollRequest = read_json(&headers, body).await?;
     Ok(Json(state.app.enroll(request).await?).into_response())
 }
 

@@ -131,7 +131,7 @@ async fn put_service(
     body: Body,
 ) -> Result<Response, ApiError> {
     let expect = conditional::expectation(&headers)?;
-    let request: ServiceRequest = read_json(body).await?;
+    let request: ServiceRequest = read_json(&headers, body).await?;
     let (view, created) = state
         .app
         .put_service_expecting(&name, request, &expect)

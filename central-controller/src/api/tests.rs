@@ -325,3 +325,51 @@ async fn releases_are_accepted_only_from_allowed_publishers_with_uploaded_artifa
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["publishers"][0]["name"], "test publisher");
 }
+
+#[tokio::test]
+async fn json_routes_refuse_other_media_types_by_name() {
+    let fx = fixture();
+    let router = api(&fx);
+    for (content_type, sent) in [
+        (Some("text/plain"), "\"text/plain\""),
+        (
+            Some("application/x-www-form-urlencoded"),
+            "\"application/x-www-form-urlencoded\"",
+        ),
+        (None, "no content type"),
+    ] {
+        for (method, uri) in [
+            (Method::PUT, "/api/v1/services/web"),
+            (Method::POST, "/api/v1/tokens"),
+            (Method::POST, "/api/v1/enroll"),
+        ] {
+            let mut builder = HttpRequest::builder()
+                .method(method.clone())
+                .uri(uri)
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+            if let Some(t) = content_type {
+                builder = builder.header(header::CONTENT_TYPE, t);
+            }
+            let (status, body) =
+                send(&router, builder.body(Body::from("{}")).expect("request")).await;
+            assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{method} {uri}");
+            let error = &json(&body)["error"];
+            assert_eq!(error["code"], "unsupported_media_type");
+            let message = error["message"].as_str().expect("message");
+            assert!(
+                message.contains("application/json") && message.contains(sent),
+                "{message}"
+            );
+        }
+    }
+    // Parameters and case do not matter.
+    let put = HttpRequest::builder()
+        .method(Method::PUT)
+        .uri("/api/v1/services/web")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "Application/JSON; charset=utf-8")
+        .body(Body::from("{}"))
+        .expect("request");
+    let (status, body) = send(&router, put).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "read as JSON: {body:?}");
+}

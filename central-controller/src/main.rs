@@ -11,6 +11,7 @@ use central_controller::{shutdown_signal, start};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use verge_shared::log_format::{self, LogFormat};
 
 mod dev;
 mod node_cmd;
@@ -77,15 +78,23 @@ fn init_tracing() {
             Err(e) => (EnvFilter::new(DEFAULT), Some(e)),
         },
     };
-    tracing_subscriber::fmt()
+    let (format, format_problem) =
+        LogFormat::from_variable(std::env::var(log_format::VARIABLE).ok().as_deref());
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
         // Colours on a terminal only, not in journald or a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     if let (Some((name, text)), Some(e)) = (given, problem) {
         tracing::warn!(variable = name, value = %text, error = %e,
             "Ignored a log filter it cannot read; logging at {DEFAULT}.");
+    }
+    if let Some(value) = format_problem {
+        tracing::warn!(variable = log_format::VARIABLE, value = %value,
+            "Ignored a log format it does not know; writing text. Write `text` or `json`.");
     }
 }
 

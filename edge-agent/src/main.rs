@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::filter::Targets;
+use verge_shared::log_format::{self, LogFormat};
 
 const USAGE: &str = "\
 Verge edge agent: verifies signed desired state, runs workloads, reports status.
@@ -100,18 +101,30 @@ async fn agent_main(config_path: PathBuf) -> anyhow::Result<ExitCode> {
     };
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
+    let (format, format_problem) =
+        LogFormat::from_variable(std::env::var(log_format::VARIABLE).ok().as_deref());
+    let json = format == LogFormat::Json;
     tracing_subscriber::registry()
-        .with(
+        .with((!json).then(|| {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 // Colours on a terminal only, not in journald or a log file.
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
+                .with_ansi(std::io::stderr().is_terminal())
+        }))
+        .with(json.then(|| {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+        }))
         .with(targets)
         .init();
     if let Some(e) = problem {
         tracing::warn!(variable = source, value = %filter, error = %e,
             "Ignored a log filter it cannot read; logging at info. Write `level` or `target=level,...`.");
+    }
+    if let Some(value) = format_problem {
+        tracing::warn!(variable = log_format::VARIABLE, value = %value,
+            "Ignored a log format it does not know; writing text. Write `text` or `json`.");
     }
 
     let config = match edge_agent::Config::load(&config_path) {

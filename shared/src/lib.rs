@@ -13,7 +13,8 @@
 //! - [`limits`]: every size bound as a named constant;
 //! - [`telemetry`]: telemetry and events for consumers, with sequence numbers;
 //! - [`latency`]: the probe datagram, probe targets and signed latency reports;
-//! - [`trust`]: the root-signed trust bundle and publisher-signed releases.
+//! - [`trust`]: the root-signed trust bundle and publisher-signed releases;
+//! - [`log_format`]: `VERGE_LOG_FORMAT`, the one rule both binaries log by.
 
 pub mod digest;
 pub mod dsse;
@@ -21,6 +22,7 @@ pub mod enroll;
 pub mod id;
 pub mod latency;
 pub mod limits;
+pub mod log_format;
 pub mod logs;
 pub mod messages;
 pub mod telemetry;

@@ -78,3 +78,64 @@ fn the_agent_names_a_log_filter_it_cannot_read_and_every_config_problem() {
         assert!(stderr.contains(field), "{field} not named: {stderr}");
     }
 }
+
+/// The JSON lines among a binary's stderr (other lines are config errors,
+/// which are printed before or without the logger).
+fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn both_binaries_log_json_lines_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent_config = dir.path().join("agent.toml");
+    std::fs::write(&agent_config, "id = \"Not An Id\"\n").expect("write");
+    let agent = std::process::Command::new(verge_tests::cluster::binary("edge-agent"))
+        .arg("--config")
+        .arg(&agent_config)
+        .env("VERGE_LOG", "edge_agent=loudly")
+        .env("VERGE_LOG_FORMAT", "json")
+        .output()
+        .expect("the agent runs");
+    let controller = std::process::Command::new(verge_tests::cluster::binary("central-controller"))
+        .args(["run", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .env("VERGE_LOG", "central_controller=loudly")
+        .env("VERGE_LOG_FORMAT", "json")
+        .output()
+        .expect("the controller runs");
+    for (name, output) in [("agent", agent), ("controller", controller)] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{name}: {stderr}");
+        let lines = json_lines(&stderr);
+        let warning = lines
+            .iter()
+            .find(|l| l["fields"]["variable"] == "VERGE_LOG")
+            .unwrap_or_else(|| panic!("{name}: no JSON line names VERGE_LOG: {stderr}"));
+        assert_eq!(warning["level"], "WARN", "{name}: {warning}");
+        assert!(warning["timestamp"].is_string(), "{name}: {warning}");
+        assert!(
+            warning["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Ignored a log filter")),
+            "{name}: {warning}"
+        );
+    }
+
+    // An unknown format is named, and text is written.
+    let output = std::process::Command::new(verge_tests::cluster::binary("edge-agent"))
+        .arg("--config")
+        .arg(&agent_config)
+        .env("VERGE_LOG_FORMAT", "yaml")
+        .output()
+        .expect("the agent runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(json_lines(&stderr).is_empty(), "{stderr}");
+    assert!(
+        stderr.contains("Ignored a log format") && stderr.contains("yaml"),
+        "{stderr}"
+    );
+}

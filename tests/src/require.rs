@@ -19,6 +19,8 @@ pub const REQUIRE_VAR: &str = "VERGE_REQUIRE";
 pub enum Tool {
     /// The Mosquitto broker (Debian package `mosquitto`).
     Mosquitto,
+    /// `systemd-analyze`, which checks unit files (Debian package `systemd`).
+    SystemdAnalyze,
 }
 
 impl Tool {
@@ -26,6 +28,7 @@ impl Tool {
     pub fn name(self) -> &'static str {
         match self {
             Tool::Mosquitto => "mosquitto",
+            Tool::SystemdAnalyze => "systemd-analyze",
         }
     }
 
@@ -34,6 +37,7 @@ impl Tool {
     pub fn path_var(self) -> &'static str {
         match self {
             Tool::Mosquitto => "VERGE_MOSQUITTO",
+            Tool::SystemdAnalyze => "VERGE_SYSTEMD_ANALYZE",
         }
     }
 
@@ -41,12 +45,14 @@ impl Tool {
     pub fn install_hint(self) -> &'static str {
         match self {
             Tool::Mosquitto => "apt-get install -y mosquitto",
+            Tool::SystemdAnalyze => "apt-get install -y systemd",
         }
     }
 
     fn default_paths(self) -> &'static [&'static str] {
         match self {
             Tool::Mosquitto => &["/usr/sbin/mosquitto", "/usr/bin/mosquitto"],
+            Tool::SystemdAnalyze => &["/usr/bin/systemd-analyze", "/bin/systemd-analyze"],
         }
     }
 

@@ -1,0 +1,170 @@
+//! Prints how the node list answers at fleet size: p50/p99 of
+//! `GET /api/v1/nodes?limit=100` and of a filtered page, with many
+//! concurrent clients, against a real controller whose registry holds N
+//! nodes. Asserts nothing.
+//!
+//! ```text
+//! cargo run --release -p verge-tests --bin api-bench [-- --nodes 10000 --clients 200 --requests 25]
+//! ```
+//!
+//! The nodes are announced by signed presence messages over the embedded
+//! broker from one MQTT client (no agent processes: the registry is what is
+//! measured), spread over 50 regions.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use verge_shared::messages::{Presence, Resources, SCHEMA_VERSION, payload_type};
+use verge_shared::{AgentId, RegionId, SigningKey, Timestamp};
+use verge_tests::bench::arg;
+use verge_tests::mqtt::TestClient;
+use verge_tests::{Cluster, ClusterOptions};
+
+const REGIONS: u64 = 50;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Every client sends `requests` GETs of `path` one after another; returns
+/// all latencies, sorted.
+async fn hammer(
+    cluster: &Cluster,
+    path: &str,
+    clients: u64,
+    requests: u64,
+) -> Result<Vec<Duration>> {
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let api = cluster.api.clone();
+        let path = path.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut took = Vec::new();
+            for _ in 0..requests {
+                let started = Instant::now();
+                let page = api.get(&path).await?;
+                took.push(started.elapsed());
+                ensure!(page["nodes"].is_array(), "{path}: {page}");
+            }
+            Ok::<_, anyhow::Error>(took)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    all.sort();
+    Ok(all)
+}
+
+async fn n_nodes(cluster: &Cluster) -> Result<u64> {
+    let regions = cluster.api.get("/api/v1/regions").await?;
+    Ok(regions["regions"]
+        .as_array()
+        .context("regions")?
+        .iter()
+        .filter_map(|r| r["nodes"].as_u64())
+        .sum())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let nodes = arg("--nodes", 10_000);
+    let clients = arg("--clients", 200);
+    let requests = arg("--requests", 25);
+    println!(
+        "api-bench ({} build): {nodes} nodes in {REGIONS} regions, {clients} clients x {requests} requests",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let mqtt = TestClient::connect(cluster.mqtt_addr, "api-bench").await?;
+    let started = Instant::now();
+    for i in 0..nodes {
+        let key = SigningKey::generate().context("key")?.0;
+        let id = format!("node-{i:05}");
+        let presence = Presence {
+            schema_version: SCHEMA_VERSION,
+            agent: AgentId::new(id.as_str())?,
+            online: true,
+            at: Timestamp::now(),
+            region: RegionId::new(format!("region-{}", i % REGIONS))?,
+            labels: [(
+                "tier".to_owned(),
+                if i % 4 == 0 { "gpu" } else { "cpu" }.to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+            capacity: Resources {
+                cpu_millis: 4000,
+                memory_mb: 4096,
+            },
+            public_key: key.public_key(),
+            version: "bench".into(),
+            probe_addr: None,
+            limits: None,
+        };
+        let payload = key.sign_json(payload_type::PRESENCE, &presence);
+        mqtt.publish(&format!("verge/v1/agents/{id}/presence"), payload)
+            .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let seen = n_nodes(&cluster).await?;
+        if seen == nodes {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {seen} of {nodes} nodes registered in 10 min"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "registered {nodes} nodes in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    for (name, path) in [
+        (
+            "first page, limit=100",
+            "/api/v1/nodes?limit=100".to_owned(),
+        ),
+        (
+            "filtered page (region, state, label), limit=100",
+            "/api/v1/nodes?region=region-7&state=healthy&label=tier=gpu&limit=100".to_owned(),
+        ),
+    ] {
+        // One warm-up pass, then the measured one.
+        hammer(&cluster, &path, clients, 1).await?;
+        let began = Instant::now();
+        let took = hammer(&cluster, &path, clients, requests).await?;
+        let wall = began.elapsed().as_secs_f64();
+        #[allow(clippy::cast_precision_loss)]
+        let rate = took.len() as f64 / wall;
+        println!(
+            "{name}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} requests ({rate:.0}/s)",
+            percentile(&took, 50.0).as_secs_f64() * 1e3,
+            percentile(&took, 99.0).as_secs_f64() * 1e3,
+            took.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            took.len()
+        );
+    }
+    let began = Instant::now();
+    let all = cluster.api.get("/api/v1/nodes").await?;
+    println!(
+        "one unpaged list of all {} nodes: {:.0} ms",
+        all["nodes"].as_array().map_or(0, Vec::len),
+        began.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}

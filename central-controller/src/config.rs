@@ -28,6 +28,24 @@ pub struct Config {
     pub placement: PlacementConfig,
     pub trust: TrustConfig,
     pub tls: TlsConfig,
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: how much of the audit log is kept. The oldest entries go
+/// first, when either bound is passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub max_records: u64,
+    pub max_age: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            max_records: 100_000,
+            max_age: Duration::from_secs(90 * 86_400),
+        }
+    }
 }
 
 /// `[tls]`: the controller's CA, TLS on the API and the broker listener,
@@ -255,6 +273,44 @@ struct RawConfig {
     trust: RawTrust,
     #[serde(default)]
     tls: RawTls,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    max_records: Option<u64>,
+    max_age_days: Option<u64>,
+}
+
+impl RawAudit {
+    fn validate(self, problems: &mut Vec<String>) -> AuditConfig {
+        let defaults = AuditConfig::default();
+        let max_records = match self.max_records {
+            Some(n) if !(100..=100_000_000).contains(&n) => {
+                problems.push(format!(
+                    "audit.max_records: {n} is out of range; must be 100 to 100000000"
+                ));
+                defaults.max_records
+            }
+            other => other.unwrap_or(defaults.max_records),
+        };
+        let max_age = match self.max_age_days {
+            Some(n) if !(1..=3650).contains(&n) => {
+                problems.push(format!(
+                    "audit.max_age_days: {n} is out of range; must be 1 to 3650"
+                ));
+                defaults.max_age
+            }
+            Some(n) => Duration::from_secs(n * 86_400),
+            None => defaults.max_age,
+        };
+        AuditConfig {
+            max_records,
+            max_age,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -525,6 +581,7 @@ impl RawConfig {
             problems.push("placement.latency_window_secs: must be at least twice placement.probe_interval_secs".to_owned());
         }
         let tls = self.tls.validate(&mut problems);
+        let audit = self.audit.validate(&mut problems);
         match (listen, endpoint, topics) {
             (Some(listen), Some(endpoint), Some(topics)) if problems.is_empty() => Ok(Config {
                 data_dir,
@@ -540,6 +597,7 @@ impl RawConfig {
                     bundle_file: self.trust.bundle_file,
                 },
                 tls,
+                audit,
             }),
             _ => Err(problems),
         }
@@ -733,6 +791,22 @@ mod tests {
             "tls.client_cert_ttl_secs",
             "api.listen",
         ] {
+            assert!(joined.contains(field), "{field} missing from {joined}");
+        }
+    }
+
+    #[test]
+    fn audit_section_defaults_and_problems() {
+        let c = Config::parse(MINIMAL, "t", no_env).expect("valid");
+        assert_eq!(c.audit, AuditConfig::default());
+        let text = format!("{MINIMAL}\n[audit]\nmax_records = 500\nmax_age_days = 7\n");
+        let c = Config::parse(&text, "t", no_env).expect("valid");
+        assert_eq!(c.audit.max_records, 500);
+        assert_eq!(c.audit.max_age, Duration::from_secs(7 * 86_400));
+        let text = format!("{MINIMAL}\n[audit]\nmax_records = 5\nmax_age_days = 0\n");
+        let err = Config::parse(&text, "t", no_env).expect_err("invalid");
+        let joined = err.problems.join("\n");
+        for field in ["audit.max_records: 5", "audit.max_age_days: 0"] {
             assert!(joined.contains(field), "{field} missing from {joined}");
         }
     }

@@ -109,36 +109,6 @@ pub fn load_or_create_admin_token(data_dir: &Path) -> Result<AdminToken, KeyFile
     }
 }
 
-/// Compares presented tokens against the admin token without keeping the
-/// token itself in memory: both sides are hashed, so comparing the digests
-/// reveals nothing useful about the token through timing.
-#[derive(Clone)]
-pub struct TokenCheck {
-    digest: [u8; 32],
-}
-
-impl std::fmt::Debug for TokenCheck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenCheck(..)")
-    }
-}
-
-fn sha256(data: &[u8]) -> [u8; 32] {
-    *verge_shared::Sha256Digest::of(data).as_bytes()
-}
-
-impl TokenCheck {
-    pub fn new(token: &str) -> Self {
-        Self {
-            digest: sha256(token.as_bytes()),
-        }
-    }
-
-    pub fn matches(&self, presented: &str) -> bool {
-        sha256(presented.as_bytes()) == self.digest
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,9 +139,5 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-
-        let check = TokenCheck::new(&token.value);
-        assert!(check.matches(&token.value));
-        assert!(!check.matches("wrong"));
     }
 }

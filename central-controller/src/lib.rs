@@ -80,6 +80,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("loading revoked nodes")]
     Revocations(#[source] app::AppError),
+    #[error("installing the admin token as the admin account's token")]
+    AdminToken(#[source] app::AppError),
 }
 
 /// A started controller.
@@ -177,6 +179,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         placement: config.placement.clone(),
         regions,
         max_artifact_bytes: config.api.max_artifact_bytes,
+        audit: config.audit,
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let public_key = key.public_key();
@@ -214,7 +217,9 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         address: config.api.listen,
         source,
     })?;
-    let router = api::router(Arc::clone(&app), keys::TokenCheck::new(&admin_token.value));
+    app.install_admin_token(&admin_token.value)
+        .map_err(StartError::AdminToken)?;
+    let router = api::router(Arc::clone(&app));
     let tracker = tasks::spawn_all(
         tasks::TaskInputs {
             app,

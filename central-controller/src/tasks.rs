@@ -89,7 +89,8 @@ pub(crate) fn spawn_all(inputs: TaskInputs, cancel: &CancellationToken) -> TaskT
             let listener = inputs.api_listener;
             let router = inputs.router;
             tracker.spawn(async move {
-                let served = axum::serve(listener, router)
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                let served = axum::serve(listener, service)
                     .with_graceful_shutdown(async move { shutdown.cancelled().await })
                     .await;
                 if let Err(e) = served {

@@ -34,7 +34,7 @@ pub struct Fixture {
 pub fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SledStore::open(&dir.path().join("store")).expect("store"));
-    fixture_in(dir, store, Arc::new(SystemClock))
+    fixture_in(dir, store, Arc::new(SystemClock), |_| {})
 }
 
 /// The app over an in-memory store and a clock that moves only when told.
@@ -47,6 +47,11 @@ pub struct MemoryFixture {
 /// The app over `MemoryStore` and a `ManualClock` standing at the wall
 /// clock's time (trust bundles and releases are signed with real times).
 pub fn memory_fixture() -> MemoryFixture {
+    memory_fixture_with(|_| {})
+}
+
+/// [`memory_fixture`] with settings changed by `tweak`.
+pub fn memory_fixture_with(tweak: impl FnOnce(&mut Settings)) -> MemoryFixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(MemoryStore::new());
     let clock = Arc::new(ManualClock::new(Timestamp::now()));
@@ -54,11 +59,17 @@ pub fn memory_fixture() -> MemoryFixture {
         dir,
         Arc::clone(&store) as Arc<dyn Store>,
         Arc::clone(&clock) as Arc<dyn Clock>,
+        tweak,
     );
     MemoryFixture { fx, store, clock }
 }
 
-fn fixture_in(dir: tempfile::TempDir, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Fixture {
+fn fixture_in(
+    dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    tweak: impl FnOnce(&mut Settings),
+) -> Fixture {
     let files = ArtifactFiles::open(dir.path()).expect("artifact dir");
     let key = SigningKey::generate().expect("key").0;
     let publisher = SigningKey::generate().expect("key").0;
@@ -77,7 +88,7 @@ fn fixture_in(dir: tempfile::TempDir, store: Arc<dyn Store>, clock: Arc<dyn Cloc
         )
         .expect("trust"),
     );
-    let settings = Settings {
+    let mut settings = Settings {
         topics: Topics::default(),
         deploy: DeployConfig {
             desired_state_ttl: Duration::from_secs(3600),
@@ -87,7 +98,9 @@ fn fixture_in(dir: tempfile::TempDir, store: Arc<dyn Store>, clock: Arc<dyn Cloc
         placement: crate::config::PlacementConfig::default(),
         regions: crate::regions::Regions::default(),
         max_artifact_bytes: 1024,
+        audit: crate::config::AuditConfig::default(),
     };
+    tweak(&mut settings);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let app = App::new(store, files, key, trust, settings, outbox_tx, clock).expect("app");
     Fixture {

@@ -342,7 +342,13 @@ async fn serve_connection(
     router: Router,
     cancel: CancellationToken,
 ) {
-    let service = hyper::service::service_fn(move |request| router.clone().oneshot(request));
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        // What `into_make_service_with_connect_info` gives plain HTTP.
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        router.clone().oneshot(request)
+    });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)

@@ -2,7 +2,7 @@
 //! codes, and the one mapping from application errors to HTTP statuses.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tracing::error;
@@ -16,7 +16,13 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u64>,
 }
+
+/// The error code of a failed response, in its extensions, for the audit log.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -38,6 +44,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -45,7 +52,7 @@ impl ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "send the admin token as 'Authorization: Bearer <token>'",
+            "send an API token as 'Authorization: Bearer <token>' (POST /api/v1/login makes one)",
         )
     }
 
@@ -131,6 +138,17 @@ impl From<AppError> for ApiError {
                 "precondition_failed",
                 message,
             ),
+            AppError::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, code, message)
+            }
+            AppError::Throttled { retry_after } => ApiError {
+                retry_after: Some(retry_after.as_secs().max(1)),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_attempts",
+                    e.to_string(),
+                )
+            },
             AppError::TlsDisabled => {
                 ApiError::new(StatusCode::CONFLICT, "tls_disabled", e.to_string())
             }
@@ -153,6 +171,13 @@ impl IntoResponse for ApiError {
                 field: self.field.as_deref(),
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response.extensions_mut().insert(ErrorCode(self.code));
+        response
     }
 }

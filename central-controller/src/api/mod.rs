@@ -1,13 +1,18 @@
-//! The HTTP API (axum): thin handlers over [`App`], bearer-token auth, bounded
-//! bodies and JSON errors.
+//! The HTTP API (axum): thin handlers over [`App`], bearer-token auth with
+//! roles, an audit trail, bounded bodies and JSON errors.
 //!
-//! Every `/api/v1/*` route needs `Authorization: Bearer <admin token>` except
-//! `GET /api/v1/artifacts/{sha256}`: artifacts are content-addressed and every
-//! agent verifies the digest of what it downloads, so reading them reveals
-//! only what a desired state already names; `POST /api/v1/enroll`, which is
-//! authenticated by the bootstrap token in its body; and
-//! `POST /api/v1/nodes/{id}/certificate`, signed by the node's pinned key.
+//! Every `/api/v1/*` route needs `Authorization: Bearer <API token>` with the
+//! role [`required_role`] names, except `GET /api/v1/artifacts/{sha256}`:
+//! artifacts are content-addressed and every agent verifies the digest of
+//! what it downloads, so reading them reveals only what a desired state
+//! already names; `POST /api/v1/login` (a user name and password);
+//! `POST /api/v1/enroll`, which is authenticated by the bootstrap token in
+//! its body; and `POST /api/v1/nodes/{id}/certificate`, signed by the
+//! node's pinned key.
 
+mod accounts;
+mod audit;
+mod auth;
 mod body;
 mod conditional;
 mod error;
@@ -23,25 +28,26 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tower::ServiceExt as _;
 use verge_shared::Sha256Digest;
 
+pub use auth::required_role;
 pub use body::MAX_JSON_BYTES;
 pub use error::ApiError;
 
 use body::read_json;
 use state::ApiState;
 
-use crate::app::{App, Cordon, ServiceRequest, TokenCheck};
+use crate::app::{App, Cordon, ServiceRequest};
 
-/// Builds the router. `token` checks the admin bearer token.
-pub fn router(app: Arc<App>, token: TokenCheck) -> Router {
-    let state = ApiState { app, token };
+/// Builds the router.
+pub fn router(app: Arc<App>) -> Router {
+    let state = ApiState { app };
     let protected = Router::new()
         .route("/api/v1/services", get(list_services))
         .route(
@@ -82,30 +88,43 @@ pub fn router(app: Arc<App>, token: TokenCheck) -> Router {
             "/api/v1/trust",
             get(releases::get_trust).put(releases::put_trust),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/api/v1/whoami", get(accounts::whoami))
+        .route(
+            "/api/v1/users",
+            get(accounts::list_users).post(accounts::create_user),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            get(accounts::get_user).delete(accounts::delete_user),
+        )
+        .route("/api/v1/users/{name}/role", put(accounts::set_role))
+        .route("/api/v1/users/{name}/password", put(accounts::set_password))
+        .route(
+            "/api/v1/api-tokens",
+            get(accounts::list_api_tokens).post(accounts::create_api_token),
+        )
+        .route(
+            "/api/v1/api-tokens/{id}",
+            axum::routing::delete(accounts::revoke_api_token),
+        )
+        .route("/api/v1/audit", get(audit::list))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/api/v1/artifacts/{sha256}", get(download_artifact))
         .route("/api/v1/enroll", post(identity::enroll))
+        .route("/api/v1/login", post(accounts::login))
         .route(
             "/api/v1/nodes/{id}/certificate",
             post(identity::renew_certificate),
         )
         .merge(protected)
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
-}
-
-async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if state.token.matches(token.trim()) => next.run(request).await,
-        _ => ApiError::unauthorized().into_response(),
-    }
 }
 
 async fn list_services(State(state): State<ApiState>) -> Result<Response, ApiError> {
@@ -238,5 +257,7 @@ async fn download_artifact(
     Ok(response.map(Body::new))
 }
 
+#[cfg(test)]
+mod access_tests;
 #[cfg(test)]
 mod tests;

@@ -11,13 +11,11 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 use verge_shared::{AgentId, RegionId, ServiceName};
 
 use super::error::ApiError;
-use super::query::only_known;
+use super::query::{cursor, cursor_param, limit_param, only_known};
 use super::state::ApiState;
 use crate::app::{MAX_PAGE, NodeFilter, NodeState};
 
@@ -26,13 +24,7 @@ const PARAMS: [&str; 6] = ["region", "state", "label", "service", "limit", "curs
 const CURSOR_PREFIX: &str = "nodes-after:";
 
 fn cursor_for(id: &AgentId) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{id}"))
-}
-
-fn after_cursor(cursor: &str) -> Option<AgentId> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    AgentId::new(text.strip_prefix(CURSOR_PREFIX)?).ok()
+    cursor(CURSOR_PREFIX, id.as_str())
 }
 
 /// The list query, checked; every error names its parameter.
@@ -64,26 +56,8 @@ fn parse(
             .map(|s| ServiceName::new(s.as_str()).map_err(|e| invalid("service", e.to_string())))
             .transpose()?,
     };
-    let after = query
-        .get("cursor")
-        .map(|c| {
-            after_cursor(c).ok_or_else(|| {
-                invalid(
-                    "cursor",
-                    "not a cursor from this route (pass next_cursor as it came)".into(),
-                )
-            })
-        })
-        .transpose()?;
-    let limit = query
-        .get("limit")
-        .map(|l| {
-            l.parse()
-                .ok()
-                .filter(|n| (1..=MAX_PAGE).contains(n))
-                .ok_or_else(|| invalid("limit", format!("must be 1 to {MAX_PAGE}")))
-        })
-        .transpose()?;
+    let after = cursor_param(query, CURSOR_PREFIX, |p| AgentId::new(p).ok())?;
+    let limit = limit_param(query, MAX_PAGE)?;
     Ok((filter, after, limit))
 }
 
@@ -101,7 +75,7 @@ pub(super) async fn list_nodes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::query::of as query;
+    use crate::api::query::{of as query, position};
 
     fn field_of(pairs: &[(&str, &str)]) -> Option<String> {
         parse(&query(pairs)).err().and_then(|e| e.field)
@@ -110,9 +84,12 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_made_up_ones_are_refused() {
         let id = AgentId::new("edge-7").expect("id");
-        assert_eq!(after_cursor(&cursor_for(&id)), Some(id));
-        assert_eq!(after_cursor("edge-7"), None);
-        assert_eq!(after_cursor(&URL_SAFE_NO_PAD.encode("edge-7")), None);
+        assert_eq!(
+            position(CURSOR_PREFIX, &cursor_for(&id)).as_deref(),
+            Some("edge-7")
+        );
+        assert_eq!(position(CURSOR_PREFIX, "edge-7"), None);
+        assert_eq!(position(CURSOR_PREFIX, &cursor("other:", "edge-7")), None);
     }
 
     #[test]

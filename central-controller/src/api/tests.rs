@@ -8,13 +8,14 @@ use http_body_util::BodyExt as _;
 use super::*;
 use crate::testing::{Fixture, fixture};
 
-const TOKEN: &str = "test-token";
+pub(super) const TOKEN: &str = "test-token";
 
-fn api(fx: &Fixture) -> Router {
-    router(Arc::clone(&fx.app), TokenCheck::new(TOKEN))
+pub(super) fn api(fx: &Fixture) -> Router {
+    fx.app.install_admin_token(TOKEN).expect("admin token");
+    router(Arc::clone(&fx.app))
 }
 
-fn request(method: Method, uri: &str, body: impl Into<Body>) -> HttpRequest<Body> {
+pub(super) fn request(method: Method, uri: &str, body: impl Into<Body>) -> HttpRequest<Body> {
     HttpRequest::builder()
         .method(method)
         .uri(uri)
@@ -24,7 +25,10 @@ fn request(method: Method, uri: &str, body: impl Into<Body>) -> HttpRequest<Body
         .expect("request")
 }
 
-async fn send(router: &Router, request: HttpRequest<Body>) -> (StatusCode, bytes::Bytes) {
+pub(super) async fn send(
+    router: &Router,
+    request: HttpRequest<Body>,
+) -> (StatusCode, bytes::Bytes) {
     let response = router.clone().oneshot(request).await.expect("infallible");
     let status = response.status();
     let body = response
@@ -36,7 +40,7 @@ async fn send(router: &Router, request: HttpRequest<Body>) -> (StatusCode, bytes
     (status, body)
 }
 
-fn json(body: &[u8]) -> Value {
+pub(super) fn json(body: &[u8]) -> Value {
     serde_json::from_slice(body).expect("JSON body")
 }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use verge_shared::{AgentId, PublicKey, SigningKey, Timestamp};
 
+use super::access::Access;
 use super::clock::Clock;
 use super::deployment::Deployment;
 use super::identity::Identity;
@@ -37,6 +38,7 @@ pub struct App {
     pub(super) identity: Identity,
     pub(super) logs: Pending,
     pub(super) deployment: Deployment,
+    pub(super) access: Access,
 }
 
 impl App {
@@ -66,6 +68,7 @@ impl App {
             identity: Identity::default(),
             logs: Pending::default(),
             deployment: Deployment::default(),
+            access: Access::default(),
         }))
     }
 

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ring::rand::SecureRandom as _;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use verge_shared::enroll::{
@@ -18,7 +17,7 @@ use verge_shared::enroll::{
 use verge_shared::{AgentId, Envelope, RegionId, Sha256Digest, Timestamp};
 
 use super::composition::App;
-use super::error::AppError;
+use super::error::{AppError, random_hex};
 use super::identity::Pki;
 use super::types::Outgoing;
 use super::views::NodeView;
@@ -96,30 +95,6 @@ fn view(record: &TokenRecord, token: Option<String>, now: Timestamp) -> TokenVie
         created_at: record.created_at,
         revoked: record.revoked,
         state,
-    }
-}
-
-fn random_hex(bytes: usize) -> Result<String, AppError> {
-    let mut raw = vec![0u8; bytes];
-    ring::rand::SystemRandom::new()
-        .fill(&mut raw)
-        .map_err(|_| AppError::Random)?;
-    Ok(hex::encode(raw))
-}
-
-fn denied(code: &'static str, message: impl Into<String>) -> AppError {
-    AppError::Denied {
-        unauthorized: false,
-        code,
-        message: message.into(),
-    }
-}
-
-fn unauthorized(code: &'static str, message: impl Into<String>) -> AppError {
-    AppError::Denied {
-        unauthorized: true,
-        code,
-        message: message.into(),
     }
 }
 
@@ -217,7 +192,8 @@ impl App {
 
     /// Takes one use of `token`, or says why it cannot be used.
     fn spend_token(&self, token: &str, now: Timestamp) -> Result<TokenRecord, AppError> {
-        let unknown = || unauthorized("token_unknown", "the token is not known to this controller");
+        let unknown =
+            || AppError::unauthorized("token_unknown", "the token is not known to this controller");
         let id = token
             .split_once('.')
             .map(|(id, _)| id)
@@ -226,7 +202,7 @@ impl App {
         if record.sha256 != Sha256Digest::of(token.as_bytes()) {
             return Err(unknown());
         }
-        token_state(&record, now).map_err(|(code, message)| denied(code, message))?;
+        token_state(&record, now).map_err(|(code, message)| AppError::denied(code, message))?;
         Ok(record)
     }
 
@@ -255,7 +231,7 @@ impl App {
             let revoked = existing.as_ref().is_some_and(|i| i.revoked_at.is_some());
             let key = existing.as_ref().map(|i| i.public_key).or(pinned);
             if !revoked && key.is_some_and(|k| k != request.node_public_key) {
-                return Err(denied(
+                return Err(AppError::denied(
                     "agent_enrolled",
                     format!(
                         "agent {agent} is already enrolled with another node key; revoke it first to enroll a replacement"
@@ -367,7 +343,9 @@ impl App {
             .map_err(|e| AppError::invalid("body", e.to_string()))?;
         let request: RenewalRequest = envelope
             .open(RENEWAL_PAYLOAD_TYPE, &identity.public_key)
-            .map_err(|e| unauthorized("bad_signature", format!("the renewal request: {e}")))?;
+            .map_err(|e| {
+                AppError::unauthorized("bad_signature", format!("the renewal request: {e}"))
+            })?;
         let current = identity
             .certificates
             .iter()
@@ -390,7 +368,7 @@ impl App {
                 RenewalRefusal::WrongAgent { .. } | RenewalRefusal::Schema(_) => "invalid_request",
             };
             warn!(agent = %agent, reason = %refusal, "Refused a certificate renewal.");
-            denied(code, refusal.to_string())
+            AppError::denied(code, refusal.to_string())
         })?;
         let issued = pki
             .ca

@@ -39,6 +39,12 @@ pub enum AppError {
     /// does not hold.
     #[error("{message}")]
     PreconditionFailed { message: String },
+    /// The request conflicts with what exists (409).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// Too many failed sign-ins from the request's source (429).
+    #[error("too many failed attempts from this address; retry in {} s", retry_after.as_secs())]
+    Throttled { retry_after: std::time::Duration },
     #[error("TLS and node identities are disabled on this controller ([tls] enabled = false)")]
     TlsDisabled,
     /// The system random source failed.
@@ -57,10 +63,38 @@ pub enum AppError {
 }
 
 impl AppError {
+    /// 403 with `code`.
+    pub(crate) fn denied(code: &'static str, message: impl Into<String>) -> Self {
+        AppError::Denied {
+            unauthorized: false,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 401 with `code`.
+    pub(crate) fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        AppError::Denied {
+            unauthorized: true,
+            code,
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         AppError::InvalidField {
             field: field.into(),
             message: message.into(),
         }
     }
+}
+
+/// `bytes` random bytes from the system source, in hex.
+pub(crate) fn random_hex(bytes: usize) -> Result<String, AppError> {
+    use ring::rand::SecureRandom as _;
+    let mut raw = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| AppError::Random)?;
+    Ok(hex::encode(raw))
 }

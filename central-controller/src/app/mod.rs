@@ -15,6 +15,7 @@
 //! | identity | `identity.rs` | the CA, the enrollment lock |
 //! | log requests | `waiting.rs` | requests waiting for an agent's answer |
 //! | deployment | `deployment.rs` | the deployment lock, the plan, loop wake-ups |
+//! | access | `access.rs` | sign-in throttling per source, the audit sequence, the hashing bound |
 //!
 //! `composition.rs` holds [`App`] itself: the parts plus the store, the
 //! signing key, the clock and the outbox that every use case shares.
@@ -25,7 +26,8 @@
 //! cases each add an `impl App` block that combines parts: `catalog.rs`
 //! (services, artifacts, releases, trust), `reconcile.rs` (the deployment
 //! loop), `ingest.rs`, `enroll.rs`, `placement.rs`, `logs.rs`,
-//! `node_list.rs` and `views.rs`. They import `App` from `composition.rs` and what else they
+//! `node_list.rs`, `views.rs`, `accounts.rs` (users, API tokens, sign-in,
+//! authentication) and `audit.rs` (the audit log). They import `App` from `composition.rs` and what else they
 //! need from the file that defines it, never from this file, which only
 //! declares and re-exports. A new capability (accounts and audit, a watch
 //! stream, alarms, rollouts) adds a part and a use-case file.
@@ -45,6 +47,9 @@
 //! 5. `probes.book`, then (released first) `probes.published`; the node
 //!    registry is read and released before either.
 //! 6. `logs.waiting`: a leaf, held with nothing else.
+//! 7. `access.throttle`: a leaf, held with nothing else.
+//! 8. `access.audit_seq`: held across one audit append and its pruning
+//!    (store writes that are not flushed), with no other lock.
 
 // Leaves: shared types, the error, the clock, pure steps.
 mod clock;
@@ -53,6 +58,7 @@ mod error;
 mod health;
 mod types;
 // Parts, each with its own state and lock.
+mod access;
 mod deployment;
 mod identity;
 mod nodes;
@@ -61,6 +67,8 @@ mod waiting;
 // The composition of the parts.
 mod composition;
 // Use cases over the parts.
+mod accounts;
+mod audit;
 mod catalog;
 mod enroll;
 mod ingest;
@@ -70,6 +78,12 @@ mod placement;
 mod reconcile;
 mod views;
 
+pub use access::{FREE_FAILURES, MAX_WAIT, Source};
+pub use accounts::{
+    ADMIN_TOKEN_ID, ApiTokenRequest, ApiTokenView, BOOTSTRAP_USER, LoginRequest, Principal,
+    UserRequest, UserView, forbidden, new_user, role_name,
+};
+pub use audit::{AuditEntry, AuditFilter, AuditPage, MAX_AUDIT_PAGE};
 pub use catalog::{Expect, ServiceRequest};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use composition::App;
@@ -82,8 +96,7 @@ pub use types::{Incoming, MAX_REPLICAS, Outgoing, Settings};
 
 /// Lower-layer types that cross the api boundary, so that `api` imports
 /// from `app` alone.
-pub use crate::keys::TokenCheck;
-pub use crate::store::{Cordon, ReleaseRecord};
+pub use crate::store::{AuditRecord, Cordon, ReleaseRecord, Role};
 pub use health::Health;
 pub use logs::{LOG_TIMEOUT, LogTail};
 pub use views::{NodeView, ReplicaView, ServiceView};

@@ -12,8 +12,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use verge_shared::{AgentId, ServiceName, Sha256Digest};
 
 use super::records::{
-    ArtifactRecord, DesiredRecord, Durability, IdentityRecord, NodeRecord, ReleaseRecord,
-    ServiceRecord, Store, StoreError, TokenRecord,
+    ApiTokenRecord, ArtifactRecord, AuditRecord, DesiredRecord, Durability, IdentityRecord,
+    NodeRecord, ReleaseRecord, ServiceRecord, Store, StoreError, TokenRecord, UserRecord,
 };
 
 /// A panic in another test thread must not poison every later read.
@@ -30,6 +30,9 @@ struct Tables {
     desired: BTreeMap<AgentId, DesiredRecord>,
     tokens: BTreeMap<String, TokenRecord>,
     identities: BTreeMap<AgentId, IdentityRecord>,
+    users: BTreeMap<String, UserRecord>,
+    api_tokens: BTreeMap<String, ApiTokenRecord>,
+    audit: BTreeMap<u64, AuditRecord>,
 }
 
 /// A [`Store`] in memory. Every write is "durable" the moment it returns;
@@ -50,7 +53,7 @@ impl MemoryStore {
 
     /// From now on writes to the named trees (`"services"`, `"nodes"`,
     /// `"artifacts"`, `"releases"`, `"desired"`, `"tokens"`, `"identities"`,
-    /// or `"*"` for every tree) fail with [`StoreError::Refused`] and change
+    /// `"users"`, `"api_tokens"`, `"audit"`, or `"*"` for every tree) fail with [`StoreError::Refused`] and change
     /// nothing; `&[]` accepts every write again. Reads keep working.
     pub fn refuse_writes_to(&self, trees: &[&'static str]) {
         *lock(&self.refused) = trees.to_vec();
@@ -169,5 +172,83 @@ impl Store for MemoryStore {
         self.write("identities", |t| {
             t.identities.insert(record.agent.clone(), record.clone());
         })
+    }
+
+    fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        Ok(lock(&self.tables).users.values().cloned().collect())
+    }
+
+    fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        Ok(lock(&self.tables).users.get(name).cloned())
+    }
+
+    fn put_user(&self, record: &UserRecord) -> Result<(), StoreError> {
+        self.write("users", |t| {
+            t.users.insert(record.name.clone(), record.clone());
+        })
+    }
+
+    fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
+        let mut existed = false;
+        self.write("users", |t| existed = t.users.remove(name).is_some())?;
+        Ok(existed)
+    }
+
+    fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        Ok(lock(&self.tables).api_tokens.values().cloned().collect())
+    }
+
+    fn api_token(&self, id: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
+        Ok(lock(&self.tables).api_tokens.get(id).cloned())
+    }
+
+    fn put_api_token(&self, record: &ApiTokenRecord) -> Result<(), StoreError> {
+        self.write("api_tokens", |t| {
+            t.api_tokens.insert(record.id.clone(), record.clone());
+        })
+    }
+
+    fn delete_api_token(&self, id: &str) -> Result<(), StoreError> {
+        self.write("api_tokens", |t| {
+            t.api_tokens.remove(id);
+        })
+    }
+
+    fn put_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        self.write("audit", |t| {
+            t.audit.insert(record.seq, record.clone());
+        })
+    }
+
+    fn audit_before(
+        &self,
+        before: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let tables = lock(&self.tables);
+        Ok(tables
+            .audit
+            .range(..before.unwrap_or(u64::MAX))
+            .rev()
+            .take(max)
+            .map(|(_, r)| r.clone())
+            .collect())
+    }
+
+    fn audit_oldest(&self, max: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        Ok(lock(&self.tables)
+            .audit
+            .values()
+            .take(max)
+            .cloned()
+            .collect())
+    }
+
+    fn audit_last_seq(&self) -> Result<Option<u64>, StoreError> {
+        Ok(lock(&self.tables).audit.keys().next_back().copied())
+    }
+
+    fn delete_audit_through(&self, through: u64) -> Result<(), StoreError> {
+        self.write("audit", |t| t.audit.retain(|seq, _| *seq > through))
     }
 }

@@ -142,6 +142,68 @@ pub struct TokenRecord {
     pub revoked: bool,
 }
 
+/// What an operator account or API token may do; each role includes the
+/// ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything except secrets.
+    Viewer,
+    /// Services, releases, artifacts, cordon and drain, tokens.
+    Operator,
+    /// Users, the trust bundle, revocation: everything.
+    Admin,
+}
+
+/// An operator account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    pub role: Role,
+    /// The argon2id hash in PHC string form; `None` until a password is set
+    /// (the bootstrap `admin` account signs in with the admin token).
+    pub password: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A named API token of one user, kept only as the SHA-256 of its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenRecord {
+    pub id: String,
+    pub user: String,
+    pub name: String,
+    /// At most the user's role; the lower of the two applies.
+    pub role: Role,
+    pub sha256: Sha256Digest,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// One entry of the audit log: a mutation, or a refused authentication.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Grows by one per entry; the log's order.
+    pub seq: u64,
+    pub at: Timestamp,
+    /// The user, when the request was authenticated.
+    pub actor: Option<String>,
+    /// The API token's name (`admin-token` for the bootstrap token).
+    pub token: Option<String>,
+    pub role: Option<Role>,
+    /// The client's IP address.
+    pub source: Option<String>,
+    pub method: String,
+    /// The route pattern, e.g. `/api/v1/services/{name}`.
+    pub route: String,
+    /// The path below `/api/v1/`, e.g. `services/web`.
+    pub target: String,
+    pub status: u16,
+    /// The API error code when the request failed.
+    pub error: Option<String>,
+}
+
 /// A client certificate issued to a node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedCert {
@@ -239,6 +301,34 @@ pub trait Store: Send + Sync {
     fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Durable: a spent use must not come back after a crash.
     fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError>;
+
+    fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
+    fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Durable.
+    fn put_user(&self, record: &UserRecord) -> Result<(), StoreError>;
+    /// Durable; `false` when there was no such user.
+    fn delete_user(&self, name: &str) -> Result<bool, StoreError>;
+
+    fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError>;
+    fn api_token(&self, id: &str) -> Result<Option<ApiTokenRecord>, StoreError>;
+    /// Durable: a revocation must not come undone after a crash.
+    fn put_api_token(&self, record: &ApiTokenRecord) -> Result<(), StoreError>;
+    /// Durable.
+    fn delete_api_token(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Appends one entry (written lazily: sled flushes it within half a
+    /// second).
+    fn put_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
+    /// Up to `max` entries with `seq` below `before` (all when `None`),
+    /// newest first.
+    fn audit_before(&self, before: Option<u64>, max: usize)
+    -> Result<Vec<AuditRecord>, StoreError>;
+    /// Up to `max` of the oldest entries, oldest first.
+    fn audit_oldest(&self, max: usize) -> Result<Vec<AuditRecord>, StoreError>;
+    /// The `seq` of the newest entry.
+    fn audit_last_seq(&self) -> Result<Option<u64>, StoreError>;
+    /// Removes every entry with `seq` up to and including `through`.
+    fn delete_audit_through(&self, through: u64) -> Result<(), StoreError>;
 
     fn identities(&self) -> Result<Vec<IdentityRecord>, StoreError>;
     fn identity(&self, agent: &AgentId) -> Result<Option<IdentityRecord>, StoreError>;

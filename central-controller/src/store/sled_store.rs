@@ -19,6 +19,9 @@ pub struct SledStore {
     desired: sled::Tree,
     tokens: sled::Tree,
     identities: sled::Tree,
+    users: sled::Tree,
+    api_tokens: sled::Tree,
+    audit: sled::Tree,
 }
 
 impl SledStore {
@@ -32,6 +35,9 @@ impl SledStore {
             desired: db.open_tree("desired")?,
             tokens: db.open_tree("tokens")?,
             identities: db.open_tree("identities")?,
+            users: db.open_tree("users")?,
+            api_tokens: db.open_tree("api_tokens")?,
+            audit: db.open_tree("audit")?,
             db,
         })
     }
@@ -53,6 +59,9 @@ fn tree_name(tree: &sled::Tree) -> &'static str {
         b"desired" => "desired",
         b"tokens" => "tokens",
         b"identities" => "identities",
+        b"users" => "users",
+        b"api_tokens" => "api_tokens",
+        b"audit" => "audit",
         _ => "unknown",
     }
 }
@@ -75,13 +84,21 @@ fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, S
         .transpose()
 }
 
+fn decode_entry<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    entry: sled::Result<(sled::IVec, sled::IVec)>,
+) -> Result<T, StoreError> {
+    let (k, v) = entry?;
+    decode(tree, &k, &v)
+}
+
 fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
-    tree.iter()
-        .map(|entry| {
-            let (k, v) = entry?;
-            decode(tree, &k, &v)
-        })
-        .collect()
+    tree.iter().map(|entry| decode_entry(tree, entry)).collect()
+}
+
+/// Audit keys: zero-padded so that key order is `seq` order.
+fn audit_key(seq: u64) -> String {
+    format!("{seq:020}")
 }
 
 fn put<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<(), StoreError> {
@@ -169,6 +186,88 @@ impl Store for SledStore {
     fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError> {
         put(&self.tokens, &record.id, record)?;
         self.flush(Durability::Flush)
+    }
+
+    fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        all(&self.users)
+    }
+
+    fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        get(&self.users, name)
+    }
+
+    fn put_user(&self, record: &UserRecord) -> Result<(), StoreError> {
+        put(&self.users, &record.name, record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
+        let existed = self.users.remove(name)?.is_some();
+        self.flush(Durability::Flush)?;
+        Ok(existed)
+    }
+
+    fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        all(&self.api_tokens)
+    }
+
+    fn api_token(&self, id: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
+        get(&self.api_tokens, id)
+    }
+
+    fn put_api_token(&self, record: &ApiTokenRecord) -> Result<(), StoreError> {
+        put(&self.api_tokens, &record.id, record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn delete_api_token(&self, id: &str) -> Result<(), StoreError> {
+        self.api_tokens.remove(id)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn put_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        put(&self.audit, &audit_key(record.seq), record)
+    }
+
+    fn audit_before(
+        &self,
+        before: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let end = before.map(audit_key).unwrap_or_else(|| audit_key(u64::MAX));
+        self.audit
+            .range(..end.as_bytes())
+            .rev()
+            .take(max)
+            .map(|entry| decode_entry(&self.audit, entry))
+            .collect()
+    }
+
+    fn audit_oldest(&self, max: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit
+            .iter()
+            .take(max)
+            .map(|entry| decode_entry(&self.audit, entry))
+            .collect()
+    }
+
+    fn audit_last_seq(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .audit
+            .last()?
+            .map(|(k, v)| decode::<AuditRecord>(&self.audit, &k, &v))
+            .transpose()?
+            .map(|r| r.seq))
+    }
+
+    fn delete_audit_through(&self, through: u64) -> Result<(), StoreError> {
+        let end = audit_key(through);
+        let mut batch = sled::Batch::default();
+        for key in self.audit.range(..=end.as_bytes()).keys() {
+            batch.remove(key?);
+        }
+        self.audit.apply_batch(batch)?;
+        Ok(())
     }
 
     fn identities(&self) -> Result<Vec<IdentityRecord>, StoreError> {

@@ -1,0 +1,83 @@
+//! Who may call what: the bearer token to a [`Principal`], and the one
+//! table of the role each route needs.
+//!
+//! The principal goes into the request's extensions for handlers that act
+//! for a user (tokens, passwords), and into the response's for the audit log.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::state::ApiState;
+use crate::app::{Principal, Role, Source, forbidden};
+
+/// The client's address, when the request came from a socket.
+pub(super) fn client_ip(request: &Request) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The route pattern the request matched (`""` when none).
+pub(super) fn route_of(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+/// The role `method` on `route` needs. Reads need `viewer`, except where a
+/// read shows secrets or other users' data; changes need `operator`,
+/// except users, trust and revocation, which need `admin`.
+pub fn required_role(method: &Method, route: &str) -> Role {
+    let read = method == Method::GET || method == Method::HEAD;
+    match route {
+        "/api/v1/users" | "/api/v1/users/{name}" | "/api/v1/users/{name}/role" => Role::Admin,
+        // One's own password; the app asks for admin for anyone else's.
+        "/api/v1/users/{name}/password" => Role::Viewer,
+        "/api/v1/trust" | "/api/v1/nodes/{id}/revoke" if !read => Role::Admin,
+        "/api/v1/tokens" | "/api/v1/tokens/{id}" => Role::Operator,
+        "/api/v1/api-tokens" | "/api/v1/api-tokens/{id}" => Role::Operator,
+        "/api/v1/audit" => Role::Operator,
+        _ if read => Role::Viewer,
+        _ => Role::Operator,
+    }
+}
+
+/// Authenticates the bearer token and checks the route's role.
+pub(super) async fn authenticate(
+    State(state): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(bearer) = presented.filter(|b| !b.is_empty()) else {
+        return ApiError::unauthorized().into_response();
+    };
+    let source = Source::of(client_ip(&request));
+    let principal = match state.app.authenticate(bearer, source) {
+        Ok(principal) => principal,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let needed = required_role(request.method(), &route_of(&request));
+    let mut response = if principal.role < needed {
+        let what = format!("{} {}", request.method(), route_of(&request));
+        ApiError::from(forbidden(needed, &what)).into_response()
+    } else {
+        request.extensions_mut().insert(principal.clone());
+        next.run(request).await
+    };
+    response.extensions_mut().insert::<Principal>(principal);
+    response
+}

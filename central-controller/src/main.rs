@@ -15,6 +15,7 @@ use verge_shared::log_format::{self, LogFormat};
 
 mod dev;
 mod node_cmd;
+mod user_cmd;
 
 /// sysexits EX_CONFIG: the configuration is wrong.
 const EX_CONFIG: u8 = 78;
@@ -58,6 +59,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: node_cmd::TokenCommand,
+    },
+    /// Add an operator account to a controller that is not running.
+    User {
+        #[command(subcommand)]
+        command: user_cmd::UserCommand,
     },
 }
 
@@ -103,9 +109,9 @@ fn main() -> ExitCode {
     central_controller::tls::install_provider();
     let cli = Cli::parse();
     init_tracing();
-    // `node` talks to a running controller and needs no configuration.
+    // `node` and `token` talk to a running controller; `user` loads its own.
     let config = match &cli.command {
-        Command::Node { .. } | Command::Token { .. } => None,
+        Command::Node { .. } | Command::Token { .. } | Command::User { .. } => None,
         Command::Run { config } => Some(Config::load(config)),
         Command::Dev {
             data_dir,
@@ -131,8 +137,9 @@ fn main() -> ExitCode {
     let outcome = match (cli.command, config) {
         (Command::Node { command }, _) => runtime.block_on(node_cmd::run(command)),
         (Command::Token { command }, _) => runtime.block_on(node_cmd::run_token(command)),
+        (Command::User { command }, _) => user_cmd::run(command),
         (command, Some(config)) => runtime.block_on(run(command, config)),
-        // Every command but `node` and `token` has a configuration (see above).
+        // Every other command has a configuration (see above).
         (_, None) => Ok(()),
     };
     match outcome {
@@ -150,7 +157,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             dev::prepare_trust(&config.data_dir)?;
             Some(dev::locate_agent(agent_bin)?)
         }
-        Command::Run { .. } | Command::Node { .. } | Command::Token { .. } => None,
+        Command::Run { .. }
+        | Command::Node { .. }
+        | Command::Token { .. }
+        | Command::User { .. } => None,
     };
     let cancel = CancellationToken::new();
     let controller = start(config, cancel.clone())

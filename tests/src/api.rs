@@ -12,7 +12,8 @@ use verge_shared::trust::payload_type::RELEASE;
 
 use crate::trust::{self, Roles};
 
-/// The controller's API at one base URL with one admin token.
+/// The controller's API at one base URL with one API token (the admin
+/// token unless [`Api::as_token`] says otherwise).
 #[derive(Clone)]
 pub struct Api {
     pub base: String,
@@ -87,6 +88,23 @@ impl Api {
             roles: None,
             sizes: Arc::default(),
             releases: Arc::default(),
+        }
+    }
+
+    /// The same API as the holder of `token`.
+    pub fn as_token(&self, token: &str) -> Api {
+        Api {
+            token: token.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The same API, connecting from the local address `local` with `ca_pem`.
+    pub fn from_address(&self, local: std::net::IpAddr, ca_pem: Option<&str>) -> Api {
+        Api {
+            http: crate::tls::http_client_from(ca_pem, Some(local))
+                .expect("the TLS client configuration builds"),
+            ..self.clone()
         }
     }
 

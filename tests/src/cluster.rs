@@ -551,6 +551,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The controller's configuration file.
+    pub fn controller_config(&self) -> PathBuf {
+        self.dir.path().join("controller.toml")
+    }
+
     /// The controller process's pid, while it runs.
     pub fn controller_pid(&self) -> Option<u32> {
         self.controller.as_ref().map(Child::id)

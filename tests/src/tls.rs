@@ -54,9 +54,19 @@ pub fn client_config(ca_pem: Option<&str>, identity: Option<(&str, &str)>) -> Re
 
 /// An HTTP client trusting the controller's CA (or plain HTTP only).
 pub fn http_client(ca_pem: Option<&str>) -> Result<reqwest::Client> {
+    http_client_from(ca_pem, None)
+}
+
+/// [`http_client`] connecting from `local` (another loopback address is,
+/// to the controller, another client).
+pub fn http_client_from(
+    ca_pem: Option<&str>,
+    local: Option<std::net::IpAddr>,
+) -> Result<reqwest::Client> {
     install_provider();
     Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(client_config(ca_pem, None)?)
+        .local_address(local)
         .timeout(Duration::from_secs(30))
         .build()?)
 }

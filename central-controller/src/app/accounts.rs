@@ -209,12 +209,10 @@ fn check_password(password: &str) -> Result<(), AppError> {
 fn ttl(field: &str, secs: Option<i64>, max: Duration) -> Result<Option<Duration>, AppError> {
     match secs {
         None => Ok(None),
-        Some(s) if s >= 60 && (s as u64) <= max.as_secs() => {
-            Ok(Some(Duration::from_secs(s as u64)))
-        }
+        Some(s) if s >= 1 && (s as u64) <= max.as_secs() => Ok(Some(Duration::from_secs(s as u64))),
         Some(s) => Err(AppError::invalid(
             field,
-            format!("{s} is out of range; must be 60 to {}", max.as_secs()),
+            format!("{s} is out of range; must be 1 to {}", max.as_secs()),
         )),
     }
 }

@@ -9,10 +9,14 @@
 //! - `<!-- example: response <METHOD> <route> -->` (and `response error`):
 //!   every key of the example (recursively, for objects) must be in the
 //!   real response of that route;
+//! - `<!-- example: response audit entry -->`: its keys must be in the
+//!   newest entry of the real audit log;
 //! - `<!-- example: release contents -->`: the `run` and `resources` of a
 //!   release, signed and uploaded to a real controller, which must accept it;
 //! - `<!-- example: document <Type> -->`: a protocol document, parsed as the
 //!   `verge-shared` type with its keys found in a real one;
+//! - `<!-- example: controller config -->`: TOML tables added to a minimal
+//!   `controller.toml`, which the controller's own parser must accept;
 //! - `<!-- example: release spec -->`, `<!-- example: trust bundle spec -->`:
 //!   TOML signed by the real `verge-admin`.
 //!
@@ -34,9 +38,11 @@ use verge_tests::workload::{hello_artifact, hello_spec, wait_running};
 use verge_tests::{Cluster, ClusterOptions};
 
 /// Every kind of example the test knows how to exercise.
-const KINDS: [&str; 10] = [
+const KINDS: [&str; 12] = [
+    "controller config",
     "request PUT /api/v1/services/{name}",
     "response error",
+    "response audit entry",
     "response GET /api/v1/services/{name}",
     "response GET /api/v1/nodes/{id}",
     "release contents",
@@ -191,6 +197,18 @@ fn every_json_and_toml_example_is_marked_with_a_known_kind() {
         problems.join("\n"),
         KINDS.join(", ")
     );
+}
+
+#[test]
+fn controller_config_examples_are_accepted_by_the_controller() {
+    let examples = of_kind("controller config");
+    assert!(!examples.is_empty(), "operators/accounts.md has one");
+    for example in examples {
+        let text = format!("data_dir = \"/var/lib/verge\"\n{}", example.body);
+        if let Err(e) = central_controller::config::Config::parse(&text, &example.at(), |_| None) {
+            panic!("{}: {e}", example.at());
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -478,6 +496,10 @@ async fn api_examples_are_accepted_and_answered_by_a_real_controller() {
     assert_eq!(refused.status, 400, "{}", refused.body);
     for example in of_kind("response error") {
         assert_keys_in(&example, &refused.body);
+    }
+    let audit = api.get("/api/v1/audit?limit=1").await.expect("audit");
+    for example in of_kind("response audit entry") {
+        assert_keys_in(&example, &audit["entries"][0]);
     }
 
     // Release contents: signed with the cluster's publisher and uploaded.

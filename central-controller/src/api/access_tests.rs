@@ -499,3 +499,55 @@ async fn the_audit_log_says_who_changed_what_and_who_was_refused() {
         );
     }
 }
+
+/// Every row of docs/api.md's routes table, as (method, route, role).
+fn documented_routes() -> Vec<(Method, String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api.md");
+    let text = std::fs::read_to_string(path).expect("docs/api.md");
+    text.lines()
+        .skip_while(|l| l.trim() != "## Routes")
+        .take_while(|l| !l.starts_with("### "))
+        .filter_map(|l| {
+            let mut cells = l.split(" | ");
+            let route = cells.next()?.strip_prefix("| `")?.strip_suffix('`')?;
+            let role = cells.next()?.trim().to_owned();
+            let (method, path) = route.split_once(' ')?;
+            let path = path.split('?').next()?.to_owned();
+            Some((method.parse().ok()?, path, role))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_documented_role_of_every_route_is_the_one_enforced() {
+    let rows = documented_routes();
+    assert!(rows.len() >= 35, "the routes table was not found: {rows:?}");
+    let mem = memory_fixture();
+    let router = api(&mem.fx);
+    for (method, route, role) in rows {
+        // Path parameters filled in; the anonymous request shows whether
+        // the route asks for a token at all.
+        let uri = route
+            .replace("{sha256}", &"0".repeat(64))
+            .replace("{index}", "0")
+            .replace(['{', '}'], "");
+        let mut anonymous = request(method.clone(), &uri, Body::empty());
+        anonymous.headers_mut().remove(header::AUTHORIZATION);
+        let (status, _) = call(&router, anonymous).await;
+        if role == "public" {
+            assert_ne!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {route} is documented public"
+            );
+            continue;
+        }
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {route} needs a token"
+        );
+        let enforced = crate::app::role_name(required_role(&method, &route));
+        assert_eq!(enforced, role, "{method} {route}");
+    }
+}

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
+use crate::app::HttpsClient;
 use crate::ca::{KeyedCertificate, PeerIdentity, peer_identity};
 
 /// How long a client may take to complete the TLS handshake.
@@ -342,11 +343,22 @@ async fn serve_connection(
     router: Router,
     cancel: CancellationToken,
 ) {
+    // Verified (and checked against revocation) during the handshake.
+    let client = HttpsClient {
+        certificate_name: tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|der| peer_identity(der).ok())
+            .map(|peer| peer.common_name),
+    };
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         // What `into_make_service_with_connect_info` gives plain HTTP.
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
+        request.extensions_mut().insert(client.clone());
         router.clone().oneshot(request)
     });
     let connection = hyper::server::conn::http1::Builder::new()

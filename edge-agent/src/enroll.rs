@@ -92,8 +92,8 @@ pub struct Identity {
     pub files: TlsFiles,
     pub ca_pem: String,
     pub current: Arc<CurrentCert>,
-    /// Server verification against `ca_pem`, for HTTPS requests to the
-    /// controller (renewal, artifact downloads).
+    /// Server verification against `ca_pem` without a client certificate,
+    /// for renewal (which may need to happen after the certificate expired).
     pub https: Arc<rustls::ClientConfig>,
 }
 

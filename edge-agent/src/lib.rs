@@ -161,13 +161,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         true => Some(enroll::prepare(&config, &data_dir, key.public_key()).await?),
         false => None,
     };
-    let mqtt_tls = match (&identity, config.broker.tls) {
-        (Some(identity), true) => Some(Arc::new(tls::mutual_config(
-            &identity.ca_pem,
-            identity.current.clone(),
-        )?)),
-        _ => None,
-    };
+    // The node's client certificate goes to the broker and with artifact
+    // downloads (the controller serves an artifact over HTTPS only to the
+    // nodes whose desired state runs it).
+    let client_tls = identity
+        .as_ref()
+        .map(|i| tls::mutual_config(&i.ca_pem, i.current.clone()))
+        .transpose()?
+        .map(Arc::new);
+    let mqtt_tls = client_tls.clone().filter(|_| config.broker.tls);
     let sled_store = SledStore::open(&data_dir.join("state"))?;
     let outbox = Arc::new(Outbox::open(
         sled_store.db(),
@@ -215,7 +217,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             path: artifacts_dir,
             source,
         })?
-        .with_https(identity.as_ref().map(|i| i.https.clone())),
+        .with_https(client_tls),
     );
     let probe_socket = bind_probe_socket(&config).await?;
     let signer = Arc::new(Signer::new(

@@ -1,7 +1,8 @@
 //! Operator accounts end to end over HTTPS, against the real controller
 //! process: what each role may do, revoked and expired tokens, sign-in
 //! throttling per source address, the audit trail of a scripted series of
-//! changes (kept across a restart), and a user added while it is stopped.
+//! changes (kept across a restart), a user added while it is stopped, and
+//! who may download an artifact.
 
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
@@ -11,6 +12,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use verge_tests::api::{Api, Reply};
 use verge_tests::cluster::binary;
+use verge_tests::tls::client_config;
+use verge_tests::workload::deploy_hello;
 use verge_tests::{Cluster, ClusterOptions, wait_for};
 
 const PASSWORD: &str = "a long enough password";
@@ -309,5 +312,85 @@ async fn a_user_added_to_a_stopped_controller_signs_in() {
     assert_eq!(
         (me["user"].as_str(), me["role"].as_str()),
         (Some("olga"), Some("operator"))
+    );
+}
+
+/// GETs `/api/v1/artifacts/{digest}` with `client`, optionally as `token`;
+/// returns the status and the number of bytes received.
+async fn fetch(
+    client: &reqwest::Client,
+    base: &str,
+    digest: &str,
+    token: Option<&str>,
+) -> (StatusCode, usize) {
+    let mut request = client.get(format!("{base}/api/v1/artifacts/{digest}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("GET artifact");
+    let status = response.status();
+    (status, response.bytes().await.map(|b| b.len()).unwrap_or(0))
+}
+
+#[tokio::test]
+async fn artifacts_go_only_to_operators_and_the_nodes_that_run_them() {
+    let mut cluster = tls_cluster().await;
+    let admin = cluster.api.clone();
+    let ca = cluster.ca_pem.clone().expect("CA");
+    let (_, token) = admin.create_token("eu-west", 1).await.expect("token");
+    let broker = cluster.mqtt_addr;
+    cluster
+        .add_enrolling_agent("edge-a", "eu-west", &token, broker)
+        .await
+        .expect("agent enrolls");
+    // The agent downloads the artifact with its client certificate.
+    deploy_hello(&admin, "hello", "mine", "eu-west").await;
+    let service = admin.service("hello").await.expect("service");
+    let release = service["spec"]["release"].as_str().expect("release");
+    let details = admin
+        .get(&format!("/api/v1/releases/{release}"))
+        .await
+        .expect("release");
+    let running = details["artifacts"][0]["sha256"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the release names its artifact: {details}"))
+        .to_owned();
+    let other = admin
+        .upload_artifact(b"not for any node".to_vec())
+        .await
+        .expect("upload");
+
+    add_user(&admin, "vera", "viewer").await;
+    let anonymous = verge_tests::tls::http_client(Some(&ca)).expect("client");
+    let base = &admin.base;
+    let (status, _) = fetch(&anonymous, base, &running, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "no credentials");
+    let vera_token = login(&admin, "vera", PASSWORD).await.body["token"]
+        .as_str()
+        .map(str::to_owned)
+        .expect("token");
+    let (status, _) = fetch(&anonymous, base, &running, Some(&vera_token)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a viewer");
+    let admin_token =
+        std::fs::read_to_string(cluster.controller_data.join("admin-token")).expect("admin token");
+    let (status, bytes) = fetch(&anonymous, base, &running, Some(admin_token.trim())).await;
+    assert_eq!(status, StatusCode::OK, "an operator or admin");
+    assert!(bytes > 0);
+
+    // The node, by its certificate: what it runs, and nothing else.
+    let data_dir = cluster.agent("edge-a").data_dir.clone();
+    let cert = std::fs::read_to_string(data_dir.join("tls/cert.pem")).expect("cert.pem");
+    let key = std::fs::read_to_string(data_dir.join("tls/key.pem")).expect("key.pem");
+    let node = reqwest::Client::builder()
+        .tls_backend_preconfigured(client_config(Some(&ca), Some((&cert, &key))).expect("tls"))
+        .build()
+        .expect("client");
+    let (status, node_bytes) = fetch(&node, base, &running, None).await;
+    assert_eq!((status, node_bytes), (StatusCode::OK, bytes));
+    let (status, _) = fetch(&node, base, &other, None).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "an artifact the node does not run"
     );
 }

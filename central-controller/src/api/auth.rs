@@ -7,13 +7,15 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{Method, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::state::ApiState;
-use crate::app::{Principal, Role, Source, forbidden};
+use verge_shared::Sha256Digest;
+
+use crate::app::{HttpsClient, Principal, Role, Source, forbidden};
 
 /// The client's address, when the request came from a socket.
 pub(super) fn client_ip(request: &Request) -> Option<IpAddr> {
@@ -50,19 +52,55 @@ pub fn required_role(method: &Method, route: &str) -> Role {
     }
 }
 
+/// The bearer token the request presents, if any.
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+}
+
+/// Over HTTPS, an artifact goes to a node whose desired state runs it (by
+/// its client certificate) or to an operator (by token); plain HTTP (dev
+/// mode, or `[tls] enabled = false`) serves anyone who can reach the API.
+pub(super) fn may_download(
+    state: &ApiState,
+    request: &Request,
+    digest: &Sha256Digest,
+) -> Result<Option<Principal>, ApiError> {
+    let Some(client) = request.extensions().get::<HttpsClient>() else {
+        return Ok(None);
+    };
+    if let Some(name) = &client.certificate_name
+        && state.app.node_may_fetch(name, digest)?
+    {
+        return Ok(None);
+    }
+    let Some(bearer) = bearer(request) else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "artifacts are served to operators (send an API token) and to nodes whose \
+             desired state runs them (present the node's client certificate)",
+        ));
+    };
+    let principal = state
+        .app
+        .authenticate(bearer, Source::of(client_ip(request)))?;
+    principal.require(Role::Operator, "downloading an artifact")?;
+    Ok(Some(principal))
+}
+
 /// Authenticates the bearer token and checks the route's role.
 pub(super) async fn authenticate(
     State(state): State<ApiState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(bearer) = presented.filter(|b| !b.is_empty()) else {
+    let Some(bearer) = bearer(&request) else {
         return ApiError::unauthorized().into_response();
     };
     let source = Source::of(client_ip(&request));

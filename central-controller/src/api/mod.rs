@@ -2,10 +2,10 @@
 //! roles, an audit trail, bounded bodies and JSON errors.
 //!
 //! Every `/api/v1/*` route needs `Authorization: Bearer <API token>` with the
-//! role [`required_role`] names, except `GET /api/v1/artifacts/{sha256}`:
-//! artifacts are content-addressed and every agent verifies the digest of
-//! what it downloads, so reading them reveals only what a desired state
-//! already names; `POST /api/v1/login` (a user name and password);
+//! role [`required_role`] names, except `GET /api/v1/artifacts/{sha256}`,
+//! which over HTTPS goes to operators and to the nodes whose desired state
+//! runs the artifact (by their client certificate), and over plain HTTP to
+//! anyone; `POST /api/v1/login` (a user name and password);
 //! `POST /api/v1/enroll`, which is authenticated by the bootstrap token in
 //! its body; and `POST /api/v1/nodes/{id}/certificate`, signed by the
 //! node's pinned key.
@@ -248,13 +248,18 @@ async fn download_artifact(
     let digest: Sha256Digest = digest
         .parse()
         .map_err(|e: String| ApiError::invalid_field("sha256", e))?;
+    let principal = auth::may_download(&state, &request, &digest)?;
     let path = state.app.artifact_path(&digest)?;
     // ServeFile answers Range requests (206, 416) and sets the length.
     let response = tower_http::services::ServeFile::new(path)
         .oneshot(request)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    Ok(response.map(Body::new))
+    let mut response = response.map(Body::new);
+    if let Some(principal) = principal {
+        response.extensions_mut().insert(principal);
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use verge_shared::Timestamp;
 use super::composition::App;
 use super::error::AppError;
 use super::types::lock;
-use crate::store::{AuditRecord, Role};
+use crate::store::{AuditEntry, AuditRecord};
 
 /// Most entries one page returns.
 pub const MAX_AUDIT_PAGE: usize = 1000;
@@ -26,20 +26,6 @@ const PRUNE_EVERY: u64 = 64;
 /// Old entries removed by age in one pass at most (more than
 /// `PRUNE_EVERY`, so age pruning keeps up with appends).
 const PRUNE_BATCH: usize = 1024;
-
-/// What the api knows about a request worth auditing.
-#[derive(Clone, Debug, Default)]
-pub struct AuditEntry {
-    pub actor: Option<String>,
-    pub token: Option<String>,
-    pub role: Option<Role>,
-    pub source: Option<String>,
-    pub method: String,
-    pub route: String,
-    pub target: String,
-    pub status: u16,
-    pub error: Option<String>,
-}
 
 /// Which entries to list.
 #[derive(Clone, Debug, Default)]
@@ -54,12 +40,13 @@ pub struct AuditFilter {
 
 impl AuditFilter {
     fn matches(&self, r: &AuditRecord) -> bool {
+        let e = &r.entry;
         self.actor
             .as_ref()
-            .is_none_or(|a| r.actor.as_ref() == Some(a))
+            .is_none_or(|a| e.actor.as_ref() == Some(a))
             && self.target.as_ref().is_none_or(|t| {
-                r.target == *t
-                    || r.target
+                e.target == *t
+                    || e.target
                         .strip_prefix(t.as_str())
                         .is_some_and(|rest| rest.starts_with('/'))
             })
@@ -96,15 +83,7 @@ impl App {
         self.store.put_audit(&AuditRecord {
             seq,
             at: now,
-            actor: entry.actor,
-            token: entry.token,
-            role: entry.role,
-            source: entry.source,
-            method: entry.method,
-            route: entry.route,
-            target: entry.target,
-            status: entry.status,
-            error: entry.error,
+            entry,
         })?;
         let first_append = last.is_none();
         *last = Some(seq);

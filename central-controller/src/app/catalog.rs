@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tracing::info;
 use verge_shared::messages::validate_config;
 use verge_shared::trust::TrustError;
-use verge_shared::{Envelope, RegionId, ServiceName, Sha256Digest, limits};
+use verge_shared::{AgentId, Envelope, RegionId, ServiceName, Sha256Digest, limits};
 
 use super::composition::App;
 use super::error::AppError;
@@ -328,6 +328,21 @@ impl App {
     }
 
     /// The file holding a known artifact.
+    /// Whether the node named `agent` may download `digest`: it is not
+    /// revoked and its desired state runs that artifact.
+    pub fn node_may_fetch(&self, agent: &str, digest: &Sha256Digest) -> Result<bool, AppError> {
+        let Ok(agent) = AgentId::new(agent) else {
+            return Ok(false);
+        };
+        if self.is_revoked(&agent) {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .desired_state(&agent)?
+            .is_some_and(|d| d.workloads.iter().any(|w| w.artifact.sha256 == *digest)))
+    }
+
     pub fn artifact_path(&self, digest: &Sha256Digest) -> Result<PathBuf, AppError> {
         match self.store.artifact(digest)? {
             Some(_) => Ok(self.files.path_of(digest)),

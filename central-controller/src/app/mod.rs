@@ -83,7 +83,7 @@ pub use accounts::{
     ADMIN_TOKEN_ID, ApiTokenRequest, ApiTokenView, BOOTSTRAP_USER, LoginRequest, Principal,
     UserRequest, UserView, forbidden, new_user, role_name,
 };
-pub use audit::{AuditEntry, AuditFilter, AuditPage, MAX_AUDIT_PAGE};
+pub use audit::{AuditFilter, AuditPage, MAX_AUDIT_PAGE};
 pub use catalog::{Expect, ServiceRequest};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use composition::App;
@@ -92,11 +92,11 @@ pub use error::{AppError, InstallError, UploadError};
 pub use identity::Pki;
 pub use node_list::{MAX_PAGE, NodeFilter, NodePage, NodeState};
 pub use placement::{LatencyRequest, PlacementRequest};
-pub use types::{Incoming, MAX_REPLICAS, Outgoing, Settings};
+pub use types::{HttpsClient, Incoming, MAX_REPLICAS, Outgoing, Settings};
 
 /// Lower-layer types that cross the api boundary, so that `api` imports
 /// from `app` alone.
-pub use crate::store::{AuditRecord, Cordon, ReleaseRecord, Role};
+pub use crate::store::{AuditEntry, AuditRecord, Cordon, ReleaseRecord, Role};
 pub use health::Health;
 pub use logs::{LOG_TIMEOUT, LogTail};
 pub use views::{NodeView, ReplicaView, ServiceView};

@@ -39,6 +39,14 @@ pub struct Incoming {
     pub payload: Bytes,
 }
 
+/// How an HTTPS request reached the API: the common name of the client
+/// certificate the connection presented (verified, not revoked), if any.
+/// Absent on plain HTTP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpsClient {
+    pub certificate_name: Option<String>,
+}
+
 /// Locks a std mutex; a panic elsewhere must not take the controller down with it.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)

@@ -187,7 +187,15 @@ pub struct AuditRecord {
     /// Grows by one per entry; the log's order.
     pub seq: u64,
     pub at: Timestamp,
-    /// The user, when the request was authenticated.
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+}
+
+/// What an audit entry says about its request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The user, when the request was authenticated (or the name a sign-in
+    /// was for).
     pub actor: Option<String>,
     /// The API token's name (`admin-token` for the bootstrap token).
     pub token: Option<String>,

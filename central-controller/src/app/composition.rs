@@ -54,6 +54,10 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StoreError> {
         let nodes = Nodes::new(store.nodes()?, clock.now(), settings.nodes);
+        let deployment = Deployment::default();
+        for desired in store.desired_states()? {
+            deployment.stored(&desired.agent, desired.generation);
+        }
         Ok(Arc::new(Self {
             store,
             files,
@@ -67,7 +71,7 @@ impl App {
             probes: Probes::default(),
             identity: Identity::default(),
             logs: Pending::default(),
-            deployment: Deployment::default(),
+            deployment,
             access: Access::default(),
         }))
     }

@@ -6,11 +6,11 @@
 //! `app/mod.rs`, which takes [`Deployment::state`] first (see the lock
 //! order there).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard as AsyncMutexGuard, Notify};
-use verge_shared::{AgentId, ServiceName};
+use verge_shared::{AgentId, Generation, ServiceName};
 
 use super::health::Health;
 use super::types::lock;
@@ -38,6 +38,9 @@ pub(crate) struct Deployment {
     planned_from: Mutex<Option<PlanInputs>>,
     replan: Notify,
     republish: Notify,
+    /// The generation of each agent's stored desired state, kept with every
+    /// store write, so that a node's view never decodes the stored document.
+    generations: RwLock<HashMap<AgentId, Generation>>,
 }
 
 impl Deployment {
@@ -84,6 +87,23 @@ impl Deployment {
     pub(crate) fn set_plan(&self, plan: Plan, inputs: PlanInputs) {
         *self.plan.write().unwrap_or_else(PoisonError::into_inner) = plan;
         *lock(&self.planned_from) = Some(inputs);
+    }
+
+    /// Records that `agent`'s stored desired state is at `generation`.
+    pub(crate) fn stored(&self, agent: &AgentId, generation: Generation) {
+        self.generations
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(agent.clone(), generation);
+    }
+
+    /// The generation of `agent`'s stored desired state.
+    pub(crate) fn generation(&self, agent: &AgentId) -> Option<Generation> {
+        self.generations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(agent)
+            .copied()
     }
 
     /// Wakes the loop to re-plan (a node appeared, changed or went offline).

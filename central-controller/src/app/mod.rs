@@ -43,7 +43,8 @@
 //!    revocation release it before they re-plan.
 //! 3. `nodes.records`: held for a lookup or an edit only, never across a
 //!    store write or another part's lock, except under 2 (pinning a key).
-//! 4. `deployment.planned_from`, then `deployment.plan`.
+//! 4. `deployment.planned_from`, then `deployment.plan`;
+//!    `deployment.generations` is a leaf, held with nothing else.
 //! 5. `probes.book`, then (released first) `probes.published`; the node
 //!    registry is read and released before either.
 //! 6. `logs.waiting`: a leaf, held with nothing else.

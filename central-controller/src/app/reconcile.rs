@@ -152,6 +152,7 @@ impl App {
                 self.settings.deploy.desired_state_ttl,
             )?;
             self.store.put_desired(&record)?;
+            self.deployment.stored(&agent, generation);
             info!(agent = %agent, generation = %generation, workloads = n_workloads, "Issued a new desired state.");
             self.publish(&record);
         }

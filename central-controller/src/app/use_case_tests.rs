@@ -137,6 +137,11 @@ async fn deploying_a_service_publishes_one_signed_desired_state_per_agent_at_gen
     }
     let stored = mf.store.desired_states().expect("stored");
     assert_eq!(stored.len(), 2, "every published document was stored");
+    // Node views show the stored generation without reading the store.
+    for record in &stored {
+        let view = mf.fx.app.node(record.agent.as_str()).expect("node");
+        assert_eq!(view.desired_generation, Some(record.generation));
+    }
 }
 
 #[tokio::test]

@@ -238,7 +238,7 @@ impl App {
             healthy: self.nodes.health(node, now).healthy,
             last_seen: node.last_seen,
             key_id: node.public_key.key_id(),
-            desired_generation: self.store.desired_state(&node.id)?.map(|d| d.generation),
+            desired_generation: self.deployment.generation(&node.id),
             applied_generation: node.applied_generation,
             workloads: status.map(|s| s.workloads.clone()).unwrap_or_default(),
             last_rejection: status.and_then(|s| s.last_rejection.clone()),

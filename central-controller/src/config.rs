@@ -86,6 +86,9 @@ pub struct TrustConfig {
 pub struct ApiConfig {
     pub listen: SocketAddr,
     pub max_artifact_bytes: u64,
+    /// `GET /metrics` without a token (for a Prometheus that cannot send
+    /// one); otherwise it needs a viewer's.
+    pub public_metrics: bool,
 }
 
 /// Where the MQTT broker is, and the topic tree under it.
@@ -343,6 +346,7 @@ struct RawPlacement {
 struct RawApi {
     listen: Option<String>,
     max_artifact_bytes: Option<u64>,
+    public_metrics: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -588,6 +592,7 @@ impl RawConfig {
                 api: ApiConfig {
                     listen,
                     max_artifact_bytes,
+                    public_metrics: self.api.public_metrics.unwrap_or(false),
                 },
                 broker: BrokerConfig { endpoint, topics },
                 deploy,

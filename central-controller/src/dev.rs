@@ -66,6 +66,7 @@ pub fn config(data_dir: &Path, api_listen: SocketAddr, mqtt_listen: SocketAddr) 
         api: ApiConfig {
             listen: api_listen,
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            public_metrics: false,
         },
         broker: BrokerConfig {
             endpoint: BrokerEndpoint::Embedded(mqtt_listen),

@@ -99,6 +99,7 @@ fn fixture_in(
         regions: crate::regions::Regions::default(),
         max_artifact_bytes: 1024,
         audit: crate::config::AuditConfig::default(),
+        public_metrics: false,
     };
     tweak(&mut settings);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();

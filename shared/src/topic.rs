@@ -51,7 +51,8 @@ impl Channel {
         Channel::Probes,
     ];
 
-    fn segment(self) -> &'static str {
+    /// The channel's topic segment (`status`, `logs/request`, …).
+    pub fn segment(self) -> &'static str {
         match self {
             Channel::Desired => "desired",
             Channel::Status => "status",

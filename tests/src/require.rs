@@ -1,4 +1,5 @@
-//! Optional system programs some tests need (today: Mosquitto): where to
+//! Optional system programs some tests need (Mosquitto, systemd-analyze,
+//! promtool): where to
 //! find them, and one rule for when they are missing.
 //!
 //! On a machine with only the Rust toolchain, a test that needs a missing
@@ -21,6 +22,8 @@ pub enum Tool {
     Mosquitto,
     /// `systemd-analyze`, which checks unit files (Debian package `systemd`).
     SystemdAnalyze,
+    /// `promtool`, which checks metrics text (Debian package `prometheus`).
+    Promtool,
 }
 
 impl Tool {
@@ -29,6 +32,7 @@ impl Tool {
         match self {
             Tool::Mosquitto => "mosquitto",
             Tool::SystemdAnalyze => "systemd-analyze",
+            Tool::Promtool => "promtool",
         }
     }
 
@@ -38,6 +42,7 @@ impl Tool {
         match self {
             Tool::Mosquitto => "VERGE_MOSQUITTO",
             Tool::SystemdAnalyze => "VERGE_SYSTEMD_ANALYZE",
+            Tool::Promtool => "VERGE_PROMTOOL",
         }
     }
 
@@ -46,6 +51,7 @@ impl Tool {
         match self {
             Tool::Mosquitto => "apt-get install -y mosquitto",
             Tool::SystemdAnalyze => "apt-get install -y systemd",
+            Tool::Promtool => "apt-get install -y prometheus",
         }
     }
 
@@ -53,6 +59,7 @@ impl Tool {
         match self {
             Tool::Mosquitto => &["/usr/sbin/mosquitto", "/usr/bin/mosquitto"],
             Tool::SystemdAnalyze => &["/usr/bin/systemd-analyze", "/bin/systemd-analyze"],
+            Tool::Promtool => &["/usr/bin/promtool", "/usr/local/bin/promtool"],
         }
     }
 

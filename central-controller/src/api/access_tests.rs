@@ -538,3 +538,33 @@ async fn the_documented_role_of_every_route_is_the_one_enforced() {
         assert_eq!(enforced, role, "{method} {route}");
     }
 }
+
+#[tokio::test]
+async fn metrics_need_a_viewer_unless_configured_public() {
+    let mem = memory_fixture();
+    let router = api(&mem.fx);
+    let anonymous = || {
+        let mut r = request(Method::GET, "/metrics", Body::empty());
+        r.headers_mut().remove(header::AUTHORIZATION);
+        r
+    };
+    assert_eq!(
+        call_text(&router, anonymous()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, text) = call_text(&router, request(Method::GET, "/metrics", Body::empty())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text.contains("# TYPE verge_api_requests_total counter"),
+        "{text}"
+    );
+
+    let open = crate::testing::memory_fixture_with(|s| s.public_metrics = true);
+    let router = api(&open.fx);
+    assert_eq!(call_text(&router, anonymous()).await.0, StatusCode::OK);
+}
+
+async fn call_text(router: &Router, r: HttpRequest<Body>) -> (StatusCode, String) {
+    let (status, body) = send(router, r).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}

@@ -18,6 +18,7 @@ mod conditional;
 mod error;
 mod identity;
 mod logs;
+mod metrics;
 mod nodes;
 mod query;
 mod releases;
@@ -107,12 +108,19 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v1/api-tokens/{id}",
             axum::routing::delete(accounts::revoke_api_token),
         )
-        .route("/api/v1/audit", get(audit::list))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ));
-    Router::new()
+        .route("/api/v1/audit", get(audit::list));
+    // Prometheus convention puts the metrics at /metrics; a viewer's token
+    // reads them unless `[api] public_metrics` says anyone may.
+    let scrape = Router::new().route("/metrics", get(metrics::scrape));
+    let (protected, public) = match state.app.settings().public_metrics {
+        true => (protected, scrape),
+        false => (protected.merge(scrape), Router::new()),
+    };
+    let protected = protected.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate,
+    ));
+    public
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/api/v1/artifacts/{sha256}", get(download_artifact))
         .route("/api/v1/enroll", post(identity::enroll))
@@ -123,6 +131,10 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .merge(protected)
         .layer(middleware::from_fn_with_state(state.clone(), audit::record))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::observe,
+        ))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
 }

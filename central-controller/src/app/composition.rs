@@ -13,6 +13,7 @@ use super::access::Access;
 use super::clock::Clock;
 use super::deployment::Deployment;
 use super::identity::Identity;
+use super::metrics::{Kind, Metrics};
 use super::nodes::Nodes;
 use super::probes::Probes;
 use super::types::{Outgoing, Settings};
@@ -39,6 +40,7 @@ pub struct App {
     pub(super) logs: Pending,
     pub(super) deployment: Deployment,
     pub(super) access: Access,
+    pub(super) metrics: Metrics,
 }
 
 impl App {
@@ -73,6 +75,7 @@ impl App {
             logs: Pending::default(),
             deployment,
             access: Access::default(),
+            metrics: Metrics::default(),
         }))
     }
 
@@ -92,6 +95,13 @@ impl App {
     /// How many agent messages were ignored (unsigned, oversize, malformed, ...).
     pub fn rejected_messages(&self) -> u64 {
         self.n_rejected.load(Ordering::Relaxed)
+    }
+
+    /// Hands `message` to the MQTT client, counted as `kind`; `false` when
+    /// the client is gone (shutting down).
+    pub(super) fn send(&self, kind: &'static str, message: Outgoing) -> bool {
+        self.metrics.published.get_or_create(&Kind { kind }).inc();
+        self.outbox.send(message).is_ok()
     }
 
     /// Asks the background loop to republish every desired state (on ConnAck).

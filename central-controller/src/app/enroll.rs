@@ -431,7 +431,7 @@ impl App {
             topic: self.settings.topics.desired(&agent),
             payload: Vec::new(),
         };
-        if self.outbox.send(clear).is_err() {
+        if !self.send("desired_clear", clear) {
             warn!(agent = %agent, "The MQTT client is gone; the retained desired state was not cleared.");
         }
         self.node(id)

@@ -12,6 +12,7 @@ use verge_shared::{AgentId, Envelope, Timestamp, VerifyError, limits};
 
 use super::composition::App;
 use super::logs::LogResponseError;
+use super::metrics::{Kind, Outcome, Reason};
 use crate::store::{Durability, NodeRecord, StoreError};
 
 /// Why an agent message was ignored.
@@ -41,6 +42,25 @@ enum IngestError {
     Store(#[from] StoreError),
 }
 
+impl IngestError {
+    /// A short, fixed name for the metrics' `reason` label.
+    fn reason(&self) -> &'static str {
+        match self {
+            IngestError::UnknownTopic => "unknown_topic",
+            IngestError::LogResponse(_) => "log_response",
+            IngestError::NotForUs => "not_for_us",
+            IngestError::Envelope(_) => "bad_envelope",
+            IngestError::AgentMismatch(_) => "agent_mismatch",
+            IngestError::Schema(_) => "schema",
+            IngestError::ReservedId(_) => "reserved_id",
+            IngestError::UnknownAgent => "unknown_agent",
+            IngestError::Revoked => "revoked",
+            IngestError::Invalid(_) => "invalid",
+            IngestError::Store(_) => "store",
+        }
+    }
+}
+
 fn check_header(
     topic_agent: &AgentId,
     agent: &AgentId,
@@ -63,6 +83,8 @@ impl App {
     /// at warn and counted.
     pub fn ingest(&self, topic: &str, payload: &[u8], now: Timestamp) {
         let route = self.settings.topics.route(topic);
+        let kind = route.as_ref().map_or("unknown", |r| r.channel.segment());
+        self.metrics.received.get_or_create(&Kind { kind }).inc();
         let result = match &route {
             None => Err(IngestError::UnknownTopic),
             Some(route) if self.nodes.is_revoked(&route.agent) => Err(IngestError::Revoked),
@@ -78,7 +100,22 @@ impl App {
                     .map_err(IngestError::from),
             },
         };
+        let verified = match &result {
+            Ok(()) => Some("ok"),
+            Err(IngestError::Envelope(_)) => Some("failed"),
+            Err(_) => None,
+        };
+        if let Some(result) = verified {
+            self.metrics
+                .verifications
+                .get_or_create(&Outcome { result })
+                .inc();
+        }
         if let Err(e) = result {
+            self.metrics
+                .refused
+                .get_or_create(&Reason { reason: e.reason() })
+                .inc();
             self.n_rejected.fetch_add(1, Ordering::Relaxed);
             let agent = route.as_ref().map(|r| r.agent.as_str()).unwrap_or("?");
             let topic: String = topic.chars().take(200).collect();

@@ -145,7 +145,7 @@ impl App {
             topic: self.settings.topics.log_request(&node),
             payload,
         };
-        if self.outbox.send(message).is_err() {
+        if !self.send("log_request", message) {
             return Err(AppError::AgentUnavailable(
                 "the controller's MQTT client is not running".into(),
             ));

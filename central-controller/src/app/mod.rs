@@ -16,6 +16,7 @@
 //! | log requests | `waiting.rs` | requests waiting for an agent's answer |
 //! | deployment | `deployment.rs` | the deployment lock, the plan, loop wake-ups |
 //! | access | `access.rs` | sign-in throttling per source, the audit sequence, the hashing bound |
+//! | metrics | `metrics.rs` | counters and histograms, the OpenMetrics registry |
 //!
 //! `composition.rs` holds [`App`] itself: the parts plus the store, the
 //! signing key, the clock and the outbox that every use case shares.
@@ -27,7 +28,8 @@
 //! (services, artifacts, releases, trust), `reconcile.rs` (the deployment
 //! loop), `ingest.rs`, `enroll.rs`, `placement.rs`, `logs.rs`,
 //! `node_list.rs`, `views.rs`, `accounts.rs` (users, API tokens, sign-in,
-//! authentication) and `audit.rs` (the audit log). They import `App` from `composition.rs` and what else they
+//! authentication), `audit.rs` (the audit log) and `monitoring.rs` (what
+//! `GET /metrics` shows). They import `App` from `composition.rs` and what else they
 //! need from the file that defines it, never from this file, which only
 //! declares and re-exports. A new capability (accounts and audit, a watch
 //! stream, alarms, rollouts) adds a part and a use-case file.
@@ -51,6 +53,9 @@
 //! 7. `access.throttle`: a leaf, held with nothing else.
 //! 8. `access.audit_seq`: held across one audit append and its pruning
 //!    (store writes that are not flushed), with no other lock.
+//! 9. The metrics' own locks (inside `prometheus-client`): leaves, taken
+//!    with nothing else held except the node registry's, which a scrape
+//!    releases before it touches them.
 
 // Leaves: shared types, the error, the clock, pure steps.
 mod clock;
@@ -62,6 +67,7 @@ mod types;
 mod access;
 mod deployment;
 mod identity;
+mod metrics;
 mod nodes;
 mod probes;
 mod waiting;
@@ -74,6 +80,7 @@ mod catalog;
 mod enroll;
 mod ingest;
 mod logs;
+mod monitoring;
 mod node_list;
 mod placement;
 mod reconcile;
@@ -91,6 +98,7 @@ pub use composition::App;
 pub use enroll::{TokenRequest, TokenView};
 pub use error::{AppError, InstallError, UploadError};
 pub use identity::Pki;
+pub use metrics::RequestLabels;
 pub use node_list::{MAX_PAGE, NodeFilter, NodePage, NodeState};
 pub use placement::{LatencyRequest, PlacementRequest};
 pub use types::{HttpsClient, Incoming, MAX_REPLICAS, Outgoing, Settings};

@@ -357,7 +357,7 @@ impl App {
             topic: self.settings.topics.agent(agent, Channel::Probes),
             payload: envelope.to_vec(),
         };
-        if self.outbox.send(message).is_err() {
+        if !self.send("probe_plan", message) {
             warn!(agent = %agent, "The MQTT client is gone; the probe plan will be republished later.");
         }
     }

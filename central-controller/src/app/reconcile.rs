@@ -106,10 +106,14 @@ impl App {
                 last.services == inputs && scheduler::only_nodes_lost(&last.nodes, &nodes)
             })
             .filter(|last| last.placement() == previous);
+        let started = std::time::Instant::now();
         let plan = match last_plan {
             Some(last) => scheduler::replan_displaced(&nodes, &inputs, last),
             None => scheduler::plan(&nodes, &inputs, &previous),
         };
+        self.metrics
+            .placement_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(Planned {
             plan,
             inputs: PlanInputs {
@@ -176,7 +180,7 @@ impl App {
             topic: self.settings.topics.desired(&record.agent),
             payload,
         };
-        if self.outbox.send(message).is_err() {
+        if !self.send("desired", message) {
             warn!(agent = %record.agent, "The MQTT client is gone; the desired state will be republished later.");
         }
     }

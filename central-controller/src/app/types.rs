@@ -23,6 +23,8 @@ pub struct Settings {
     pub regions: Regions,
     pub max_artifact_bytes: u64,
     pub audit: AuditConfig,
+    /// `GET /metrics` without a token.
+    pub public_metrics: bool,
 }
 
 /// A message for the MQTT adapter to publish (retained, QoS 1).

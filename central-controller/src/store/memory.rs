@@ -160,6 +160,10 @@ impl Store for MemoryStore {
         })
     }
 
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     fn identities(&self) -> Result<Vec<IdentityRecord>, StoreError> {
         Ok(lock(&self.tables).identities.values().cloned().collect())
     }

@@ -338,6 +338,9 @@ pub trait Store: Send + Sync {
     /// Removes every entry with `seq` up to and including `through`.
     fn delete_audit_through(&self, through: u64) -> Result<(), StoreError>;
 
+    /// Bytes the store takes on disk (0 in memory).
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+
     fn identities(&self) -> Result<Vec<IdentityRecord>, StoreError>;
     fn identity(&self, agent: &AgentId) -> Result<Option<IdentityRecord>, StoreError>;
     /// Durable.

@@ -270,6 +270,10 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     fn identities(&self) -> Result<Vec<IdentityRecord>, StoreError> {
         all(&self.identities)
     }

@@ -1,0 +1,169 @@
+//! The metrics part: counters and histograms the use cases and the API
+//! update as things happen, encoded as OpenMetrics text for `GET /metrics`.
+//!
+//! Names follow Prometheus conventions: the `verge_` prefix, base units
+//! (`_seconds`, `_bytes`), `_total` on counters (added by the encoder).
+//! Labels have bounded values only (message kinds, reasons, route patterns,
+//! regions), never node ids, so a fleet of any size is a fixed number of
+//! series per region. Gauges of state (nodes by region and state, services,
+//! store size) are filled in at each scrape from the state itself.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct Kind {
+    pub(super) kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct Reason {
+    pub(super) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct Outcome {
+    pub(super) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct NodeLabels {
+    pub(super) region: String,
+    pub(super) state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    /// The route pattern (`/api/v1/services/{name}`), or `other`.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct RouteLabel {
+    pub(super) route: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 1 ms to about 16 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// Every metric the controller exports.
+pub(super) struct Metrics {
+    registry: Registry,
+    pub(super) received: Family<Kind, Counter>,
+    pub(super) refused: Family<Reason, Counter>,
+    pub(super) verifications: Family<Outcome, Counter>,
+    pub(super) published: Family<Kind, Counter>,
+    pub(super) placement_seconds: Histogram,
+    pub(super) requests: Family<RequestLabels, Counter>,
+    pub(super) request_seconds: HistogramFamily<RouteLabel>,
+    pub(super) nodes: Family<NodeLabels, Gauge>,
+    pub(super) services: Gauge,
+    pub(super) store_bytes: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let received = Family::<Kind, Counter>::default();
+        registry.register(
+            "verge_agent_messages_received",
+            "Messages read from agents' topics, by kind",
+            received.clone(),
+        );
+        let refused = Family::<Reason, Counter>::default();
+        registry.register(
+            "verge_agent_messages_refused",
+            "Agent messages ignored, by reason",
+            refused.clone(),
+        );
+        let verifications = Family::<Outcome, Counter>::default();
+        registry.register(
+            "verge_signature_verifications",
+            "Signatures of agent messages checked, by result",
+            verifications.clone(),
+        );
+        let published = Family::<Kind, Counter>::default();
+        registry.register(
+            "verge_mqtt_messages_published",
+            "Messages handed to the MQTT client, by kind",
+            published.clone(),
+        );
+        let placement_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "verge_placement_duration_seconds",
+            "Time the scheduler took for one plan",
+            placement_seconds.clone(),
+        );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "verge_api_requests",
+            "HTTP API requests answered, by method, route and status",
+            requests.clone(),
+        );
+        let request_seconds: HistogramFamily<RouteLabel> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "verge_api_request_duration_seconds",
+            "Time to answer an HTTP API request (to the response head), by route",
+            request_seconds.clone(),
+        );
+        let nodes = Family::<NodeLabels, Gauge>::default();
+        registry.register(
+            "verge_nodes",
+            "Registered nodes by region and state (revoked, offline, drained, cordoned, unhealthy or healthy; each node in one)",
+            nodes.clone(),
+        );
+        let services = Gauge::default();
+        registry.register("verge_services", "Services declared", services.clone());
+        let store_bytes = Gauge::default();
+        registry.register(
+            "verge_store_size_bytes",
+            "Size of the controller's store on disk",
+            store_bytes.clone(),
+        );
+        Self {
+            registry,
+            received,
+            refused,
+            verifications,
+            published,
+            placement_seconds,
+            requests,
+            request_seconds,
+            nodes,
+            services,
+            store_bytes,
+        }
+    }
+}
+
+impl Metrics {
+    pub(super) fn observe_request(&self, labels: RequestLabels, took: Duration) {
+        self.request_seconds
+            .get_or_create(&RouteLabel {
+                route: labels.route.clone(),
+            })
+            .observe(took.as_secs_f64());
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub(super) fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

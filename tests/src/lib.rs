@@ -9,6 +9,7 @@
 pub mod api;
 pub mod bench;
 pub mod cluster;
+pub mod fleet;
 pub mod mqtt;
 pub mod proxy;
 pub mod require;

@@ -13,10 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
-use verge_shared::messages::{Presence, Resources, SCHEMA_VERSION, payload_type};
-use verge_shared::{AgentId, RegionId, SigningKey, Timestamp};
+use anyhow::{Result, ensure};
 use verge_tests::bench::arg;
+use verge_tests::fleet::{announce, node_key, registered};
 use verge_tests::mqtt::TestClient;
 use verge_tests::{Cluster, ClusterOptions};
 
@@ -65,32 +64,6 @@ async fn hammer(
     Ok(all)
 }
 
-/// Waits (at most a minute) until the registry holds `n` nodes.
-async fn registered(cluster: &Cluster, n: u64) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let seen = n_nodes(cluster).await?;
-        if seen >= n {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{seen} of the {n} nodes announced so far registered within a minute"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn n_nodes(cluster: &Cluster) -> Result<u64> {
-    let regions = cluster.api.get("/api/v1/regions").await?;
-    Ok(regions["regions"]
-        .as_array()
-        .context("regions")?
-        .iter()
-        .filter_map(|r| r["nodes"].as_u64())
-        .sum())
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let nodes = arg("--nodes", 10_000);
@@ -108,32 +81,10 @@ async fn main() -> Result<()> {
     let mqtt = TestClient::connect(cluster.mqtt_addr, "api-bench").await?;
     let started = Instant::now();
     for i in 0..nodes {
-        let key = SigningKey::generate().context("key")?.0;
         let id = format!("node-{i:05}");
-        let presence = Presence {
-            schema_version: SCHEMA_VERSION,
-            agent: AgentId::new(id.as_str())?,
-            online: true,
-            at: Timestamp::now(),
-            region: RegionId::new(format!("region-{}", i % REGIONS))?,
-            labels: [(
-                "tier".to_owned(),
-                if i % 4 == 0 { "gpu" } else { "cpu" }.to_owned(),
-            )]
-            .into_iter()
-            .collect(),
-            capacity: Resources {
-                cpu_millis: 4000,
-                memory_mb: 4096,
-            },
-            public_key: key.public_key(),
-            version: "bench".into(),
-            probe_addr: None,
-            limits: None,
-        };
-        let payload = key.sign_json(payload_type::PRESENCE, &presence);
-        mqtt.publish(&format!("verge/v1/agents/{id}/presence"), payload)
-            .await?;
+        let region = format!("region-{}", i % REGIONS);
+        let tier = if i % 4 == 0 { "gpu" } else { "cpu" };
+        announce(&mqtt, &node_key()?, &id, &region, tier, true).await?;
         // In batches, each registered before the next is sent, so that a
         // stall shows where it happened.
         if (i + 1) % BATCH == 0 || i + 1 == nodes {

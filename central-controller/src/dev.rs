@@ -82,6 +82,7 @@ pub fn config(data_dir: &Path, api_listen: SocketAddr, mqtt_listen: SocketAddr) 
             enabled: false,
             ..central_controller::config::TlsConfig::default()
         },
+        watch: central_controller::config::WatchConfig::default(),
     }
 }
 

@@ -177,6 +177,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         placement: config.placement.clone(),
         regions,
         max_artifact_bytes: config.api.max_artifact_bytes,
+        watch: config.watch,
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let public_key = key.public_key();

@@ -87,6 +87,7 @@ fn fixture_in(dir: tempfile::TempDir, store: Arc<dyn Store>, clock: Arc<dyn Cloc
         placement: crate::config::PlacementConfig::default(),
         regions: crate::regions::Regions::default(),
         max_artifact_bytes: 1024,
+        watch: crate::config::WatchConfig::default(),
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let app = App::new(store, files, key, trust, settings, outbox_tx, clock).expect("app");

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use verge_shared::Topics;
 
-use crate::config::{DeployConfig, NodesConfig, PlacementConfig};
+use crate::config::{DeployConfig, NodesConfig, PlacementConfig, WatchConfig};
 use crate::regions::Regions;
 
 /// Most replicas one service may ask for.
@@ -22,6 +22,7 @@ pub struct Settings {
     pub placement: PlacementConfig,
     pub regions: Regions,
     pub max_artifact_bytes: u64,
+    pub watch: WatchConfig,
 }
 
 /// A message for the MQTT adapter to publish (retained, QoS 1).

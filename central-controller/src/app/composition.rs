@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use verge_shared::{AgentId, PublicKey, SigningKey, Timestamp};
 
+use super::changes::Changes;
 use super::clock::Clock;
 use super::deployment::Deployment;
 use super::identity::Identity;
@@ -37,6 +38,7 @@ pub struct App {
     pub(super) identity: Identity,
     pub(super) logs: Pending,
     pub(super) deployment: Deployment,
+    pub(super) changes: Changes,
 }
 
 impl App {
@@ -52,6 +54,7 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StoreError> {
         let nodes = Nodes::new(store.nodes()?, clock.now(), settings.nodes);
+        let changes = Changes::new(clock.now(), settings.watch);
         Ok(Arc::new(Self {
             store,
             files,
@@ -66,6 +69,7 @@ impl App {
             identity: Identity::default(),
             logs: Pending::default(),
             deployment: Deployment::default(),
+            changes,
         }))
     }
 

@@ -39,6 +39,9 @@ pub enum AppError {
     /// does not hold.
     #[error("{message}")]
     PreconditionFailed { message: String },
+    /// The cap on concurrent watchers (`watch.max_watchers`) was reached.
+    #[error("{max} watchers are connected, the most this controller allows (watch.max_watchers)")]
+    TooManyWatchers { max: usize },
     #[error("TLS and node identities are disabled on this controller ([tls] enabled = false)")]
     TlsDisabled,
     /// The system random source failed.

@@ -15,6 +15,7 @@
 //! | identity | `identity.rs` | the CA, the enrollment lock |
 //! | log requests | `waiting.rs` | requests waiting for an agent's answer |
 //! | deployment | `deployment.rs` | the deployment lock, the plan, loop wake-ups |
+//! | change feed | `changes.rs` | recent changes with their ids, connected watchers |
 //!
 //! `composition.rs` holds [`App`] itself: the parts plus the store, the
 //! signing key, the clock and the outbox that every use case shares.
@@ -25,7 +26,7 @@
 //! cases each add an `impl App` block that combines parts: `catalog.rs`
 //! (services, artifacts, releases, trust), `reconcile.rs` (the deployment
 //! loop), `ingest.rs`, `enroll.rs`, `placement.rs`, `logs.rs`,
-//! `node_list.rs` and `views.rs`. They import `App` from `composition.rs` and what else they
+//! `node_list.rs`, `views.rs` and `watch.rs` (changes to the watch stream). They import `App` from `composition.rs` and what else they
 //! need from the file that defines it, never from this file, which only
 //! declares and re-exports. A new capability (accounts and audit, a watch
 //! stream, alarms, rollouts) adds a part and a use-case file.
@@ -45,6 +46,10 @@
 //! 5. `probes.book`, then (released first) `probes.published`; the node
 //!    registry is read and released before either.
 //! 6. `logs.waiting`: a leaf, held with nothing else.
+//! 7. `changes.state`: a leaf, held with no other std lock (it may be
+//!    taken under 1, which it never waits for) to number a change and
+//!    queue it without waiting, or to register a watcher. A change's view
+//!    is built before it is taken.
 
 // Leaves: shared types, the error, the clock, pure steps.
 mod clock;
@@ -53,6 +58,7 @@ mod error;
 mod health;
 mod types;
 // Parts, each with its own state and lock.
+mod changes;
 mod deployment;
 mod identity;
 mod nodes;
@@ -69,8 +75,10 @@ mod node_list;
 mod placement;
 mod reconcile;
 mod views;
+mod watch;
 
 pub use catalog::{Expect, ServiceRequest};
+pub use changes::{ChangeKind, WatchFilter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use composition::App;
 pub use enroll::{TokenRequest, TokenView};
@@ -87,8 +95,11 @@ pub use crate::store::{Cordon, ReleaseRecord};
 pub use health::Health;
 pub use logs::{LOG_TIMEOUT, LogTail};
 pub use views::{NodeView, ReplicaView, ServiceView};
+pub use watch::{Frame, Watch};
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod use_case_tests;
+#[cfg(test)]
+mod watch_tests;

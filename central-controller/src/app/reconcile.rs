@@ -155,9 +155,23 @@ impl App {
             info!(agent = %agent, generation = %generation, workloads = n_workloads, "Issued a new desired state.");
             self.publish(&record);
         }
+        // A node known at the last plan whose health changed; new ones
+        // were announced when they registered.
+        let health_changed: Vec<AgentId> = planned
+            .health
+            .iter()
+            .filter(|(id, h)| state.last_health.get(*id).is_some_and(|old| old != *h))
+            .map(|(id, _)| id.clone())
+            .collect();
         state.last_health = planned.health;
+        let before = self.deployment.plan();
+        let after = planned.plan.clone();
         self.deployment.set_plan(planned.plan, planned.inputs);
         self.update_probe_plans(now);
+        for agent in &health_changed {
+            self.node_changed(agent, "health");
+        }
+        self.replicas_changed(&before, &after, services);
         Ok(())
     }
 

@@ -131,6 +131,11 @@ impl From<AppError> for ApiError {
                 "precondition_failed",
                 message,
             ),
+            AppError::TooManyWatchers { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_watchers",
+                format!("{e}; try again later"),
+            ),
             AppError::TlsDisabled => {
                 ApiError::new(StatusCode::CONFLICT, "tls_disabled", e.to_string())
             }

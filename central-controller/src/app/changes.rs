@@ -190,6 +190,8 @@ struct State {
     ring: VecDeque<Arc<Recorded>>,
     watchers: BTreeMap<u64, Watcher>,
     next_watcher: u64,
+    /// The controller is shutting down: streams end, none start.
+    closed: bool,
 }
 
 struct Shared {
@@ -214,6 +216,7 @@ impl Changes {
                     ring: VecDeque::with_capacity(bounds.buffer.min(4096)),
                     watchers: BTreeMap::new(),
                     next_watcher: 0,
+                    closed: false,
                 }),
                 bounds,
             }),
@@ -305,14 +308,17 @@ impl Changes {
         let overflowed = Arc::new(AtomicBool::new(false));
         let key = state.next_watcher;
         state.next_watcher += 1;
-        state.watchers.insert(
-            key,
-            Watcher {
-                filter,
-                tx,
-                overflowed: Arc::clone(&overflowed),
-            },
-        );
+        // After shutdown began the sender is dropped: the stream ends at once.
+        if !state.closed {
+            state.watchers.insert(
+                key,
+                Watcher {
+                    filter,
+                    tx,
+                    overflowed: Arc::clone(&overflowed),
+                },
+            );
+        }
         let subscription = Subscription {
             live,
             overflowed,
@@ -322,6 +328,15 @@ impl Changes {
             },
         };
         Ok((start, subscription))
+    }
+
+    /// Ends every watcher's stream after what is queued for it, and every
+    /// later one at once: the HTTP server's graceful shutdown waits for
+    /// responses to finish, and a watch never would.
+    pub(crate) fn close(&self) {
+        let mut state = lock(&self.shared.state);
+        state.closed = true;
+        state.watchers.clear();
     }
 
     /// How many watchers are connected.

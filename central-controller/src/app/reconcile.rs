@@ -32,7 +32,8 @@ pub(super) struct Planned {
 
 impl App {
     /// The background loop: re-plans on node and health changes and
-    /// republishes on an interval, until `cancel`.
+    /// republishes on an interval, until `cancel`; then ends every watch
+    /// stream.
     pub async fn run_background(self: Arc<Self>, cancel: CancellationToken) {
         let mut health_tick = tokio::time::interval(HEALTH_TICK);
         health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -58,6 +59,8 @@ impl App {
                 }
             }
         }
+        // Watch streams never end on their own; the API's drain waits for them.
+        self.changes.close();
     }
 
     fn log_failure(&self, step: &'static str, result: Result<(), AppError>) {

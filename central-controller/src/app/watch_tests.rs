@@ -492,3 +492,30 @@ async fn the_watcher_cap_is_a_clear_error_and_a_closed_watch_frees_its_place() {
         .watch(WatchFilter::default(), None)
         .expect("a place was freed");
 }
+
+#[tokio::test]
+async fn shutdown_ends_every_watch_stream_after_what_was_queued() {
+    let mf = memory_fixture();
+    let mut watch = mf
+        .fx
+        .app
+        .watch(WatchFilter::default(), None)
+        .expect("watch");
+    drain(&mut watch);
+    token(&mf, "eu");
+    mf.fx.app.changes.close();
+    let (seen, ended) = drain(&mut watch);
+    assert_eq!(
+        kinds_and_actions(&seen),
+        [("token".to_owned(), "created".to_owned())]
+    );
+    assert!(ended, "the stream ends, with no dropped event");
+    let mut late = mf
+        .fx
+        .app
+        .watch(WatchFilter::default(), None)
+        .expect("watch");
+    let (seen, ended) = drain(&mut late);
+    assert_eq!(seen.len(), 1, "only the sync: {seen:?}");
+    assert!(ended);
+}

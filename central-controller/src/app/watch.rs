@@ -1,7 +1,7 @@
 //! The watch stream's use cases: recording a change where it happens, and
 //! a watcher's stream of them (`GET /api/v1/watch`).
 //!
-//! Every change goes through [`App::record_change`]; the helpers here
+//! Every change goes through [`App::record_change`]; the methods here
 //! describe one of each kind (its current view, the regions and services
 //! it concerns) so that the use cases only say what happened.
 

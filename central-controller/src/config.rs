@@ -29,6 +29,7 @@ pub struct Config {
     pub trust: TrustConfig,
     pub tls: TlsConfig,
     pub audit: AuditConfig,
+    pub watch: WatchConfig,
 }
 
 /// `[audit]`: how much of the audit log is kept. The oldest entries go
@@ -44,6 +45,31 @@ impl Default for AuditConfig {
         Self {
             max_records: 100_000,
             max_age: Duration::from_secs(90 * 86_400),
+        }
+    }
+}
+
+/// `[watch]`: the bounds of the watch stream (`GET /api/v1/watch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// How many recent changes are kept for watchers that reconnect.
+    pub buffer: usize,
+    /// How many changes may wait for one watcher before it is dropped as
+    /// too slow.
+    pub queue: usize,
+    /// How many watchers may be connected at once.
+    pub max_watchers: usize,
+    /// How long a quiet stream waits before it sends a keep-alive comment.
+    pub keep_alive: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            buffer: 4096,
+            queue: 256,
+            max_watchers: 256,
+            keep_alive: Duration::from_secs(15),
         }
     }
 }
@@ -278,6 +304,8 @@ struct RawConfig {
     tls: RawTls,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    watch: RawWatch,
 }
 
 #[derive(Deserialize, Default)]
@@ -314,6 +342,15 @@ impl RawAudit {
             max_age,
         }
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    buffer: Option<u64>,
+    queue: Option<u64>,
+    max_watchers: Option<u64>,
+    keep_alive_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -586,6 +623,7 @@ impl RawConfig {
         }
         let tls = self.tls.validate(&mut problems);
         let audit = self.audit.validate(&mut problems);
+        let watch = self.watch.validate(&mut problems);
         match (listen, endpoint, topics) {
             (Some(listen), Some(endpoint), Some(topics)) if problems.is_empty() => Ok(Config {
                 data_dir,
@@ -603,8 +641,57 @@ impl RawConfig {
                 },
                 tls,
                 audit,
+                watch,
             }),
             _ => Err(problems),
+        }
+    }
+}
+
+/// `value` within `min..=max`, or `default` when absent; a problem naming
+/// `field` otherwise.
+fn bounded(
+    problems: &mut Vec<String>,
+    field: &str,
+    value: Option<u64>,
+    (min, max): (u64, u64),
+    default: u64,
+) -> u64 {
+    match value {
+        Some(v) if !(min..=max).contains(&v) => {
+            problems.push(format!("{field}: must be between {min} and {max}, not {v}"));
+            default
+        }
+        Some(v) => v,
+        None => default,
+    }
+}
+
+impl RawWatch {
+    fn validate(self, problems: &mut Vec<String>) -> WatchConfig {
+        let defaults = WatchConfig::default();
+        // Each bound keeps one watcher's or the buffer's memory in the
+        // megabytes: changes are a few hundred bytes to a few KiB each.
+        let mut count = |field: &str, value, max, default: usize| {
+            let value = bounded(problems, field, value, (1, max), default as u64);
+            usize::try_from(value).unwrap_or(default)
+        };
+        WatchConfig {
+            buffer: count("watch.buffer", self.buffer, 1_000_000, defaults.buffer),
+            queue: count("watch.queue", self.queue, 65_536, defaults.queue),
+            max_watchers: count(
+                "watch.max_watchers",
+                self.max_watchers,
+                100_000,
+                defaults.max_watchers,
+            ),
+            keep_alive: Duration::from_secs(bounded(
+                problems,
+                "watch.keep_alive_secs",
+                self.keep_alive_secs,
+                (1, 3600),
+                defaults.keep_alive.as_secs(),
+            )),
         }
     }
 }
@@ -687,6 +774,40 @@ mod tests {
         );
         let err = Config::parse(&text, "t", no_env).expect_err("too long for the TTL");
         assert!(err.to_string().contains("republish_interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn watch_bounds_are_checked_by_name() {
+        let c = Config::parse(MINIMAL, "t", no_env).expect("valid");
+        assert_eq!(c.watch, WatchConfig::default());
+        let text = format!(
+            "{MINIMAL}\n[watch]\nbuffer = 10\nqueue = 2\nmax_watchers = 1\nkeep_alive_secs = 1\n"
+        );
+        let c = Config::parse(&text, "t", no_env).expect("valid");
+        assert_eq!(
+            c.watch,
+            WatchConfig {
+                buffer: 10,
+                queue: 2,
+                max_watchers: 1,
+                keep_alive: Duration::from_secs(1),
+            }
+        );
+        let text = format!(
+            "{MINIMAL}\n[watch]\nbuffer = 0\nqueue = 100000\nmax_watchers = 0\nkeep_alive_secs = 0\n"
+        );
+        let joined = Config::parse(&text, "t", no_env)
+            .expect_err("out of bounds")
+            .problems
+            .join("\n");
+        for field in [
+            "watch.buffer",
+            "watch.queue",
+            "watch.max_watchers",
+            "watch.keep_alive_secs",
+        ] {
+            assert!(joined.contains(field), "{field} missing from {joined}");
+        }
     }
 
     #[test]

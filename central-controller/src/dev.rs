@@ -84,6 +84,7 @@ pub fn config(data_dir: &Path, api_listen: SocketAddr, mqtt_listen: SocketAddr) 
             ..central_controller::config::TlsConfig::default()
         },
         audit: central_controller::config::AuditConfig::default(),
+        watch: central_controller::config::WatchConfig::default(),
     }
 }
 

@@ -181,6 +181,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         max_artifact_bytes: config.api.max_artifact_bytes,
         audit: config.audit,
         public_metrics: config.api.public_metrics,
+        watch: config.watch,
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let public_key = key.public_key();

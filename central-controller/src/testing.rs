@@ -100,6 +100,7 @@ fn fixture_in(
         max_artifact_bytes: 1024,
         audit: crate::config::AuditConfig::default(),
         public_metrics: false,
+        watch: crate::config::WatchConfig::default(),
     };
     tweak(&mut settings);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();

@@ -233,6 +233,24 @@ impl Api {
         Ok((Reply { status, body }, response_headers))
     }
 
+    /// A GET with the admin token and `headers` whose body is left unread,
+    /// for streams (`GET /api/v1/watch`).
+    pub async fn open(&self, path: &str, headers: &[(&str, &str)]) -> Result<reqwest::Response> {
+        let mut req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.send().await.with_context(|| format!("GET {path}"))
+    }
+
+    /// The admin token, for clients that speak HTTP themselves.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value> {
         self.request(Method::GET, path, None).await?.ok()
     }

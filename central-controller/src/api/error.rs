@@ -149,6 +149,11 @@ impl From<AppError> for ApiError {
                     e.to_string(),
                 )
             },
+            AppError::TooManyWatchers { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_watchers",
+                format!("{e}; try again later"),
+            ),
             AppError::TlsDisabled => {
                 ApiError::new(StatusCode::CONFLICT, "tls_disabled", e.to_string())
             }

@@ -23,6 +23,7 @@ mod nodes;
 mod query;
 mod releases;
 mod state;
+mod watch;
 
 use std::sync::Arc;
 
@@ -77,6 +78,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v1/tokens/{id}",
             axum::routing::delete(identity::revoke_token),
         )
+        .route("/api/v1/watch", get(watch::watch))
         .route("/api/v1/regions", get(list_regions))
         .route("/api/v1/latency", get(get_latency))
         .route("/api/v1/artifacts", axum::routing::post(upload_artifact))

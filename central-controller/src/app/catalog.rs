@@ -153,6 +153,7 @@ impl App {
         let existing = self.store.service(&name)?;
         expect.check(&name, existing.as_ref().map(|s| s.revision))?;
         let created = existing.is_none();
+        let existing_revision = existing.as_ref().map(|s| s.revision);
         let record = match existing {
             Some(old) if old.spec == spec => old,
             Some(old) => ServiceRecord {
@@ -183,9 +184,14 @@ impl App {
         let planned = self.plan_with(&services, now)?;
         self.store.put_service(&record)?;
         info!(service = %name, revision = record.revision, "Stored a service.");
+        let changed = existing_revision != Some(record.revision);
         self.apply(&mut state, &services, planned, now)?;
         drop(state);
-        Ok((self.view_of(&record)?, created))
+        let view = self.view_of(&record)?;
+        if changed {
+            self.service_changed(&view, if created { "created" } else { "updated" });
+        }
+        Ok((view, created))
     }
 
     /// Deletes a service; its agents get desired states without it.
@@ -207,12 +213,15 @@ impl App {
         let name = ServiceName::new(name).map_err(|_| not_found())?;
         let now = self.now();
         let mut state = self.deployment.state().await;
-        let current = self.store.service(&name)?.map(|s| s.revision);
-        expect.check(&name, current)?;
+        let current = self.store.service(&name)?;
+        expect.check(&name, current.as_ref().map(|s| s.revision))?;
         if !self.store.delete_service(&name)? {
             return Err(not_found());
         }
         info!(service = %name, "Deleted a service.");
+        if let Some(deleted) = &current {
+            self.service_deleted(deleted);
+        }
         let services = self.store.services()?;
         let planned = self.plan_with(&services, now)?;
         self.apply(&mut state, &services, planned, now)
@@ -293,6 +302,7 @@ impl App {
         };
         self.store.put_release(&record)?;
         info!(digest = %digest, service = %record.release.service, version = %record.release.version, publisher = %record.publisher, "Stored a release.");
+        self.release_uploaded(&record);
         Ok((record, true))
     }
 

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use verge_shared::{AgentId, PublicKey, SigningKey, Timestamp};
 
 use super::access::Access;
+use super::changes::Changes;
 use super::clock::Clock;
 use super::deployment::Deployment;
 use super::identity::Identity;
@@ -41,6 +42,7 @@ pub struct App {
     pub(super) deployment: Deployment,
     pub(super) access: Access,
     pub(super) metrics: Metrics,
+    pub(super) changes: Changes,
 }
 
 impl App {
@@ -60,6 +62,7 @@ impl App {
         for desired in store.desired_states()? {
             deployment.stored(&desired.agent, desired.generation);
         }
+        let changes = Changes::new(clock.now(), settings.watch);
         Ok(Arc::new(Self {
             store,
             files,
@@ -76,6 +79,7 @@ impl App {
             deployment,
             access: Access::default(),
             metrics: Metrics::default(),
+            changes,
         }))
     }
 

@@ -164,6 +164,7 @@ impl App {
         let _guard = self.identity.serialise();
         self.store.put_token(&record)?;
         info!(token = %id, region = %record.region, uses, ttl_secs = ttl.as_secs(), "Created a bootstrap token.");
+        self.token_changed(&view(&record, None, now), "created");
         Ok(view(&record, Some(token), now))
     }
 
@@ -187,6 +188,7 @@ impl App {
         record.revoked = true;
         self.store.put_token(&record)?;
         info!(token = %id, "Revoked a bootstrap token.");
+        self.token_changed(&view(&record, None, self.now()), "revoked");
         Ok(())
     }
 
@@ -243,6 +245,7 @@ impl App {
                 .issue_client(&request.csr_pem, &agent, pki.client_cert_ttl, now)?;
             token.uses_left -= 1;
             self.store.put_token(&token)?;
+            self.token_changed(&view(&token, None, now), "used");
             let mut identity = existing.unwrap_or_else(|| IdentityRecord {
                 agent: agent.clone(),
                 public_key: request.node_public_key,
@@ -264,7 +267,8 @@ impl App {
             });
             self.store.put_identity(&identity)?;
             pki.revocations.reinstate(agent.as_str());
-            self.pin_enrolled(&agent, &identity)?;
+            let new_node = self.pin_enrolled(&agent, &identity)?;
+            self.node_changed(&agent, if new_node { "registered" } else { "enrolled" });
             info!(agent = %agent, token = %token.id, region = %token.region, serial = %issued.serial,
                 key_id = %request.node_public_key.key_id(), uses_left = token.uses_left,
                 "Enrolled a node.");
@@ -295,10 +299,11 @@ impl App {
     }
 
     /// Pins the enrolled key in the node registry (the node appears, not
-    /// yet seen, until its first presence).
-    fn pin_enrolled(&self, agent: &AgentId, identity: &IdentityRecord) -> Result<(), AppError> {
-        let record = {
+    /// yet seen, until its first presence). True when the node is new.
+    fn pin_enrolled(&self, agent: &AgentId, identity: &IdentityRecord) -> Result<bool, AppError> {
+        let (record, new_node) = {
             let mut nodes = self.nodes.records();
+            let new_node = !nodes.contains_key(agent);
             let node = nodes.entry(agent.clone()).or_insert_with(|| NodeRecord {
                 id: agent.clone(),
                 region: identity.region.clone(),
@@ -319,10 +324,10 @@ impl App {
             node.public_key = identity.public_key;
             node.region = identity.region.clone();
             node.revoked = false;
-            node.clone()
+            (node.clone(), new_node)
         };
         self.store.put_node(&record, Durability::Flush)?;
-        Ok(())
+        Ok(new_node)
     }
 
     /// Renews a node's certificate from a DSSE envelope signed by its pinned
@@ -434,6 +439,7 @@ impl App {
         if !self.send("desired_clear", clear) {
             warn!(agent = %agent, "The MQTT client is gone; the retained desired state was not cleared.");
         }
+        self.node_changed(&agent, "revoked");
         self.node(id)
     }
 

@@ -45,6 +45,9 @@ pub enum AppError {
     /// Too many failed sign-ins from the request's source (429).
     #[error("too many failed attempts from this address; retry in {} s", retry_after.as_secs())]
     Throttled { retry_after: std::time::Duration },
+    /// The cap on concurrent watchers (`watch.max_watchers`) was reached.
+    #[error("{max} watchers are connected, the most this controller allows (watch.max_watchers)")]
+    TooManyWatchers { max: usize },
     #[error("TLS and node identities are disabled on this controller ([tls] enabled = false)")]
     TlsDisabled,
     /// The system random source failed.

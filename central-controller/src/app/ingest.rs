@@ -148,7 +148,7 @@ impl App {
             )));
         }
 
-        let (record, changed, pinned) = {
+        let (record, changed, pinned, was_online) = {
             let mut nodes = self.nodes.records();
             let pinned = !nodes.contains_key(agent);
             let node = nodes.entry(agent.clone()).or_insert_with(|| NodeRecord {
@@ -169,6 +169,7 @@ impl App {
                 limits: presence.limits,
                 revoked: false,
             });
+            let was_online = node.online;
             let changed = pinned
                 || node.region != presence.region
                 || node.labels != presence.labels
@@ -189,7 +190,7 @@ impl App {
                 node.online = false;
                 node.offline_since = Some(now);
             }
-            (node.clone(), changed, pinned)
+            (node.clone(), changed, pinned, was_online)
         };
         if pinned {
             info!(agent = %agent, key_id = %key.key_id(), region = %record.region, "Pinned the key of a new agent.");
@@ -198,6 +199,13 @@ impl App {
             info!(agent = %agent, online = record.online, region = %record.region, "Node registry changed.");
             self.store.put_node(&record, Durability::Flush)?;
             self.deployment.request_replan();
+            let action = match (pinned, was_online, record.online) {
+                (true, _, _) => "registered",
+                (false, false, true) => "online",
+                (false, true, false) => "offline",
+                (false, _, _) => "updated",
+            };
+            self.node_changed(agent, action);
         }
         Ok(())
     }
@@ -280,7 +288,7 @@ impl App {
             payload_type::STATUS,
         )?;
         check_header(agent, &status.agent, status.schema_version)?;
-        let record = self.nodes.records().get_mut(agent).map(|node| {
+        let changed = self.nodes.records().get_mut(agent).map(|node| {
             // Every status repeats the last rejection; report each one once.
             let previous = node.last_status.as_ref().and_then(|s| s.last_rejection.as_ref());
             if let Some(rejection) = &status.last_rejection
@@ -303,12 +311,20 @@ impl App {
             if status.applied_generation.is_some() {
                 node.applied_generation = status.applied_generation;
             }
+            // Agents repeat their status on reconnect; only news is a change.
+            let news = node
+                .last_status
+                .as_ref()
+                .is_none_or(|old| Status { at: status.at, ..old.clone() } != status);
             node.last_status = Some(status);
-            node.clone()
+            (node.clone(), news)
         });
-        if let Some(record) = record {
+        if let Some((record, news)) = changed {
             // Kept for the API across restarts; losing the latest one is harmless.
             self.store.put_node(&record, Durability::Lazy)?;
+            if news {
+                self.node_changed(agent, "status");
+            }
         }
         Ok(())
     }

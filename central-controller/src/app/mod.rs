@@ -17,6 +17,7 @@
 //! | deployment | `deployment.rs` | the deployment lock, the plan, loop wake-ups |
 //! | access | `access.rs` | sign-in throttling per source, the audit sequence, the hashing bound |
 //! | metrics | `metrics.rs` | counters and histograms, the OpenMetrics registry |
+//! | change feed | `changes.rs` | recent changes with their ids, connected watchers |
 //!
 //! `composition.rs` holds [`App`] itself: the parts plus the store, the
 //! signing key, the clock and the outbox that every use case shares.
@@ -28,8 +29,9 @@
 //! (services, artifacts, releases, trust), `reconcile.rs` (the deployment
 //! loop), `ingest.rs`, `enroll.rs`, `placement.rs`, `logs.rs`,
 //! `node_list.rs`, `views.rs`, `accounts.rs` (users, API tokens, sign-in,
-//! authentication), `audit.rs` (the audit log) and `monitoring.rs` (what
-//! `GET /metrics` shows). They import `App` from `composition.rs` and what else they
+//! authentication), `audit.rs` (the audit log), `monitoring.rs` (what
+//! `GET /metrics` shows) and `watch.rs` (changes to the watch stream).
+//! They import `App` from `composition.rs` and what else they
 //! need from the file that defines it, never from this file, which only
 //! declares and re-exports. A new capability (accounts and audit, a watch
 //! stream, alarms, rollouts) adds a part and a use-case file.
@@ -56,6 +58,10 @@
 //! 9. The metrics' own locks (inside `prometheus-client`): leaves, taken
 //!    with nothing else held except the node registry's, which a scrape
 //!    releases before it touches them.
+//! 10. `changes.state`: a leaf, held with no other std lock (it may be
+//!     taken under 1, which it never waits for) to number a change and
+//!     queue it without waiting, or to register a watcher. A change's view
+//!     is built before it is taken.
 
 // Leaves: shared types, the error, the clock, pure steps.
 mod clock;
@@ -65,6 +71,7 @@ mod health;
 mod types;
 // Parts, each with its own state and lock.
 mod access;
+mod changes;
 mod deployment;
 mod identity;
 mod metrics;
@@ -85,6 +92,7 @@ mod node_list;
 mod placement;
 mod reconcile;
 mod views;
+mod watch;
 
 pub use access::{FREE_FAILURES, MAX_WAIT, Source};
 pub use accounts::{
@@ -93,6 +101,7 @@ pub use accounts::{
 };
 pub use audit::{AuditFilter, AuditPage, MAX_AUDIT_PAGE};
 pub use catalog::{Expect, ServiceRequest};
+pub use changes::{ChangeKind, WatchFilter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use composition::App;
 pub use enroll::{TokenRequest, TokenView};
@@ -109,8 +118,11 @@ pub use crate::store::{AuditEntry, AuditRecord, Cordon, ReleaseRecord, Role};
 pub use health::Health;
 pub use logs::{LOG_TIMEOUT, LogTail};
 pub use views::{NodeView, ReplicaView, ServiceView};
+pub use watch::{Frame, Watch};
 
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod use_case_tests;
+#[cfg(test)]
+mod watch_tests;

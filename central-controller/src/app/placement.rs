@@ -378,6 +378,14 @@ impl App {
         self.store.put_node(&record, Durability::Flush)?;
         info!(agent = %agent, cordon = ?cordon, "An operator changed a node's cordon.");
         self.reconcile(self.now(), true).await?;
+        self.node_changed(
+            &agent,
+            match cordon {
+                Some(Cordon::Cordoned) => "cordoned",
+                Some(Cordon::Drained) => "drained",
+                None => "uncordoned",
+            },
+        );
         self.node(id)
     }
 

@@ -32,7 +32,8 @@ pub(super) struct Planned {
 
 impl App {
     /// The background loop: re-plans on node and health changes and
-    /// republishes on an interval, until `cancel`.
+    /// republishes on an interval, until `cancel`; then ends every watch
+    /// stream.
     pub async fn run_background(self: Arc<Self>, cancel: CancellationToken) {
         let mut health_tick = tokio::time::interval(HEALTH_TICK);
         health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -58,6 +59,8 @@ impl App {
                 }
             }
         }
+        // Watch streams never end on their own; the API's drain waits for them.
+        self.changes.close();
     }
 
     fn log_failure(&self, step: &'static str, result: Result<(), AppError>) {
@@ -160,9 +163,23 @@ impl App {
             info!(agent = %agent, generation = %generation, workloads = n_workloads, "Issued a new desired state.");
             self.publish(&record);
         }
+        // A node known at the last plan whose health changed; new ones
+        // were announced when they registered.
+        let health_changed: Vec<AgentId> = planned
+            .health
+            .iter()
+            .filter(|(id, h)| state.last_health.get(*id).is_some_and(|old| old != *h))
+            .map(|(id, _)| id.clone())
+            .collect();
         state.last_health = planned.health;
+        let before = self.deployment.plan();
+        let after = planned.plan.clone();
         self.deployment.set_plan(planned.plan, planned.inputs);
         self.update_probe_plans(now);
+        for agent in &health_changed {
+            self.node_changed(agent, "health");
+        }
+        self.replicas_changed(&before, &after, services);
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use verge_shared::Topics;
 
-use crate::config::{AuditConfig, DeployConfig, NodesConfig, PlacementConfig};
+use crate::config::{AuditConfig, DeployConfig, NodesConfig, PlacementConfig, WatchConfig};
 use crate::regions::Regions;
 
 /// Most replicas one service may ask for.
@@ -25,6 +25,7 @@ pub struct Settings {
     pub audit: AuditConfig,
     /// `GET /metrics` without a token.
     pub public_metrics: bool,
+    pub watch: WatchConfig,
 }
 
 /// A message for the MQTT adapter to publish (retained, QoS 1).

@@ -145,6 +145,7 @@ async fn a_viewer_scrapes_metrics_that_promtool_accepts_and_that_count_the_fleet
     assert!(value(&s, r#"verge_mqtt_messages_published_total{kind="desired"}"#) >= 1.0);
     assert!(value(&s, "verge_placement_duration_seconds_count") >= 1.0);
     assert!(value(&s, "verge_store_size_bytes") > 0.0);
+    assert_eq!(value(&s, "verge_api_watchers"), 0.0);
     assert!(
         value(
             &s,

@@ -340,7 +340,6 @@ impl Changes {
     }
 
     /// How many watchers are connected.
-    #[cfg(test)]
     pub(crate) fn n_watchers(&self) -> usize {
         lock(&self.shared.state).watchers.len()
     }

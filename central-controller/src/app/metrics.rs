@@ -71,6 +71,7 @@ pub(super) struct Metrics {
     pub(super) nodes: Family<NodeLabels, Gauge>,
     pub(super) services: Gauge,
     pub(super) store_bytes: Gauge,
+    pub(super) watchers: Gauge,
 }
 
 impl Default for Metrics {
@@ -133,6 +134,12 @@ impl Default for Metrics {
             "Size of the controller's store on disk",
             store_bytes.clone(),
         );
+        let watchers = Gauge::default();
+        registry.register(
+            "verge_api_watchers",
+            "Clients connected to the watch stream",
+            watchers.clone(),
+        );
         Self {
             registry,
             received,
@@ -145,6 +152,7 @@ impl Default for Metrics {
             nodes,
             services,
             store_bytes,
+            watchers,
         }
     }
 }

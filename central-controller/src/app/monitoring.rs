@@ -1,5 +1,6 @@
 //! What `GET /metrics` shows: the counters kept as things happen, and the
-//! gauges of state, filled in at each scrape.
+//! gauges of state (nodes, services, store size, watchers), filled in at
+//! each scrape.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -56,6 +57,8 @@ impl App {
         self.metrics.services.set(services);
         let size = i64::try_from(self.store.size_on_disk()?).unwrap_or(i64::MAX);
         self.metrics.store_bytes.set(size);
+        let watchers = i64::try_from(self.changes.n_watchers()).unwrap_or(i64::MAX);
+        self.metrics.watchers.set(watchers);
         Ok(self.metrics.encode())
     }
 }

@@ -9,7 +9,6 @@
 pub mod api;
 pub mod bench;
 pub mod cluster;
-pub mod fleet;
 pub mod mqtt;
 pub mod node;
 pub mod proxy;

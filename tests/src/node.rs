@@ -2,18 +2,23 @@
 //! status documents, for tests and benchmarks that need many nodes or many
 //! changes cheaply. What the controller does with them is real.
 
-use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
 use verge_shared::messages::{
     Presence, Resources, SCHEMA_VERSION, Status, WorkloadState, WorkloadStatus, payload_type,
 };
 use verge_shared::{AgentId, RegionId, ServiceName, Sha256Digest, SigningKey, Timestamp};
 
+use crate::Cluster;
 use crate::mqtt::TestClient;
 
 /// A node's identity as it signs its reports.
 pub struct FakeNode {
     pub id: String,
     pub region: String,
+    labels: BTreeMap<String, String>,
     key: SigningKey,
 }
 
@@ -22,19 +27,32 @@ impl FakeNode {
         Ok(Self {
             id: id.to_owned(),
             region: region.to_owned(),
+            labels: BTreeMap::new(),
             key: SigningKey::generate().context("key")?.0,
         })
     }
 
+    /// The node with a label in its presence.
+    pub fn with_label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
     /// Announces the node online (its key is pinned at first contact).
     pub async fn announce(&self, mqtt: &TestClient) -> Result<()> {
+        self.presence(mqtt, true).await
+    }
+
+    /// A signed presence saying the node is `online` or not (what an
+    /// agent's Last Will says).
+    pub async fn presence(&self, mqtt: &TestClient, online: bool) -> Result<()> {
         let presence = Presence {
             schema_version: SCHEMA_VERSION,
             agent: AgentId::new(self.id.as_str())?,
-            online: true,
+            online,
             at: Timestamp::now(),
             region: RegionId::new(self.region.as_str())?,
-            labels: Default::default(),
+            labels: self.labels.clone(),
             capacity: Resources {
                 cpu_millis: 4000,
                 memory_mb: 4096,
@@ -76,5 +94,32 @@ impl FakeNode {
         let payload = self.key.sign_json(payload_type::STATUS, &status);
         mqtt.publish(&format!("verge/v1/agents/{}/status", self.id), payload)
             .await
+    }
+}
+
+/// How many nodes the controller's registry holds (from the regions view).
+pub async fn n_nodes(cluster: &Cluster) -> Result<u64> {
+    let regions = cluster.api.get("/api/v1/regions").await?;
+    Ok(regions["regions"]
+        .as_array()
+        .context("regions")?
+        .iter()
+        .filter_map(|r| r["nodes"].as_u64())
+        .sum())
+}
+
+/// Waits (at most a minute) until the registry holds `n` nodes.
+pub async fn registered(cluster: &Cluster, n: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = n_nodes(cluster).await?;
+        if seen >= n {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{seen} of the {n} nodes announced so far registered within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use verge_tests::fleet::{announce, node_key, registered};
 use verge_tests::mqtt::TestClient;
+use verge_tests::node::{FakeNode, registered};
 use verge_tests::{Cluster, ClusterOptions, wait_for};
 
 const LASTING: u64 = 1000;
@@ -36,14 +36,11 @@ async fn a_paged_walk_over_a_changing_fleet_shows_every_lasting_node_once() {
     let mqtt = TestClient::connect(cluster.mqtt_addr, "paging")
         .await
         .expect("mqtt");
-    let mut keys = Vec::new();
+    let mut lasting = Vec::new();
     for i in 0..LASTING {
-        let key = node_key().expect("key");
-        let tier = if i % 2 == 0 { "a" } else { "b" };
-        announce(&mqtt, &key, &format!("n{i:04}"), "eu-west", tier, true)
-            .await
-            .expect("announce");
-        keys.push(key);
+        let node = FakeNode::new(&format!("n{i:04}"), "eu-west").expect("node");
+        node.announce(&mqtt).await.expect("announce");
+        lasting.push(node);
     }
     registered(&cluster, LASTING).await.expect("registered");
 
@@ -62,17 +59,14 @@ async fn a_paged_walk_over_a_changing_fleet_shows_every_lasting_node_once() {
                 format!("n{round:04}x"),
                 format!("z{round:03}"),
             ] {
-                let key = node_key().expect("key");
-                announce(&churn_mqtt, &key, &id, "eu-west", "a", true)
-                    .await
-                    .expect("announce");
+                let node = FakeNode::new(&id, "eu-west").expect("node");
+                node.announce(&churn_mqtt).await.expect("announce");
                 sent += 1;
             }
             churned.store(round + 1, Ordering::SeqCst);
             let flapping = usize::try_from(round * 3 % LASTING).unwrap_or(0);
-            let id = format!("n{flapping:04}");
-            let online = round % 2 == 1;
-            announce(&churn_mqtt, &keys[flapping], &id, "eu-west", "a", online)
+            lasting[flapping]
+                .presence(&churn_mqtt, round % 2 == 1)
                 .await
                 .expect("flap");
         }

@@ -9,14 +9,14 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Query, Request, State};
+use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use verge_shared::Timestamp;
 
-use super::auth::{client_ip, route_of};
+use super::auth::client_ip;
 use super::error::{ApiError, ErrorCode};
 use super::query::{cursor, cursor_param, limit_param, only_known};
 use super::state::ApiState;
@@ -38,15 +38,11 @@ pub(super) async fn record(
     request: Request,
     next: Next,
 ) -> Response {
+    // Cheap copies; the strings are made only for a request that is recorded.
     let method = request.method().clone();
-    let route = route_of(&request);
-    let target = request
-        .uri()
-        .path()
-        .strip_prefix("/api/v1/")
-        .unwrap_or(request.uri().path())
-        .to_owned();
-    let source = client_ip(&request).map(|ip| ip.to_canonical().to_string());
+    let uri = request.uri().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let ip = client_ip(&request);
     let response = next.run(request).await;
     let status = response.status();
     let change = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -63,10 +59,14 @@ pub(super) async fn record(
                 .or_else(|| attempted.map(|a| a.0.clone())),
             token: principal.map(|p| p.token.clone()),
             role: principal.map(|p| p.role),
-            source,
+            source: ip.map(|ip| ip.to_canonical().to_string()),
             method: method.to_string(),
-            route,
-            target,
+            route: route.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+            target: uri
+                .path()
+                .strip_prefix("/api/v1/")
+                .unwrap_or(uri.path())
+                .to_owned(),
             status: status.as_u16(),
             error: response
                 .extensions()

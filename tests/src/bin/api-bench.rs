@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use verge_tests::bench::arg;
-use verge_tests::fleet::{announce, node_key, registered};
 use verge_tests::mqtt::TestClient;
+use verge_tests::node::{FakeNode, registered};
 use verge_tests::{Cluster, ClusterOptions};
 
 const REGIONS: u64 = 50;
@@ -81,10 +81,11 @@ async fn main() -> Result<()> {
     let mqtt = TestClient::connect(cluster.mqtt_addr, "api-bench").await?;
     let started = Instant::now();
     for i in 0..nodes {
-        let id = format!("node-{i:05}");
-        let region = format!("region-{}", i % REGIONS);
         let tier = if i % 4 == 0 { "gpu" } else { "cpu" };
-        announce(&mqtt, &node_key()?, &id, &region, tier, true).await?;
+        FakeNode::new(&format!("node-{i:05}"), &format!("region-{}", i % REGIONS))?
+            .with_label("tier", tier)
+            .announce(&mqtt)
+            .await?;
         // In batches, each registered before the next is sent, so that a
         // stall shows where it happened.
         if (i + 1) % BATCH == 0 || i + 1 == nodes {

@@ -15,7 +15,7 @@ use verge_shared::trust::{
 };
 use verge_shared::{AgentId, PublicKey, RegionId, ServiceName, SigningKey, Timestamp, Topics};
 
-use crate::app::{App, Clock, ManualClock, Outgoing, Settings, SystemClock};
+use crate::app::{App, Clock, ManualClock, Outgoing, ServiceRequest, Settings, SystemClock};
 use crate::artifacts::ArtifactFiles;
 use crate::config::{DeployConfig, NodesConfig};
 use crate::store::{MemoryStore, SledStore, Store};
@@ -196,4 +196,14 @@ pub fn presence(key: &SigningKey, agent: &str, region: &str) -> Vec<u8> {
         limits: None,
     };
     key.sign_json(payload_type::PRESENCE, &document)
+}
+
+/// A service request for `release` with `replicas`, spread over nodes.
+pub fn service_request(release: &str, replicas: i64) -> ServiceRequest {
+    serde_json::from_value(serde_json::json!({
+        "release": release,
+        "replicas": replicas,
+        "placement": {"spread": "node"},
+    }))
+    .expect("request")
 }

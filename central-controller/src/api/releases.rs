@@ -12,18 +12,8 @@ use verge_shared::limits;
 use super::body::read_bytes;
 use super::error::ApiError;
 use super::state::ApiState;
-use crate::app::ReleaseRecord;
 
-fn summary(record: &ReleaseRecord) -> Value {
-    json!({
-        "digest": record.digest,
-        "service": record.release.service,
-        "version": record.release.version.to_string(),
-        "publisher": record.publisher,
-        "artifacts": record.release.artifacts,
-        "created_at": record.created_at,
-    })
-}
+use crate::app::release_summary as summary;
 
 /// `POST /api/v1/releases`: the body is the signed release envelope, as
 /// `verge-admin release sign` writes it.

@@ -118,7 +118,7 @@ pub use crate::store::{AuditEntry, AuditRecord, Cordon, ReleaseRecord, Role};
 pub use health::Health;
 pub use logs::{LOG_TIMEOUT, LogTail};
 pub use views::{NodeView, ReplicaView, ServiceView};
-pub use watch::{Frame, Watch};
+pub use watch::{Frame, Watch, release_summary};
 
 #[cfg(test)]
 mod tests;

@@ -10,18 +10,9 @@ use verge_shared::{AgentId, SigningKey};
 
 use super::*;
 use crate::store::{Store as _, StoreError};
-use crate::testing::{MemoryFixture, memory_fixture, presence};
+use crate::testing::{MemoryFixture, memory_fixture, presence, service_request as request};
 
 const ONE_SECOND: Duration = Duration::from_secs(1);
-
-fn request(release: &str, replicas: i64) -> ServiceRequest {
-    serde_json::from_value(serde_json::json!({
-        "release": release,
-        "replicas": replicas,
-        "placement": {"spread": "node"},
-    }))
-    .expect("request")
-}
 
 /// The desired states the app sent since the last call, by agent, each
 /// checked to be signed by the controller and sent on that agent's topic.

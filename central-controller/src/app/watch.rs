@@ -139,6 +139,18 @@ fn regions_of(spec_regions: &[RegionId]) -> Scope<RegionId> {
     }
 }
 
+/// A release as lists and the watch stream show it: no envelope, no run spec.
+pub fn release_summary(record: &ReleaseRecord) -> serde_json::Value {
+    json!({
+        "digest": record.digest,
+        "service": record.release.service,
+        "version": record.release.version.to_string(),
+        "publisher": record.publisher,
+        "artifacts": record.release.artifacts,
+        "created_at": record.created_at,
+    })
+}
+
 impl App {
     /// Numbers `change` and hands it to every watcher it concerns. The one
     /// way a change reaches the watch stream; call it after the change is
@@ -333,15 +345,7 @@ impl App {
             action: "uploaded",
             regions: Scope::Nothing,
             services: Scope::Of(vec![record.release.service.clone()]),
-            object: json!({
-                "digest": record.digest,
-                "service": record.release.service,
-                "version": record.release.version.to_string(),
-                "publisher": record.publisher,
-                "artifacts": record.release.artifacts,
-                "created_at": record.created_at,
-            })
-            .to_string(),
+            object: release_summary(record).to_string(),
         });
     }
 

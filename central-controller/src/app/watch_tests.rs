@@ -10,16 +10,7 @@ use serde_json::Value;
 use verge_shared::SigningKey;
 
 use super::*;
-use crate::testing::{MemoryFixture, memory_fixture, presence};
-
-fn request(release: &str, replicas: i64) -> ServiceRequest {
-    serde_json::from_value(serde_json::json!({
-        "release": release,
-        "replicas": replicas,
-        "placement": {"spread": "node"},
-    }))
-    .expect("request")
-}
+use crate::testing::{MemoryFixture, memory_fixture, presence, service_request as request};
 
 /// One frame as a client sees it: SSE id, event name, parsed data.
 #[derive(Debug)]
@@ -80,6 +71,14 @@ fn kinds_and_actions(seen: &[Seen]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A watch of every change, from now.
+fn watch_all(mf: &MemoryFixture) -> Watch {
+    mf.fx
+        .app
+        .watch(WatchFilter::default(), None)
+        .expect("watch")
+}
+
 fn ids(seen: &[Seen]) -> Vec<u64> {
     seen.iter().filter_map(|s| s.id).collect()
 }
@@ -87,11 +86,7 @@ fn ids(seen: &[Seen]) -> Vec<u64> {
 #[tokio::test]
 async fn a_deploy_is_seen_as_node_release_replica_and_service_changes_with_consecutive_ids() {
     let mf = memory_fixture();
-    let mut watch = mf
-        .fx
-        .app
-        .watch(WatchFilter::default(), None)
-        .expect("watch");
+    let mut watch = watch_all(&mf);
     let (opening, _) = drain(&mut watch);
     assert_eq!(opening.len(), 1, "{opening:?}");
     assert_eq!(opening[0].event, "sync");
@@ -350,11 +345,7 @@ async fn filters_by_kind_region_and_service_leave_out_the_rest() {
 #[tokio::test]
 async fn a_watcher_resumes_after_its_last_id_or_is_told_to_relist() {
     let mf = memory_fixture();
-    let mut first = mf
-        .fx
-        .app
-        .watch(WatchFilter::default(), None)
-        .expect("watch");
+    let mut first = watch_all(&mf);
     let start = drain(&mut first).0[0].id.expect("sync id");
     for _ in 0..10 {
         token(&mf, "eu");
@@ -427,16 +418,8 @@ async fn a_watcher_resumes_after_its_last_id_or_is_told_to_relist() {
 async fn a_watcher_a_whole_queue_behind_is_dropped_told_why_and_can_resume() {
     let mf = memory_fixture();
     let queue = mf.fx.app.settings().watch.queue;
-    let mut slow = mf
-        .fx
-        .app
-        .watch(WatchFilter::default(), None)
-        .expect("watch");
-    let mut keeping_up = mf
-        .fx
-        .app
-        .watch(WatchFilter::default(), None)
-        .expect("watch");
+    let mut slow = watch_all(&mf);
+    let mut keeping_up = watch_all(&mf);
     let start = drain(&mut slow).0[0].id.expect("sync id");
     drain(&mut keeping_up);
     assert_eq!(mf.fx.app.changes.n_watchers(), 2);
@@ -496,11 +479,7 @@ async fn the_watcher_cap_is_a_clear_error_and_a_closed_watch_frees_its_place() {
 #[tokio::test]
 async fn shutdown_ends_every_watch_stream_after_what_was_queued() {
     let mf = memory_fixture();
-    let mut watch = mf
-        .fx
-        .app
-        .watch(WatchFilter::default(), None)
-        .expect("watch");
+    let mut watch = watch_all(&mf);
     drain(&mut watch);
     token(&mf, "eu");
     mf.fx.app.changes.close();
@@ -510,11 +489,7 @@ async fn shutdown_ends_every_watch_stream_after_what_was_queued() {
         [("token".to_owned(), "created".to_owned())]
     );
     assert!(ended, "the stream ends, with no dropped event");
-    let mut late = mf
-        .fx
-        .app
-        .watch(WatchFilter::default(), None)
-        .expect("watch");
+    let mut late = watch_all(&mf);
     let (seen, ended) = drain(&mut late);
     assert_eq!(seen.len(), 1, "only the sync: {seen:?}");
     assert!(ended);

@@ -4,11 +4,14 @@
 //! (an id to resume after, for clients that cannot send the
 //! `Last-Event-ID` header; the header wins when both are given, since a
 //! reconnecting `EventSource` sends the header with the original URL).
-//! Every bad value is refused with `400` naming it.
+//! Every bad value is refused with `400` naming it. A watcher sees only the
+//! kinds its role may list ([`ChangeKind::role`]); asking for another by
+//! name is a `403` naming the role it needs.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
+use axum::Extension;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -19,7 +22,7 @@ use verge_shared::{RegionId, ServiceName};
 use super::error::ApiError;
 use super::query::only_known;
 use super::state::ApiState;
-use crate::app::{ChangeKind, Frame, WatchFilter};
+use crate::app::{ChangeKind, Frame, Principal, Role, WatchFilter, forbidden};
 
 const PARAMS: [&str; 4] = ["kind", "region", "service", "since"];
 const LAST_EVENT_ID: &str = "last-event-id";
@@ -97,12 +100,32 @@ fn event(frame: &Frame) -> Event {
 }
 
 /// `GET /api/v1/watch`
+/// The kinds `role` may see: those asked for (every one it may see by
+/// default); one asked for by name that it may not see is refused.
+fn visible_to(mut filter: WatchFilter, role: Role) -> Result<WatchFilter, ApiError> {
+    match &filter.kinds {
+        Some(kinds) => {
+            if let Some(kind) = kinds.iter().find(|k| k.role() > role) {
+                let what = format!("watching {} changes", kind.as_str());
+                return Err(forbidden(kind.role(), &what).into());
+            }
+        }
+        None => {
+            let visible = ChangeKind::ALL.into_iter().filter(|k| k.role() <= role);
+            filter.kinds = Some(visible.collect());
+        }
+    }
+    Ok(filter)
+}
+
 pub(super) async fn watch(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Query(query): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (filter, since) = parse(&query, &headers)?;
+    let filter = visible_to(filter, principal.role)?;
     let watch = state.app.watch(filter, since)?;
     let events = stream::unfold(watch, |mut watch| async move {
         let frame = watch.next().await?;
@@ -168,5 +191,35 @@ mod tests {
         );
         let (_, since) = parse(&query(&[("since", "7")]), &HeaderMap::new()).expect("valid");
         assert_eq!(since, Some(7));
+    }
+
+    #[test]
+    fn a_watcher_sees_only_the_kinds_its_role_may_list() {
+        let all = WatchFilter::default();
+        let viewer = visible_to(all.clone(), Role::Viewer).expect("viewer");
+        assert_eq!(
+            viewer.kinds,
+            Some(vec![
+                ChangeKind::Node,
+                ChangeKind::Service,
+                ChangeKind::Replica,
+                ChangeKind::Release
+            ])
+        );
+        let operator = visible_to(all.clone(), Role::Operator).expect("operator");
+        assert!(
+            operator
+                .kinds
+                .is_some_and(|k| k.contains(&ChangeKind::Token) && !k.contains(&ChangeKind::User))
+        );
+        let admin = visible_to(all, Role::Admin).expect("admin");
+        assert_eq!(admin.kinds.map(|k| k.len()), Some(ChangeKind::ALL.len()));
+        let users = WatchFilter {
+            kinds: Some(vec![ChangeKind::User]),
+            ..WatchFilter::default()
+        };
+        let refused = visible_to(users, Role::Operator).expect_err("operator");
+        assert_eq!(refused.code, "forbidden");
+        assert!(refused.message.contains("admin"), "{}", refused.message);
     }
 }

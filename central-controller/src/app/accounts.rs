@@ -445,6 +445,7 @@ impl App {
             revoked_at: None,
         };
         self.store.put_api_token(&record)?;
+        self.api_token_changed(&token_view(&record, None, now), "created");
         Ok(token_view(
             &record,
             Some(format!("{TOKEN_PREFIX}{id}.{secret}")),
@@ -521,7 +522,9 @@ impl App {
             ..record
         };
         self.store.put_api_token(&record)?;
-        Ok(token_view(&record, None, now))
+        let view = token_view(&record, None, now);
+        self.api_token_changed(&view, "revoked");
+        Ok(view)
     }
 
     pub fn users(&self) -> Result<Vec<UserView>, AppError> {
@@ -551,7 +554,9 @@ impl App {
         let now = self.clock.now();
         let record = self.hashed(move || new_user(&request, now)).await??;
         self.store.put_user(&record)?;
-        Ok(UserView::from(&record))
+        let view = UserView::from(&record);
+        self.user_changed(&view, "created");
+        Ok(view)
     }
 
     /// Sets a user's password: one's own, or (an admin) anyone's.
@@ -573,7 +578,9 @@ impl App {
             ..user
         };
         self.store.put_user(&record)?;
-        Ok(UserView::from(&record))
+        let view = UserView::from(&record);
+        self.user_changed(&view, "password_set");
+        Ok(view)
     }
 
     /// Changes a user's role; the last admin stays an admin.
@@ -588,7 +595,9 @@ impl App {
             ..user
         };
         self.store.put_user(&record)?;
-        Ok(UserView::from(&record))
+        let view = UserView::from(&record);
+        self.user_changed(&view, "role_changed");
+        Ok(view)
     }
 
     /// Deletes a user and every token of theirs; the last admin stays.
@@ -603,6 +612,7 @@ impl App {
             }
         }
         self.store.delete_user(name)?;
+        self.user_changed(&UserView::from(&user), "deleted");
         Ok(())
     }
 

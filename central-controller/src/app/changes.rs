@@ -22,6 +22,7 @@ use verge_shared::{RegionId, ServiceName, Timestamp};
 
 use super::types::lock;
 use crate::config::WatchConfig;
+use crate::store::Role;
 
 /// What changed. A new kind is a variant here, its name in
 /// [`ChangeKind::as_str`], and a call to `App::record_change` where it changes.
@@ -32,17 +33,32 @@ pub enum ChangeKind {
     Replica,
     Release,
     Token,
+    ApiToken,
+    User,
 }
 
 impl ChangeKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [ChangeKind; 5] = [
+    pub const ALL: [ChangeKind; 7] = [
         ChangeKind::Node,
         ChangeKind::Service,
         ChangeKind::Replica,
         ChangeKind::Release,
         ChangeKind::Token,
+        ChangeKind::ApiToken,
+        ChangeKind::User,
     ];
+
+    /// The role a watcher needs to see this kind: what listing it needs.
+    pub fn role(self) -> Role {
+        match self {
+            ChangeKind::Node | ChangeKind::Service | ChangeKind::Replica | ChangeKind::Release => {
+                Role::Viewer
+            }
+            ChangeKind::Token => Role::Operator,
+            ChangeKind::ApiToken | ChangeKind::User => Role::Admin,
+        }
+    }
 
     /// The SSE event name and the `kind` of the event's data.
     pub fn as_str(self) -> &'static str {
@@ -52,6 +68,8 @@ impl ChangeKind {
             ChangeKind::Replica => "replica",
             ChangeKind::Release => "release",
             ChangeKind::Token => "token",
+            ChangeKind::ApiToken => "api_token",
+            ChangeKind::User => "user",
         }
     }
 

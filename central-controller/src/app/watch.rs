@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 use verge_scheduler::{Plan, ReplicaPlan};
 use verge_shared::{AgentId, RegionId, ServiceName};
 
+use super::accounts::{ApiTokenView, UserView};
 use super::changes::{Change, ChangeKind, Full, Recorded, Scope, Start, Subscription, WatchFilter};
 use super::composition::App;
 use super::enroll::TokenView;
@@ -346,6 +347,28 @@ impl App {
             regions: Scope::Nothing,
             services: Scope::Of(vec![record.release.service.clone()]),
             object: release_summary(record).to_string(),
+        });
+    }
+
+    /// An API token was created or revoked: its view, never its text.
+    pub(super) fn api_token_changed(&self, view: &ApiTokenView, action: &'static str) {
+        self.record_change(Change {
+            kind: ChangeKind::ApiToken,
+            action,
+            regions: Scope::Nothing,
+            services: Scope::Nothing,
+            object: to_json(view),
+        });
+    }
+
+    /// A user was created, changed (role, password) or deleted: its view.
+    pub(super) fn user_changed(&self, view: &UserView, action: &'static str) {
+        self.record_change(Change {
+            kind: ChangeKind::User,
+            action,
+            regions: Scope::Nothing,
+            services: Scope::Nothing,
+            object: to_json(view),
         });
     }
 

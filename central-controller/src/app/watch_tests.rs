@@ -494,3 +494,60 @@ async fn shutdown_ends_every_watch_stream_after_what_was_queued() {
     assert_eq!(seen.len(), 1, "only the sync: {seen:?}");
     assert!(ended);
 }
+
+#[tokio::test]
+async fn account_changes_are_user_and_api_token_changes_without_secrets() {
+    let mf = memory_fixture();
+    let app = &mf.fx.app;
+    app.install_admin_token("the admin token").expect("admin");
+    let mut watch = watch_all(&mf);
+    let _ = drain(&mut watch);
+
+    let user = UserRequest {
+        name: "otto".into(),
+        role: Role::Operator,
+        password: "a long enough password".into(),
+    };
+    app.create_user(user).await.expect("user");
+    let admin = app
+        .authenticate("the admin token", Source::Unknown)
+        .expect("admin");
+    let made = app
+        .create_api_token(
+            &admin,
+            ApiTokenRequest {
+                name: "ci".into(),
+                role: None,
+                ttl_secs: None,
+                user: Some("otto".into()),
+            },
+        )
+        .expect("token");
+    app.revoke_api_token(&admin, &made.id).expect("revoke");
+    app.set_role("otto", Role::Viewer).expect("role");
+    app.delete_user("otto").expect("delete");
+
+    let (seen, _) = drain(&mut watch);
+    let expected = [
+        ("user", "created"),
+        ("api_token", "created"),
+        ("api_token", "revoked"),
+        ("user", "role_changed"),
+        ("user", "deleted"),
+    ];
+    assert_eq!(
+        kinds_and_actions(&seen),
+        expected
+            .iter()
+            .map(|(k, a)| ((*k).to_owned(), (*a).to_owned()))
+            .collect::<Vec<_>>()
+    );
+    let secret = made.token.expect("shown once");
+    for s in &seen {
+        let text = s.data.to_string();
+        assert!(
+            !text.contains(&secret) && !text.contains("argon2"),
+            "{text}"
+        );
+    }
+}

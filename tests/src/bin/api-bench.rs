@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use verge_tests::bench::arg;
+use verge_tests::bench::{arg, build, percentile};
 use verge_tests::mqtt::TestClient;
 use verge_tests::node::{FakeNode, registered};
 use verge_tests::{Cluster, ClusterOptions};
@@ -22,16 +22,6 @@ use verge_tests::{Cluster, ClusterOptions};
 const REGIONS: u64 = 50;
 /// Presences sent before waiting for them to register.
 const BATCH: u64 = 500;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
 
 /// Every client sends `requests` GETs of `path` one after another; returns
 /// all latencies, sorted.
@@ -71,11 +61,7 @@ async fn main() -> Result<()> {
     let requests = arg("--requests", 25);
     println!(
         "api-bench ({} build): {nodes} nodes in {REGIONS} regions, {clients} clients x {requests} requests",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
+        build()
     );
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let mqtt = TestClient::connect(cluster.mqtt_addr, "api-bench").await?;
@@ -116,8 +102,8 @@ async fn main() -> Result<()> {
         let rate = took.len() as f64 / wall;
         println!(
             "{name}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} requests ({rate:.0}/s)",
-            percentile(&took, 50.0).as_secs_f64() * 1e3,
-            percentile(&took, 99.0).as_secs_f64() * 1e3,
+            percentile(&took, 50.0).unwrap_or_default().as_secs_f64() * 1e3,
+            percentile(&took, 99.0).unwrap_or_default().as_secs_f64() * 1e3,
             took.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
             took.len()
         );

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use verge_tests::bench::{arg, rss_kib};
+use verge_tests::bench::{arg, build, rss_kib};
 use verge_tests::cluster::binary;
 use verge_tests::workload::{ask, hello_artifact, hello_spec};
 use verge_tests::{Api, Cluster, ClusterOptions};
@@ -53,14 +53,7 @@ async fn until_answering(api: &Api, service: &str, greeting: &str) -> Result<()>
 async fn main() -> Result<()> {
     let runs = arg("--runs", 7);
     let idle_secs = arg("--idle-secs", 60);
-    println!(
-        "Verge benchmark ({} build)",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    );
+    println!("Verge benchmark ({} build)", build());
     for name in ["edge-agent", "central-controller", "hello-edge"] {
         let size = std::fs::metadata(binary(name))?.len();
         println!("binary {name:<20} {:>6.2} MiB", size as f64 / 1048576.0);

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use verge_tests::bench::{arg, rss_kib};
+use verge_tests::bench::{arg, build, percentile, rss_kib};
 use verge_tests::mqtt::TestClient;
 use verge_tests::node::FakeNode;
 use verge_tests::sse;
@@ -27,19 +27,11 @@ fn micros_now() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+/// The `p`th percentile of `sorted` microseconds, in milliseconds (NaN
+/// when nothing was measured).
+fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
     #[allow(clippy::cast_precision_loss)]
-    let micros = sorted[rank.clamp(1, sorted.len()) - 1] as f64;
-    micros / 1000.0
+    percentile(sorted, p).map_or(f64::NAN, |micros| micros as f64 / 1000.0)
 }
 
 /// What one watcher saw: the lag of every status change, and whether its
@@ -57,11 +49,7 @@ async fn main() -> Result<()> {
     let n_nodes = arg("--nodes", 100);
     println!(
         "watch-bench ({} build): {watchers} watchers, {rate} changes/s for {secs} s from {n_nodes} nodes",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
+        build()
     );
     let cluster = Cluster::start(ClusterOptions::default()).await?;
     let pid = cluster.controller_pid().context("controller pid")?;
@@ -164,9 +152,9 @@ async fn main() -> Result<()> {
     );
     println!(
         "delivery lag: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        percentile(&lags, 50.0),
-        percentile(&lags, 99.0),
-        percentile(&lags, 100.0)
+        percentile_ms(&lags, 50.0),
+        percentile_ms(&lags, 99.0),
+        percentile_ms(&lags, 100.0)
     );
     println!(
         "controller RSS: {:.1} MiB before, {:.1} MiB peak, {:.1} MiB after",

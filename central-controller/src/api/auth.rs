@@ -26,12 +26,11 @@ pub(super) fn client_ip(request: &Request) -> Option<IpAddr> {
 }
 
 /// The route pattern the request matched (`""` when none).
-pub(super) fn route_of(request: &Request) -> String {
+pub(super) fn route_of(request: &Request) -> &str {
     request
         .extensions()
         .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_default()
+        .map_or("", MatchedPath::as_str)
 }
 
 /// The role `method` on `route` needs. Reads need `viewer`, except where a
@@ -108,7 +107,7 @@ pub(super) async fn authenticate(
         Ok(principal) => principal,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let needed = required_role(request.method(), &route_of(&request));
+    let needed = required_role(request.method(), route_of(&request));
     let mut response = if principal.role < needed {
         let what = format!("{} {}", request.method(), route_of(&request));
         ApiError::from(forbidden(needed, &what)).into_response()

@@ -161,6 +161,7 @@ impl From<AppError> for ApiError {
             | AppError::Store(_)
             | AppError::Sign(_)
             | AppError::Random
+            | AppError::Hashing(_)
             | AppError::Ca(_)
             | AppError::BundleFile { .. } => ApiError::internal(&e),
         }

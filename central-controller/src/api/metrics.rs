@@ -73,8 +73,8 @@ pub(super) async fn observe(
     let started = Instant::now();
     let method = request.method().to_string();
     let route = match route_of(&request) {
-        r if r.is_empty() => "other".to_owned(),
-        r => r,
+        "" => "other".to_owned(),
+        r => r.to_owned(),
     };
     let response = next.run(request).await;
     state.app.observe_request(

@@ -221,11 +221,12 @@ fn ttl(field: &str, secs: Option<i64>, max: Duration) -> Result<Option<Duration>
 /// passes) and a random salt, into a PHC string.
 pub fn hash_password(password: &str) -> Result<String, AppError> {
     let salt_hex = random_hex(16)?;
-    let salt = SaltString::encode_b64(salt_hex.as_bytes()).map_err(|_| AppError::Random)?;
+    let salt = SaltString::encode_b64(salt_hex.as_bytes())
+        .map_err(|e| AppError::Hashing(e.to_string()))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|_| AppError::Random)
+        .map_err(|e| AppError::Hashing(e.to_string()))
 }
 
 /// Whether `password` matches the PHC string `hash`; a user without a
@@ -406,10 +407,10 @@ impl App {
             .hashing
             .acquire()
             .await
-            .map_err(|_| AppError::Random)?;
+            .map_err(|e| AppError::Hashing(e.to_string()))?;
         tokio::task::spawn_blocking(work)
             .await
-            .map_err(|_| AppError::Random)
+            .map_err(|e| AppError::Hashing(e.to_string()))
     }
 
     fn forget_expired_logins(&self, user: &str, now: Timestamp) -> Result<(), AppError> {

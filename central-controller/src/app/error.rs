@@ -53,6 +53,9 @@ pub enum AppError {
     /// The system random source failed.
     #[error("the system random source failed")]
     Random,
+    /// Hashing or checking a password failed (a bug, not bad input).
+    #[error("password hashing failed: {0}")]
+    Hashing(String),
     /// The CA failed to issue a certificate or write the CRL.
     #[error("the certificate authority failed")]
     Ca(#[source] CaError),

@@ -30,6 +30,22 @@ pub struct Config {
     pub tls: TlsConfig,
     pub audit: AuditConfig,
     pub watch: WatchConfig,
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: the web console's sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// A session unused this long ends (5 minutes to 12 hours).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(1800),
+        }
+    }
 }
 
 /// `[audit]`: how much of the audit log is kept. The oldest entries go
@@ -306,6 +322,14 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     watch: RawWatch,
+    #[serde(default)]
+    console: RawConsole,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -624,6 +648,15 @@ impl RawConfig {
         let tls = self.tls.validate(&mut problems);
         let audit = self.audit.validate(&mut problems);
         let watch = self.watch.validate(&mut problems);
+        let console = ConsoleConfig {
+            idle_timeout: Duration::from_secs(bounded(
+                &mut problems,
+                "console.idle_timeout_secs",
+                self.console.idle_timeout_secs,
+                (300, 43_200),
+                ConsoleConfig::default().idle_timeout.as_secs(),
+            )),
+        };
         match (listen, endpoint, topics) {
             (Some(listen), Some(endpoint), Some(topics)) if problems.is_empty() => Ok(Config {
                 data_dir,
@@ -642,6 +675,7 @@ impl RawConfig {
                 tls,
                 audit,
                 watch,
+                console,
             }),
             _ => Err(problems),
         }

@@ -182,6 +182,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         audit: config.audit,
         public_metrics: config.api.public_metrics,
         watch: config.watch,
+        console_idle_timeout: config.console.idle_timeout,
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let public_key = key.public_key();

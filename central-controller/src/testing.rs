@@ -101,6 +101,7 @@ fn fixture_in(
         audit: crate::config::AuditConfig::default(),
         public_metrics: false,
         watch: crate::config::WatchConfig::default(),
+        console_idle_timeout: Duration::from_secs(1800),
     };
     tweak(&mut settings);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();

@@ -11,6 +11,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::console::session;
 use super::error::ApiError;
 use super::state::ApiState;
 use verge_shared::Sha256Digest;
@@ -93,19 +94,30 @@ pub(super) fn may_download(
     Ok(Some(principal))
 }
 
-/// Authenticates the bearer token and checks the route's role.
+/// Who the request is from: its bearer token, else the console's session
+/// cookie (a change made with the cookie needs the page's CSRF token).
+fn principal(state: &ApiState, request: &Request) -> Result<Principal, ApiError> {
+    let source = Source::of(client_ip(request));
+    if let Some(bearer) = bearer(request) {
+        return Ok(state.app.authenticate(bearer, source)?);
+    }
+    let Some(token) = session::cookie(request.headers()) else {
+        return Err(ApiError::unauthorized());
+    };
+    let principal = state.app.console_session(token, source)?;
+    session::check_change(request, token)?;
+    Ok(principal)
+}
+
+/// Authenticates the request and checks the route's role.
 pub(super) async fn authenticate(
     State(state): State<ApiState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(bearer) = bearer(&request) else {
-        return ApiError::unauthorized().into_response();
-    };
-    let source = Source::of(client_ip(&request));
-    let principal = match state.app.authenticate(bearer, source) {
+    let principal = match principal(&state, &request) {
         Ok(principal) => principal,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return e.into_response(),
     };
     let needed = required_role(request.method(), route_of(&request));
     let mut response = if principal.role < needed {

@@ -9,12 +9,17 @@
 //! `POST /api/v1/enroll`, which is authenticated by the bootstrap token in
 //! its body; and `POST /api/v1/nodes/{id}/certificate`, signed by the
 //! node's pinned key.
+//!
+//! The web console (`console`) is served on the same listener at `/`; the
+//! API accepts its session cookie in place of a bearer token, and a change
+//! made with the cookie only with the page's CSRF token.
 
 mod accounts;
 mod audit;
 mod auth;
 mod body;
 mod conditional;
+mod console;
 mod error;
 mod identity;
 mod logs;
@@ -132,6 +137,7 @@ pub fn router(app: Arc<App>) -> Router {
             post(identity::renew_certificate),
         )
         .merge(protected)
+        .merge(console::router(state.clone()))
         .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(middleware::from_fn_with_state(
             state.clone(),

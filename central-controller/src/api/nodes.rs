@@ -2,7 +2,7 @@
 //! checked and named when wrong.
 //!
 //! Query: `region`, `state` (see [`NodeState`]), `label` (`key=value`),
-//! `service`, `limit` (1 to [`MAX_PAGE`]; without it, every matching node)
+//! `service`, `prefix` (of the id), `limit` (1 to [`MAX_PAGE`]; without it, every matching node)
 //! and `cursor` (the `next_cursor` of the previous page). Nodes come in id
 //! order; `next_cursor` is `null` on the last page.
 
@@ -19,16 +19,18 @@ use super::query::{cursor, cursor_param, limit_param, only_known};
 use super::state::ApiState;
 use crate::app::{MAX_PAGE, NodeFilter, NodeState};
 
-const PARAMS: [&str; 6] = ["region", "state", "label", "service", "limit", "cursor"];
+const PARAMS: [&str; 7] = [
+    "region", "state", "label", "service", "prefix", "limit", "cursor",
+];
 /// Marks a cursor as this route's, so that a made-up one is refused.
 const CURSOR_PREFIX: &str = "nodes-after:";
 
-fn cursor_for(id: &AgentId) -> String {
+pub(super) fn cursor_for(id: &AgentId) -> String {
     cursor(CURSOR_PREFIX, id.as_str())
 }
 
 /// The list query, checked; every error names its parameter.
-fn parse(
+pub(super) fn parse(
     query: &BTreeMap<String, String>,
 ) -> Result<(NodeFilter, Option<AgentId>, Option<usize>), ApiError> {
     only_known(query, &PARAMS)?;
@@ -54,6 +56,13 @@ fn parse(
         service: query
             .get("service")
             .map(|s| ServiceName::new(s.as_str()).map_err(|e| invalid("service", e.to_string())))
+            .transpose()?,
+        prefix: query
+            .get("prefix")
+            .map(|p| match p.len() {
+                1..=64 => Ok(p.clone()),
+                _ => Err(invalid("prefix", "must be 1 to 64 characters".to_owned())),
+            })
             .transpose()?,
     };
     let after = cursor_param(query, CURSOR_PREFIX, |p| AgentId::new(p).ok())?;

@@ -373,6 +373,16 @@ impl App {
         request: LoginRequest,
         source: Source,
     ) -> Result<ApiTokenView, AppError> {
+        self.login_named(request, source, LOGIN_TOKEN_NAME).await
+    }
+
+    /// Signs in with a password: a new API token called `name`.
+    pub(super) async fn login_named(
+        &self,
+        request: LoginRequest,
+        source: Source,
+        name: &str,
+    ) -> Result<ApiTokenView, AppError> {
         let now = self.clock.now();
         self.access
             .check(source, now)
@@ -393,8 +403,8 @@ impl App {
                 "wrong user name or password",
             ));
         };
-        self.forget_expired_logins(&user.name, now)?;
-        self.issue_token(&user.name, LOGIN_TOKEN_NAME, user.role, Some(ttl))
+        self.forget_expired_logins(&user.name, name, now)?;
+        self.issue_token(&user.name, name, user.role, Some(ttl))
     }
 
     /// Runs an argon2 computation off the runtime, at most two at once.
@@ -413,10 +423,16 @@ impl App {
             .map_err(|e| AppError::Hashing(e.to_string()))
     }
 
-    fn forget_expired_logins(&self, user: &str, now: Timestamp) -> Result<(), AppError> {
+    /// Deletes `user`'s tokens called `name` that no longer sign anyone in.
+    pub(super) fn forget_expired_logins(
+        &self,
+        user: &str,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<(), AppError> {
         for record in self.store.api_tokens()? {
             let stale = record.user == user
-                && record.name == LOGIN_TOKEN_NAME
+                && record.name == name
                 && (record.revoked_at.is_some() || record.expires_at.is_some_and(|at| now >= at));
             if stale {
                 self.store.delete_api_token(&record.id)?;
@@ -425,7 +441,7 @@ impl App {
         Ok(())
     }
 
-    fn issue_token(
+    pub(super) fn issue_token(
         &self,
         user: &str,
         name: &str,
@@ -517,6 +533,18 @@ impl App {
         if record.user != by.user && by.role < Role::Admin {
             return Err(not_found());
         }
+        self.revoke_token_record(record)
+    }
+
+    /// Revokes the token `id`, if it exists.
+    pub(super) fn revoke_token_id(&self, id: &str) -> Result<(), AppError> {
+        if let Some(record) = self.store.api_token(id)? {
+            self.revoke_token_record(record)?;
+        }
+        Ok(())
+    }
+
+    fn revoke_token_record(&self, record: ApiTokenRecord) -> Result<ApiTokenView, AppError> {
         let now = self.clock.now();
         let record = ApiTokenRecord {
             revoked_at: record.revoked_at.or(Some(now)),

@@ -281,6 +281,20 @@ impl Changes {
         id
     }
 
+    /// The last `n` changes still in the ring that `filter` passes, newest
+    /// first.
+    pub(crate) fn recent(&self, filter: &WatchFilter, n: usize) -> Vec<Arc<Recorded>> {
+        let state = lock(&self.shared.state);
+        state
+            .ring
+            .iter()
+            .rev()
+            .filter(|r| filter.matches(r))
+            .take(n)
+            .cloned()
+            .collect()
+    }
+
     /// Registers a watcher. With `since` (its last id), it resumes from the
     /// ring or is told to re-list; either way it misses nothing after the
     /// point it is given, and sees nothing twice.

@@ -17,6 +17,7 @@ use super::identity::Identity;
 use super::metrics::{Kind, Metrics};
 use super::nodes::Nodes;
 use super::probes::Probes;
+use super::sessions::Sessions;
 use super::types::{Outgoing, Settings};
 use super::waiting::Pending;
 use crate::artifacts::ArtifactFiles;
@@ -43,6 +44,7 @@ pub struct App {
     pub(super) access: Access,
     pub(super) metrics: Metrics,
     pub(super) changes: Changes,
+    pub(super) sessions: Sessions,
 }
 
 impl App {
@@ -63,6 +65,7 @@ impl App {
             deployment.stored(&desired.agent, desired.generation);
         }
         let changes = Changes::new(clock.now(), settings.watch);
+        let sessions = Sessions::new(settings.console_idle_timeout);
         Ok(Arc::new(Self {
             store,
             files,
@@ -80,6 +83,7 @@ impl App {
             access: Access::default(),
             metrics: Metrics::default(),
             changes,
+            sessions,
         }))
     }
 

@@ -18,6 +18,7 @@
 //! | access | `access.rs` | sign-in throttling per source, the audit sequence, the hashing bound |
 //! | metrics | `metrics.rs` | counters and histograms, the OpenMetrics registry |
 //! | change feed | `changes.rs` | recent changes with their ids, connected watchers |
+//! | console sessions | `sessions.rs` | when each console session was last used |
 //!
 //! `composition.rs` holds [`App`] itself: the parts plus the store, the
 //! signing key, the clock and the outbox that every use case shares.
@@ -30,7 +31,8 @@
 //! loop), `ingest.rs`, `enroll.rs`, `placement.rs`, `logs.rs`,
 //! `node_list.rs`, `views.rs`, `accounts.rs` (users, API tokens, sign-in,
 //! authentication), `audit.rs` (the audit log), `monitoring.rs` (what
-//! `GET /metrics` shows) and `watch.rs` (changes to the watch stream).
+//! `GET /metrics` shows), `watch.rs` (changes to the watch stream) and
+//! `console.rs` (console sign-in and sessions).
 //! They import `App` from `composition.rs` and what else they
 //! need from the file that defines it, never from this file, which only
 //! declares and re-exports. A new capability (accounts and audit, a watch
@@ -62,6 +64,8 @@
 //!     taken under 1, which it never waits for) to number a change and
 //!     queue it without waiting, or to register a watcher. A change's view
 //!     is built before it is taken.
+//! 11. `sessions.last_used`: a leaf, held with nothing else; an idle
+//!     session's token is revoked after it is released.
 
 // Leaves: shared types, the error, the clock, pure steps.
 mod clock;
@@ -77,6 +81,7 @@ mod identity;
 mod metrics;
 mod nodes;
 mod probes;
+mod sessions;
 mod waiting;
 // The composition of the parts.
 mod composition;
@@ -84,6 +89,7 @@ mod composition;
 mod accounts;
 mod audit;
 mod catalog;
+mod console;
 mod enroll;
 mod ingest;
 mod logs;
@@ -101,15 +107,17 @@ pub use accounts::{
 };
 pub use audit::{AuditFilter, AuditPage, MAX_AUDIT_PAGE};
 pub use catalog::{Expect, ServiceRequest};
-pub use changes::{ChangeKind, WatchFilter};
+pub use changes::{ChangeKind, Recorded, WatchFilter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use composition::App;
+pub use console::{CONSOLE_TOKEN_NAME, Credentials, SESSION_TTL, Session};
 pub use enroll::{TokenRequest, TokenView};
 pub use error::{AppError, InstallError, UploadError};
 pub use identity::Pki;
 pub use metrics::RequestLabels;
+pub use monitoring::NODE_STATES;
 pub use node_list::{MAX_PAGE, NodeFilter, NodePage, NodeState};
-pub use placement::{LatencyRequest, PlacementRequest};
+pub use placement::{LatencyRequest, LatencyView, PlacementRequest, RegionView};
 pub use types::{HttpsClient, Incoming, MAX_REPLICAS, Outgoing, Settings};
 
 /// Lower-layer types that cross the api boundary, so that `api` imports
@@ -117,7 +125,7 @@ pub use types::{HttpsClient, Incoming, MAX_REPLICAS, Outgoing, Settings};
 pub use crate::store::{AuditEntry, AuditRecord, Cordon, ReleaseRecord, Role};
 pub use health::Health;
 pub use logs::{LOG_TIMEOUT, LogTail};
-pub use views::{NodeView, ReplicaView, ServiceView};
+pub use views::{NodeView, ReplicaState, ReplicaView, ServiceView};
 pub use watch::{Frame, Watch, release_summary};
 
 #[cfg(test)]

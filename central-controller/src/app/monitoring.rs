@@ -27,7 +27,34 @@ fn node_state(node: &NodeRecord, healthy: bool) -> &'static str {
     }
 }
 
+/// The states [`App::node_counts`] counts nodes in, in the order a person
+/// reads them.
+pub const NODE_STATES: [&str; 6] = [
+    "healthy",
+    "unhealthy",
+    "cordoned",
+    "drained",
+    "offline",
+    "revoked",
+];
+
 impl App {
+    /// How many nodes each region has in each state (one state per node,
+    /// the most pressing: revoked, offline, drained, cordoned, unhealthy,
+    /// healthy).
+    pub fn node_counts(&self) -> BTreeMap<(String, &'static str), usize> {
+        let now = self.now();
+        let mut counts = BTreeMap::new();
+        let registry = self.nodes.records();
+        for node in registry.values() {
+            let healthy = self.nodes.health(node, now).healthy;
+            *counts
+                .entry((node.region.to_string(), node_state(node, healthy)))
+                .or_default() += 1;
+        }
+        counts
+    }
+
     /// Counts one API request and the time to its response head.
     pub fn observe_request(&self, labels: RequestLabels, took: Duration) {
         self.metrics.observe_request(labels, took);
@@ -35,23 +62,12 @@ impl App {
 
     /// Every metric as OpenMetrics text.
     pub fn metrics_text(&self) -> Result<String, AppError> {
-        let now = self.now();
-        let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
-        {
-            let registry = self.nodes.records();
-            for node in registry.values() {
-                let healthy = self.nodes.health(node, now).healthy;
-                *counts
-                    .entry((node.region.to_string(), node_state(node, healthy)))
-                    .or_default() += 1;
-            }
-        }
         self.metrics.nodes.clear();
-        for ((region, state), n) in counts {
+        for ((region, state), n) in self.node_counts() {
             self.metrics
                 .nodes
                 .get_or_create(&NodeLabels { region, state })
-                .set(n);
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         let services = i64::try_from(self.store.services()?.len()).unwrap_or(i64::MAX);
         self.metrics.services.set(services);

@@ -72,6 +72,9 @@ pub struct NodeFilter {
     pub label: Option<(String, String)>,
     /// Nodes that report a workload of this service.
     pub service: Option<ServiceName>,
+    /// Nodes whose id starts with this; a page then passes over those
+    /// nodes only.
+    pub prefix: Option<String>,
 }
 
 impl NodeFilter {
@@ -86,6 +89,10 @@ impl NodeFilter {
                     .as_ref()
                     .is_some_and(|st| st.workloads.iter().any(|w| &w.service == s))
             })
+            && self
+                .prefix
+                .as_deref()
+                .is_none_or(|p| node.id.as_str().starts_with(p))
             && self.state.is_none_or(|state| state.holds(node, &health()))
     }
 }
@@ -118,9 +125,17 @@ impl App {
         let now = self.now();
         let (records, more) = {
             let registry = self.nodes.records();
-            let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.clone()));
+            let prefix = filter.prefix.as_deref().unwrap_or("");
+            let start = match after {
+                Some(id) if id.as_str() >= prefix => Bound::Excluded(id.clone()),
+                _ if prefix.is_empty() => Bound::Unbounded,
+                // No id is empty, so the smallest id with the prefix is
+                // after `prefix` itself (or is it).
+                _ => AgentId::new(prefix).map_or(Bound::Unbounded, Bound::Included),
+            };
             let mut matching = registry
                 .range((start, Bound::Unbounded))
+                .take_while(|(id, _)| id.as_str().starts_with(prefix))
                 .map(|(_, node)| node)
                 .filter(|node| filter.matches(node, || self.nodes.health(node, now)));
             let records: Vec<NodeRecord> = matching

@@ -3,6 +3,7 @@
 //! nothing from the rest of `app`.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use verge_shared::Topics;
@@ -26,6 +27,8 @@ pub struct Settings {
     /// `GET /metrics` without a token.
     pub public_metrics: bool,
     pub watch: WatchConfig,
+    /// A console session unused this long ends (`[console]`).
+    pub console_idle_timeout: Duration,
 }
 
 /// A message for the MQTT adapter to publish (retained, QoS 1).

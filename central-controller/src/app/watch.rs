@@ -21,7 +21,7 @@ use super::composition::App;
 use super::enroll::TokenView;
 use super::error::AppError;
 use super::views::ServiceView;
-use crate::store::{ReleaseRecord, ServiceRecord};
+use crate::store::{ReleaseRecord, Role, ServiceRecord};
 
 /// One SSE event of a watch stream.
 #[derive(Debug)]
@@ -164,6 +164,20 @@ impl App {
     /// when the buffer still holds what followed, and otherwise starting
     /// with a `relist` event. Without `since`, it starts with a `sync`
     /// event carrying the current id.
+    /// The last `n` changes of the kinds `role` may see, newest first (what
+    /// the watch buffer still holds).
+    pub fn recent_changes(&self, role: Role, n: usize) -> Vec<Arc<Recorded>> {
+        let kinds = ChangeKind::ALL
+            .into_iter()
+            .filter(|k| k.role() <= role)
+            .collect();
+        let filter = WatchFilter {
+            kinds: Some(kinds),
+            ..WatchFilter::default()
+        };
+        self.changes.recent(&filter, n)
+    }
+
     pub fn watch(&self, filter: WatchFilter, since: Option<u64>) -> Result<Watch, AppError> {
         let (start, subscription) = self
             .changes

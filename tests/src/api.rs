@@ -130,7 +130,7 @@ impl Api {
     /// refusal. The run fields are signed as written (not parsed here), so
     /// the controller's own validation answers for bad ones. Versions follow
     /// the clock, so each new release is newer than the last.
-    async fn release_from_spec(
+    pub async fn release_from_spec(
         &self,
         service: &str,
         spec: &Value,

@@ -122,7 +122,9 @@ pub use types::{HttpsClient, Incoming, MAX_REPLICAS, Outgoing, Settings};
 
 /// Lower-layer types that cross the api boundary, so that `api` imports
 /// from `app` alone.
-pub use crate::store::{AuditEntry, AuditRecord, Cordon, ReleaseRecord, Role};
+pub use crate::store::{
+    AuditEntry, AuditRecord, Cordon, LatencySpec, ReleaseRecord, Role, ServiceSpec,
+};
 pub use health::Health;
 pub use logs::{LOG_TIMEOUT, LogTail};
 pub use views::{NodeView, ReplicaState, ReplicaView, ServiceView};

@@ -83,6 +83,8 @@ pub(super) fn page(
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                // No favicon request (and no 404 for it).
+                link rel="icon" href="data:,";
                 meta name="csrf-token" content=(viewer.csrf);
                 title { (title) " · Verge" }
                 link rel="stylesheet" href={ "/assets/console.css?v=" (*ASSET_VERSION) };

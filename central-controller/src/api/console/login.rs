@@ -171,6 +171,8 @@ fn sign_in_page(next: &str, notice: Option<(&str, bool)>, user: &str) -> Markup 
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                // No favicon request (and no 404 for it).
+                link rel="icon" href="data:,";
                 title { "Sign in · Verge" }
                 link rel="stylesheet" href={ "/assets/console.css?v=" (*ASSET_VERSION) };
             }

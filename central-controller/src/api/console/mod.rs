@@ -12,7 +12,9 @@ mod layout;
 mod login;
 mod nodes;
 mod overview;
+mod services;
 pub(crate) mod session;
+mod tokens;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -35,6 +37,10 @@ pub(super) fn router(state: ApiState) -> Router<ApiState> {
         .route("/", get(overview::show))
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}", get(nodes::detail))
+        .route("/services", get(services::list))
+        .route("/services/{name}", get(services::detail))
+        .route("/deploy", get(services::deploy))
+        .route("/tokens", get(tokens::show))
         .route("/logout", post(login::sign_out))
         .route_layer(middleware::from_fn_with_state(state, require_session));
     Router::new()
@@ -53,7 +59,7 @@ pub(super) fn router(state: ApiState) -> Router<ApiState> {
 /// The role a console page needs, like [`super::required_role`] for the API.
 pub fn required_role(route: &str) -> Role {
     match route {
-        "/tokens" | "/audit" => Role::Operator,
+        "/tokens" | "/audit" | "/deploy" => Role::Operator,
         "/users" => Role::Admin,
         _ => Role::Viewer,
     }

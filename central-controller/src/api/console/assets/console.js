@@ -112,6 +112,7 @@
         }
         return map;
       }
+      case "json": try { return JSON.parse(text); } catch (_) { return text; }
       default: return text;
     }
   }
@@ -119,7 +120,7 @@
   function body(form) {
     const object = {};
     for (const field of form.querySelectorAll("input[name], select[name], textarea[name]")) {
-      if (field.name === "csrf" || field.disabled) continue;
+      if (field.name === "csrf" || field.disabled || field.dataset.in === "url") continue;
       const value = valueOf(field);
       if (value !== undefined) setPath(object, field.name, value);
     }
@@ -149,6 +150,12 @@
     if (slot) slot.textContent = text; else window.alert(text);
   }
 
+  // `{name}` in data-api is the value of the form's field of that name.
+  function target(form) {
+    return form.dataset.api.replace(/\{(\w+)\}/g, (_, name) =>
+      encodeURIComponent(form.querySelector(`[name="${name}"]`)?.value.trim() ?? ""));
+  }
+
   async function send(form) {
     const method = form.dataset.method || "POST";
     const headers = { "X-CSRF-Token": csrf, Accept: "application/json" };
@@ -159,7 +166,7 @@
     }
     let response;
     try {
-      response = await fetch(form.dataset.api, init);
+      response = await fetch(target(form), init);
     } catch (_) {
       return { error: { message: "The controller cannot be reached; try again when it is back." } };
     }
@@ -176,6 +183,9 @@
     if (!(form instanceof HTMLFormElement) || !form.dataset.api) return;
     event.preventDefault();
     clearErrors(form);
+    for (const field of form.querySelectorAll('[data-in="url"]')) {
+      if (field.value.trim() === "") { showError(form, { field: field.name, message: "required" }); return; }
+    }
     if (form.dataset.confirm && !(await confirmed(form.dataset.confirm))) return;
     const buttons = form.querySelectorAll("button");
     buttons.forEach((b) => { b.disabled = true; });

@@ -259,6 +259,7 @@ pub fn print_banner(controller: &Controller, agent_pid: Option<u32>, log: &Path)
     println!("#  publisher keys sit next to the controller: NOT production.  #");
     println!("################################################################");
     println!("api:         {api}");
+    println!("console:     {api}/  (sign in with the admin token)");
     println!("mqtt:        {}", controller.broker_url);
     println!("admin token: {token}");
     println!("data dir:    {}", controller.data_dir.display());

@@ -170,6 +170,11 @@ mod tests {
         }
         assert!(over_tls.to_str().expect("ascii").ends_with("; Secure"));
         assert!(!plain.to_str().expect("ascii").contains("Secure"));
-        assert!(clear_cookie(true).to_str().expect("ascii").contains("Max-Age=0"));
+        assert!(
+            clear_cookie(true)
+                .to_str()
+                .expect("ascii")
+                .contains("Max-Age=0")
+        );
     }
 }

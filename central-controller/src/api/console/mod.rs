@@ -12,6 +12,7 @@ mod layout;
 mod login;
 mod nodes;
 mod overview;
+mod releases;
 pub(crate) mod session;
 
 use axum::Router;
@@ -35,6 +36,7 @@ pub(super) fn router(state: ApiState) -> Router<ApiState> {
         .route("/", get(overview::show))
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}", get(nodes::detail))
+        .route("/releases", get(releases::list))
         .route("/logout", post(login::sign_out))
         .route_layer(middleware::from_fn_with_state(state, require_session));
     Router::new()

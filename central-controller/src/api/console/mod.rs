@@ -14,6 +14,7 @@ mod nodes;
 mod overview;
 mod releases;
 pub(crate) mod session;
+mod trust;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -37,6 +38,7 @@ pub(super) fn router(state: ApiState) -> Router<ApiState> {
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}", get(nodes::detail))
         .route("/releases", get(releases::list))
+        .route("/trust", get(trust::show))
         .route("/logout", post(login::sign_out))
         .route_layer(middleware::from_fn_with_state(state, require_session));
     Router::new()

@@ -15,6 +15,7 @@ mod overview;
 mod releases;
 pub(crate) mod session;
 mod trust;
+mod users;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -39,6 +40,7 @@ pub(super) fn router(state: ApiState) -> Router<ApiState> {
         .route("/nodes/{id}", get(nodes::detail))
         .route("/releases", get(releases::list))
         .route("/trust", get(trust::show))
+        .route("/users", get(users::list))
         .route("/logout", post(login::sign_out))
         .route_layer(middleware::from_fn_with_state(state, require_session));
     Router::new()

@@ -8,6 +8,7 @@
 //! change kinds that concern it; the script follows the watch stream and
 //! re-reads the page's live parts when one arrives.
 
+mod audit;
 mod layout;
 mod login;
 mod nodes;
@@ -41,6 +42,7 @@ pub(super) fn router(state: ApiState) -> Router<ApiState> {
         .route("/releases", get(releases::list))
         .route("/trust", get(trust::show))
         .route("/users", get(users::list))
+        .route("/audit", get(audit::list))
         .route("/logout", post(login::sign_out))
         .route_layer(middleware::from_fn_with_state(state, require_session));
     Router::new()

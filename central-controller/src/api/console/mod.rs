@@ -240,3 +240,6 @@ pub(super) fn action_form(api: &str, label: &str, id: &str, confirm: &str) -> Ma
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -88,23 +88,37 @@ fn time(query: &BTreeMap<String, String>, name: &str) -> Result<Option<Timestamp
         .transpose()
 }
 
+/// The list query, checked; every error names its parameter: the filter,
+/// where the page starts (entries older than this `seq`) and its length.
+pub(super) fn parse(
+    query: &BTreeMap<String, String>,
+) -> Result<(AuditFilter, Option<u64>, usize), ApiError> {
+    only_known(query, &PARAMS)?;
+    let filter = AuditFilter {
+        actor: query.get("actor").cloned(),
+        target: query.get("target").map(|t| t.trim_matches('/').to_owned()),
+        since: time(query, "since")?,
+        until: time(query, "until")?,
+    };
+    let before = cursor_param(query, CURSOR_PREFIX, |p| p.parse().ok())?;
+    let limit = limit_param(query, MAX_AUDIT_PAGE)?.unwrap_or(DEFAULT_LIMIT);
+    Ok((filter, before, limit))
+}
+
+/// The cursor of the page that starts below `seq`.
+pub(super) fn cursor_for(seq: u64) -> String {
+    cursor(CURSOR_PREFIX, &seq.to_string())
+}
+
 pub(super) async fn list(
     State(state): State<ApiState>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    only_known(&query, &PARAMS)?;
-    let filter = AuditFilter {
-        actor: query.get("actor").cloned(),
-        target: query.get("target").map(|t| t.trim_matches('/').to_owned()),
-        since: time(&query, "since")?,
-        until: time(&query, "until")?,
-    };
-    let before = cursor_param(&query, CURSOR_PREFIX, |p| p.parse().ok())?;
-    let limit = limit_param(&query, MAX_AUDIT_PAGE)?.unwrap_or(DEFAULT_LIMIT);
+    let (filter, before, limit) = parse(&query)?;
     let page = state.app.audit(&filter, before, limit)?;
     Ok(Json(json!({
         "entries": page.entries,
-        "next_cursor": page.next.map(|seq| cursor(CURSOR_PREFIX, &seq.to_string())),
+        "next_cursor": page.next.map(cursor_for),
     }))
     .into_response())
 }

@@ -37,7 +37,8 @@ const MAX_LOGIN_TTL: Duration = Duration::from_secs(7 * 86_400);
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// The name of the tokens sign-in makes.
 const LOGIN_TOKEN_NAME: &str = "login";
-const MIN_PASSWORD: usize = 12;
+/// The shortest password accepted, in characters.
+pub const MIN_PASSWORD: usize = 12;
 const MAX_PASSWORD: usize = 1024;
 
 /// Who made a request: the user, the token used, and the role in force.

@@ -102,8 +102,8 @@ mod watch;
 
 pub use access::{FREE_FAILURES, MAX_WAIT, Source};
 pub use accounts::{
-    ADMIN_TOKEN_ID, ApiTokenRequest, ApiTokenView, BOOTSTRAP_USER, LoginRequest, Principal,
-    UserRequest, UserView, forbidden, new_user, role_name,
+    ADMIN_TOKEN_ID, ApiTokenRequest, ApiTokenView, BOOTSTRAP_USER, LoginRequest, MIN_PASSWORD,
+    Principal, UserRequest, UserView, forbidden, new_user, role_name,
 };
 pub use audit::{AuditFilter, AuditPage, MAX_AUDIT_PAGE};
 pub use catalog::{Expect, ServiceRequest};

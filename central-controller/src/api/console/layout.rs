@@ -188,6 +188,11 @@ pub(super) fn empty(text: &str) -> Markup {
     html! { p.empty { (text) } }
 }
 
+/// "1 release", "3 releases": a count with the noun that fits it.
+pub(super) fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Text that may hold anything a node or a person sent, shown as text.
 pub(super) fn text_or_dash(value: Option<&str>) -> Markup {
     match value {

@@ -8,13 +8,17 @@
 //! change kinds that concern it; the script follows the watch stream and
 //! re-reads the page's live parts when one arrives.
 
+mod audit;
 mod layout;
 mod login;
 mod nodes;
 mod overview;
+mod releases;
 mod services;
 pub(crate) mod session;
 mod tokens;
+mod trust;
+mod users;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -40,7 +44,11 @@ pub(super) fn router(state: ApiState) -> Router<ApiState> {
         .route("/services", get(services::list))
         .route("/services/{name}", get(services::detail))
         .route("/deploy", get(services::deploy))
+        .route("/releases", get(releases::list))
+        .route("/trust", get(trust::show))
         .route("/tokens", get(tokens::show))
+        .route("/users", get(users::list))
+        .route("/audit", get(audit::list))
         .route("/logout", post(login::sign_out))
         .route_layer(middleware::from_fn_with_state(state, require_session));
     Router::new()
@@ -238,3 +246,6 @@ pub(super) fn action_form(api: &str, label: &str, id: &str, confirm: &str) -> Ma
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -95,18 +95,21 @@ pub(super) fn may_download(
 }
 
 /// Who the request is from: its bearer token, else the console's session
-/// cookie (a change made with the cookie needs the page's CSRF token).
-fn principal(state: &ApiState, request: &Request) -> Result<Principal, ApiError> {
+/// cookie. A change made with the cookie also needs the page's CSRF token;
+/// its refusal still names who it was, for the audit log.
+fn principal(
+    state: &ApiState,
+    request: &Request,
+) -> Result<(Principal, Result<(), ApiError>), ApiError> {
     let source = Source::of(client_ip(request));
     if let Some(bearer) = bearer(request) {
-        return Ok(state.app.authenticate(bearer, source)?);
+        return Ok((state.app.authenticate(bearer, source)?, Ok(())));
     }
     let Some(token) = session::cookie(request.headers()) else {
         return Err(ApiError::unauthorized());
     };
     let principal = state.app.console_session(token, source)?;
-    session::check_change(request, token)?;
-    Ok(principal)
+    Ok((principal, session::check_change(request, token)))
 }
 
 /// Authenticates the request and checks the route's role.
@@ -115,12 +118,14 @@ pub(super) async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let principal = match principal(&state, &request) {
-        Ok(principal) => principal,
+    let (principal, checked) = match principal(&state, &request) {
+        Ok(found) => found,
         Err(e) => return e.into_response(),
     };
     let needed = required_role(request.method(), route_of(&request));
-    let mut response = if principal.role < needed {
+    let mut response = if let Err(refused) = checked {
+        refused.into_response()
+    } else if principal.role < needed {
         let what = format!("{} {}", request.method(), route_of(&request));
         ApiError::from(forbidden(needed, &what)).into_response()
     } else {

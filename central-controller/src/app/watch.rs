@@ -160,10 +160,6 @@ impl App {
         self.changes.record(change, self.now());
     }
 
-    /// Registers a watcher, resuming after `since` (its `Last-Event-ID`)
-    /// when the buffer still holds what followed, and otherwise starting
-    /// with a `relist` event. Without `since`, it starts with a `sync`
-    /// event carrying the current id.
     /// The last `n` changes of the kinds `role` may see, newest first (what
     /// the watch buffer still holds).
     pub fn recent_changes(&self, role: Role, n: usize) -> Vec<Arc<Recorded>> {
@@ -178,6 +174,10 @@ impl App {
         self.changes.recent(&filter, n)
     }
 
+    /// Registers a watcher, resuming after `since` (its `Last-Event-ID`)
+    /// when the buffer still holds what followed, and otherwise starting
+    /// with a `relist` event. Without `since`, it starts with a `sync`
+    /// event carrying the current id.
     pub fn watch(&self, filter: WatchFilter, since: Option<u64>) -> Result<Watch, AppError> {
         let (start, subscription) = self
             .changes

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod browser;
 pub mod cluster;
 pub mod mqtt;
 pub mod node;

@@ -1,13 +1,17 @@
 //! Optional system programs some tests need (Mosquitto, systemd-analyze,
-//! promtool): where to
-//! find them, and one rule for when they are missing.
+//! promtool, Chromium with its chromedriver): where to find them, and one
+//! rule for when they are missing.
 //!
 //! On a machine with only the Rust toolchain, a test that needs a missing
 //! program prints `SKIPPED: ...` to stderr and returns, so `cargo test
 //! --workspace` passes. `VERGE_REQUIRE` (a comma-separated list such as
 //! `mosquitto`, set by `.ci/run`) turns that absence into a failure, so CI
-//! never passes by skipping. New programs (a browser, a container runtime)
-//! are added as [`Tool`] variants.
+//! never passes by skipping. New programs (a container runtime) are added as
+//! [`Tool`] variants.
+//!
+//! A tool may be more than one program: `chromium` is the browser and the
+//! `chromedriver` that drives it ([`chromedriver_path`]), both from Debian,
+//! and counts as missing unless both are there.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -24,6 +28,10 @@ pub enum Tool {
     SystemdAnalyze,
     /// `promtool`, which checks metrics text (Debian package `prometheus`).
     Promtool,
+    /// The Chromium browser and its WebDriver server, `chromedriver`
+    /// (Debian packages `chromium` and `chromium-driver`), for the web
+    /// console's browser tests.
+    Chromium,
 }
 
 impl Tool {
@@ -33,6 +41,7 @@ impl Tool {
             Tool::Mosquitto => "mosquitto",
             Tool::SystemdAnalyze => "systemd-analyze",
             Tool::Promtool => "promtool",
+            Tool::Chromium => "chromium",
         }
     }
 
@@ -43,6 +52,7 @@ impl Tool {
             Tool::Mosquitto => "VERGE_MOSQUITTO",
             Tool::SystemdAnalyze => "VERGE_SYSTEMD_ANALYZE",
             Tool::Promtool => "VERGE_PROMTOOL",
+            Tool::Chromium => "VERGE_CHROMIUM",
         }
     }
 
@@ -52,6 +62,7 @@ impl Tool {
             Tool::Mosquitto => "apt-get install -y mosquitto",
             Tool::SystemdAnalyze => "apt-get install -y systemd",
             Tool::Promtool => "apt-get install -y prometheus",
+            Tool::Chromium => "apt-get install -y chromium chromium-driver",
         }
     }
 
@@ -60,20 +71,29 @@ impl Tool {
             Tool::Mosquitto => &["/usr/sbin/mosquitto", "/usr/bin/mosquitto"],
             Tool::SystemdAnalyze => &["/usr/bin/systemd-analyze", "/bin/systemd-analyze"],
             Tool::Promtool => &["/usr/bin/promtool", "/usr/local/bin/promtool"],
+            Tool::Chromium => &["/usr/bin/chromium"],
         }
     }
 
     /// The program's path, if it is installed: the path in
     /// [`Tool::path_var`] when that is set, else the usual install places.
+    /// For [`Tool::Chromium`], `None` also when [`chromedriver_path`] is.
     pub fn path(self) -> Option<PathBuf> {
-        if let Some(path) = std::env::var_os(self.path_var()) {
-            let path = PathBuf::from(path);
-            return path.exists().then_some(path);
+        if self == Tool::Chromium && chromedriver_path().is_none() {
+            return None;
         }
-        self.default_paths()
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
+        find(self.path_var(), self.default_paths())
+    }
+
+    /// What to set to point the tests at the tool, for messages.
+    fn path_hint(self) -> String {
+        match self {
+            Tool::Chromium => format!(
+                "set {} and {CHROMEDRIVER_VAR} to their paths",
+                self.path_var()
+            ),
+            _ => format!("set {} to its path", self.path_var()),
+        }
     }
 
     /// Whether `VERGE_REQUIRE` lists this tool.
@@ -83,6 +103,27 @@ impl Tool {
                 .any(|t| t.trim().eq_ignore_ascii_case(self.name()))
         })
     }
+}
+
+/// The variable that overrides where `chromedriver` is looked for.
+pub const CHROMEDRIVER_VAR: &str = "VERGE_CHROMEDRIVER";
+
+/// The path of `chromedriver` (Debian package `chromium-driver`), if it is
+/// installed: the path in [`CHROMEDRIVER_VAR`] when that is set, else
+/// `/usr/bin/chromedriver`. Part of [`Tool::Chromium`]: a test calls
+/// `missing(Tool::Chromium)`, which checks both programs.
+pub fn chromedriver_path() -> Option<PathBuf> {
+    find(CHROMEDRIVER_VAR, &["/usr/bin/chromedriver"])
+}
+
+/// The path in the variable `var` if it is set and exists, else the first
+/// of `defaults` that exists.
+fn find(var: &str, defaults: &[&str]) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(var) {
+        let path = PathBuf::from(path);
+        return path.exists().then_some(path);
+    }
+    defaults.iter().map(PathBuf::from).find(|p| p.exists())
 }
 
 /// Whether the calling test must stop because `tool` is missing. Call it
@@ -103,10 +144,10 @@ pub fn missing(tool: Tool) -> bool {
         return false;
     }
     let why = format!(
-        "{} is not installed ({}; or set {} to its path)",
+        "{} is not installed ({}; or {})",
         tool.name(),
         tool.install_hint(),
-        tool.path_var()
+        tool.path_hint()
     );
     assert!(!tool.required(), "{why}, and {REQUIRE_VAR} requires it");
     // Straight to stderr, not through `eprintln!`, which the test harness

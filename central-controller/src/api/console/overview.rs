@@ -66,14 +66,13 @@ pub(super) async fn show(
                 (region_map(&regions.iter().map(|r| (r.name.to_string(), r.nodes, r.healthy_nodes)).collect::<Vec<_>>(), &latency, latency.window_secs))
                 div.scroll {
                     table {
-                        thead { tr { th scope="col" { "region" } th scope="col" { "zone" } th scope="col" { "nodes" } th scope="col" { "healthy" } @for state in NODE_STATES { th scope="col" { (state) } } } }
+                        thead { tr { th scope="col" { "region" } th scope="col" { "zone" } th scope="col" { "nodes" } @for state in NODE_STATES { th scope="col" { (state) } } } }
                         tbody {
                             @for region in &regions {
                                 tr {
                                     th scope="row" { a href={ "/nodes?region=" (region.name) } { (region.name) } }
                                     td { (region.zone.as_deref().unwrap_or("–")) }
                                     td.num { (region.nodes) }
-                                    td.num { (region.healthy_nodes) }
                                     @for state in NODE_STATES {
                                         td.num { (counts.get(&(region.name.to_string(), state)).copied().unwrap_or(0)) }
                                     }

@@ -318,6 +318,8 @@ async fn a_viewer_sees_no_controls_and_forged_changes_are_refused() {
     browser.fill("#token", &admin_token).await;
     browser.click("#signin").await;
     browser.wait_for_text("h1", "Overview").await;
+    visit(&browser, &base, "/users", "Users", "users").await;
+    browser.wait_for_text("table", "victor").await;
     let attacker = attacker_page(&format!("{base}/api/v1/nodes/edge-a/drain")).await;
     browser.goto(&attacker).await;
     let shown = browser.wait_for_text("body", "cross_origin").await;

@@ -3,9 +3,8 @@
 //!
 //! [`Browser::start`] runs a `chromedriver` of its own on a free loopback
 //! port, with a fresh profile in a temporary directory, and opens one
-//! session. Tests call [`crate::require::missing`] with
-//! [`Tool::Chromium`](crate::require::Tool::Chromium) first, like every
-//! test of a system program.
+//! session. Tests call [`crate::require::missing`] with [`Tool::Chromium`]
+//! first, like every test of a system program.
 //!
 //! Everything that looks for something on the page waits for it, with a
 //! deadline ([`Browser::set_timeout`]), through [`crate::wait::wait_for`]:
@@ -107,7 +106,12 @@ impl Browser {
         )
         .await
         .map_err(|_| anyhow::anyhow!("Chromium did not start within {START_TIMEOUT:?}"))?
-        .with_context(|| format!("open a Chromium session: {}", driver.log_tail()))?;
+        .with_context(|| {
+            format!(
+                "open a Chromium session; chromedriver's log ends:\n{}",
+                driver.log_tail()
+            )
+        })?;
         let browser = Browser {
             client,
             timeout: WAIT_TIMEOUT,

@@ -335,10 +335,20 @@ async fn a_viewer_sees_no_controls_and_forged_changes_are_refused() {
         .get("/api/v1/audit?target=nodes/edge-a")
         .await
         .expect("audit");
-    assert!(
-        audit.to_string().contains("cross_origin"),
-        "the refusal is audited: {audit}"
-    );
+    let refusal = audit["entries"]
+        .as_array()
+        .and_then(|entries| entries.iter().find(|e| e["error"] == "cross_origin"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(refusal["actor"], "admin", "the refusal is audited with who: {audit}");
+
+    // Signing out ends the session: the page says so, and the cookie
+    // opens nothing any more.
+    browser.goto(&format!("{base}/nodes")).await;
+    browser.click("header form button").await;
+    browser.wait_for_text("#signin-notice", "signed out").await;
+    browser.goto(&format!("{base}/nodes")).await;
+    browser.wait_for("#signin").await;
     browser.close().await.expect("close");
 }
 

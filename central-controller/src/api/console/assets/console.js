@@ -43,12 +43,27 @@
     if (pending === null) pending = setTimeout(() => { pending = null; refresh(); }, 150);
   }
 
-  function watch(kinds) {
+  // Follows the stream from `since` (the last change seen): a new stream
+  // after a drop or a restart replays what the old one missed, or says
+  // `relist` when it cannot, so no change is lost between the two.
+  function watch(kinds, since) {
     let broken = false;
-    const stream = new EventSource("/api/v1/watch?kind=" + encodeURIComponent(kinds));
-    for (const kind of kinds.split(",")) stream.addEventListener(kind, schedule);
-    stream.addEventListener("relist", schedule);
-    stream.addEventListener("sync", () => setStatus("live"));
+    let last = since;
+    const query = "?kind=" + encodeURIComponent(kinds) + (since ? "&since=" + since : "");
+    const stream = new EventSource("/api/v1/watch" + query);
+    const seen = (event) => { if (event.lastEventId) last = event.lastEventId; };
+    for (const kind of kinds.split(",")) {
+      stream.addEventListener(kind, (event) => { seen(event); schedule(); });
+    }
+    stream.addEventListener("relist", (event) => { seen(event); schedule(); });
+    stream.addEventListener("sync", (event) => { seen(event); setStatus("live"); });
+    // A burst larger than the controller's queue per watcher ends the
+    // stream (`dropped`): resume at once instead of waiting for the
+    // browser's retry.
+    stream.addEventListener("dropped", () => {
+      stream.close();
+      setTimeout(() => watch(kinds, last), 50 + Math.random() * 200);
+    });
     stream.onopen = () => {
       setStatus("live");
       if (broken) { broken = false; schedule(); }
@@ -56,10 +71,11 @@
     stream.onerror = () => {
       broken = true;
       setStatus("reconnecting…");
-      // The browser retries a dropped stream by itself, but gives up on an
-      // HTTP error (a restarting controller, a full watch list): start over.
+      // The browser retries a dropped connection by itself (with
+      // Last-Event-ID), but gives up on an HTTP error (a restarting
+      // controller, a full watch list): start over from the last change.
       if (stream.readyState === EventSource.CLOSED) {
-        setTimeout(() => { refresh(); watch(kinds); }, 2000 + Math.random() * 2000);
+        setTimeout(() => { refresh(); watch(kinds, last); }, 2000 + Math.random() * 2000);
       }
     };
   }

@@ -9,6 +9,7 @@
 //! re-reads the page's live parts when one arrives.
 
 mod audit;
+mod chart;
 mod layout;
 mod login;
 mod nodes;

@@ -10,10 +10,12 @@ use axum::response::Response;
 use maud::{Markup, html};
 
 use super::chart::{Series, line_chart};
-use super::layout::{Nav, Viewer, ago, badge, count, empty, page, text_or_dash};
+use super::layout::{
+    Nav, Viewer, action_form, ago, badge, count, empty, page, query_link, text_or_dash, word,
+};
 use super::overview::state_badge;
+use super::problem::PageError;
 use super::releases::size;
-use super::{PageError, action_form, query_link, word};
 use crate::api::nodes::{cursor_for, parse};
 use crate::api::state::ApiState;
 use crate::app::{NodeState, NodeView, Role, TelemetryView};

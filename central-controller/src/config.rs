@@ -238,7 +238,14 @@ pub struct NodesConfig {
     pub heartbeat_timeout: Duration,
     /// How long an unhealthy node keeps its replicas.
     pub failover_grace: Duration,
+    /// How many of each node's latest telemetry samples are kept in memory
+    /// for the API and the console (0: none, and telemetry is not read).
+    pub telemetry_history: usize,
 }
+
+/// The most telemetry samples kept per node: at 56 bytes a sample, a day
+/// of one-minute samples, about 80 KB per node.
+pub const MAX_TELEMETRY_HISTORY: u64 = 1440;
 
 /// Regions and latency measurement (`[placement]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -288,6 +295,9 @@ impl Default for NodesConfig {
             // Three of the agent's default heartbeat intervals (120 s).
             heartbeat_timeout: Duration::from_secs(360),
             failover_grace: Duration::from_secs(30),
+            // An hour at one sample a minute, 15 hours at the agent's
+            // default 900 s; about 3.5 KB per node.
+            telemetry_history: 60,
         }
     }
 }
@@ -430,6 +440,7 @@ struct RawDeploy {
 struct RawNodes {
     heartbeat_timeout_secs: Option<u64>,
     failover_grace_secs: Option<u64>,
+    telemetry_history: Option<u64>,
 }
 
 impl Config {
@@ -602,6 +613,14 @@ impl RawConfig {
                 .nodes
                 .failover_grace_secs
                 .map_or(defaults.failover_grace, Duration::from_secs),
+            telemetry_history: usize::try_from(bounded(
+                &mut problems,
+                "nodes.telemetry_history",
+                self.nodes.telemetry_history,
+                (0, MAX_TELEMETRY_HISTORY),
+                defaults.telemetry_history as u64,
+            ))
+            .unwrap_or(defaults.telemetry_history),
         };
         let defaults = PlacementConfig::default();
         let placement = PlacementConfig {
@@ -842,6 +861,24 @@ mod tests {
         ] {
             assert!(joined.contains(field), "{field} missing from {joined}");
         }
+    }
+
+    #[test]
+    fn telemetry_history_is_bounded_by_name() {
+        let c = Config::parse(MINIMAL, "t", no_env).expect("valid");
+        assert_eq!(c.nodes.telemetry_history, 60);
+        for (n, kept) in [(0, 0), (1440, 1440)] {
+            let text = format!("{MINIMAL}\n[nodes]\ntelemetry_history = {n}\n");
+            let c = Config::parse(&text, "t", no_env).expect("within bounds");
+            assert_eq!(c.nodes.telemetry_history, kept);
+        }
+        let text = format!("{MINIMAL}\n[nodes]\ntelemetry_history = 1441\n");
+        let err = Config::parse(&text, "t", no_env).expect_err("over the bound");
+        assert!(
+            err.to_string()
+                .contains("nodes.telemetry_history: must be between 0 and 1440, not 1441"),
+            "{err}"
+        );
     }
 
     #[test]

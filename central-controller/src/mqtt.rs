@@ -22,7 +22,8 @@ use crate::config::BrokerUrl;
 pub const CLIENT_ID: &str = "verge-controller";
 
 /// Received messages waiting for the ingest task; beyond this they are dropped
-/// (agents resend status and heartbeats, presence is retained).
+/// (agents resend status and heartbeats, presence is retained), and
+/// telemetry already beyond half of it.
 const INBOX_CAPACITY: usize = 1024;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -99,9 +100,26 @@ async fn poll(
                         warn!(error = %e, "Could not queue a subscription.");
                     }
                 }
+                // Telemetry is informational and comes again next interval:
+                // QoS 0 spares an acknowledgement per message. Not read at
+                // all when no history is kept.
+                if app.settings().nodes.telemetry_history > 0
+                    && let Err(e) = client.try_subscribe(topics.all_telemetry(), QoS::AtMostOnce)
+                {
+                    warn!(error = %e, "Could not queue a subscription.");
+                }
                 app.request_republish();
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                // Telemetry may fill only half of the queue, so that a burst
+                // of it (every agent's outbox after an outage) never crowds
+                // out a status or a presence.
+                if inbox_tx.capacity() < INBOX_CAPACITY / 2
+                    && topics.telemetry_route(&publish.topic).is_some()
+                {
+                    debug!(topic = %publish.topic, "The ingest queue is half full; dropped telemetry.");
+                    continue;
+                }
                 let message = Incoming {
                     topic: publish.topic,
                     payload: publish.payload,

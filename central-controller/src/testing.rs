@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use verge_shared::messages::{
     PortSpec, Presence, Resources, RunSpec, SCHEMA_VERSION, payload_type,
 };
+use verge_shared::telemetry::{CacheMetrics, OutboxMetrics, Telemetry};
 use verge_shared::trust::{
     MediaType, Publisher, Release, ReleaseArtifact, RootRole, TrustBundle,
     payload_type as trust_type,
@@ -197,6 +198,40 @@ pub fn presence(key: &SigningKey, agent: &str, region: &str) -> Vec<u8> {
         limits: None,
     };
     key.sign_json(payload_type::PRESENCE, &document)
+}
+
+/// A telemetry message as `agent` in `region` publishes it: sequence
+/// number `seq`, produced at `at` by an agent process up for `uptime_secs`
+/// that used `cpu_millis` of CPU time.
+pub fn telemetry(
+    agent: &str,
+    region: &str,
+    seq: u64,
+    at: Timestamp,
+    cpu_millis: u64,
+    uptime_secs: u64,
+) -> Vec<u8> {
+    let document = Telemetry {
+        schema_version: SCHEMA_VERSION,
+        agent: AgentId::new(agent).expect("agent"),
+        region: RegionId::new(region).expect("region"),
+        seq,
+        at,
+        uptime_secs,
+        rss_kib: 20 * 1024,
+        cpu_millis,
+        workloads: 1,
+        cache: CacheMetrics {
+            bytes_cached: 4096,
+            ..CacheMetrics::default()
+        },
+        outbox: OutboxMetrics {
+            queued: 2,
+            dropped: 1,
+            ..OutboxMetrics::default()
+        },
+    };
+    serde_json::to_vec(&document).expect("serialise")
 }
 
 /// A service request for `release` with `replicas`, spread over nodes.

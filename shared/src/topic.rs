@@ -1,4 +1,5 @@
-//! The MQTT topic tree, built only by constructors and inverted by [`Topics::route`].
+//! The MQTT topic tree, built only by constructors and inverted by
+//! [`Topics::route`] (per-agent channels) and [`Topics::telemetry_route`].
 //!
 //! All topics live under a configurable prefix (default `verge/v1`):
 //!
@@ -8,7 +9,7 @@
 //! | `{prefix}/agents/{id}/status` | agent → controller | 1 | no |
 //! | `{prefix}/agents/{id}/presence` | agent → controller (Last Will: offline) | 1 | yes |
 //! | `{prefix}/agents/{id}/heartbeat` | agent → controller | 0 | no |
-//! | `{prefix}/telemetry/{region}/{id}` | agent → consumers (through the outbox) | 1 | no |
+//! | `{prefix}/telemetry/{region}/{id}` | agent → controller and consumers (through the outbox) | 1 | no |
 //! | `{prefix}/events/{region}/{id}` | agent → controller and consumers (through the outbox) | 1 | no |
 //! | `{prefix}/agents/{id}/logs/request` | controller → agent | 1 | no |
 //! | `{prefix}/agents/{id}/logs/response` | agent → controller | 1 | no |
@@ -83,6 +84,14 @@ pub struct Route {
     pub channel: Channel,
 }
 
+/// A telemetry topic, understood: the region and agent it names. The
+/// region is only what the publisher put in the topic; trust the agent id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TelemetryRoute {
+    pub region: RegionId,
+    pub agent: AgentId,
+}
+
 /// Why a topic prefix is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid topic prefix {0:?}: segments must be non-empty and free of '+', '#' and NUL")]
@@ -149,6 +158,23 @@ impl Topics {
         format!("{}/telemetry/{region}/{agent}", self.prefix)
     }
 
+    /// The subscription filter matching every agent's telemetry.
+    pub fn all_telemetry(&self) -> String {
+        format!("{}/telemetry/+/+", self.prefix)
+    }
+
+    /// Inverts [`Topics::telemetry`]: `None` for any topic it cannot have built.
+    pub fn telemetry_route(&self, topic: &str) -> Option<TelemetryRoute> {
+        let rest = topic
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("/telemetry/")?;
+        let (region, agent) = rest.split_once('/')?;
+        Some(TelemetryRoute {
+            region: RegionId::new(region).ok()?,
+            agent: AgentId::new(agent).ok()?,
+        })
+    }
+
     /// Where an agent publishes its security events, for the controller and consumers.
     pub fn events(&self, region: &RegionId, agent: &AgentId) -> String {
         format!("{}/events/{region}/{agent}", self.prefix)
@@ -205,6 +231,14 @@ mod tests {
         let r = RegionId::new("eu-west").expect("valid");
         assert_eq!(t.telemetry(&r, &a), "verge/v1/telemetry/eu-west/edge-1");
         assert_eq!(t.events(&r, &a), "verge/v1/events/eu-west/edge-1");
+        assert_eq!(t.all_telemetry(), "verge/v1/telemetry/+/+");
+        assert_eq!(
+            t.telemetry_route("verge/v1/telemetry/eu-west/edge-1"),
+            Some(TelemetryRoute {
+                region: r,
+                agent: a
+            })
+        );
     }
 
     #[test]
@@ -219,6 +253,19 @@ mod tests {
             "verge/v1/agents/a+b/status",
         ] {
             assert_eq!(t.route(bad), None, "{bad}");
+        }
+        for bad in [
+            "verge/v1/telemetry/eu-west/edge-1/extra",
+            "verge/v1/telemetry/eu-west",
+            "verge/v1/telemetry//edge-1",
+            "verge/v1/telemetry/eu-west/",
+            "verge/v2/telemetry/eu-west/edge-1",
+            "verge/v1/events/eu-west/edge-1",
+            "verge/v1/telemetry/eu+west/edge-1",
+            "verge/v1/telemetry/eu-west/a#b",
+            "verge/v1/agents/edge-1/status",
+        ] {
+            assert_eq!(t.telemetry_route(bad), None, "{bad}");
         }
     }
 
@@ -240,7 +287,26 @@ mod tests {
             let topics = Topics::new(&prefix).expect("valid prefix");
             let agent = AgentId::new(agent).expect("valid agent");
             let topic = topics.agent(&agent, channel);
+            prop_assert_eq!(topics.telemetry_route(&topic), None);
             prop_assert_eq!(topics.route(&topic), Some(Route { agent, channel }));
+        }
+
+        #[test]
+        fn telemetry_route_inverts_the_telemetry_topic(
+            agent in "[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}",
+            region in "[a-z0-9][a-z0-9-]{0,31}",
+            prefix in "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}",
+        ) {
+            let topics = Topics::new(&prefix).expect("valid prefix");
+            let agent = AgentId::new(agent).expect("valid agent");
+            let region = RegionId::new(region).expect("valid region");
+            let topic = topics.telemetry(&region, &agent);
+            // Never mistaken for a per-agent channel, whatever the ids.
+            prop_assert_eq!(topics.route(&topic), None);
+            prop_assert_eq!(
+                topics.telemetry_route(&topic),
+                Some(TelemetryRoute { region, agent })
+            );
         }
     }
 }

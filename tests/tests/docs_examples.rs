@@ -35,16 +35,20 @@ use verge_shared::{Envelope, ServiceName};
 use verge_tests::api::Reply;
 use verge_tests::trust::{Roles, delivery, sign_by};
 use verge_tests::workload::{hello_artifact, hello_spec, wait_running};
-use verge_tests::{Cluster, ClusterOptions};
+use verge_tests::{Cluster, ClusterOptions, wait_for};
+
+/// How long a condition of a real cluster may take.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Every kind of example the test knows how to exercise.
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 13] = [
     "controller config",
     "request PUT /api/v1/services/{name}",
     "response error",
     "response audit entry",
     "response GET /api/v1/services/{name}",
     "response GET /api/v1/nodes/{id}",
+    "response GET /api/v1/nodes/{id}/telemetry",
     "release contents",
     "document Envelope",
     "document Delivery",
@@ -464,8 +468,12 @@ async fn api_examples_are_accepted_and_answered_by_a_real_controller() {
     let mut cluster = Cluster::start(ClusterOptions::default())
         .await
         .expect("cluster starts");
-    cluster.add_agent("edge-a", "eu-west").await.expect("agent");
-    cluster.wait_node_online("edge-a").await;
+    // Telemetry every second, so that its view has samples to show.
+    let broker = cluster.mqtt_addr;
+    cluster
+        .add_agent_with("edge-a", "eu-west", broker, "telemetry_interval_secs = 1")
+        .await
+        .expect("agent");
     let api = &cluster.api;
 
     // A running replica of `hello`, so the views show every field.
@@ -488,6 +496,20 @@ async fn api_examples_are_accepted_and_answered_by_a_real_controller() {
     let node = api.node("edge-a").await.expect("node view");
     for example in of_kind("response GET /api/v1/nodes/{id}") {
         assert_keys_in(&example, &node);
+    }
+    let telemetry = wait_for("two telemetry samples of edge-a", DEADLINE, || async {
+        let view = api
+            .get("/api/v1/nodes/edge-a/telemetry")
+            .await
+            .map_err(|e| e.to_string())?;
+        match view["samples"].as_array().map(Vec::len) {
+            Some(n) if n >= 2 => Ok(view),
+            _ => Err(view.to_string()),
+        }
+    })
+    .await;
+    for example in of_kind("response GET /api/v1/nodes/{id}/telemetry") {
+        assert_keys_in(&example, &telemetry);
     }
     let refused = api
         .put_service("hello", &json!({"release": digest, "replicas": 1000}))

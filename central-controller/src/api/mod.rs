@@ -63,6 +63,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/v1/nodes", get(nodes::list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
+        .route("/api/v1/nodes/{id}/telemetry", get(get_node_telemetry))
         .route(
             "/api/v1/nodes/{id}/workloads/{service}/logs",
             get(logs::node_workload_logs),
@@ -199,6 +200,14 @@ async fn get_node(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(state.app.node(&id)?).into_response())
+}
+
+/// The node's recent telemetry, oldest first.
+async fn get_node_telemetry(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.app.node_telemetry(&id)?).into_response())
 }
 
 async fn cordon_node(

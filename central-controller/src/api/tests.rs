@@ -377,3 +377,82 @@ async fn json_routes_refuse_other_media_types_by_name() {
     let (status, body) = send(&router, put).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "read as JSON: {body:?}");
 }
+
+#[tokio::test]
+async fn a_nodes_telemetry_is_served_oldest_first_with_the_cpu_use_between() {
+    let mem = crate::testing::memory_fixture();
+    let router = api(&mem.fx);
+    let key = verge_shared::SigningKey::generate().expect("key").0;
+    let start = mem.fx.app.now();
+    mem.fx.app.ingest(
+        "verge/v1/agents/edge-a/presence",
+        &crate::testing::presence(&key, "edge-a", "eu"),
+        start,
+    );
+    let get = |uri: &str| request(Method::GET, uri, Body::empty());
+
+    // Known, but nothing sent yet.
+    let (status, body) = send(&router, get("/api/v1/nodes/edge-a/telemetry")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"node": "edge-a", "interval_secs": null, "samples": []})
+    );
+
+    for (seq, secs, cpu_millis) in [(1, 0, 1_000), (2, 30, 1_300)] {
+        let at = start.saturating_add(std::time::Duration::from_secs(secs));
+        mem.fx.app.ingest(
+            "verge/v1/telemetry/eu/edge-a",
+            &crate::testing::telemetry("edge-a", "eu", seq, at, cpu_millis, 60 + secs),
+            start,
+        );
+    }
+    let (status, body) = send(&router, get("/api/v1/nodes/edge-a/telemetry")).await;
+    assert_eq!(status, StatusCode::OK);
+    let view = json(&body);
+    assert_eq!(view["node"], "edge-a");
+    assert_eq!(view["interval_secs"], 30);
+    let samples = view["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 2);
+    let mut keys: Vec<&str> = samples[0]
+        .as_object()
+        .expect("a sample")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "at",
+            "cache_bytes",
+            "cpu_millis",
+            "cpu_percent",
+            "outbox_dropped",
+            "outbox_queued",
+            "rss_kib",
+            "seq",
+            "uptime_secs",
+            "workloads"
+        ]
+    );
+    assert_eq!(samples[0]["cpu_percent"], Value::Null, "nothing before it");
+    assert_eq!(samples[1]["cpu_percent"], 1.0, "300 ms in 30 s");
+    assert_eq!(samples[1]["seq"], 2);
+    assert_eq!(
+        samples[1]["at"],
+        start
+            .saturating_add(std::time::Duration::from_secs(30))
+            .to_string()
+    );
+    assert_eq!(samples[1]["rss_kib"], 20 * 1024);
+
+    for unknown in [
+        "/api/v1/nodes/edge-z/telemetry",
+        "/api/v1/nodes/no%20such/telemetry",
+    ] {
+        let (status, body) = send(&router, get(unknown)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
+        assert_eq!(json(&body)["error"]["code"], "not_found");
+    }
+}

@@ -18,6 +18,7 @@ use super::metrics::{Kind, Metrics};
 use super::nodes::Nodes;
 use super::probes::Probes;
 use super::sessions::Sessions;
+use super::telemetry::TelemetryHistory;
 use super::types::{Outgoing, Settings};
 use super::waiting::Pending;
 use crate::artifacts::ArtifactFiles;
@@ -45,6 +46,7 @@ pub struct App {
     pub(super) metrics: Metrics,
     pub(super) changes: Changes,
     pub(super) sessions: Sessions,
+    pub(super) telemetry: TelemetryHistory,
 }
 
 impl App {
@@ -66,6 +68,7 @@ impl App {
         }
         let changes = Changes::new(clock.now(), settings.watch);
         let sessions = Sessions::new(settings.console_idle_timeout);
+        let telemetry = TelemetryHistory::new(settings.nodes.telemetry_history);
         Ok(Arc::new(Self {
             store,
             files,
@@ -84,6 +87,7 @@ impl App {
             metrics: Metrics::default(),
             changes,
             sessions,
+            telemetry,
         }))
     }
 

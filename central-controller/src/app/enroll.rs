@@ -268,6 +268,8 @@ impl App {
             self.store.put_identity(&identity)?;
             pki.revocations.reinstate(agent.as_str());
             let new_node = self.pin_enrolled(&agent, &identity)?;
+            // A node enrolled again numbers its telemetry from 1 again.
+            self.telemetry.forget(&agent);
             self.node_changed(&agent, if new_node { "registered" } else { "enrolled" });
             info!(agent = %agent, token = %token.id, region = %token.region, serial = %issued.serial,
                 key_id = %request.node_public_key.key_id(), uses_left = token.uses_left,
@@ -416,6 +418,7 @@ impl App {
                 node.clone()
             };
             self.store.put_node(&record, Durability::Flush)?;
+            self.telemetry.forget(&agent);
             if let Some(mut identity) = self.store.identity(&agent)? {
                 identity.revoked_at = Some(now);
                 prune(&mut identity.certificates, now);

@@ -1,5 +1,6 @@
 //! Intake of agent messages: presence (pins the node key at first contact),
-//! heartbeat and status. Anything unverifiable is logged, counted and ignored.
+//! heartbeat and status; telemetry goes on to `telemetry_ingest.rs`.
+//! Anything unverifiable is logged, counted and ignored.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -17,7 +18,7 @@ use crate::store::{Durability, NodeRecord, StoreError};
 
 /// Why an agent message was ignored.
 #[derive(Debug, thiserror::Error)]
-enum IngestError {
+pub(super) enum IngestError {
     #[error("topic is not an agent topic of this controller")]
     UnknownTopic,
     #[error(transparent)]
@@ -38,6 +39,12 @@ enum IngestError {
     Revoked,
     #[error("invalid document: {0}")]
     Invalid(String),
+    #[error("{0} bytes is over the {1}-byte bound")]
+    TooLarge(usize, usize),
+    #[error("payload names region {0}, not the topic's")]
+    RegionMismatch(verge_shared::RegionId),
+    #[error("seq {seq} is not above {last}, the newest kept: a duplicate or out of order")]
+    StaleSeq { seq: u64, last: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -56,12 +63,15 @@ impl IngestError {
             IngestError::UnknownAgent => "unknown_agent",
             IngestError::Revoked => "revoked",
             IngestError::Invalid(_) => "invalid",
+            IngestError::TooLarge(..) => "too_large",
+            IngestError::RegionMismatch(_) => "region_mismatch",
+            IngestError::StaleSeq { .. } => "stale_seq",
             IngestError::Store(_) => "store",
         }
     }
 }
 
-fn check_header(
+pub(super) fn check_header(
     topic_agent: &AgentId,
     agent: &AgentId,
     schema_version: u32,
@@ -82,11 +92,23 @@ impl App {
     /// Handles one message from the broker. Never fails: problems are logged
     /// at warn and counted.
     pub fn ingest(&self, topic: &str, payload: &[u8], now: Timestamp) {
-        let route = self.settings.topics.route(topic);
-        let kind = route.as_ref().map_or("unknown", |r| r.channel.segment());
+        let topics = &self.settings.topics;
+        let route = topics.route(topic);
+        let telemetry = match route {
+            Some(_) => None,
+            None => topics.telemetry_route(topic),
+        };
+        let kind = match (&route, &telemetry) {
+            (Some(r), _) => r.channel.segment(),
+            (None, Some(_)) => "telemetry",
+            (None, None) => "unknown",
+        };
         self.metrics.received.get_or_create(&Kind { kind }).inc();
         let result = match &route {
-            None => Err(IngestError::UnknownTopic),
+            None => match &telemetry {
+                Some(telemetry) => self.ingest_telemetry(telemetry, payload),
+                None => Err(IngestError::UnknownTopic),
+            },
             Some(route) if self.nodes.is_revoked(&route.agent) => Err(IngestError::Revoked),
             Some(route) => match route.channel {
                 Channel::Presence => self.ingest_presence(&route.agent, payload, now),
@@ -100,7 +122,9 @@ impl App {
                     .map_err(IngestError::from),
             },
         };
+        // Telemetry is unsigned: it counts no verification.
         let verified = match &result {
+            _ if telemetry.is_some() => None,
             Ok(()) => Some("ok"),
             Err(IngestError::Envelope(_)) => Some("failed"),
             Err(_) => None,
@@ -117,9 +141,18 @@ impl App {
                 .get_or_create(&Reason { reason: e.reason() })
                 .inc();
             self.n_rejected.fetch_add(1, Ordering::Relaxed);
-            let agent = route.as_ref().map(|r| r.agent.as_str()).unwrap_or("?");
+            let agent = match (&route, &telemetry) {
+                (Some(r), _) => r.agent.as_str(),
+                (None, Some(t)) => t.agent.as_str(),
+                (None, None) => "?",
+            };
             let topic: String = topic.chars().take(200).collect();
-            warn!(agent, topic, bytes = payload.len(), error = %e, "Ignored an agent message.");
+            // Redelivered telemetry is routine after every reconnect.
+            if matches!(e, IngestError::StaleSeq { .. }) {
+                debug!(agent, topic, error = %e, "Ignored an agent message.");
+            } else {
+                warn!(agent, topic, bytes = payload.len(), error = %e, "Ignored an agent message.");
+            }
         }
     }
 

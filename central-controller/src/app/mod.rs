@@ -19,6 +19,7 @@
 //! | metrics | `metrics.rs` | counters and histograms, the OpenMetrics registry |
 //! | change feed | `changes.rs` | recent changes with their ids, connected watchers |
 //! | console sessions | `sessions.rs` | when each console session was last used |
+//! | telemetry | `telemetry.rs` | each node's latest telemetry samples (informational only) |
 //!
 //! `composition.rs` holds [`App`] itself: the parts plus the store, the
 //! signing key, the clock and the outbox that every use case shares.
@@ -31,8 +32,9 @@
 //! loop), `ingest.rs`, `enroll.rs`, `placement.rs`, `logs.rs`,
 //! `node_list.rs`, `views.rs`, `accounts.rs` (users, API tokens, sign-in,
 //! authentication), `audit.rs` (the audit log), `monitoring.rs` (what
-//! `GET /metrics` shows), `watch.rs` (changes to the watch stream) and
-//! `console.rs` (console sign-in and sessions).
+//! `GET /metrics` shows), `watch.rs` (changes to the watch stream),
+//! `console.rs` (console sign-in and sessions) and `telemetry_ingest.rs`
+//! (agents' telemetry into its part, and a node's history read back).
 //! They import `App` from `composition.rs` and what else they
 //! need from the file that defines it, never from this file, which only
 //! declares and re-exports. A new capability (accounts and audit, a watch
@@ -66,6 +68,9 @@
 //!     is built before it is taken.
 //! 11. `sessions.last_used`: a leaf, held with nothing else; an idle
 //!     session's token is revoked after it is released.
+//! 12. `telemetry.rings`: a leaf, held for one push, copy or removal; the
+//!     node registry is read and released before it. Enrollment and
+//!     revocation forget a node's history under 2.
 
 // Leaves: shared types, the error, the clock, pure steps.
 mod clock;
@@ -82,6 +87,7 @@ mod metrics;
 mod nodes;
 mod probes;
 mod sessions;
+mod telemetry;
 mod waiting;
 // The composition of the parts.
 mod composition;
@@ -97,6 +103,7 @@ mod monitoring;
 mod node_list;
 mod placement;
 mod reconcile;
+mod telemetry_ingest;
 mod views;
 mod watch;
 
@@ -118,6 +125,7 @@ pub use metrics::RequestLabels;
 pub use monitoring::NODE_STATES;
 pub use node_list::{MAX_PAGE, NodeFilter, NodePage, NodeState};
 pub use placement::{LatencyRequest, LatencyView, PlacementRequest, RegionView};
+pub use telemetry::{TelemetryPoint, TelemetryView};
 pub use types::{HttpsClient, Incoming, MAX_REPLICAS, Outgoing, Settings};
 
 /// Lower-layer types that cross the api boundary, so that `api` imports
@@ -130,6 +138,8 @@ pub use logs::{LOG_TIMEOUT, LogTail};
 pub use views::{NodeView, ReplicaState, ReplicaView, ServiceView};
 pub use watch::{Frame, Watch, release_summary};
 
+#[cfg(test)]
+mod telemetry_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -9,8 +9,8 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use maud::{Markup, html};
 
-use super::layout::{Nav, Viewer, badge, count, empty, page, text_or_dash};
-use super::{PageError, query_link};
+use super::layout::{Nav, Viewer, badge, count, empty, page, query_link, text_or_dash};
+use super::problem::PageError;
 use crate::api::audit::{cursor_for, parse};
 use crate::api::error::ErrorCode;
 use crate::api::state::ApiState;

@@ -1,13 +1,14 @@
 //! The frame every console page shares: head with the compiled-in assets,
 //! the navigation the role may use, the live-update status, the
 //! confirmation dialog; and the small pieces pages repeat (state badges,
-//! ages, empty tables).
+//! ages, empty tables, wire words, links with a query, action buttons).
 
 use std::sync::LazyLock;
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
+use serde::Serialize;
 use verge_shared::Timestamp;
 
 use crate::app::{Principal, Role, role_name};
@@ -198,5 +199,33 @@ pub(super) fn text_or_dash(value: Option<&str>) -> Markup {
     match value {
         Some(v) if !v.is_empty() => html! { (v) },
         _ => html! { span.dim { "–" } },
+    }
+}
+
+/// A value's wire name (`"running"`, `"cgroup_v2"`), as the API shows it.
+pub(super) fn word<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// `path?query`, with the query's values encoded.
+pub(super) fn query_link(path: &str, query: &std::collections::BTreeMap<String, String>) -> String {
+    match serde_urlencoded::to_string(query) {
+        Ok(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path.to_owned(),
+    }
+}
+
+/// A button that POSTs to the API route `api` after the person confirms
+/// `confirm`; the page's script sends it with the CSRF token.
+pub(super) fn action_form(api: &str, label: &str, id: &str, confirm: &str) -> Markup {
+    html! {
+        form.inline data-api=(api) data-method="POST" data-confirm=(confirm) data-done="reload" {
+            button type="submit" #{ "action-" (id) } class=(if id == "revoke" { "danger" } else { "" }) { (label) }
+            span.form-error role="alert" {}
+        }
     }
 }

@@ -9,10 +9,12 @@
 //! re-reads the page's live parts when one arrives.
 
 mod audit;
+mod chart;
 mod layout;
 mod login;
 mod nodes;
 mod overview;
+mod problem;
 mod releases;
 mod services;
 pub(crate) mod session;
@@ -22,18 +24,17 @@ mod users;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use maud::{Markup, html};
-use serde::Serialize;
 
 use super::auth::{client_ip, route_of};
-use super::error::{ApiError, ErrorCode};
+use super::error::ApiError;
 use super::state::ApiState;
 use crate::app::{AppError, Principal, Role, Source, forbidden};
-use layout::{CSP, Nav, Viewer};
+use layout::{CSP, Viewer};
+use problem::problem;
 
 /// The console's routes, for the API's router to merge.
 pub(super) fn router(state: ApiState) -> Router<ApiState> {
@@ -142,44 +143,6 @@ fn to_sign_in(request: &Request, why: Option<&AppError>) -> Response {
     Redirect::to(&target).into_response()
 }
 
-/// A page that says what went wrong, in words, with the API's status.
-fn problem(viewer: &Viewer, error: &ApiError) -> Response {
-    let body = html! {
-        div.notice.error role="alert" { p { (error.message) } }
-        p { a href="/" { "Back to the overview" } }
-    };
-    let title = match error.status {
-        StatusCode::NOT_FOUND => "Not found",
-        StatusCode::FORBIDDEN => "Not allowed",
-        _ => "Something went wrong",
-    };
-    let mut response = layout::page(viewer, title, Nav::Overview, "", body);
-    *response.status_mut() = error.status;
-    response.extensions_mut().insert(ErrorCode(error.code));
-    response
-}
-
-/// A console page's error: the API's error, shown as a page.
-pub(super) struct PageError {
-    viewer: Viewer,
-    error: ApiError,
-}
-
-impl PageError {
-    pub(super) fn new(viewer: &Viewer, error: impl Into<ApiError>) -> Self {
-        Self {
-            viewer: viewer.clone(),
-            error: error.into(),
-        }
-    }
-}
-
-impl IntoResponse for PageError {
-    fn into_response(self) -> Response {
-        problem(&self.viewer, &self.error)
-    }
-}
-
 async fn css() -> Response {
     asset("text/css; charset=utf-8", layout::CSS)
 }
@@ -217,34 +180,6 @@ async fn secure_headers(mut response: Response) -> Response {
         HeaderValue::from_static("same-origin"),
     );
     response
-}
-
-/// A value's wire name (`"running"`, `"cgroup_v2"`), as the API shows it.
-pub(super) fn word<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        Ok(other) => other.to_string(),
-        Err(_) => String::new(),
-    }
-}
-
-/// `path?query`, with the query's values encoded.
-pub(super) fn query_link(path: &str, query: &std::collections::BTreeMap<String, String>) -> String {
-    match serde_urlencoded::to_string(query) {
-        Ok(q) if !q.is_empty() => format!("{path}?{q}"),
-        _ => path.to_owned(),
-    }
-}
-
-/// A button that POSTs to the API route `api` after the person confirms
-/// `confirm`; the page's script sends it with the CSRF token.
-pub(super) fn action_form(api: &str, label: &str, id: &str, confirm: &str) -> Markup {
-    html! {
-        form.inline data-api=(api) data-method="POST" data-confirm=(confirm) data-done="reload" {
-            button type="submit" #{ "action-" (id) } class=(if id == "revoke" { "danger" } else { "" }) { (label) }
-            span.form-error role="alert" {}
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The node list (server-side pages, filters, search by id) and one node's
-//! page, with cordon, drain, uncordon and revoke.
+//! page, with cordon, drain, uncordon and revoke, and its agent's recent
+//! telemetry charted.
 
 use std::collections::BTreeMap;
 
@@ -8,12 +9,16 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use maud::{Markup, html};
 
-use super::layout::{Nav, Viewer, ago, badge, empty, page, text_or_dash};
+use super::chart::{Series, line_chart};
+use super::layout::{
+    Nav, Viewer, action_form, ago, badge, count, empty, page, query_link, text_or_dash, word,
+};
 use super::overview::state_badge;
-use super::{PageError, action_form, query_link, word};
+use super::problem::PageError;
+use super::releases::size;
 use crate::api::nodes::{cursor_for, parse};
 use crate::api::state::ApiState;
-use crate::app::{NodeState, NodeView, Role};
+use crate::app::{NodeState, NodeView, Role, TelemetryView};
 
 /// Nodes per page unless the query says otherwise.
 const PAGE: &str = "50";
@@ -166,6 +171,11 @@ pub(super) async fn detail(
         .app
         .node(&id)
         .map_err(|e| PageError::new(&viewer, e))?;
+    let telemetry = state
+        .app
+        .node_telemetry(&id)
+        .map_err(|e| PageError::new(&viewer, e))?;
+    let history = state.app.settings().nodes.telemetry_history;
     let now = state.app.now();
     let api = format!("/api/v1/nodes/{}", node.id);
     let body = html! {
@@ -216,6 +226,7 @@ pub(super) async fn detail(
                 }
             }
         }
+        (telemetry_section(&telemetry, history, now))
         section #node-workloads data-live aria-labelledby="workloads-title" {
             h2 #workloads-title { "Workloads" }
             @if node.workloads.is_empty() {
@@ -281,4 +292,68 @@ pub(super) async fn detail(
         "node",
         body,
     ))
+}
+
+/// The agent's memory and CPU use over the samples the controller keeps,
+/// and what the newest one said. Telemetry causes no change on the watch
+/// stream: the section is read again whenever the node changes, and on load.
+fn telemetry_section(
+    telemetry: &TelemetryView,
+    history: usize,
+    now: verge_shared::Timestamp,
+) -> Markup {
+    let samples = &telemetry.samples;
+    let at = |s: &crate::app::TelemetryPoint| s.at.unix_millis();
+    let rss = Series {
+        id: "telemetry-rss",
+        what: "Agent memory (RSS)",
+        unit: "MiB",
+        points: samples
+            .iter()
+            .map(|s| (at(s), Some(s.rss_kib as f64 / 1024.0)))
+            .collect(),
+    };
+    let cpu = Series {
+        id: "telemetry-cpu",
+        what: "Agent CPU use",
+        unit: "%",
+        points: samples.iter().map(|s| (at(s), s.cpu_percent)).collect(),
+    };
+    html! {
+        section #node-telemetry data-live aria-labelledby="telemetry-title" {
+            h2 #telemetry-title { "Agent telemetry" }
+            @if history == 0 {
+                (empty("The controller keeps no telemetry: [nodes] telemetry_history is 0."))
+            } @else if samples.len() < 2 {
+                (empty("No telemetry yet: agents send it every telemetry_interval_secs (900 s by default), and a chart needs two samples."))
+            } @else {
+                div.charts {
+                    @if let Some(chart) = line_chart(&rss) { (chart) }
+                    @match line_chart(&cpu) {
+                        Some(chart) => (chart),
+                        None => (empty("No CPU figure yet: it needs two samples from one run of the agent.")),
+                    }
+                }
+                @if let Some(newest) = samples.last() {
+                    p.dim #telemetry-newest {
+                        "Newest sample (seq " (newest.seq) ") taken " (ago(newest.at, now)) ": up "
+                        (uptime(newest.uptime_secs)) ", " (count(newest.workloads as usize, "workload", "workloads")) ", outbox "
+                        (newest.outbox_queued) " queued and " (newest.outbox_dropped) " dropped, cache "
+                        (size(newest.cache_bytes)) "."
+                        @if let Some(secs) = telemetry.interval_secs { " One sample every " (secs) " s." }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// "42 s", "17 min", "5 h 3 min", "12 d 4 h": how long the agent has run.
+fn uptime(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..86_400 => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+        _ => format!("{} d {} h", secs / 86_400, secs % 86_400 / 3600),
+    }
 }

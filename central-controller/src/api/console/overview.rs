@@ -10,8 +10,8 @@ use axum::response::Response;
 use maud::{Markup, html};
 use serde_json::Value;
 
-use super::layout::{Nav, Viewer, badge, empty, page};
-use super::{PageError, word};
+use super::layout::{Nav, Viewer, badge, empty, page, word};
+use super::problem::PageError;
 use crate::api::state::ApiState;
 use crate::app::{NODE_STATES, Recorded, ReplicaState, ServiceView};
 

@@ -11,8 +11,8 @@ use maud::{Markup, html};
 use verge_shared::Timestamp;
 use verge_shared::trust::{MediaType, ReleaseArtifact};
 
-use super::PageError;
 use super::layout::{Nav, Viewer, ago, count, empty, page};
+use super::problem::PageError;
 use crate::api::state::ApiState;
 use crate::app::{ReleaseRecord, ServiceView};
 

@@ -10,9 +10,9 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use maud::{Markup, html};
 
-use super::layout::{Nav, Viewer, ago, badge, empty, page, text_or_dash};
+use super::layout::{Nav, Viewer, ago, badge, empty, page, text_or_dash, word};
 use super::overview::state_badge;
-use super::{PageError, word};
+use super::problem::PageError;
 use crate::api::state::ApiState;
 use crate::app::{App, LatencySpec, ReleaseRecord, ReplicaState, Role, ServiceSpec, ServiceView};
 

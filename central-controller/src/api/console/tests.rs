@@ -203,6 +203,64 @@ async fn releases_show_what_was_uploaded_and_who_runs_it() {
     assert!(body.find(&unused).expect("batch") < body.find(&digest).expect("web"));
 }
 
+#[tokio::test]
+async fn a_nodes_page_charts_its_agents_memory_and_cpu() {
+    let mem = memory_fixture();
+    let router = api(&mem.fx);
+    let key = verge_shared::SigningKey::generate().expect("key").0;
+    let start = mem.fx.app.now();
+    mem.fx.app.ingest(
+        "verge/v1/agents/edge-a/presence",
+        &crate::testing::presence(&key, "edge-a", "eu"),
+        start,
+    );
+    let cookie = as_admin(&router).await;
+    let page = get(&router, "/nodes/edge-a", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(tag(&page.body, "node-telemetry").contains("data-live"));
+    assert!(
+        page.body
+            .contains("No telemetry yet: agents send it every telemetry_interval_secs"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("<svg class=\"chart\""), "{}", page.body);
+
+    // Fifteen minutes of samples a minute apart, using 0.5 % of a core.
+    for seq in 1..=15 {
+        let secs = (seq - 1) * 60;
+        let at = start.saturating_add(Duration::from_secs(secs));
+        mem.fx.app.ingest(
+            "verge/v1/telemetry/eu/edge-a",
+            &crate::testing::telemetry("edge-a", "eu", seq, at, secs * 5, 10 + secs),
+            start,
+        );
+    }
+    let page = get(&router, "/nodes/edge-a", Some(&cookie)).await;
+    let body = &page.body;
+    let section = &body[body.find(r#"id="node-telemetry""#).expect("the section")..];
+    let section = &section[..section.find("</section>").expect("its end")];
+    assert_eq!(section.matches(r#"role="img""#).count(), 2, "{section}");
+    assert!(
+        tag(section, "telemetry-rss")
+            .contains(r#"aria-labelledby="telemetry-rss-title telemetry-rss-desc""#),
+        "{section}"
+    );
+    assert!(
+        section.contains("Agent memory (RSS): latest 20.0 MiB"),
+        "{section}"
+    );
+    assert!(section.contains("Agent CPU use: latest 0.5 %"), "{section}");
+    assert!(section.contains(">last 14 min</text>"), "{section}");
+    assert!(section.contains("14 of 15 samples known"), "{section}");
+    assert!(section.contains("One sample every 60 s."), "{section}");
+    assert!(section.contains("seq 15"), "{section}");
+    assert!(
+        !section.contains("style="),
+        "the CSP forbids inline styles: {section}"
+    );
+}
+
 #[test]
 fn sizes_are_in_binary_units() {
     assert_eq!(super::releases::size(0), "0 B");

@@ -7,9 +7,9 @@ use axum::extract::State;
 use axum::response::Response;
 use maud::{Markup, html};
 
-use super::layout::{Nav, Viewer, ago, empty, page};
+use super::layout::{Nav, Viewer, ago, empty, page, word};
 use super::overview::state_badge;
-use super::{PageError, word};
+use super::problem::PageError;
 use crate::api::state::ApiState;
 use crate::app::Role;
 

@@ -13,8 +13,8 @@ use axum::response::Response;
 use maud::{Markup, html};
 use verge_shared::Timestamp;
 
-use super::PageError;
 use super::layout::{Nav, Viewer, ago, count, empty, page};
+use super::problem::PageError;
 use crate::api::state::ApiState;
 use crate::app::{MIN_PASSWORD, Role, UserView, role_name};
 

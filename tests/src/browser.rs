@@ -239,10 +239,7 @@ impl Browser {
             &format!("a click on {css:?}"),
             self.timeout,
             || async move {
-                let element = client
-                    .find(Locator::Css(css))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let element = find(client, css).await?;
                 element.click().await.map_err(|e| e.to_string())
             },
         )
@@ -258,10 +255,7 @@ impl Browser {
             &format!("{css:?} filled with {text:?}"),
             self.timeout,
             || async move {
-                let element = client
-                    .find(Locator::Css(css))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let element = find(client, css).await?;
                 element.clear().await.map_err(|e| e.to_string())?;
                 element.send_keys(text).await.map_err(|e| e.to_string())?;
                 match element.prop("value").await.map_err(|e| e.to_string())? {
@@ -283,10 +277,7 @@ impl Browser {
             &format!("the text of {css:?}"),
             self.timeout,
             || async move {
-                let element = client
-                    .find(Locator::Css(css))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let element = find(client, css).await?;
                 element.text().await.map_err(|e| e.to_string())
             },
         )
@@ -605,4 +596,12 @@ fn process_tree(root: u32) -> Vec<u32> {
         i += 1;
     }
     tree
+}
+
+/// The first element matching `css`, or why there is none.
+async fn find(client: &Client, css: &str) -> Result<Element, String> {
+    client
+        .find(Locator::Css(css))
+        .await
+        .map_err(|e| e.to_string())
 }

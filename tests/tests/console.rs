@@ -340,7 +340,10 @@ async fn a_viewer_sees_no_controls_and_forged_changes_are_refused() {
         .and_then(|entries| entries.iter().find(|e| e["error"] == "cross_origin"))
         .cloned()
         .unwrap_or_default();
-    assert_eq!(refusal["actor"], "admin", "the refusal is audited with who: {audit}");
+    assert_eq!(
+        refusal["actor"], "admin",
+        "the refusal is audited with who: {audit}"
+    );
 
     // Signing out ends the session: the page says so, and the cookie
     // opens nothing any more.

@@ -9,7 +9,9 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use maud::{Markup, html};
 
-use super::layout::{Nav, Viewer, badge, count, empty, page, query_link, text_or_dash};
+use super::layout::{
+    Nav, Viewer, badge, count, empty, filter_field, page, query_link, text_or_dash,
+};
 use super::problem::PageError;
 use crate::api::audit::{cursor_for, parse};
 use crate::api::error::ErrorCode;
@@ -52,22 +54,10 @@ pub(super) async fn list(
     let chosen = |name: &str| query.get(name).map(String::as_str).unwrap_or("");
     let body = html! {
         form.filters method="get" action="/audit" role="search" aria-label="Filter the audit log" {
-            div.field {
-                label for="f-actor" { "Actor (user)" }
-                input #f-actor name="actor" value=(chosen("actor")) placeholder="alice";
-            }
-            div.field {
-                label for="f-target" { "Target and below" }
-                input #f-target name="target" value=(chosen("target")) placeholder="services/web";
-            }
-            div.field {
-                label for="f-since" { "Since (RFC 3339)" }
-                input #f-since name="since" value=(chosen("since")) placeholder="2025-01-31T00:00:00Z";
-            }
-            div.field {
-                label for="f-until" { "Until (RFC 3339)" }
-                input #f-until name="until" value=(chosen("until")) placeholder="2025-02-01T00:00:00Z";
-            }
+            (filter_field("actor", "Actor (user)", chosen("actor"), "alice"))
+            (filter_field("target", "Target and below", chosen("target"), "services/web"))
+            (filter_field("since", "Since (RFC 3339)", chosen("since"), "2025-01-31T00:00:00Z"))
+            (filter_field("until", "Until (RFC 3339)", chosen("until"), "2025-02-01T00:00:00Z"))
             @if let Some(limit) = query.get("limit") {
                 input type="hidden" name="limit" value=(limit);
             }

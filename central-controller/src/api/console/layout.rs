@@ -82,13 +82,8 @@ pub(super) fn page(
         (DOCTYPE)
         html lang="en" {
             head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                // No favicon request (and no 404 for it).
-                link rel="icon" href="data:,";
+                (head_common(title))
                 meta name="csrf-token" content=(viewer.csrf);
-                title { (title) " · Verge" }
-                link rel="stylesheet" href={ "/assets/console.css?v=" (*ASSET_VERSION) };
                 script src={ "/assets/console.js?v=" (*ASSET_VERSION) } defer {}
             }
             body data-watch=(watch) {
@@ -141,6 +136,29 @@ pub(super) fn page(
         }
     };
     html_response(markup)
+}
+
+/// What every page's `<head>` holds: encoding, viewport, title, no favicon
+/// request (and so no 404 for one), the stylesheet.
+pub(super) fn head_common(title: &str) -> Markup {
+    html! {
+        meta charset="utf-8";
+        meta name="viewport" content="width=device-width, initial-scale=1";
+        link rel="icon" href="data:,";
+        title { (title) " · Verge" }
+        link rel="stylesheet" href={ "/assets/console.css?v=" (*ASSET_VERSION) };
+    }
+}
+
+/// A labelled text field of a filter form.
+pub(super) fn filter_field(name: &str, label: &str, value: &str, placeholder: &str) -> Markup {
+    let id = format!("f-{name}");
+    html! {
+        div.field {
+            label for=(id) { (label) }
+            input #(id) name=(name) value=(value) placeholder=(placeholder);
+        }
+    }
 }
 
 /// An HTML response that is never cached.

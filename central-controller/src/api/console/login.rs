@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
-use super::layout::{ASSET_VERSION, Viewer, html_response};
+use super::layout::{Viewer, head_common, html_response};
 use super::session;
 use crate::api::audit::Attempted;
 use crate::api::auth::client_ip;
@@ -169,12 +169,7 @@ fn sign_in_page(next: &str, notice: Option<(&str, bool)>, user: &str) -> Markup 
         (DOCTYPE)
         html lang="en" {
             head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                // No favicon request (and no 404 for it).
-                link rel="icon" href="data:,";
-                title { "Sign in · Verge" }
-                link rel="stylesheet" href={ "/assets/console.css?v=" (*ASSET_VERSION) };
+                (head_common("Sign in"))
             }
             body.signin {
                 main #main {

@@ -11,7 +11,8 @@ use maud::{Markup, html};
 
 use super::chart::{Series, line_chart};
 use super::layout::{
-    Nav, Viewer, action_form, ago, badge, count, empty, page, query_link, text_or_dash, word,
+    Nav, Viewer, action_form, ago, badge, count, empty, filter_field, page, query_link,
+    text_or_dash, word,
 };
 use super::overview::state_badge;
 use super::problem::PageError;
@@ -65,10 +66,7 @@ pub(super) async fn list(
     });
     let body = html! {
         form.filters method="get" action="/nodes" role="search" aria-label="Filter nodes" {
-            div.field {
-                label for="f-prefix" { "Node id starts with" }
-                input #f-prefix name="prefix" value=(chosen("prefix")) placeholder="edge-";
-            }
+            (filter_field("prefix", "Node id starts with", chosen("prefix"), "edge-"))
             div.field {
                 label for="f-region" { "Region" }
                 select #f-region name="region" {
@@ -87,10 +85,7 @@ pub(super) async fn list(
                     }
                 }
             }
-            div.field {
-                label for="f-label" { "Label" }
-                input #f-label name="label" value=(chosen("label")) placeholder="key=value";
-            }
+            (filter_field("label", "Label", chosen("label"), "key=value"))
             div.field.buttons {
                 button type="submit" { "Filter" }
                 a href="/nodes" { "Clear" }

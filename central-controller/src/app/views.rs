@@ -86,6 +86,8 @@ pub struct NodeView {
     pub healthy: bool,
     pub last_seen: Option<Timestamp>,
     pub key_id: KeyId,
+    /// The agent's software version, from its presence.
+    pub version: String,
     pub desired_generation: Option<Generation>,
     pub applied_generation: Option<Generation>,
     pub workloads: Vec<WorkloadStatus>,
@@ -238,6 +240,7 @@ impl App {
             healthy: self.nodes.health(node, now).healthy,
             last_seen: node.last_seen,
             key_id: node.public_key.key_id(),
+            version: node.version.clone(),
             desired_generation: self.deployment.generation(&node.id),
             applied_generation: node.applied_generation,
             workloads: status.map(|s| s.workloads.clone()).unwrap_or_default(),

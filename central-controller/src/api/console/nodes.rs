@@ -103,7 +103,7 @@ pub(super) async fn list(
                     table #nodes {
                         thead { tr {
                             th scope="col" { "node" } th scope="col" { "region" } th scope="col" { "state" }
-                            th scope="col" { "last seen" } th scope="col" { "generation applied / desired" }
+                            th scope="col" { "last seen" } th scope="col" { "version" } th scope="col" { "generation applied / desired" }
                             th scope="col" { "workloads" } th scope="col" { "limits" } th scope="col" { "problems" }
                         } }
                         tbody {
@@ -137,6 +137,7 @@ fn row(node: &NodeView, now: verge_shared::Timestamp) -> Markup {
             td { (node.region) }
             td { (state_badge(node_state(node))) }
             td { @match node.last_seen { Some(at) => (ago(at, now)), None => span.dim { "never" } } }
+            td { (node.version) }
             td { (generations(node)) }
             td { (running) " running of " (node.workloads.len()) }
             td { (text_or_dash(node.limits.as_ref().map(word).as_deref())) }
@@ -197,6 +198,7 @@ pub(super) async fn detail(
                 dt { "Region" } dd { a href={ "/nodes?region=" (node.region) } { (node.region) } }
                 dt { "Last seen" } dd { @match node.last_seen { Some(at) => (ago(at, now)), None => "never" } }
                 dt { "Generation applied / desired" } dd { (generations(&node)) }
+                dt { "Agent version" } dd { (node.version) }
                 dt { "Capacity" } dd { (node.capacity.cpu_millis) " millicores, " (node.capacity.memory_mb) " MiB" }
                 dt { "Limits" } dd { (text_or_dash(node.limits.as_ref().map(word).as_deref())) }
                 dt { "Labels" } dd {

@@ -153,6 +153,20 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 /// `trust sign`: builds the bundle from the spec and signs it with `keys`.
 pub fn sign(spec_path: &Path, key_paths: &[PathBuf], out: &Path) -> Result<()> {
+    let (envelope, bundle) = sign_quietly(spec_path, key_paths, out)?;
+    println!("Signed {}", describe(&bundle));
+    print_signatures(&envelope, &bundle);
+    println!("Wrote {}", out.display());
+    Ok(())
+}
+
+/// Builds the bundle from the spec, signs it with `keys` and writes it to
+/// `out`, printing nothing.
+pub fn sign_quietly(
+    spec_path: &Path,
+    key_paths: &[PathBuf],
+    out: &Path,
+) -> Result<(Envelope, TrustBundle)> {
     let spec: BundleSpec = files::read_spec(spec_path)?;
     let bundle = spec
         .build(spec_path, Timestamp::now())
@@ -175,10 +189,7 @@ pub fn sign(spec_path: &Path, key_paths: &[PathBuf], out: &Path) -> Result<()> {
             .context("cannot add a signature")?;
     }
     write_envelope(out, &envelope)?;
-    println!("Signed {}", describe(&bundle));
-    print_signatures(&envelope, &bundle);
-    println!("Wrote {}", out.display());
-    Ok(())
+    Ok((envelope, bundle))
 }
 
 /// `trust add-signature`: adds one root key's signature to a signed bundle,

@@ -84,6 +84,15 @@ pub enum StartError {
     AdminToken(#[source] app::AppError),
 }
 
+impl StartError {
+    /// Whether the configuration is what must change (a trust bundle or
+    /// regions file it names), so that a restart alone cannot help: the
+    /// binary then exits 78, which the systemd unit does not restart on.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Self::Trust(_) | Self::Regions(_))
+    }
+}
+
 /// A started controller.
 pub struct Controller {
     /// Where the API actually listens (the port is resolved when 0 was asked).

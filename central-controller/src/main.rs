@@ -146,7 +146,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let configuration = e
+                .chain()
+                .filter_map(|cause| cause.downcast_ref::<central_controller::StartError>())
+                .any(central_controller::StartError::is_configuration);
+            if configuration {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use verge_shared::{Envelope, PublicKey, Timestamp, limits};
 #[derive(Debug, thiserror::Error)]
 pub enum TrustLoadError {
     #[error(
-        "no trust bundle: sign one that lists this controller's key {key} (see docs/operators/keys.md) and set trust.bundle_file"
+        "no trust bundle: set trust.bundle_file to a bundle that lists this controller's key {key} (docs/operators/keys.md); for a new installation, `verge-admin init` makes keys, a bundle and a configuration (docs/operators/production.md)"
     )]
     Missing { key: PublicKey },
     #[error("trust bundle {path}: {detail}")]

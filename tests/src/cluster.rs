@@ -75,7 +75,12 @@ pub fn free_port() -> u16 {
 
 /// The binaries the harness runs, built once per test process.
 /// The agent comes first: it is built alone (see [`build_binaries`]).
-const BINARIES: [&str; 3] = ["edge-agent", "central-controller", "hello-edge"];
+const BINARIES: [&str; 4] = [
+    "edge-agent",
+    "central-controller",
+    "hello-edge",
+    "verge-admin",
+];
 
 /// Builds [`BINARIES`] with the profile of the running test, so that
 /// `cargo test -p verge-tests` never runs stale binaries. Cargo's own build

@@ -79,6 +79,28 @@ fn the_agent_names_a_log_filter_it_cannot_read_and_every_config_problem() {
     }
 }
 
+#[test]
+fn the_controller_without_a_usable_trust_bundle_exits_78_and_says_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("controller.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:0\"\n[broker]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .expect("write");
+    let output = std::process::Command::new(verge_tests::cluster::binary("central-controller"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .expect("the controller runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    for hint in ["trust.bundle_file", "verge-admin init"] {
+        assert!(stderr.contains(hint), "{hint} not named: {stderr}");
+    }
+}
+
 /// The JSON lines among a binary's stderr (other lines are config errors,
 /// which are printed before or without the logger).
 fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
@@ -138,4 +160,94 @@ fn both_binaries_log_json_lines_when_asked() {
         stderr.contains("Ignored a log format") && stderr.contains("yaml"),
         "{stderr}"
     );
+}
+
+/// The fields a loader knows in `section` ("" for the top level), read from
+/// its error for an unknown one (serde lists every field it expected); none
+/// for a table of free keys such as `[labels]`.
+fn known_fields(load: &dyn Fn(&str) -> String, section: &str) -> Vec<String> {
+    let probe = if section.is_empty() {
+        "zz_unknown_field = 1\n".to_owned()
+    } else {
+        format!("[{section}]\nzz_unknown_field = 1\n")
+    };
+    let message = load(&probe);
+    if !message.contains("unknown field `zz_unknown_field`") {
+        return Vec::new();
+    }
+    let (_, expected) = message
+        .split_once("expected")
+        .unwrap_or_else(|| panic!("no list of fields in {message}"));
+    let line = expected.lines().next().unwrap_or_default();
+    line.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The keys a shipped file shows per section, set or commented out
+/// (`# url = ...` documents `url`), and its section headers.
+fn shown_keys(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut shown = std::collections::BTreeMap::<String, Vec<String>>::new();
+    let mut section = String::new();
+    shown.insert(section.clone(), Vec::new());
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim_matches(['[', ']']).to_owned();
+            shown.entry(section.clone()).or_default();
+            continue;
+        }
+        let line = line.trim_start_matches('#').trim();
+        if let Some((key, _)) = line.split_once('=') {
+            let key = key.trim();
+            if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                shown
+                    .entry(section.clone())
+                    .or_default()
+                    .push(key.to_owned());
+            }
+        }
+    }
+    shown
+}
+
+/// Every field the loader accepts appears in the shipped file, in its
+/// section, so that the file stays the complete reference it claims to be.
+fn assert_documents_every_field(file: &str, load: &dyn Fn(&str) -> String) {
+    let (name, text) = example(file);
+    let shown = shown_keys(&text);
+    let mut missing = Vec::new();
+    for field in known_fields(load, "") {
+        if shown.contains_key(&field) {
+            for key in known_fields(load, &field) {
+                if !shown[&field].contains(&key) {
+                    missing.push(format!("{field}.{key}"));
+                }
+            }
+        } else if !shown[""].contains(&field) {
+            missing.push(field);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{name} does not document {missing:?}: add each with a comment saying what it does"
+    );
+}
+
+#[test]
+fn shipped_configs_document_every_field() {
+    assert_documents_every_field("controller.toml", &|text| {
+        central_controller::config::Config::parse(text, "probe", |_| None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    });
+    assert_documents_every_field("agent.toml", &|text| {
+        edge_agent::Config::from_toml(text, |_| None)
+            .err()
+            .map(|e| e.join("\n"))
+            .unwrap_or_default()
+    });
 }

@@ -243,8 +243,8 @@ pub struct NodesConfig {
     pub telemetry_history: usize,
 }
 
-/// The most telemetry samples kept per node: at 56 bytes a sample, a day
-/// of one-minute samples, about 80 KB per node.
+/// The most telemetry samples kept per node: at 80 bytes a sample, a day
+/// of one-minute samples, about 115 KB per node.
 pub const MAX_TELEMETRY_HISTORY: u64 = 1440;
 
 /// Regions and latency measurement (`[placement]`).

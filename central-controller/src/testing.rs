@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use verge_shared::messages::{
-    PortSpec, Presence, Resources, RunSpec, SCHEMA_VERSION, payload_type,
+    PortSpec, Presence, Resources, RunSpec, SCHEMA_VERSION, WorkloadState, payload_type,
 };
-use verge_shared::telemetry::{CacheMetrics, OutboxMetrics, Telemetry};
+use verge_shared::telemetry::{
+    CacheMetrics, HostMetrics, OutboxMetrics, ProcessMetrics, TELEMETRY_SCHEMA_VERSION, Telemetry,
+    WorkloadMetrics,
+};
 use verge_shared::trust::{
     MediaType, Publisher, Release, ReleaseArtifact, RootRole, TrustBundle,
     payload_type as trust_type,
@@ -202,7 +205,7 @@ pub fn presence(key: &SigningKey, agent: &str, region: &str) -> Vec<u8> {
 
 /// A telemetry message as `agent` in `region` publishes it: sequence
 /// number `seq`, produced at `at` by an agent process up for `uptime_secs`
-/// that used `cpu_millis` of CPU time.
+/// that used `cpu_millis` of CPU time, on a host 25 % busy.
 pub fn telemetry(
     agent: &str,
     region: &str,
@@ -212,17 +215,34 @@ pub fn telemetry(
     uptime_secs: u64,
 ) -> Vec<u8> {
     let document = Telemetry {
-        schema_version: SCHEMA_VERSION,
+        schema_version: TELEMETRY_SCHEMA_VERSION,
         agent: AgentId::new(agent).expect("agent"),
         region: RegionId::new(region).expect("region"),
         seq,
         at,
-        uptime_secs,
-        rss_kib: 20 * 1024,
-        cpu_millis,
-        workloads: 1,
+        interval_seconds: 60,
+        host: HostMetrics {
+            cpu_percent: Some(25.0),
+            memory_available_bytes: 512 << 20,
+            disk_free_bytes: 8 << 30,
+            ..HostMetrics::default()
+        },
+        agent_process: ProcessMetrics {
+            uptime_seconds: uptime_secs,
+            rss_bytes: 20 << 20,
+            cpu_seconds: cpu_millis as f64 / 1000.0,
+        },
+        workloads: vec![WorkloadMetrics {
+            service: ServiceName::new("web").expect("service"),
+            replica: 0,
+            state: WorkloadState::Running,
+            health: None,
+            restarts: 0,
+            process: None,
+            last_exit: None,
+        }],
         cache: CacheMetrics {
-            bytes_cached: 4096,
+            cached_bytes: 4096,
             ..CacheMetrics::default()
         },
         outbox: OutboxMetrics {

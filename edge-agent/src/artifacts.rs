@@ -342,10 +342,10 @@ impl ArtifactCache {
         CacheMetrics {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
-            bytes_fetched: self.bytes_fetched.load(Ordering::Relaxed),
+            fetched_bytes: self.bytes_fetched.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
             corrupt_removed: self.corrupt_removed.load(Ordering::Relaxed),
-            bytes_cached: self.entries().iter().map(|e| e.size).sum(),
+            cached_bytes: self.entries().iter().map(|e| e.size).sum(),
         }
     }
 
@@ -674,7 +674,7 @@ mod tests {
         let path = cache.ensure(&reference(&body)).await.expect("resumed");
         assert_eq!(range.await.expect("request"), Some("120000".to_owned()));
         assert_eq!(std::fs::read(&path).expect("read"), body);
-        assert_eq!(cache.metrics().bytes_fetched, 80_000);
+        assert_eq!(cache.metrics().fetched_bytes, 80_000);
         assert!(tmp_is_empty(dir.path()));
     }
 

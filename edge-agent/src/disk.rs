@@ -19,8 +19,17 @@ pub fn is_no_space(error: &std::io::Error) -> bool {
 /// Bytes an unprivileged process can still write on the file system that
 /// holds `path`.
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    total_and_free_bytes(path).map(|(_, free)| free)
+}
+
+/// The size of the file system that holds `path`, and what an
+/// unprivileged process can still write on it, in bytes.
+pub fn total_and_free_bytes(path: &Path) -> std::io::Result<(u64, u64)> {
     let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
-    Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
+    Ok((
+        stat.blocks().saturating_mul(stat.fragment_size()),
+        stat.blocks_available().saturating_mul(stat.fragment_size()),
+    ))
 }
 
 /// Why `need` more bytes cannot be written under `dir`, or `None` when they

@@ -27,6 +27,7 @@
 //! - [`runtime`]: workload processes, adopted across agent restarts;
 //! - [`supervise`]: one workload's restart policy, crash loops and graceful stop;
 //! - [`health`]: TCP, HTTP and exec health checks;
+//! - [`host`]: the host's and a process's figures from `/proc` and `/sys`;
 //! - [`logs`]: rotated workload logs and their tail for log requests;
 //! - [`manifest`]: what an extracted archive holds, checked at start;
 //! - [`confine`]: the workload user and its limits (the `exec-workload` helper);
@@ -47,6 +48,7 @@ pub mod enroll;
 pub mod error;
 pub mod fake;
 pub mod health;
+pub mod host;
 pub mod http;
 pub mod intake;
 pub mod logs;
@@ -316,11 +318,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             agent: config.id.clone(),
             region: config.region.clone(),
             topic: config.topics.telemetry(&config.region, &config.id),
+            data_dir: config.data_dir.clone(),
+            interval: config.telemetry_interval,
             board: board.clone(),
             artifacts,
             outbox: outbox.clone(),
         },
-        config.telemetry_interval,
         stop.clone(),
     ));
     if let Some((socket, _)) = probe_socket {

@@ -1,17 +1,23 @@
-//! Periodic telemetry: the agent's own resource use and its cache and
-//! outbox counters, queued in the disk outbox on
-//! `{prefix}/telemetry/{region}/{id}` with a sequence number.
+//! Periodic telemetry: the host, each workload, the agent's own process,
+//! and its cache and outbox counters, queued in the disk outbox on
+//! `{prefix}/telemetry/{region}/{id}` with a sequence number
+//! (`verge_shared::telemetry` describes every field).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
-use verge_shared::messages::SCHEMA_VERSION;
-use verge_shared::telemetry::{OutboxMetrics, Telemetry};
+use verge_shared::limits::MAX_WORKLOADS_PER_AGENT;
+use verge_shared::messages::WorkloadState;
+use verge_shared::telemetry::{
+    OutboxMetrics, TELEMETRY_SCHEMA_VERSION, Telemetry, WorkloadMetrics,
+};
 use verge_shared::{AgentId, RegionId, Timestamp};
 
 use crate::artifacts::ArtifactCache;
+use crate::host::{self, CpuTimes};
 use crate::outbox::Outbox;
 use crate::report::Board;
 use crate::ticks::Ticks;
@@ -21,6 +27,9 @@ pub struct Sampler {
     pub agent: AgentId,
     pub region: RegionId,
     pub topic: String,
+    /// Whose file system's size and free space are reported.
+    pub data_dir: PathBuf,
+    pub interval: Duration,
     pub board: Arc<Board>,
     pub artifacts: Arc<ArtifactCache>,
     pub outbox: Arc<Outbox>,
@@ -28,42 +37,59 @@ pub struct Sampler {
 
 impl Sampler {
     /// One sample; `outbox` is read before the push (which holds the
-    /// outbox's lock while it numbers the message).
-    fn sample(&self, seq: u64, started: Instant, outbox: OutboxMetrics) -> Telemetry {
+    /// outbox's lock while it numbers the message), `cpu` holds the host's
+    /// CPU counters of the previous sample.
+    pub fn sample(&self, seq: u64, outbox: OutboxMetrics, cpu: &mut Option<CpuTimes>) -> Telemetry {
+        let host = host::read_host(&self.data_dir, cpu);
+        let uptime = host.uptime_seconds;
+        let workloads = self
+            .board
+            .workloads()
+            .into_iter()
+            .take(MAX_WORKLOADS_PER_AGENT)
+            .map(|w| WorkloadMetrics {
+                process: w
+                    .pid
+                    .filter(|_| w.state == WorkloadState::Running)
+                    .and_then(|pid| host::read_process(pid, uptime)),
+                service: w.service,
+                replica: w.replica,
+                state: w.state,
+                health: w.health,
+                restarts: w.restarts,
+                last_exit: w.last_exit,
+            })
+            .collect();
+        let agent_process = host::read_process(std::process::id(), uptime).unwrap_or_default();
         Telemetry {
-            schema_version: SCHEMA_VERSION,
+            schema_version: TELEMETRY_SCHEMA_VERSION,
             agent: self.agent.clone(),
             region: self.region.clone(),
             seq,
             at: Timestamp::now(),
-            uptime_secs: started.elapsed().as_secs(),
-            rss_kib: std::fs::read_to_string("/proc/self/statm")
-                .ok()
-                .and_then(|s| rss_kib(&s))
-                .unwrap_or(0),
-            cpu_millis: std::fs::read_to_string("/proc/self/stat")
-                .ok()
-                .and_then(|s| cpu_millis(&s))
-                .unwrap_or(0),
-            workloads: u32::try_from(self.board.workloads().len()).unwrap_or(u32::MAX),
+            interval_seconds: self.interval.as_secs(),
+            host,
+            agent_process,
+            workloads,
             cache: self.artifacts.metrics(),
             outbox,
         }
     }
 }
 
-/// Queues one telemetry sample every `interval` until `stop`.
-pub async fn telemetry_loop(sampler: Sampler, interval: Duration, stop: CancellationToken) {
-    let started = Instant::now();
+/// Queues one telemetry sample every `sampler.interval` until `stop`.
+pub async fn telemetry_loop(sampler: Sampler, stop: CancellationToken) {
+    let mut ticks = Ticks::every(sampler.interval);
     let sampler = Arc::new(sampler);
-    let mut ticks = Ticks::every(interval);
+    let cpu = Arc::new(Mutex::new(None));
     while ticks.next(&stop).await {
-        let s = sampler.clone();
+        let (s, cpu) = (sampler.clone(), cpu.clone());
         // The push is flushed to disk: keep it off the runtime thread.
         let pushed = tokio::task::spawn_blocking(move || {
             let outbox = s.outbox.metrics();
+            let mut cpu = cpu.lock().unwrap_or_else(PoisonError::into_inner);
             s.outbox.push_numbered(&s.topic, |seq| {
-                serde_json::to_vec(&s.sample(seq, started, outbox)).unwrap_or_default()
+                serde_json::to_vec(&s.sample(seq, outbox, &mut cpu)).unwrap_or_default()
             })
         })
         .await;
@@ -75,42 +101,5 @@ pub async fn telemetry_loop(sampler: Sampler, interval: Duration, stop: Cancella
             Ok(Err(e)) => warn!(error = %e, "Cannot queue telemetry; this sample is lost."),
             Err(e) => warn!(error = %e, "Queueing telemetry failed."),
         }
-    }
-}
-
-/// Resident set size from the text of `/proc/self/statm` (pages → KiB,
-/// assuming 4 KiB pages, which every target of the agent uses).
-fn rss_kib(statm: &str) -> Option<u64> {
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4)
-}
-
-/// User + system CPU time from the text of `/proc/self/stat`, in ms
-/// (the kernel reports clock ticks of 1/100 s to user space).
-fn cpu_millis(stat: &str) -> Option<u64> {
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) * 10)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_files_are_parsed() {
-        assert_eq!(rss_kib("1000 250 30 1 0 80 0\n"), Some(1000));
-        assert_eq!(rss_kib("junk"), None);
-        let stat = "42 (edge agent) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0";
-        assert_eq!(cpu_millis(stat), Some(100));
-        assert!(cpu_millis("42 (x").is_none());
-        assert!(
-            std::fs::read_to_string("/proc/self/stat")
-                .ok()
-                .and_then(|s| cpu_millis(&s))
-                .is_some()
-        );
     }
 }

@@ -41,7 +41,7 @@ use verge_tests::{Cluster, ClusterOptions, wait_for};
 const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Every kind of example the test knows how to exercise.
-const KINDS: [&str; 13] = [
+const KINDS: [&str; 14] = [
     "controller config",
     "request PUT /api/v1/services/{name}",
     "response error",
@@ -53,6 +53,7 @@ const KINDS: [&str; 13] = [
     "document Envelope",
     "document Delivery",
     "document Assignment",
+    "document Telemetry",
     "release spec",
     "trust bundle spec",
 ];
@@ -358,6 +359,24 @@ fn document_examples_parse_as_the_protocol_types() {
         }
     }
     assert_eq!(seen, 3, "the protocol's three document examples");
+}
+
+/// The telemetry example parses as the agent's `Telemetry` and shows no
+/// key the type does not have: what a consumer codes against is what the
+/// agent sends.
+#[test]
+fn the_telemetry_example_is_a_telemetry_document() {
+    let examples = of_kind("document Telemetry");
+    assert_eq!(examples.len(), 1, "docs/protocol.md's telemetry example");
+    for example in examples {
+        let parsed: verge_shared::telemetry::Telemetry = serde_json::from_value(example.json())
+            .unwrap_or_else(|e| panic!("{}: not a Telemetry document: {e}", example.at()));
+        assert_eq!(
+            parsed.schema_version,
+            verge_shared::telemetry::TELEMETRY_SCHEMA_VERSION
+        );
+        assert_keys_in(&example, &serde_json::to_value(&parsed).expect("json"));
+    }
 }
 
 // ---------------------------------------------------------------------------

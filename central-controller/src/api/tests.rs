@@ -396,7 +396,7 @@ async fn a_nodes_telemetry_is_served_oldest_first_with_the_cpu_use_between() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         json(&body),
-        serde_json::json!({"node": "edge-a", "interval_secs": null, "samples": []})
+        serde_json::json!({"node": "edge-a", "interval_seconds": null, "samples": []})
     );
 
     for (seq, secs, cpu_millis) in [(1, 0, 1_000), (2, 30, 1_300)] {
@@ -411,7 +411,7 @@ async fn a_nodes_telemetry_is_served_oldest_first_with_the_cpu_use_between() {
     assert_eq!(status, StatusCode::OK);
     let view = json(&body);
     assert_eq!(view["node"], "edge-a");
-    assert_eq!(view["interval_secs"], 30);
+    assert_eq!(view["interval_seconds"], 30);
     let samples = view["samples"].as_array().expect("samples");
     assert_eq!(samples.len(), 2);
     let mut keys: Vec<&str> = samples[0]
@@ -424,20 +424,28 @@ async fn a_nodes_telemetry_is_served_oldest_first_with_the_cpu_use_between() {
     assert_eq!(
         keys,
         [
+            "agent_cpu_percent",
+            "agent_cpu_seconds",
+            "agent_rss_bytes",
+            "agent_uptime_seconds",
             "at",
             "cache_bytes",
-            "cpu_millis",
-            "cpu_percent",
+            "disk_free_bytes",
+            "host_cpu_percent",
+            "memory_available_bytes",
             "outbox_dropped",
             "outbox_queued",
-            "rss_kib",
             "seq",
-            "uptime_secs",
             "workloads"
         ]
     );
-    assert_eq!(samples[0]["cpu_percent"], Value::Null, "nothing before it");
-    assert_eq!(samples[1]["cpu_percent"], 1.0, "300 ms in 30 s");
+    assert_eq!(
+        samples[0]["agent_cpu_percent"],
+        Value::Null,
+        "nothing before it"
+    );
+    assert_eq!(samples[1]["agent_cpu_percent"], 1.0, "300 ms in 30 s");
+    assert_eq!(samples[1]["host_cpu_percent"], 25.0);
     assert_eq!(samples[1]["seq"], 2);
     assert_eq!(
         samples[1]["at"],
@@ -445,7 +453,7 @@ async fn a_nodes_telemetry_is_served_oldest_first_with_the_cpu_use_between() {
             .saturating_add(std::time::Duration::from_secs(30))
             .to_string()
     );
-    assert_eq!(samples[1]["rss_kib"], 20 * 1024);
+    assert_eq!(samples[1]["agent_rss_bytes"], 20 << 20);
 
     for unknown in [
         "/api/v1/nodes/edge-z/telemetry",

@@ -76,13 +76,24 @@ pub(super) fn check_header(
     agent: &AgentId,
     schema_version: u32,
 ) -> Result<(), IngestError> {
+    check_versioned(topic_agent, agent, schema_version, SCHEMA_VERSION)
+}
+
+/// [`check_header`] for a document with a schema version of its own
+/// (telemetry's is `expected`).
+pub(super) fn check_versioned(
+    topic_agent: &AgentId,
+    agent: &AgentId,
+    schema_version: u32,
+    expected: u32,
+) -> Result<(), IngestError> {
     if agent != topic_agent {
         return Err(IngestError::AgentMismatch(agent.clone()));
     }
     if agent.as_str() == latency::CONTROLLER_TARGET {
         return Err(IngestError::ReservedId(latency::CONTROLLER_TARGET));
     }
-    if schema_version != SCHEMA_VERSION {
+    if schema_version != expected {
         return Err(IngestError::Schema(schema_version));
     }
     Ok(())

@@ -22,12 +22,13 @@ use super::types::lock;
 
 /// One telemetry message, reduced to what the history shows.
 ///
-/// 56 bytes (five 8-byte and four 4-byte fields; checked by a test): the
-/// default 60 samples are 3,360 bytes per node, plus 100 to 200 bytes for
-/// the ring, its map entry and the node id, so about 35 MB for 10,000
-/// nodes (and 1440 samples, the most, about 810 MB). Counters that cannot
-/// reach 2^32 in practice (RSS in KiB, uptime in seconds, workloads, queued
-/// messages) are kept in 32 bits and saturate.
+/// 80 bytes (seven 8-byte, four 4-byte and one 2-byte field, padded;
+/// checked by a test): the default 60 samples are 4,800 bytes per node,
+/// plus 100 to 200 bytes for the ring, its map entry and the node id, so
+/// about 50 MB for 10,000 nodes (and 1440 samples, the most, about 1.2 GB).
+/// Counters that cannot reach 2^32 in practice (the agent's RSS in KiB and
+/// uptime in seconds, workloads, queued messages) are kept in 32 bits and
+/// saturate; the host's CPU use in tenths of a percent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Sample {
     pub(super) at: Timestamp,
@@ -35,11 +36,18 @@ pub(super) struct Sample {
     pub(super) cpu_millis: u64,
     pub(super) cache_bytes: u64,
     pub(super) outbox_dropped: u64,
+    pub(super) memory_available_bytes: u64,
+    pub(super) disk_free_bytes: u64,
     pub(super) rss_kib: u32,
     pub(super) uptime_secs: u32,
     pub(super) workloads: u32,
     pub(super) outbox_queued: u32,
+    /// [`NO_HOST_CPU`] when the agent did not say.
+    pub(super) host_cpu_tenths: u16,
 }
+
+/// `host_cpu_tenths` of a sample without the host's CPU use.
+const NO_HOST_CPU: u16 = u16::MAX;
 
 fn saturate(value: u64) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
@@ -47,16 +55,24 @@ fn saturate(value: u64) -> u32 {
 
 impl Sample {
     pub(super) fn of(t: &Telemetry) -> Self {
+        let process = &t.agent_process;
         Self {
             at: t.at,
             seq: t.seq,
-            cpu_millis: t.cpu_millis,
-            cache_bytes: t.cache.bytes_cached,
+            // `as` saturates, and a negative or NaN figure becomes 0.
+            cpu_millis: (process.cpu_seconds * 1000.0) as u64,
+            cache_bytes: t.cache.cached_bytes,
             outbox_dropped: t.outbox.dropped,
-            rss_kib: saturate(t.rss_kib),
-            uptime_secs: saturate(t.uptime_secs),
-            workloads: t.workloads,
+            memory_available_bytes: t.host.memory_available_bytes,
+            disk_free_bytes: t.host.disk_free_bytes,
+            rss_kib: saturate(process.rss_bytes / 1024),
+            uptime_secs: saturate(process.uptime_seconds),
+            workloads: saturate(t.workloads.len() as u64),
             outbox_queued: saturate(t.outbox.queued),
+            host_cpu_tenths: t
+                .host
+                .cpu_percent
+                .map_or(NO_HOST_CPU, |p| (p.clamp(0.0, 100.0) * 10.0).round() as u16),
         }
     }
 }
@@ -138,24 +154,31 @@ pub struct TelemetryView {
     /// How often the agent sends telemetry, as seen in the samples (the
     /// median time per sequence number between neighbours); `None` with
     /// fewer than two samples.
-    pub interval_secs: Option<u64>,
+    pub interval_seconds: Option<u64>,
     /// Oldest first.
     pub samples: Vec<TelemetryPoint>,
 }
 
-/// One sample with the CPU use since the one before it.
+/// One sample, with the agent's CPU use since the one before it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TelemetryPoint {
     pub seq: u64,
     pub at: Timestamp,
-    pub rss_kib: u64,
-    /// CPU time the agent used since it started, milliseconds.
-    pub cpu_millis: u64,
-    /// CPU use since the previous sample, in percent of one core; `None`
-    /// for the first sample and after the agent restarted (its CPU time or
-    /// uptime went down).
-    pub cpu_percent: Option<f64>,
-    pub uptime_secs: u64,
+    /// The busy share of all the host's CPUs over the agent's last
+    /// interval (100 = every CPU busy); `None` in an agent's first sample.
+    pub host_cpu_percent: Option<f64>,
+    pub memory_available_bytes: u64,
+    /// Of the agent's data directory's file system.
+    pub disk_free_bytes: u64,
+    /// The agent process's resident memory (to the KiB).
+    pub agent_rss_bytes: u64,
+    /// CPU time the agent used since it started (to the millisecond).
+    pub agent_cpu_seconds: f64,
+    /// The agent's CPU use since the previous sample, in percent of one
+    /// core; `None` for the first sample and after the agent restarted (its
+    /// CPU time or uptime went down).
+    pub agent_cpu_percent: Option<f64>,
+    pub agent_uptime_seconds: u64,
     pub workloads: u32,
     pub outbox_queued: u64,
     pub outbox_dropped: u64,
@@ -204,10 +227,14 @@ pub(super) fn view(node: AgentId, samples: &[Sample]) -> TelemetryView {
         .map(|(i, s)| TelemetryPoint {
             seq: s.seq,
             at: s.at,
-            rss_kib: s.rss_kib.into(),
-            cpu_millis: s.cpu_millis,
-            cpu_percent: i.checked_sub(1).and_then(|p| cpu_percent(&samples[p], s)),
-            uptime_secs: s.uptime_secs.into(),
+            host_cpu_percent: (s.host_cpu_tenths != NO_HOST_CPU)
+                .then(|| f64::from(s.host_cpu_tenths) / 10.0),
+            memory_available_bytes: s.memory_available_bytes,
+            disk_free_bytes: s.disk_free_bytes,
+            agent_rss_bytes: u64::from(s.rss_kib) * 1024,
+            agent_cpu_seconds: s.cpu_millis as f64 / 1000.0,
+            agent_cpu_percent: i.checked_sub(1).and_then(|p| cpu_percent(&samples[p], s)),
+            agent_uptime_seconds: s.uptime_secs.into(),
             workloads: s.workloads,
             outbox_queued: s.outbox_queued.into(),
             outbox_dropped: s.outbox_dropped,
@@ -216,7 +243,7 @@ pub(super) fn view(node: AgentId, samples: &[Sample]) -> TelemetryView {
         .collect();
     TelemetryView {
         node,
-        interval_secs: interval_secs(samples),
+        interval_seconds: interval_secs(samples),
         samples: points,
     }
 }
@@ -237,16 +264,19 @@ mod tests {
             cpu_millis,
             cache_bytes: 0,
             outbox_dropped: 0,
+            memory_available_bytes: 0,
+            disk_free_bytes: 0,
             rss_kib: 20_000,
             uptime_secs: u32::try_from(secs).expect("small"),
             workloads: 0,
             outbox_queued: 0,
+            host_cpu_tenths: NO_HOST_CPU,
         }
     }
 
     #[test]
-    fn a_sample_stays_56_bytes() {
-        assert_eq!(std::mem::size_of::<Sample>(), 56);
+    fn a_sample_stays_80_bytes() {
+        assert_eq!(std::mem::size_of::<Sample>(), 80);
     }
 
     #[test]
@@ -309,11 +339,12 @@ mod tests {
             sample(6, 300, 350),
         ];
         let view = view(agent("edge-a"), &samples);
-        let cpu: Vec<Option<f64>> = view.samples.iter().map(|p| p.cpu_percent).collect();
+        let cpu: Vec<Option<f64>> = view.samples.iter().map(|p| p.agent_cpu_percent).collect();
         assert_eq!(cpu, [None, Some(1.0), Some(1.0), None, Some(0.5)]);
-        assert_eq!(view.interval_secs, Some(60));
+        assert_eq!(view.interval_seconds, Some(60));
         assert_eq!(view.samples[2].seq, 4);
-        assert_eq!(view.samples[2].rss_kib, 20_000);
+        assert_eq!(view.samples[2].agent_rss_bytes, 20_000 * 1024);
+        assert_eq!(view.samples[2].host_cpu_percent, None);
     }
 
     #[test]

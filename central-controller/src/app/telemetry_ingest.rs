@@ -7,12 +7,12 @@
 //! placement, failover read heartbeats, status and presence, all signed).
 
 use verge_shared::AgentId;
-use verge_shared::telemetry::{MAX_TELEMETRY_BYTES, Telemetry};
+use verge_shared::telemetry::{MAX_TELEMETRY_BYTES, TELEMETRY_SCHEMA_VERSION, Telemetry};
 use verge_shared::topic::TelemetryRoute;
 
 use super::composition::App;
 use super::error::AppError;
-use super::ingest::{IngestError, check_header};
+use super::ingest::{IngestError, check_versioned};
 use super::telemetry::{NotNewer, Sample, TelemetryView, view};
 
 impl App {
@@ -34,7 +34,12 @@ impl App {
         }
         let telemetry: Telemetry = serde_json::from_slice(payload)
             .map_err(|e| IngestError::Invalid(format!("telemetry: {e}")))?;
-        check_header(&route.agent, &telemetry.agent, telemetry.schema_version)?;
+        check_versioned(
+            &route.agent,
+            &telemetry.agent,
+            telemetry.schema_version,
+            TELEMETRY_SCHEMA_VERSION,
+        )?;
         if telemetry.region != route.region {
             return Err(IngestError::RegionMismatch(telemetry.region));
         }

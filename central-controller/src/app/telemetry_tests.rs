@@ -58,14 +58,16 @@ async fn a_nodes_latest_samples_are_kept_up_to_the_setting() {
     assert_eq!(seqs(&mf), [3, 4, 5], "the oldest go first");
     let view = mf.fx.app.node_telemetry("edge-a").expect("view");
     assert_eq!(view.node.as_str(), "edge-a");
-    assert_eq!(view.interval_secs, Some(60));
+    assert_eq!(view.interval_seconds, Some(60));
     let newest = view.samples.last().expect("a sample");
     assert_eq!(
-        (newest.rss_kib, newest.workloads, newest.cache_bytes),
-        (20 * 1024, 1, 4096)
+        (newest.agent_rss_bytes, newest.workloads, newest.cache_bytes),
+        (20 << 20, 1, 4096)
     );
     assert_eq!((newest.outbox_queued, newest.outbox_dropped), (2, 1));
-    assert_eq!(newest.cpu_percent, Some(1.0), "600 ms in 60 s");
+    assert_eq!(newest.agent_cpu_percent, Some(1.0), "600 ms in 60 s");
+    assert_eq!(newest.host_cpu_percent, Some(25.0));
+    assert_eq!(newest.memory_available_bytes, 512 << 20);
     let text = mf.fx.app.metrics_text().expect("metrics");
     assert!(
         text.contains("verge_agent_messages_received_total{kind=\"telemetry\"} 5"),
@@ -132,12 +134,16 @@ async fn telemetry_that_does_not_match_its_topic_or_bounds_is_refused() {
             "region_mismatch",
         ),
         (TOPIC, b"{not json".to_vec(), "invalid"),
-        (TOPIC, vec![b' '; 4097], "too_large"),
+        (
+            TOPIC,
+            vec![b' '; verge_shared::telemetry::MAX_TELEMETRY_BYTES + 1],
+            "too_large",
+        ),
         (
             TOPIC,
             String::from_utf8(telemetry("edge-a", "eu", 1, now, 0, 1))
                 .expect("UTF-8")
-                .replace("\"schema_version\":1", "\"schema_version\":2")
+                .replace("\"schema_version\":2", "\"schema_version\":1")
                 .into_bytes(),
             "schema",
         ),
@@ -164,7 +170,7 @@ async fn cpu_use_starts_over_when_the_agent_restarts() {
     send(&mf, start, 3, 20, 200);
     send(&mf, start, 4, 30, 300);
     let view = mf.fx.app.node_telemetry("edge-a").expect("view");
-    let cpu: Vec<Option<f64>> = view.samples.iter().map(|s| s.cpu_percent).collect();
+    let cpu: Vec<Option<f64>> = view.samples.iter().map(|s| s.agent_cpu_percent).collect();
     assert_eq!(cpu, [None, Some(5.0), None, Some(1.0)]);
 }
 

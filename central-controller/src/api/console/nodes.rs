@@ -291,9 +291,10 @@ pub(super) async fn detail(
     ))
 }
 
-/// The agent's memory and CPU use over the samples the controller keeps,
-/// and what the newest one said. Telemetry causes no change on the watch
-/// stream: the section is read again whenever the node changes, and on load.
+/// The host's CPU use and available memory and the agent's own memory and
+/// CPU use over the samples the controller keeps, and what the newest one
+/// said. Telemetry causes no change on the watch stream: the section is
+/// read again whenever the node changes, and on load.
 fn telemetry_section(
     telemetry: &TelemetryView,
     history: usize,
@@ -301,43 +302,51 @@ fn telemetry_section(
 ) -> Markup {
     let samples = &telemetry.samples;
     let at = |s: &crate::app::TelemetryPoint| s.at.unix_millis();
-    let rss = Series {
-        id: "telemetry-rss",
-        what: "Agent memory (RSS)",
-        unit: "MiB",
-        points: samples
-            .iter()
-            .map(|s| (at(s), Some(s.rss_kib as f64 / 1024.0)))
-            .collect(),
-    };
-    let cpu = Series {
-        id: "telemetry-cpu",
-        what: "Agent CPU use",
-        unit: "%",
-        points: samples.iter().map(|s| (at(s), s.cpu_percent)).collect(),
-    };
+    let mib = |bytes: u64| Some(bytes as f64 / (1024.0 * 1024.0));
+    let series =
+        |id, what, unit, value: &dyn Fn(&crate::app::TelemetryPoint) -> Option<f64>| Series {
+            id,
+            what,
+            unit,
+            points: samples.iter().map(|s| (at(s), value(s))).collect(),
+        };
+    let host_cpu = series("telemetry-host-cpu", "Host CPU use", "%", &|s| {
+        s.host_cpu_percent
+    });
+    let memory = series("telemetry-memory", "Host memory available", "MiB", &|s| {
+        mib(s.memory_available_bytes)
+    });
+    let rss = series("telemetry-rss", "Agent memory (RSS)", "MiB", &|s| {
+        mib(s.agent_rss_bytes)
+    });
+    let cpu = series("telemetry-cpu", "Agent CPU use", "% of a core", &|s| {
+        s.agent_cpu_percent
+    });
     html! {
         section #node-telemetry data-live aria-labelledby="telemetry-title" {
-            h2 #telemetry-title { "Agent telemetry" }
+            h2 #telemetry-title { "Telemetry" }
             @if history == 0 {
                 (empty("The controller keeps no telemetry: [nodes] telemetry_history is 0."))
             } @else if samples.len() < 2 {
                 (empty("No telemetry yet: agents send it every telemetry_interval_secs (900 s by default), and a chart needs two samples."))
             } @else {
                 div.charts {
+                    @if let Some(chart) = line_chart(&host_cpu) { (chart) }
+                    @if let Some(chart) = line_chart(&memory) { (chart) }
                     @if let Some(chart) = line_chart(&rss) { (chart) }
                     @match line_chart(&cpu) {
                         Some(chart) => (chart),
-                        None => (empty("No CPU figure yet: it needs two samples from one run of the agent.")),
+                        None => (empty("No agent CPU figure yet: it needs two samples from one run of the agent.")),
                     }
                 }
                 @if let Some(newest) = samples.last() {
                     p.dim #telemetry-newest {
-                        "Newest sample (seq " (newest.seq) ") taken " (ago(newest.at, now)) ": up "
-                        (uptime(newest.uptime_secs)) ", " (count(newest.workloads as usize, "workload", "workloads")) ", outbox "
+                        "Newest sample (seq " (newest.seq) ") taken " (ago(newest.at, now)) ": disk "
+                        (size(newest.disk_free_bytes)) " free; agent up "
+                        (uptime(newest.agent_uptime_seconds)) ", " (count(newest.workloads as usize, "workload", "workloads")) ", outbox "
                         (newest.outbox_queued) " queued and " (newest.outbox_dropped) " dropped, cache "
                         (size(newest.cache_bytes)) "."
-                        @if let Some(secs) = telemetry.interval_secs { " One sample every " (secs) " s." }
+                        @if let Some(secs) = telemetry.interval_seconds { " One sample every " (secs) " s." }
                     }
                 }
             }

@@ -240,7 +240,7 @@ async fn a_nodes_page_charts_its_agents_memory_and_cpu() {
     let body = &page.body;
     let section = &body[body.find(r#"id="node-telemetry""#).expect("the section")..];
     let section = &section[..section.find("</section>").expect("its end")];
-    assert_eq!(section.matches(r#"role="img""#).count(), 2, "{section}");
+    assert_eq!(section.matches(r#"role="img""#).count(), 4, "{section}");
     assert!(
         tag(section, "telemetry-rss")
             .contains(r#"aria-labelledby="telemetry-rss-title telemetry-rss-desc""#),

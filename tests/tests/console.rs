@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use verge_tests::browser::Browser;
 use verge_tests::require::{Tool, missing};
 use verge_tests::workload::{hello_artifact, hello_spec};
-use verge_tests::{Cluster, ClusterOptions};
+use verge_tests::{Cluster, ClusterOptions, wait_for};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -24,8 +24,10 @@ async fn cluster_with_user(name: &str, role: &str) -> Cluster {
     let mut cluster = Cluster::start(ClusterOptions::default())
         .await
         .expect("cluster starts");
+    // Telemetry every 2 s, so that the node page has charts to show.
+    let broker = cluster.mqtt_addr;
     cluster
-        .add_agent("edge-a", "region-a")
+        .add_agent_with("edge-a", "region-a", broker, "telemetry_interval_secs = 2")
         .await
         .expect("agent starts");
     let reply = cluster
@@ -172,7 +174,22 @@ async fn an_operator_runs_the_fleet_from_the_console() {
 
     // Cordon from the node page, after a confirmation that says what
     // happens.
-    visit(&browser, &base, "/nodes/edge-a", "Node edge-a", "node").await;
+    wait_for(
+        "the node page with telemetry charts",
+        Duration::from_secs(60),
+        || async {
+            browser.goto(&format!("{base}/nodes/edge-a")).await;
+            browser.wait_for_text("h1", "Node edge-a").await;
+            if browser.exists("#telemetry-host-cpu").await {
+                Ok(())
+            } else {
+                Err("no chart yet".to_owned())
+            }
+        },
+    )
+    .await;
+    browser.screenshot("node").await;
+    browser.assert_no_js_errors().await;
     browser.click("#action-cordon").await;
     let question = browser
         .wait_for_text("#confirm-text", "No new replicas")

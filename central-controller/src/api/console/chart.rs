@@ -29,9 +29,14 @@ pub(super) struct Series<'a> {
     pub(super) points: Vec<(u64, Option<f64>)>,
 }
 
-/// `value` with one decimal and the unit.
+/// `value` with the unit, one decimal below 100 and none above.
 fn amount(value: f64, unit: &str) -> String {
-    format!("{value:.1} {unit}")
+    // Short enough for the axis: 2618 MiB, 12.5 %, 0.35 %.
+    if value.abs() >= 100.0 {
+        format!("{value:.0} {unit}")
+    } else {
+        format!("{value:.1} {unit}")
+    }
 }
 
 /// "last 40 s", "last 14 min", "last 5 h", "last 2 d": the time a chart spans.

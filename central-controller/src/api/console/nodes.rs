@@ -319,9 +319,12 @@ fn telemetry_section(
     let rss = series("telemetry-rss", "Agent memory (RSS)", "MiB", &|s| {
         mib(s.agent_rss_bytes)
     });
-    let cpu = series("telemetry-cpu", "Agent CPU use", "% of a core", &|s| {
-        s.agent_cpu_percent
-    });
+    let cpu = series(
+        "telemetry-cpu",
+        "Agent CPU use (100 = one core)",
+        "%",
+        &|s| s.agent_cpu_percent,
+    );
     html! {
         section #node-telemetry data-live aria-labelledby="telemetry-title" {
             h2 #telemetry-title { "Telemetry" }

@@ -41,7 +41,7 @@ use verge_tests::{Cluster, ClusterOptions, wait_for};
 const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Every kind of example the test knows how to exercise.
-const KINDS: [&str; 14] = [
+const KINDS: [&str; 15] = [
     "controller config",
     "request PUT /api/v1/services/{name}",
     "response error",
@@ -54,6 +54,7 @@ const KINDS: [&str; 14] = [
     "document Delivery",
     "document Assignment",
     "document Telemetry",
+    "telegraf config",
     "release spec",
     "trust bundle spec",
 ];
@@ -376,6 +377,38 @@ fn the_telemetry_example_is_a_telemetry_document() {
             verge_shared::telemetry::TELEMETRY_SCHEMA_VERSION
         );
         assert_keys_in(&example, &serde_json::to_value(&parsed).expect("json"));
+    }
+}
+
+/// The Telegraf configuration is TOML that subscribes to the telemetry
+/// topics Verge publishes (Telegraf itself is not run).
+#[test]
+fn the_telegraf_example_subscribes_to_the_telemetry_topics() {
+    let examples = of_kind("telegraf config");
+    assert_eq!(examples.len(), 1, "docs/consumers.md's Telegraf example");
+    let topics = verge_shared::Topics::new("verge/v1").expect("prefix");
+    let region = verge_shared::RegionId::new("eu-west").expect("region");
+    let node = verge_shared::AgentId::new("edge-01").expect("id");
+    let published = topics.telemetry(&region, &node);
+    for example in examples {
+        let config: toml::Table = toml::from_str(&example.body)
+            .unwrap_or_else(|e| panic!("{}: not TOML: {e}", example.at()));
+        let input = &config["inputs"]["mqtt_consumer"][0];
+        let filters = input["topics"].as_array().expect("topics");
+        // An MQTT filter of `+` wildcards matches level by level.
+        let matches = |filter: &str| {
+            filter.split('/').count() == published.split('/').count()
+                && filter
+                    .split('/')
+                    .zip(published.split('/'))
+                    .all(|(f, p)| f == "+" || f == p)
+        };
+        assert!(
+            filters.iter().any(|f| f.as_str().is_some_and(matches)),
+            "{}: no filter matches {published}",
+            example.at()
+        );
+        assert_eq!(input["data_format"].as_str(), Some("json_v2"));
     }
 }
 

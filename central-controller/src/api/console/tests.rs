@@ -250,7 +250,10 @@ async fn a_nodes_page_charts_its_agents_memory_and_cpu() {
         section.contains("Agent memory (RSS): latest 20.0 MiB"),
         "{section}"
     );
-    assert!(section.contains("Agent CPU use (100 = one core): latest 0.5 %"), "{section}");
+    assert!(
+        section.contains("Agent CPU use (100 = one core): latest 0.5 %"),
+        "{section}"
+    );
     assert!(section.contains(">last 14 min</text>"), "{section}");
     assert!(section.contains("14 of 15 samples known"), "{section}");
     assert!(section.contains("One sample every 60 s."), "{section}");

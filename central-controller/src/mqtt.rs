@@ -103,6 +103,10 @@ async fn poll(
                 // Telemetry is informational and comes again next interval:
                 // QoS 0 spares an acknowledgement per message. Not read at
                 // all when no history is kept.
+                // Security events, signed by each node: always read.
+                if let Err(e) = client.try_subscribe(topics.all_events(), QoS::AtLeastOnce) {
+                    warn!(error = %e, "Could not queue a subscription.");
+                }
                 if app.settings().nodes.telemetry_history > 0
                     && let Err(e) = client.try_subscribe(topics.all_telemetry(), QoS::AtMostOnce)
                 {

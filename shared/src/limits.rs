@@ -37,6 +37,10 @@ pub const MAX_HEARTBEAT_BYTES: usize = 2 * 1024;
 /// Largest signed presence envelope the controller accepts.
 pub const MAX_PRESENCE_BYTES: usize = 8 * 1024;
 
+/// Largest signed event envelope the controller accepts (an event's
+/// detail is at most [`MAX_MESSAGE_BYTES`]).
+pub const MAX_EVENT_BYTES: usize = 8 * 1024;
+
 /// Most workloads one desired state may carry.
 pub const MAX_WORKLOADS_PER_AGENT: usize = 256;
 

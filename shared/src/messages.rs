@@ -743,6 +743,19 @@ pub enum EventKind {
     CertificateRenewalFailing,
 }
 
+impl EventKind {
+    /// Its name on the wire (`desired_state_rejected`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::DesiredStateRejected => "desired_state_rejected",
+            EventKind::TrustBundleRejected => "trust_bundle_rejected",
+            EventKind::TrustBundleUpdated => "trust_bundle_updated",
+            EventKind::GenerationsReset => "generations_reset",
+            EventKind::CertificateRenewalFailing => "certificate_renewal_failing",
+        }
+    }
+}
+
 /// A security-relevant event, signed by the node and published through the
 /// outbox on `{prefix}/events/{region}/{agent}` for the controller and any
 /// consumer.
@@ -775,6 +788,20 @@ pub fn bounded_message(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_kinds_are_named_as_on_the_wire() {
+        for kind in [
+            EventKind::DesiredStateRejected,
+            EventKind::TrustBundleRejected,
+            EventKind::TrustBundleUpdated,
+            EventKind::GenerationsReset,
+            EventKind::CertificateRenewalFailing,
+        ] {
+            let wire = serde_json::to_value(kind).expect("json");
+            assert_eq!(wire.as_str(), Some(kind.as_str()));
+        }
+    }
 
     fn workload(service: &str) -> Assignment {
         Assignment {

@@ -84,8 +84,9 @@ pub struct Route {
     pub channel: Channel,
 }
 
-/// A telemetry topic, understood: the region and agent it names. The
-/// region is only what the publisher put in the topic; trust the agent id.
+/// A telemetry or events topic, understood: the region and agent it
+/// names. The region is only what the publisher put in the topic; trust
+/// the agent id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TelemetryRoute {
     pub region: RegionId,
@@ -183,6 +184,16 @@ impl Topics {
     /// The subscription filter matching every agent's events.
     pub fn all_events(&self) -> String {
         format!("{}/events/+/+", self.prefix)
+    }
+
+    /// Inverts [`Topics::events`]: `None` for any topic it cannot have built.
+    pub fn events_route(&self, topic: &str) -> Option<TelemetryRoute> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix("/events/")?;
+        let (region, agent) = rest.split_once('/')?;
+        Some(TelemetryRoute {
+            region: RegionId::new(region).ok()?,
+            agent: AgentId::new(agent).ok()?,
+        })
     }
 
     pub fn log_request(&self, agent: &AgentId) -> String {
@@ -300,7 +311,15 @@ mod tests {
             let topics = Topics::new(&prefix).expect("valid prefix");
             let agent = AgentId::new(agent).expect("valid agent");
             let region = RegionId::new(region).expect("valid region");
+            let events = topics.events(&region, &agent);
+            prop_assert_eq!(topics.route(&events), None);
+            prop_assert_eq!(topics.telemetry_route(&events), None);
+            prop_assert_eq!(
+                topics.events_route(&events),
+                Some(TelemetryRoute { region: region.clone(), agent: agent.clone() })
+            );
             let topic = topics.telemetry(&region, &agent);
+            prop_assert_eq!(topics.events_route(&topic), None);
             // Never mistaken for a per-agent channel, whatever the ids.
             prop_assert_eq!(topics.route(&topic), None);
             prop_assert_eq!(

@@ -203,7 +203,8 @@ mod tests {
                 ChangeKind::Node,
                 ChangeKind::Service,
                 ChangeKind::Replica,
-                ChangeKind::Release
+                ChangeKind::Release,
+                ChangeKind::Event
             ])
         );
         let operator = visible_to(all.clone(), Role::Operator).expect("operator");

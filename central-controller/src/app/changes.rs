@@ -35,11 +35,13 @@ pub enum ChangeKind {
     Token,
     ApiToken,
     User,
+    /// A security event an agent signed and sent.
+    Event,
 }
 
 impl ChangeKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [ChangeKind; 7] = [
+    pub const ALL: [ChangeKind; 8] = [
         ChangeKind::Node,
         ChangeKind::Service,
         ChangeKind::Replica,
@@ -47,14 +49,17 @@ impl ChangeKind {
         ChangeKind::Token,
         ChangeKind::ApiToken,
         ChangeKind::User,
+        ChangeKind::Event,
     ];
 
     /// The role a watcher needs to see this kind: what listing it needs.
     pub fn role(self) -> Role {
         match self {
-            ChangeKind::Node | ChangeKind::Service | ChangeKind::Replica | ChangeKind::Release => {
-                Role::Viewer
-            }
+            ChangeKind::Node
+            | ChangeKind::Service
+            | ChangeKind::Replica
+            | ChangeKind::Release
+            | ChangeKind::Event => Role::Viewer,
             ChangeKind::Token => Role::Operator,
             ChangeKind::ApiToken | ChangeKind::User => Role::Admin,
         }
@@ -70,6 +75,7 @@ impl ChangeKind {
             ChangeKind::Token => "token",
             ChangeKind::ApiToken => "api_token",
             ChangeKind::User => "user",
+            ChangeKind::Event => "event",
         }
     }
 

@@ -13,6 +13,7 @@ use super::access::Access;
 use super::changes::Changes;
 use super::clock::Clock;
 use super::deployment::Deployment;
+use super::events::{EVENT_HISTORY, EventLog};
 use super::identity::Identity;
 use super::metrics::{Kind, Metrics};
 use super::nodes::Nodes;
@@ -47,6 +48,7 @@ pub struct App {
     pub(super) changes: Changes,
     pub(super) sessions: Sessions,
     pub(super) telemetry: TelemetryHistory,
+    pub(super) events: EventLog,
 }
 
 impl App {
@@ -88,6 +90,7 @@ impl App {
             changes,
             sessions,
             telemetry,
+            events: EventLog::new(EVENT_HISTORY),
         }))
     }
 

@@ -109,16 +109,22 @@ impl App {
             Some(_) => None,
             None => topics.telemetry_route(topic),
         };
-        let kind = match (&route, &telemetry) {
-            (Some(r), _) => r.channel.segment(),
-            (None, Some(_)) => "telemetry",
-            (None, None) => "unknown",
+        let event = match (&route, &telemetry) {
+            (None, None) => topics.events_route(topic),
+            _ => None,
+        };
+        let kind = match (&route, &telemetry, &event) {
+            (Some(r), _, _) => r.channel.segment(),
+            (None, Some(_), _) => "telemetry",
+            (None, None, Some(_)) => "event",
+            (None, None, None) => "unknown",
         };
         self.metrics.received.get_or_create(&Kind { kind }).inc();
         let result = match &route {
-            None => match &telemetry {
-                Some(telemetry) => self.ingest_telemetry(telemetry, payload),
-                None => Err(IngestError::UnknownTopic),
+            None => match (&telemetry, &event) {
+                (Some(telemetry), _) => self.ingest_telemetry(telemetry, payload),
+                (None, Some(event)) => self.ingest_event(event, payload, now),
+                (None, None) => Err(IngestError::UnknownTopic),
             },
             Some(route) if self.nodes.is_revoked(&route.agent) => Err(IngestError::Revoked),
             Some(route) => match route.channel {
@@ -152,7 +158,7 @@ impl App {
                 .get_or_create(&Reason { reason: e.reason() })
                 .inc();
             self.n_rejected.fetch_add(1, Ordering::Relaxed);
-            let agent = match (&route, &telemetry) {
+            let agent = match (&route, telemetry.as_ref().or(event.as_ref())) {
                 (Some(r), _) => r.agent.as_str(),
                 (None, Some(t)) => t.agent.as_str(),
                 (None, None) => "?",
@@ -255,7 +261,7 @@ impl App {
     }
 
     /// Verifies a heartbeat or status with the agent's pinned key.
-    fn open_pinned<T: serde::de::DeserializeOwned>(
+    pub(super) fn open_pinned<T: serde::de::DeserializeOwned>(
         &self,
         agent: &AgentId,
         payload: &[u8],

@@ -82,6 +82,7 @@ mod types;
 mod access;
 mod changes;
 mod deployment;
+mod events;
 mod identity;
 mod metrics;
 mod nodes;
@@ -97,6 +98,7 @@ mod audit;
 mod catalog;
 mod console;
 mod enroll;
+mod events_ingest;
 mod ingest;
 mod logs;
 mod monitoring;
@@ -120,6 +122,8 @@ pub use composition::App;
 pub use console::{CONSOLE_TOKEN_NAME, Credentials, SESSION_TTL, Session};
 pub use enroll::{TokenRequest, TokenView};
 pub use error::{AppError, InstallError, UploadError};
+pub use events::EventRecord;
+pub use events_ingest::{EventFilter, EventPage, MAX_EVENT_PAGE};
 pub use identity::Pki;
 pub use metrics::RequestLabels;
 pub use monitoring::NODE_STATES;
@@ -138,6 +142,8 @@ pub use logs::{LOG_TIMEOUT, LogTail};
 pub use views::{NodeView, ReplicaState, ReplicaView, ServiceView};
 pub use watch::{Frame, Watch, release_summary};
 
+#[cfg(test)]
+mod events_tests;
 #[cfg(test)]
 mod telemetry_tests;
 #[cfg(test)]

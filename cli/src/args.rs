@@ -89,7 +89,7 @@ pub enum Shell {
 
 #[derive(Args, Debug)]
 pub struct LoginArgs {
-    /// The API's address, e.g. https://controller.example:7700 (default: VERGE_ADDR).
+    /// The API's address, e.g. `https://controller.example:7700` (default: VERGE_ADDR).
     pub addr: Option<String>,
     /// The name to store the context under.
     #[arg(long, default_value = "default")]

@@ -14,7 +14,6 @@ use tracing_subscriber::EnvFilter;
 use verge_shared::log_format::{self, LogFormat};
 
 mod dev;
-mod node_cmd;
 mod user_cmd;
 
 /// sysexits EX_CONFIG: the configuration is wrong.
@@ -49,16 +48,6 @@ enum Command {
         /// The edge-agent binary (default: next to this executable).
         #[arg(long)]
         agent_bin: Option<PathBuf>,
-    },
-    /// Cordon, drain, uncordon, revoke or list nodes through a running controller's API.
-    Node {
-        #[command(subcommand)]
-        command: node_cmd::NodeCommand,
-    },
-    /// Create, list or revoke bootstrap tokens through a running controller's API.
-    Token {
-        #[command(subcommand)]
-        command: node_cmd::TokenCommand,
     },
     /// Add an operator account to a controller that is not running.
     User {
@@ -109,9 +98,10 @@ fn main() -> ExitCode {
     central_controller::tls::install_provider();
     let cli = Cli::parse();
     init_tracing();
-    // `node` and `token` talk to a running controller; `user` loads its own.
+    // `user` loads its own configuration. Everything done through a running
+    // controller's API is `verge`'s (the verge-cli crate).
     let config = match &cli.command {
-        Command::Node { .. } | Command::Token { .. } | Command::User { .. } => None,
+        Command::User { .. } => None,
         Command::Run { config } => Some(Config::load(config)),
         Command::Dev {
             data_dir,
@@ -135,8 +125,6 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match (cli.command, config) {
-        (Command::Node { command }, _) => runtime.block_on(node_cmd::run(command)),
-        (Command::Token { command }, _) => runtime.block_on(node_cmd::run_token(command)),
         (Command::User { command }, _) => user_cmd::run(command),
         (command, Some(config)) => runtime.block_on(run(command, config)),
         // Every other command has a configuration (see above).
@@ -165,10 +153,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             dev::prepare_trust(&config.data_dir)?;
             Some(dev::locate_agent(agent_bin)?)
         }
-        Command::Run { .. }
-        | Command::Node { .. }
-        | Command::Token { .. }
-        | Command::User { .. } => None,
+        Command::Run { .. } | Command::User { .. } => None,
     };
     let cancel = CancellationToken::new();
     let controller = start(config, cancel.clone())

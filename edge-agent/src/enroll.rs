@@ -45,7 +45,7 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
     #[error(
-        "the agent has no certificate in {0} and no enrollment token: set enroll_token (or VERGE_AGENT_ENROLL_TOKEN) with a token from `central-controller token create`"
+        "the agent has no certificate in {0} and no enrollment token: set enroll_token (or VERGE_AGENT_ENROLL_TOKEN) with a token from `verge token create`"
     )]
     NotEnrolled(String),
     #[error("enrollment needs the controller's CA certificate: set ca_file")]

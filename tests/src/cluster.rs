@@ -75,12 +75,30 @@ pub fn free_port() -> u16 {
 
 /// The binaries the harness runs, built once per test process.
 /// The agent comes first: it is built alone (see [`build_binaries`]).
-const BINARIES: [&str; 4] = [
-    "edge-agent",
-    "central-controller",
-    "hello-edge",
-    "verge-admin",
-];
+const BINARIES: [&str; 3] = ["edge-agent", "central-controller", "hello-edge"];
+
+/// The operator tools, built on their own when a test asks for one of
+/// their binaries (`verge`, `verge-admin`): most tests need neither, and
+/// built together with the controller they would change the features its
+/// dependencies are built with.
+const TOOLS: [(&str, &str); 2] = [("verge", "verge-cli"), ("verge-admin", "verge-admin")];
+
+/// Runs `cargo build` for `packages` with the profile of `profile_dir`.
+fn cargo_build(profile_dir: &Path, packages: &[&str]) {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.arg("build").arg("--quiet");
+    for name in packages {
+        cmd.args(["-p", name]);
+    }
+    if profile_dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {packages:?} failed: {status}");
+}
 
 /// Builds [`BINARIES`] with the profile of the running test, so that
 /// `cargo test -p verge-tests` never runs stale binaries. Cargo's own build
@@ -94,20 +112,17 @@ fn build_binaries(profile_dir: &Path) {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
         for group in [&BINARIES[..1], &BINARIES[1..]] {
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.arg("build").arg("--quiet");
-            for name in group {
-                cmd.args(["-p", name]);
-            }
-            if profile_dir.ends_with("release") {
-                cmd.arg("--release");
-            }
-            let status = cmd
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building {group:?} failed: {status}");
+            cargo_build(profile_dir, group);
         }
+    });
+}
+
+/// Builds [`TOOLS`], once per test process.
+fn build_tools(profile_dir: &Path) {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let packages: Vec<&str> = TOOLS.iter().map(|(_, package)| *package).collect();
+        cargo_build(profile_dir, &packages);
     });
 }
 
@@ -120,6 +135,9 @@ pub fn binary(name: &str) -> PathBuf {
         dir = dir.parent().expect("deps has a parent");
     }
     build_binaries(dir);
+    if TOOLS.iter().any(|(binary, _)| *binary == name) {
+        build_tools(dir);
+    }
     dir.join(name)
 }
 

@@ -17,6 +17,7 @@ pub mod require;
 pub mod sse;
 pub mod tls;
 pub mod trust;
+pub mod verge;
 pub mod wait;
 
 pub use api::Api;

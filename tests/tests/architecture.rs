@@ -24,13 +24,14 @@ fn root() -> PathBuf {
 }
 
 /// The workspace's member crates: (directory, name used in messages).
-const CRATES: [(&str, &str); 8] = [
+const CRATES: [(&str, &str); 9] = [
     ("shared", "verge-shared"),
     ("durable", "verge-durable"),
     ("scheduler", "verge-scheduler"),
     ("edge-agent", "edge-agent"),
     ("central-controller", "central-controller"),
     ("admin", "verge-admin"),
+    ("cli", "verge-cli"),
     ("tests", "verge-tests"),
     ("examples/hello-edge", "hello-edge"),
 ];
@@ -676,6 +677,41 @@ fn the_agent_and_the_controller_never_depend_on_each_other() {
     );
 }
 
+/// The operator CLI is a client of the HTTP API like any other: it may use
+/// verge-shared for types at most, never the controller's or the agent's code.
+#[test]
+fn the_cli_talks_only_http_to_the_api() {
+    let manifest = root().join("cli/Cargo.toml");
+    let text = fs::read_to_string(&manifest).expect("manifest");
+    let toml: toml::Table = text.parse().expect("manifest is TOML");
+    let workspace: BTreeSet<&str> = CRATES.iter().map(|(_, name)| *name).collect();
+    let mut violations = Vec::new();
+    for section in ["dependencies", "dev-dependencies", "build-dependencies"] {
+        let Some(deps) = toml.get(section).and_then(|d| d.as_table()) else {
+            continue;
+        };
+        for name in deps.keys() {
+            if workspace.contains(name.as_str()) && name != "verge-shared" && name != "verge-cli" {
+                let line = text
+                    .lines()
+                    .position(|l| l.trim_start().starts_with(name.as_str()))
+                    .map_or(0, |i| i + 1);
+                violations.push(Violation {
+                    file: "cli/Cargo.toml".to_owned(),
+                    line,
+                    rule: "cli-is-an-api-client",
+                    message: format!("[{section}] depends on `{name}`"),
+                });
+            }
+        }
+    }
+    report(
+        "the CLI reaches the controller only through its HTTP API; share types through \
+         verge-shared, never the controller's or the agent's crate.",
+        violations,
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Rule 3: no `.unwrap()` outside test code.
 
@@ -1107,6 +1143,7 @@ fn module_graph_of_the_small_crates_is_layered() {
         "durable",
         "scheduler",
         "admin",
+        "cli",
         "tests",
         "examples/hello-edge",
     ]);

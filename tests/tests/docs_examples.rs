@@ -41,7 +41,7 @@ use verge_tests::{Cluster, ClusterOptions, wait_for};
 const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Every kind of example the test knows how to exercise.
-const KINDS: [&str; 15] = [
+const KINDS: [&str; 16] = [
     "controller config",
     "request PUT /api/v1/services/{name}",
     "response error",
@@ -57,6 +57,7 @@ const KINDS: [&str; 15] = [
     "telegraf config",
     "release spec",
     "trust bundle spec",
+    "service file",
 ];
 
 /// One fenced block of a Markdown file.
@@ -617,5 +618,35 @@ async fn api_examples_are_accepted_and_answered_by_a_real_controller() {
             .await
             .expect("PUT");
         assert_accepted(&example, &reply);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `verge service apply` files.
+
+/// A documented service file is the one shipped in examples/, which the CLI
+/// system test (tests/tests/cli.rs) applies to a real controller.
+#[test]
+fn service_file_examples_are_the_shipped_example() {
+    let shipped: toml::Table = std::fs::read_to_string(root().join("examples/hello-service.toml"))
+        .expect("examples/hello-service.toml")
+        .parse()
+        .expect("the shipped service file is TOML");
+    let examples = of_kind("service file");
+    assert!(
+        !examples.is_empty(),
+        "docs/operators/cli.md shows a service file"
+    );
+    for example in examples {
+        let table: toml::Table = example
+            .body
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: not TOML: {e}", example.at()));
+        assert_eq!(
+            table,
+            shipped,
+            "{}: differs from examples/hello-service.toml",
+            example.at()
+        );
     }
 }

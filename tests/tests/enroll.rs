@@ -13,6 +13,7 @@ use verge_shared::{AgentId, SigningKey, Timestamp};
 use verge_tests::mqtt::TestClient;
 use verge_tests::proxy::Proxy;
 use verge_tests::tls::{client_config, mqtt_plain_connect, mqtt_tls_connect};
+use verge_tests::verge::Verge;
 use verge_tests::workload::{deploy_hello, wait_running};
 use verge_tests::{Cluster, ClusterOptions, wait_for};
 
@@ -637,82 +638,70 @@ fn an_agent_with_tls_urls_but_no_token_and_no_certificate_exits_78() {
     assert!(stderr.contains("VERGE_AGENT_ENROLL_TOKEN"), "{stderr}");
 }
 
-/// Runs `central-controller <args>` against the cluster's HTTPS API.
-fn controller_cli(cluster: &Cluster, args: &[&str], with_ca: bool) -> std::process::Output {
-    let mut command =
-        std::process::Command::new(verge_tests::cluster::binary("central-controller"));
-    command.args(args).args([
-        "--api",
-        &cluster.api.base,
-        "--token-file",
-        &cluster
-            .controller_data
-            .join("admin-token")
-            .display()
-            .to_string(),
-    ]);
-    if with_ca {
-        command
-            .arg("--ca-file")
-            .arg(cluster.controller_data.join("ca/ca.pem"));
-    }
-    command.output().expect("the controller binary runs")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_token_and_node_commands_work_over_https() {
+async fn verge_signs_in_over_https_and_manages_tokens_and_nodes() {
     let mut cluster = tls_cluster(None).await;
-    // Without the CA the command cannot verify the API and fails.
-    let unverified = controller_cli(&cluster, &["token", "list"], false);
+    let token_file = cluster.controller_data.join("admin-token");
+    let ca_file = cluster.controller_data.join("ca/ca.pem");
+    let token_file = token_file.to_str().expect("UTF-8 path");
+    let ca_file = ca_file.to_str().expect("UTF-8 path");
+    let verge = Verge::new();
+    // Without the CA, the API's certificate cannot be verified: no sign-in.
+    let unverified = verge
+        .run(&["login", &cluster.api.base, "--token-file", token_file])
+        .await
+        .exits(1);
     assert!(
-        !unverified.status.success(),
-        "an unverified HTTPS API was trusted"
+        unverified
+            .stderr
+            .starts_with("error: GET /api/v1/whoami: cannot reach"),
+        "{unverified}"
     );
+    verge
+        .run(&[
+            "login",
+            &cluster.api.base,
+            "--ca-file",
+            ca_file,
+            "--token-file",
+            token_file,
+            "--name",
+            "tls",
+        ])
+        .await
+        .ok();
 
-    let created = controller_cli(
-        &cluster,
-        &[
-            "token",
-            "create",
-            "--region",
-            "region-a",
-            "--uses",
-            "1",
-            "--ttl-secs",
-            "600",
-        ],
-        true,
-    );
-    let stdout = String::from_utf8_lossy(&created.stdout).into_owned();
-    assert!(
-        created.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    let token = stdout
-        .lines()
-        .last()
-        .expect("the token line")
-        .trim()
-        .to_owned();
+    let created = verge
+        .run(&[
+            "token", "create", "--region", "region-a", "--uses", "1", "--ttl", "10m",
+        ])
+        .await
+        .ok();
+    // The token alone on stdout; what it is on stderr.
+    let token = created.stdout.trim().to_owned();
+    assert_eq!(created.stdout.lines().count(), 1, "{created}");
+    assert!(created.stderr.contains("region region-a"), "{created}");
     let broker = cluster.mqtt_addr;
     cluster
         .add_enrolling_agent("edge-a", "region-a", &token, broker)
         .await
         .expect("the agent enrolls with the command's token");
 
-    let listed = controller_cli(&cluster, &["token", "list"], true);
-    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
-    assert!(listed.contains("spent"), "{listed}");
+    let listed = verge.run(&["token", "ls"]).await.ok();
+    assert!(listed.stdout.contains("spent"), "{listed}");
     assert!(
-        !listed.contains(&token),
+        !listed.stdout.contains(&token),
         "the token text was listed: {listed}"
     );
+    let listed = verge.run(&["-o", "json", "token", "ls"]).await.ok().json();
+    assert_eq!(listed["tokens"][0]["state"], "spent", "{listed}");
 
-    let revoked = controller_cli(&cluster, &["node", "revoke", "edge-a"], true);
-    let revoked = String::from_utf8_lossy(&revoked.stdout).into_owned();
+    let revoked = verge.run(&["node", "revoke", "edge-a"]).await.ok();
     assert!(
-        revoked.contains("edge-a") && revoked.contains("revoked"),
+        revoked
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("edge-a") && l.contains("revoked")),
         "{revoked}"
     );
     assert_eq!(

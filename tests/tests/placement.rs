@@ -5,7 +5,7 @@
 //! losing both leaves it unplaced with the reason; healing brings it back,
 //! and the copies are counted by asking the workloads themselves. Agents
 //! also measure their round-trip time to the controller's probe listener.
-//! Cordon, drain and uncordon go through the `central-controller node` CLI.
+//! Cordon, drain and uncordon go through the `verge node` CLI.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -16,7 +16,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 use verge_shared::latency::Probe;
-use verge_tests::cluster::{binary, free_port};
+use verge_tests::cluster::free_port;
+use verge_tests::verge::{Run, Verge};
 use verge_tests::workload::{ask, hello_artifact, hello_spec, wait_running};
 use verge_tests::{Api, Cluster, ClusterOptions, wait_for};
 
@@ -293,6 +294,15 @@ async fn latency_target_failover_and_heal_keep_one_copy() {
     );
 }
 
+/// The words of `verge node ...`'s table row for node `id`.
+fn row<'a>(run: &'a Run, id: &str) -> Vec<&'a str> {
+    run.stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_else(|| panic!("no row for {id}:\n{run}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cordon_keeps_drain_moves_and_uncordon_restores() {
     let cluster = Cluster::with_agents(&[("edge-a", "region-a"), ("edge-b", "region-a")]).await;
@@ -307,38 +317,22 @@ async fn cordon_keeps_drain_moves_and_uncordon_restores() {
         "edge-a"
     };
 
-    // Through the CLI, as an operator would: `central-controller node ...`.
-    let token_file = cluster.controller_data.join("admin-token");
-    let node_cmd = |args: Vec<String>| {
-        let mut command = std::process::Command::new(binary("central-controller"));
-        command
-            .arg("node")
-            .args(args)
-            .arg("--api")
-            .arg(&api.base)
-            .arg("--token-file")
-            .arg(&token_file);
-        async move {
-            let out = tokio::task::spawn_blocking(move || command.output())
-                .await
-                .expect("join")
-                .expect("run central-controller node");
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        }
-    };
-    let (ok, stdout, stderr) = node_cmd(vec!["cordon".into(), first.node.clone()]).await;
-    assert!(ok && stdout.contains("\tcordoned\t"), "{stdout} {stderr}");
+    // Through the CLI, as an operator would: `verge node ...`.
+    let verge = Verge::new()
+        .env("VERGE_ADDR", &api.base)
+        .env("VERGE_TOKEN", api.token());
+    let cordoned = verge.run(&["node", "cordon", &first.node]).await.ok();
+    assert_eq!(
+        row(&cordoned, &first.node)[..3],
+        [first.node.as_str(), "region-a", "cordoned"]
+    );
     let node = api.node(&first.node).await.expect("node");
     assert_eq!(node["cordon"], "cordoned", "{node}");
     let still = wait_running(&api, "hello", "held").await.remove(0);
     assert_eq!(still.pid, first.pid, "cordon keeps what runs");
 
-    let (ok, stdout, stderr) = node_cmd(vec!["drain".into(), first.node.clone()]).await;
-    assert!(ok && stdout.contains("\tdrained\t"), "{stdout} {stderr}");
+    let drained = verge.run(&["node", "drain", &first.node]).await.ok();
+    assert_eq!(row(&drained, &first.node)[2], "drained", "{drained}");
     wait_for(
         "the replica drained to the other node",
         Duration::from_secs(90),
@@ -354,27 +348,32 @@ async fn cordon_keeps_drain_moves_and_uncordon_restores() {
     )
     .await;
 
-    let (ok, stdout, stderr) = node_cmd(vec!["uncordon".into(), first.node.clone()]).await;
-    assert!(
-        ok && stdout.contains("\tschedulable\t"),
-        "{stdout} {stderr}"
-    );
+    let uncordoned = verge.run(&["node", "uncordon", &first.node]).await.ok();
+    assert_eq!(row(&uncordoned, &first.node)[2], "ready", "{uncordoned}");
     let node = api.node(&first.node).await.expect("node");
     assert!(node["cordon"].is_null(), "{node}");
-    let (ok, stdout, _) = node_cmd(vec!["list".into()]).await;
-    assert!(ok, "{stdout}");
-    assert_eq!(stdout.lines().count(), 2, "{stdout}");
-    assert!(
-        stdout.lines().any(|l| l.starts_with(&format!(
-            "{other}\tregion region-a\thealthy\tschedulable\treplicas: 1"
-        ))),
-        "{stdout}"
+    let listed = verge.run(&["node", "ls"]).await.ok();
+    assert_eq!(
+        listed.stdout.lines().count(),
+        3,
+        "a header and two nodes: {listed}"
     );
-    // An unknown node: the API's error, and a non-zero exit code.
-    let (ok, _, stderr) = node_cmd(vec!["cordon".into(), "nobody".into()]).await;
+    assert_eq!(
+        row(&listed, other)[..5],
+        [
+            other,
+            "region-a",
+            "ready",
+            env!("CARGO_PKG_VERSION"),
+            "hello:running"
+        ],
+        "{listed}"
+    );
+    // An unknown node: the API's error, and exit code 1.
+    let missing = verge.run(&["node", "cordon", "nobody"]).await.exits(1);
     assert!(
-        !ok && stderr.contains("404") && stderr.contains("nobody"),
-        "{stderr}"
+        missing.stderr.starts_with("error: not_found: ") && missing.stderr.contains("nobody"),
+        "{missing}"
     );
     // The API itself answers 404 as well.
     let reply = api

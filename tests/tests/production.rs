@@ -72,6 +72,9 @@ impl Drop for Running {
 
 /// Runs `block` as README says, in `dir`, until it exits 0 or keeps running.
 fn run_block(index: usize, block: &str, dir: &Path, path: &str) -> Option<Running> {
+    // `verge login` keeps its contexts under the XDG config directory: the
+    // test's own, never the user's.
+    let config_home = dir.join("config");
     let started = Instant::now();
     let mut attempt = 0;
     loop {
@@ -83,6 +86,8 @@ fn run_block(index: usize, block: &str, dir: &Path, path: &str) -> Option<Runnin
             .args(["-euo", "pipefail", "-c", block])
             .current_dir(dir)
             .env("PATH", path)
+            .env("XDG_CONFIG_HOME", &config_home)
+            .env("HOME", dir)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log handle"))
             .stderr(out);
@@ -118,6 +123,10 @@ async fn readme_production_section_word_for_word() {
         .expect("binaries have a directory")
         .to_owned();
     let hello = binary("hello-edge");
+    // The operator tools are built on their own (see `cluster::binary`).
+    for tool in ["verge-admin", "verge"] {
+        assert!(binary(tool).exists(), "{tool} is built");
+    }
     let path = format!(
         "{}:{}",
         bin_dir.display(),

@@ -183,6 +183,25 @@ pub fn prepare(
     ))
 }
 
+/// The `broker-cert` command: a server certificate for an external broker
+/// from the controller's CA (created if it does not exist yet) for
+/// `names`, written into `out` with the CA certificate and the CRL.
+/// Returns what to tell the operator.
+pub fn write_broker_files(
+    config: &Config,
+    names: &[String],
+    out: &Path,
+) -> Result<String, BrokerClientError> {
+    let ca = Ca::load_or_create(&config.data_dir.join("ca"))?;
+    let not_after = ca.write_broker_files(names, out)?;
+    Ok(format!(
+        "Wrote server.crt and server.key (for {}, valid until {not_after}), ca.crt and ca.crl to {}.\n\
+         Let the broker's user read them (server.key is mode 0600), and issue a new one before that date.",
+        names.join(", "),
+        out.display()
+    ))
+}
+
 fn log_own(ca_dir: &Path, not_after: Timestamp, issued: bool) {
     let path = ca_dir.join("controller.pem");
     if issued {

@@ -60,6 +60,19 @@ enum Command {
         #[command(subcommand)]
         command: node_cmd::TokenCommand,
     },
+    /// Write a server certificate for an external broker (Mosquitto) from
+    /// the controller's CA, with the CA certificate and the CRL, for
+    /// configs/mosquitto/verge.conf (offline; run as the controller's user).
+    BrokerCert {
+        #[arg(long)]
+        config: PathBuf,
+        /// A DNS name or IP address that clients put in the broker URL (repeat for more).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// The directory for server.crt, server.key, ca.crt and ca.crl.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Add an operator account to a controller that is not running.
     User {
         #[command(subcommand)]
@@ -112,7 +125,7 @@ fn main() -> ExitCode {
     // `node` and `token` talk to a running controller; `user` loads its own.
     let config = match &cli.command {
         Command::Node { .. } | Command::Token { .. } | Command::User { .. } => None,
-        Command::Run { config } => Some(Config::load(config)),
+        Command::Run { config } | Command::BrokerCert { config, .. } => Some(Config::load(config)),
         Command::Dev {
             data_dir,
             api_listen,
@@ -138,6 +151,11 @@ fn main() -> ExitCode {
         (Command::Node { command }, _) => runtime.block_on(node_cmd::run(command)),
         (Command::Token { command }, _) => runtime.block_on(node_cmd::run_token(command)),
         (Command::User { command }, _) => user_cmd::run(command),
+        (Command::BrokerCert { names, out, .. }, Some(config)) => {
+            central_controller::broker_client::write_broker_files(&config, &names, &out)
+                .map(|summary| println!("{summary}"))
+                .map_err(Into::into)
+        }
         (command, Some(config)) => runtime.block_on(run(command, config)),
         // Every other command has a configuration (see above).
         (_, None) => Ok(()),
@@ -158,6 +176,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Some(dev::locate_agent(agent_bin)?)
         }
         Command::Run { .. }
+        | Command::BrokerCert { .. }
         | Command::Node { .. }
         | Command::Token { .. }
         | Command::User { .. } => None,

@@ -51,7 +51,7 @@ pub enum BrokerClientError {
 /// Where the presented certificate comes from, for its upkeep.
 enum Source {
     /// Issued by the controller's CA and kept in `<data_dir>/ca/`.
-    Own(Ca),
+    Own(Box<Ca>),
     /// The operator's files, as last read.
     Files {
         cert: PathBuf,
@@ -156,7 +156,7 @@ pub fn prepare(
             let ca = Ca::load_or_create(&ca_dir)?;
             let (keyed, not_after, issued) = ca.controller_client(now)?;
             log_own(&ca_dir, not_after, issued);
-            (keyed, Source::Own(ca))
+            (keyed, Source::Own(Box::new(ca)))
         }
     };
     let identity = ClientIdentity::new(&keyed).map_err(|e| match &source {
@@ -251,7 +251,7 @@ impl Upkeep {
     }
 }
 
-/// Every [`UPKEEP_INTERVAL`] until `cancel`: the client certificate's
+/// Every 12 hours until `cancel`: the client certificate's
 /// upkeep (when there is one) and a fresh CRL (when TLS is on).
 pub async fn run_upkeep(app: Arc<App>, mut upkeep: Option<Upkeep>, cancel: CancellationToken) {
     loop {
@@ -305,7 +305,7 @@ mod tests {
         let identity = ClientIdentity::new(&first).expect("identity");
         let mut upkeep = Upkeep {
             identity,
-            source: Source::Own(ca),
+            source: Source::Own(Box::new(ca)),
         };
         upkeep.check(later);
         let renewed = std::fs::read_to_string(dir.path().join("controller.pem")).expect("pem");

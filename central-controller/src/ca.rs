@@ -29,8 +29,17 @@ const SERVICE_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 /// this much, but at most a tenth of the lifetime, so that a short-lived
 /// certificate's "2/3 of the lifetime" still lies ahead when it is issued.
 const BACKDATE: Duration = Duration::from_secs(300);
-/// How long a CRL says it stays current (it is rewritten on every revocation).
+/// How long a CRL says it stays current. It is rewritten on every
+/// revocation, at start and daily ([`CRL_REFRESH`]); a broker that reads it
+/// (Mosquitto's `crlfile`) must be reloaded within this time or it refuses
+/// every client once its copy has expired.
 const CRL_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
+/// How often the running controller rewrites the CRL.
+pub const CRL_REFRESH: Duration = Duration::from_secs(86_400);
+/// The controller's own client certificate is re-issued when it has less
+/// than this left (a third of its one-year life): at start, or by the
+/// daily check of a running controller.
+pub const CONTROLLER_RENEW_BEFORE: Duration = Duration::from_secs(120 * 86_400);
 
 /// A CA operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +249,108 @@ impl Ca {
         self.issue_keyed(params, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// The controller's client certificate kept in `<dir>/controller.pem`
+    /// and `controller.key`: reused while it is from this CA and has more
+    /// than [`CONTROLLER_RENEW_BEFORE`] left, otherwise issued anew and
+    /// written there. Returns it, its expiry, and whether it is new.
+    pub fn controller_client(
+        &self,
+        now: Timestamp,
+    ) -> Result<(KeyedCertificate, Timestamp, bool), CaError> {
+        let cert_path = self.dir.join("controller.pem");
+        let key_path = self.dir.join("controller.key");
+        let kept = std::fs::read_to_string(&cert_path)
+            .ok()
+            .zip(std::fs::read_to_string(&key_path).ok())
+            .and_then(|(cert_pem, key_pem)| {
+                let not_after = self.issued_here(&cert_pem)?;
+                KeyPair::from_pem(&key_pem).ok()?;
+                Some((KeyedCertificate { cert_pem, key_pem }, not_after))
+            });
+        let renew_at = |not_after: Timestamp| {
+            not_after.unix_millis() < now.saturating_add(CONTROLLER_RENEW_BEFORE).unix_millis()
+        };
+        match kept {
+            Some((keyed, not_after)) if !renew_at(not_after) => Ok((keyed, not_after, false)),
+            _ => {
+                let keyed = self.issue_controller_client()?;
+                let not_after =
+                    self.issued_here(&keyed.cert_pem)
+                        .ok_or_else(|| CaError::Invalid {
+                            path: cert_path.clone(),
+                            detail: "the new certificate does not parse".into(),
+                        })?;
+                write_private(&key_path, keyed.key_pem.as_bytes(), 0o600)?;
+                write_private(&cert_path, keyed.cert_pem.as_bytes(), 0o644)?;
+                Ok((keyed, not_after, true))
+            }
+        }
+    }
+
+    /// The expiry of `cert_pem` if this CA issued it (its authority key
+    /// identifier is the CA's subject key identifier).
+    fn issued_here(&self, cert_pem: &str) -> Option<Timestamp> {
+        let key_id =
+            |pem: &str, authority: bool| -> Option<(Vec<u8>, Timestamp)> {
+                let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+                let cert = pem.parse_x509().ok()?;
+                let id =
+                    cert.extensions()
+                        .iter()
+                        .find_map(|e| match e.parsed_extension() {
+                            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(
+                                aki,
+                            ) if authority => aki.key_identifier.as_ref().map(|k| k.0.to_vec()),
+                            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(ski)
+                                if !authority =>
+                            {
+                                Some(ski.0.to_vec())
+                            }
+                            _ => None,
+                        })?;
+                let seconds = cert.validity().not_after.timestamp();
+                let not_after = Timestamp::from_unix_millis(
+                    u64::try_from(seconds).unwrap_or(0).saturating_mul(1000),
+                );
+                Some((id, not_after))
+            };
+        let (ca_id, _) = key_id(&self.ca_pem, false)?;
+        let (issuer_id, not_after) = key_id(cert_pem, true)?;
+        (ca_id == issuer_id).then_some(not_after)
+    }
+
+    /// Writes a server certificate for a broker (Mosquitto's `certfile` and
+    /// `keyfile`) for these DNS names and IP addresses into `out`, with
+    /// the CA certificate (`cafile`) and, when the controller has written
+    /// one, its CRL (`crlfile`): `server.crt`, `server.key` (mode 0600),
+    /// `ca.crt`, `ca.crl`. Returns the server certificate's expiry.
+    pub fn write_broker_files(&self, names: &[String], out: &Path) -> Result<Timestamp, CaError> {
+        std::fs::create_dir_all(out).map_err(io_error(out))?;
+        let server = self.issue_server(names)?;
+        let not_after = self
+            .issued_here(&server.cert_pem)
+            .ok_or_else(|| CaError::Invalid {
+                path: out.join("server.crt"),
+                detail: "the new certificate does not parse".into(),
+            })?;
+        write_private(&out.join("server.key"), server.key_pem.as_bytes(), 0o600)?;
+        write_private(&out.join("server.crt"), server.cert_pem.as_bytes(), 0o644)?;
+        write_private(&out.join("ca.crt"), self.ca_pem.as_bytes(), 0o644)?;
+        let crl_path = self.dir.join("crl.pem");
+        match std::fs::read(&crl_path) {
+            Ok(crl) => write_private(&out.join("ca.crl"), &crl, 0o644)?,
+            // The controller has not written one yet: a list from this CA
+            // that revokes nothing, so that `crlfile` can be enabled now.
+            // The controller's own list replaces it once it runs.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let pem = self.crl_pem(&[], Timestamp::now())?;
+                write_private(&out.join("ca.crl"), pem.as_bytes(), 0o644)?;
+            }
+            Err(e) => return Err(io_error(&crl_path)(e)),
+        }
+        Ok(not_after)
+    }
+
     /// A client certificate for `agent` over the key in `csr_pem`, valid for
     /// `lifetime` from `now`. Whatever names the CSR asks for are ignored:
     /// the subject is the agent id the controller decided, with the SAN URI
@@ -289,6 +400,12 @@ impl Ca {
 
     /// Writes `<dir>/crl.pem` listing `revoked` (for Mosquitto's `crlfile`).
     pub fn write_crl(&self, revoked: &[RevokedSerial], now: Timestamp) -> Result<(), CaError> {
+        let pem = self.crl_pem(revoked, now)?;
+        write_private(&self.dir.join("crl.pem"), pem.as_bytes(), 0o644)
+    }
+
+    /// A CRL listing `revoked`, signed now, PEM.
+    fn crl_pem(&self, revoked: &[RevokedSerial], now: Timestamp) -> Result<String, CaError> {
         let revoked_certs = revoked
             .iter()
             .filter_map(|r| {
@@ -310,8 +427,7 @@ impl Ca {
             key_identifier_method: KeyIdMethod::Sha256,
         };
         let crl = params.signed_by(&self.issuer)?;
-        let pem = crl.pem()?;
-        write_private(&self.dir.join("crl.pem"), pem.as_bytes(), 0o644)
+        Ok(crl.pem()?)
     }
 }
 

@@ -138,6 +138,44 @@ pub struct ApiConfig {
 pub struct BrokerConfig {
     pub endpoint: BrokerEndpoint,
     pub topics: Topics,
+    /// The broker URL agents are told at enrollment (`broker.advertise_url`);
+    /// `None`: the external `url`, or the embedded listener's address.
+    pub advertise_url: Option<BrokerUrl>,
+    /// How the controller's own client authenticates to an external broker.
+    pub client: BrokerClient,
+}
+
+/// `[broker]` fields for an external broker: whom to trust over `mqtts://`,
+/// which client certificate to present, and an optional login.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BrokerClient {
+    /// CA certificates (PEM) that verify the broker's certificate; the
+    /// controller's own CA (`<data_dir>/ca/ca.pem`) when `None`.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM) given by the operator; when
+    /// `None`, the controller issues itself one from its CA (CN
+    /// `controller`), kept in `<data_dir>/ca/controller.pem` and renewed.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    /// MQTT user name, and the file holding the password.
+    pub login: Option<(String, PathBuf)>,
+}
+
+impl BrokerClient {
+    /// The configured files, each with the field that names it.
+    fn files_mut(&mut self) -> Vec<(&'static str, &mut PathBuf)> {
+        let mut files = Vec::new();
+        if let Some(ca) = &mut self.ca_file {
+            files.push(("broker.ca_file", ca));
+        }
+        if let Some((cert, key)) = &mut self.cert {
+            files.push(("broker.cert_file", cert));
+            files.push(("broker.key_file", key));
+        }
+        if let Some((_, password)) = &mut self.login {
+            files.push(("broker.password_file", password));
+        }
+        files
+    }
 }
 
 /// Exactly one of: run the embedded broker on an address, or use an external one.
@@ -171,51 +209,66 @@ impl BrokerEndpoint {
                 BrokerUrl {
                     host,
                     port: addr.port(),
+                    tls: false,
                 }
             }
         }
     }
 }
 
-/// A plain-TCP MQTT broker address, written `mqtt://host:port`.
+/// An MQTT broker address: `mqtt://host:port` (plain TCP) or
+/// `mqtts://host:port` (TLS).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
+    /// `mqtts://`: TLS, the broker's certificate verified.
+    pub tls: bool,
 }
 
 impl BrokerUrl {
-    /// Parses `mqtt://host[:port]` (port 1883 when absent).
+    /// Parses `mqtt://host[:port]` (port 1883 when absent) or
+    /// `mqtts://host[:port]` (port 8883 when absent).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let rest = text.strip_prefix("mqtt://").ok_or_else(|| {
-            format!("{text:?} must start with mqtt:// (TLS is not supported yet)")
-        })?;
+        let (rest, tls, default_port) = if let Some(rest) = text.strip_prefix("mqtts://") {
+            (rest, true, 8883)
+        } else if let Some(rest) = text.strip_prefix("mqtt://") {
+            (rest, false, 1883)
+        } else {
+            return Err(format!(
+                "{text:?} must start with mqtt:// (plain TCP) or mqtts:// (TLS)"
+            ));
+        };
         let rest = rest.trim_end_matches('/');
+        // A bracketed IPv6 address may end in a colon-free group: only a
+        // colon after the closing bracket (or in a name) starts a port.
         let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
+            Some((host, port)) if !rest.starts_with('[') || host.ends_with(']') => (
                 host,
                 port.parse::<u16>()
                     .map_err(|_| format!("{text:?} has an invalid port"))?,
             ),
-            None => (rest, 1883),
+            _ => (rest, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains(['/', '@', ' ']) {
+        if host.is_empty() || host.contains(['/', '@', ' ', '[', ']']) {
             return Err(format!("{text:?} has no usable host"));
         }
         Ok(Self {
             host: host.to_owned(),
             port,
+            tls,
         })
     }
 }
 
 impl std::fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
         if self.host.contains(':') {
-            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "mqtt://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -426,6 +479,81 @@ struct RawBroker {
     listen: Option<String>,
     url: Option<String>,
     topic_prefix: Option<String>,
+    advertise_url: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+impl RawBroker {
+    /// The external-broker fields; each problem names its field.
+    fn validate_client(
+        &mut self,
+        endpoint: Option<&BrokerEndpoint>,
+        problems: &mut Vec<String>,
+    ) -> BrokerClient {
+        let external_tls = match endpoint {
+            Some(BrokerEndpoint::External(url)) => Some(url.tls),
+            _ => None,
+        };
+        for (field, set) in [
+            ("broker.ca_file", self.ca_file.is_some()),
+            ("broker.cert_file", self.cert_file.is_some()),
+            ("broker.key_file", self.key_file.is_some()),
+        ] {
+            if set && external_tls == Some(false) {
+                problems.push(format!(
+                    "{field}: applies only to a TLS broker; write broker.url as mqtts://host:port"
+                ));
+            } else if set && self.listen.is_some() {
+                problems.push(format!(
+                    "{field}: applies only to an external broker (broker.url), not the embedded one"
+                ));
+            }
+        }
+        let cert = match (self.cert_file.take(), self.key_file.take()) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                problems.push("broker.key_file: is required with broker.cert_file".into());
+                None
+            }
+            (None, Some(_)) => {
+                problems.push("broker.cert_file: is required with broker.key_file".into());
+                None
+            }
+        };
+        let login = match (self.username.take(), self.password_file.take()) {
+            (Some(user), Some(password)) => {
+                if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
+                    problems.push(
+                        "broker.username: must be 1 to 256 characters without control characters"
+                            .into(),
+                    );
+                }
+                Some((user, password))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                problems.push("broker.password_file: is required with broker.username".into());
+                None
+            }
+            (None, Some(_)) => {
+                problems.push("broker.username: is required with broker.password_file".into());
+                None
+            }
+        };
+        if login.is_some() && self.listen.is_some() {
+            problems.push("broker.username: applies only to an external broker (broker.url); the embedded one takes client certificates".into());
+        }
+        BrokerClient {
+            ca_file: self.ca_file.take(),
+            cert,
+            login,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -461,6 +589,25 @@ impl Config {
             && file.is_relative()
         {
             config.trust.bundle_file = Some(dir.join(file));
+        }
+        // The broker's files are read at start; a missing or unreadable one
+        // is a configuration problem, reported with its field.
+        let mut problems = Vec::new();
+        for (field, file) in config.broker.client.files_mut() {
+            if let Some(dir) = path.parent()
+                && file.is_relative()
+            {
+                *file = dir.join(&*file);
+            }
+            if let Err(e) = std::fs::File::open(&*file) {
+                problems.push(format!("{field}: cannot read {}: {e}", file.display()));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError {
+                source_name: name,
+                problems,
+            });
         }
         Ok(config)
     }
@@ -565,11 +712,14 @@ impl RawConfig {
                 .map_err(|e| problems.push(format!("broker.url: {e}")))
                 .ok(),
         };
-        let prefix = self
-            .broker
-            .topic_prefix
-            .as_deref()
-            .unwrap_or(DEFAULT_PREFIX);
+        let mut raw_broker = self.broker;
+        let client = raw_broker.validate_client(endpoint.as_ref(), &mut problems);
+        let advertise_url = raw_broker.advertise_url.as_deref().and_then(|url| {
+            BrokerUrl::parse(url)
+                .map_err(|e| problems.push(format!("broker.advertise_url: {e}")))
+                .ok()
+        });
+        let prefix = raw_broker.topic_prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
         let topics = Topics::new(prefix)
             .map_err(|e| problems.push(format!("broker.topic_prefix: {e}")))
             .ok();
@@ -684,7 +834,12 @@ impl RawConfig {
                     max_artifact_bytes,
                     public_metrics: self.api.public_metrics.unwrap_or(false),
                 },
-                broker: BrokerConfig { endpoint, topics },
+                broker: BrokerConfig {
+                    endpoint,
+                    topics,
+                    advertise_url,
+                    client,
+                },
                 deploy,
                 nodes,
                 placement,
@@ -928,7 +1083,8 @@ mod tests {
             c.broker.endpoint,
             BrokerEndpoint::External(BrokerUrl {
                 host: "broker.example".into(),
-                port: 1884
+                port: 1884,
+                tls: false,
             })
         );
     }
@@ -1014,11 +1170,101 @@ mod tests {
             BrokerUrl::parse("mqtt://h").expect("ok"),
             BrokerUrl {
                 host: "h".into(),
-                port: 1883
+                port: 1883,
+                tls: false,
             }
         );
-        assert!(BrokerUrl::parse("mqtts://h:1").is_err());
+        let tls = BrokerUrl::parse("mqtts://mqtt.example.com").expect("ok");
+        assert_eq!((tls.port, tls.tls), (8883, true));
+        assert_eq!(tls.to_string(), "mqtts://mqtt.example.com:8883");
+        let v6 = BrokerUrl::parse("mqtts://[::1]:18883").expect("ok");
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 18883));
+        assert_eq!(v6.to_string(), "mqtts://[::1]:18883");
+        assert_eq!(BrokerUrl::parse("mqtts://[::1]").expect("ok").port, 8883);
+        assert!(BrokerUrl::parse("tcp://h:1").is_err());
         assert!(BrokerUrl::parse("mqtt://:1").is_err());
         assert!(BrokerUrl::parse("mqtt://h:x").is_err());
+        assert!(BrokerUrl::parse("mqtts://user@h:1").is_err());
+    }
+
+    #[test]
+    fn an_external_tls_broker_takes_its_files_and_login() {
+        let text = format!(
+            "{MINIMAL}\n[broker]\nurl = \"mqtts://mqtt.example.com\"\n\
+             advertise_url = \"mqtts://mqtt.example.com:8883\"\n\
+             ca_file = \"/etc/verge/broker-ca.pem\"\ncert_file = \"c.pem\"\nkey_file = \"c.key\"\n\
+             username = \"verge\"\npassword_file = \"/etc/verge/mqtt-password\"\n"
+        );
+        let c = Config::parse(&text, "t", no_env).expect("valid");
+        assert_eq!(
+            c.broker.endpoint.client_url().to_string(),
+            "mqtts://mqtt.example.com:8883"
+        );
+        assert_eq!(
+            c.broker.advertise_url.map(|u| u.to_string()).as_deref(),
+            Some("mqtts://mqtt.example.com:8883")
+        );
+        assert_eq!(
+            c.broker.client,
+            BrokerClient {
+                ca_file: Some("/etc/verge/broker-ca.pem".into()),
+                cert: Some(("c.pem".into(), "c.key".into())),
+                login: Some(("verge".into(), "/etc/verge/mqtt-password".into())),
+            }
+        );
+        // Defaults: the controller's CA and its own certificate, no login.
+        let text = format!("{MINIMAL}\n[broker]\nurl = \"mqtts://127.0.0.1:18883\"\n");
+        let c = Config::parse(&text, "t", no_env).expect("valid");
+        assert_eq!(c.broker.client, BrokerClient::default());
+        assert_eq!(c.broker.advertise_url, None);
+    }
+
+    #[test]
+    fn broker_client_fields_report_every_problem_by_name() {
+        let plain = format!(
+            "{MINIMAL}\n[broker]\nurl = \"mqtt://h\"\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"\n\
+             password_file = \"p\"\nadvertise_url = \"https://h\"\n"
+        );
+        let e = Config::parse(&plain, "t", no_env).expect_err("invalid");
+        let joined = e.problems.join("\n");
+        for field in [
+            "broker.ca_file: applies only to a TLS broker",
+            "broker.cert_file: applies only to a TLS broker",
+            "broker.key_file: is required with broker.cert_file",
+            "broker.username: is required with broker.password_file",
+            "broker.advertise_url:",
+        ] {
+            assert!(joined.contains(field), "{field} missing from {joined}");
+        }
+        let embedded = format!(
+            "{MINIMAL}\n[broker]\nlisten = \"127.0.0.1:1\"\nkey_file = \"k\"\nusername = \"u\"\n"
+        );
+        let e = Config::parse(&embedded, "t", no_env).expect_err("invalid");
+        let joined = e.problems.join("\n");
+        for field in [
+            "broker.key_file: applies only to an external broker",
+            "broker.cert_file: is required with broker.key_file",
+            "broker.password_file: is required with broker.username",
+        ] {
+            assert!(joined.contains(field), "{field} missing from {joined}");
+        }
+    }
+
+    #[test]
+    fn missing_broker_files_are_named_at_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("ca.pem"), "x").expect("write");
+        let path = dir.path().join("controller.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/tmp/x\"\n[broker]\nurl = \"mqtts://h\"\nca_file = \"ca.pem\"\n\
+             cert_file = \"missing.pem\"\nkey_file = \"missing.key\"\n",
+        )
+        .expect("write");
+        let e = Config::load(&path).expect_err("missing files");
+        let joined = e.problems.join("\n");
+        assert!(joined.contains("broker.cert_file: cannot read"), "{joined}");
+        assert!(joined.contains("broker.key_file: cannot read"), "{joined}");
+        assert!(!joined.contains("broker.ca_file"), "{joined}");
     }
 }

@@ -71,6 +71,8 @@ pub fn config(data_dir: &Path, api_listen: SocketAddr, mqtt_listen: SocketAddr) 
         broker: BrokerConfig {
             endpoint: BrokerEndpoint::Embedded(mqtt_listen),
             topics: verge_shared::Topics::default(),
+            advertise_url: None,
+            client: central_controller::config::BrokerClient::default(),
         },
         deploy: DeployConfig::default(),
         nodes: NodesConfig::default(),

@@ -6,12 +6,14 @@
 //! [`mqtt`] is the only module that knows rumqttc, [`broker`] the only one
 //! that knows rumqttd, [`ca`] the only one that knows rcgen. With TLS on,
 //! [`tls`] serves the API over HTTPS and [`terminator`] fronts the embedded
-//! broker, requiring client certificates.
+//! broker, requiring client certificates; with an external broker,
+//! [`broker_client`] gives the MQTT client its TLS identity and login.
 
 pub mod api;
 pub mod app;
 pub mod artifacts;
 pub mod broker;
+pub mod broker_client;
 pub mod ca;
 pub mod config;
 pub mod keys;
@@ -78,6 +80,8 @@ pub enum StartError {
     Ca(#[from] ca::CaError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    BrokerClient(#[from] broker_client::BrokerClientError),
     #[error("loading revoked nodes")]
     Revocations(#[source] app::AppError),
     #[error("installing the admin token as the admin account's token")]
@@ -145,6 +149,8 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         true => Some(TlsParts::prepare(&config, &data_dir)?),
         false => None,
     };
+    let (broker_access, broker_upkeep) =
+        broker_client::prepare(&config, verge_shared::Timestamp::now())?;
     // With TLS, rumqttd listens on an internal loopback port behind the
     // terminator, and the controller's own client uses that port.
     let (broker_url, terminator) = match (&config.broker.endpoint, &tls) {
@@ -236,6 +242,8 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         tasks::TaskInputs {
             app,
             broker_url: broker_url.clone(),
+            broker_access,
+            broker_upkeep,
             outbox_rx,
             terminator,
             probe_socket,
@@ -293,26 +301,17 @@ struct TlsConfigs {
 }
 
 impl TlsParts {
-    /// Loads or creates the CA and (re-)issues the server certificate and
-    /// the controller's client certificate, written next to the CA for
-    /// external brokers (`server.pem`/`server.key`, `controller.pem`/`controller.key`).
+    /// Loads or creates the CA, issues the server certificate (written
+    /// next to the CA as `server.pem`/`server.key`) and makes sure the
+    /// controller's client certificate (`controller.pem`/`controller.key`,
+    /// kept until it nears expiry) exists.
     fn prepare(config: &Config, data_dir: &std::path::Path) -> Result<Self, StartError> {
         let ca = ca::Ca::load_or_create(&data_dir.join("ca"))?;
         let server = ca.issue_server(&config.tls.server_names)?;
-        let client = ca.issue_controller_client()?;
-        for (name, keyed) in [("server", &server), ("controller", &client)] {
-            let dir = ca.dir();
-            ca::write_private(
-                &dir.join(format!("{name}.pem")),
-                keyed.cert_pem.as_bytes(),
-                0o644,
-            )?;
-            ca::write_private(
-                &dir.join(format!("{name}.key")),
-                keyed.key_pem.as_bytes(),
-                0o600,
-            )?;
-        }
+        let dir = ca.dir();
+        ca::write_private(&dir.join("server.pem"), server.cert_pem.as_bytes(), 0o644)?;
+        ca::write_private(&dir.join("server.key"), server.key_pem.as_bytes(), 0o600)?;
+        ca.controller_client(verge_shared::Timestamp::now())?;
         Ok(Self { ca, server })
     }
 
@@ -331,7 +330,15 @@ impl TlsParts {
             tls::ClientAuth::Required,
             Arc::clone(&revocations),
         )?;
+        // What agents are told at enrollment: `broker.advertise_url`, or
+        // the external broker's URL, or the embedded listener's address.
         let broker_url = match &config.broker.endpoint {
+            _ if config.broker.advertise_url.is_some() => config
+                .broker
+                .advertise_url
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             BrokerEndpoint::Embedded(listen) => {
                 let host = if listen.ip().is_unspecified() {
                     config

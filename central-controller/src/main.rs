@@ -49,6 +49,19 @@ enum Command {
         #[arg(long)]
         agent_bin: Option<PathBuf>,
     },
+    /// Write a server certificate for an external broker (Mosquitto) from
+    /// the controller's CA, with the CA certificate and the CRL, for
+    /// configs/mosquitto/verge.conf (offline; run as the controller's user).
+    BrokerCert {
+        #[arg(long)]
+        config: PathBuf,
+        /// A DNS name or IP address that clients put in the broker URL (repeat for more).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// The directory for server.crt, server.key, ca.crt and ca.crl.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Add an operator account to a controller that is not running.
     User {
         #[command(subcommand)]
@@ -102,7 +115,7 @@ fn main() -> ExitCode {
     // controller's API is `verge`'s (the verge-cli crate).
     let config = match &cli.command {
         Command::User { .. } => None,
-        Command::Run { config } => Some(Config::load(config)),
+        Command::Run { config } | Command::BrokerCert { config, .. } => Some(Config::load(config)),
         Command::Dev {
             data_dir,
             api_listen,
@@ -126,6 +139,11 @@ fn main() -> ExitCode {
     };
     let outcome = match (cli.command, config) {
         (Command::User { command }, _) => user_cmd::run(command),
+        (Command::BrokerCert { names, out, .. }, Some(config)) => {
+            central_controller::broker_client::write_broker_files(&config, &names, &out)
+                .map(|summary| println!("{summary}"))
+                .map_err(Into::into)
+        }
         (command, Some(config)) => runtime.block_on(run(command, config)),
         // Every other command has a configuration (see above).
         (_, None) => Ok(()),
@@ -153,7 +171,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             dev::prepare_trust(&config.data_dir)?;
             Some(dev::locate_agent(agent_bin)?)
         }
-        Command::Run { .. } | Command::User { .. } => None,
+        Command::Run { .. } | Command::BrokerCert { .. } | Command::User { .. } => None,
     };
     let cancel = CancellationToken::new();
     let controller = start(config, cancel.clone())

@@ -3,12 +3,20 @@
 //! One task polls the event loop and never awaits anything else (rumqttc
 //! deadlocks when the polling task awaits a publish); incoming messages are
 //! handed off with `try_send`, publishes run in a separate task.
+//!
+//! An external broker may be reached over TLS (`mqtts://`, with the client
+//! certificate of [`Access::tls`]) and with a login; a failed connection
+//! (refused, a TLS error, a broker that went away) is retried with a
+//! jittered, doubling backoff.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use ring::rand::SecureRandom as _;
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -29,6 +37,29 @@ const INBOX_CAPACITY: usize = 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// How the client gets into the broker beyond its address.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// TLS (`mqtts://`): verifies the broker, presents a client certificate.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub login: Option<Login>,
+}
+
+/// An MQTT user name and password.
+#[derive(Clone)]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The client's three tasks, not yet started: polling the event loop,
 /// publishing the outbox, and handing received messages to the app. Each
 /// ends when `cancel` fires; `crate::tasks` starts them.
@@ -42,6 +73,7 @@ pub struct ClientTasks {
 /// and hands what it receives to `app`, until `cancel`.
 pub fn client(
     url: &BrokerUrl,
+    access: Access,
     app: Arc<App>,
     outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
     cancel: &CancellationToken,
@@ -51,6 +83,14 @@ pub fn client(
         .set_clean_session(true)
         .set_keep_alive(Duration::from_secs(15))
         .set_max_packet_size(limits::MAX_MQTT_PACKET_BYTES, limits::MAX_MQTT_PACKET_BYTES);
+    if let Some(tls) = access.tls {
+        // rumqttc verifies the certificate against `url.host` (a name or an
+        // IP address, which the broker's certificate must list).
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
+    if let Some(login) = access.login {
+        options.set_credentials(login.username, login.password);
+    }
     let (client, eventloop) = AsyncClient::new(options, 256);
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
     let topics = app.settings().topics.clone();
@@ -76,6 +116,7 @@ async fn poll(
 ) {
     let topics = app.settings().topics.clone();
     let mut backoff = MIN_BACKOFF;
+    let rng = ring::rand::SystemRandom::new();
     loop {
         let event = tokio::select! {
             biased;
@@ -134,11 +175,12 @@ async fn poll(
             }
             Ok(other) => debug!(event = ?other, "MQTT event."),
             Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "The MQTT connection failed; reconnecting.");
+                let delay = jitter(&rng, backoff);
+                warn!(error = %e, retry_in = ?delay, "The MQTT connection failed; reconnecting.");
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(delay) => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -146,6 +188,17 @@ async fn poll(
     }
     // Best effort: the broker notices a vanished client anyway.
     let _ = client.try_disconnect();
+}
+
+/// Between half and all of `backoff`, so that a restarted broker is not
+/// met by every reconnect at the same instant.
+fn jitter(rng: &ring::rand::SystemRandom, backoff: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let fraction = match rng.fill(&mut byte) {
+        Ok(()) => f64::from(byte[0]) / 255.0,
+        Err(_) => 1.0,
+    };
+    backoff.mul_f64(0.5 + fraction / 2.0)
 }
 
 async fn publish(

@@ -11,6 +11,7 @@
 //! | terminator | TLS in front of the embedded broker (TLS on, embedded broker) |
 //! | mqtt poll / publish / ingest | the controller's MQTT client |
 //! | deployment loop | health tick, re-plan on node changes, periodic republish ([`App::run_background`]) |
+//! | broker upkeep | renews the client certificate for an external broker, rewrites the CRL ([`broker_client::run_upkeep`]) |
 //! | probe listener | answers agents' latency probes (when configured) |
 //! | API server | HTTP or HTTPS |
 
@@ -26,7 +27,7 @@ use tracing::warn;
 use crate::app::{App, Outgoing};
 use crate::config::BrokerUrl;
 use crate::tls::Revocations;
-use crate::{mqtt, probe, terminator, tls};
+use crate::{broker_client, mqtt, probe, terminator, tls};
 
 /// The TLS front of the embedded broker.
 pub(crate) struct Terminator {
@@ -41,6 +42,10 @@ pub(crate) struct Terminator {
 pub(crate) struct TaskInputs {
     pub app: Arc<App>,
     pub broker_url: BrokerUrl,
+    /// TLS and login for an external broker.
+    pub broker_access: mqtt::Access,
+    /// Keeps the client certificate for an external `mqtts://` broker current.
+    pub broker_upkeep: Option<broker_client::Upkeep>,
     pub outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
     pub terminator: Option<Terminator>,
     pub probe_socket: Option<UdpSocket>,
@@ -64,6 +69,7 @@ pub(crate) fn spawn_all(inputs: TaskInputs, cancel: &CancellationToken) -> TaskT
     }
     let client = mqtt::client(
         &inputs.broker_url,
+        inputs.broker_access,
         Arc::clone(&inputs.app),
         inputs.outbox_rx,
         cancel,
@@ -72,6 +78,11 @@ pub(crate) fn spawn_all(inputs: TaskInputs, cancel: &CancellationToken) -> TaskT
     tracker.spawn(client.publish);
     tracker.spawn(client.ingest);
     tracker.spawn(Arc::clone(&inputs.app).run_background(cancel.clone()));
+    tracker.spawn(broker_client::run_upkeep(
+        Arc::clone(&inputs.app),
+        inputs.broker_upkeep,
+        cancel.clone(),
+    ));
     if let Some(socket) = inputs.probe_socket {
         tracker.spawn(probe::serve(socket, cancel.clone()));
     }

@@ -1,7 +1,8 @@
 //! TLS for the controller (rustls with the ring provider): server
 //! configurations for the API (client certificate optional) and the broker
 //! listener (client certificate required), both refusing revoked
-//! certificates at the handshake, and the HTTPS accept loop of the API.
+//! certificates at the handshake, the HTTPS accept loop of the API, and the
+//! client configuration for an external `mqtts://` broker.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -10,11 +11,13 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
@@ -69,7 +72,97 @@ fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
         })?;
         roots.add(cert)?;
     }
+    if roots.is_empty() {
+        return Err(TlsError::Pem {
+            what: "the CA certificate",
+            detail: "there is no certificate in it".into(),
+        });
+    }
     Ok(Arc::new(roots))
+}
+
+/// The client certificate the controller presents to an external broker.
+/// Renewal swaps it; every later handshake (each reconnect) presents the
+/// new one, and a connection already open is left alone.
+#[derive(Debug)]
+pub struct ClientIdentity {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+fn certified_key(keyed: &KeyedCertificate) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(keyed.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            what: "the client certificate",
+            detail: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem {
+            what: "the client certificate",
+            detail: "there is no certificate in it".into(),
+        });
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(keyed.key_pem.as_bytes()).map_err(|e| TlsError::Pem {
+            what: "the client key",
+            detail: e.to_string(),
+        })?;
+    let signing = provider().key_provider.load_private_key(key)?;
+    let certified = CertifiedKey::new(chain, signing);
+    // A key that does not belong to the certificate would only show as a
+    // refused handshake at the broker; say so now.
+    certified.keys_match().map_err(|e| TlsError::Pem {
+        what: "the client key",
+        detail: format!("it does not match the certificate: {e}"),
+    })?;
+    Ok(Arc::new(certified))
+}
+
+impl ClientIdentity {
+    pub fn new(keyed: &KeyedCertificate) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(certified_key(keyed)?),
+        }))
+    }
+
+    /// From the next handshake on, presents `keyed`.
+    pub fn swap(&self, keyed: &KeyedCertificate) -> Result<(), TlsError> {
+        let key = certified_key(keyed)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = key;
+        Ok(())
+    }
+}
+
+impl ResolvesClientCert for ClientIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A client configuration for an external `mqtts://` broker: its
+/// certificate must chain to `ca_pem`, and `identity` is presented when the
+/// broker asks for a client certificate.
+pub fn broker_client_config(
+    ca_pem: &str,
+    identity: Arc<ClientIdentity>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let roots = Arc::unwrap_or_clone(roots(ca_pem)?);
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(identity),
+    ))
 }
 
 /// Revoked agents and certificate serials, shared by every TLS listener.

@@ -23,6 +23,11 @@ pub enum BrokerKind {
     Embedded,
     /// A real Mosquitto (Debian package `mosquitto`) started by the harness.
     Mosquitto,
+    /// A real Mosquitto running the shipped `configs/mosquitto/` files (TLS,
+    /// client certificates from the Verge CA, the ACL, the CRL enabled),
+    /// with a server certificate from `central-controller broker-cert`.
+    /// Needs `tls`: agents enroll with tokens ([`Cluster::add_enrolling_agent`]).
+    MosquittoTls,
 }
 
 /// Knobs a test may turn; the defaults suit most tests.
@@ -143,6 +148,22 @@ pub fn binary(name: &str) -> PathBuf {
 
 fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child> {
     let file = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let err = file.try_clone()?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .with_context(|| format!("spawn {cmd:?}"))
+}
+
+/// [`spawn_logged`], appending to `log` (a process started again keeps
+/// its earlier output).
+fn spawn_logged_appending(mut cmd: Command, log: &Path) -> Result<Child> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
     let err = file.try_clone()?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(file))
@@ -324,13 +345,21 @@ impl Cluster {
         let bundle_file = dir.path().join("trust-bundle.json");
         fs::write(&bundle_file, roles.signed_bundle(1))?;
 
-        let mosquitto = match options.broker {
-            BrokerKind::Embedded => None,
+        let mut mosquitto = match options.broker {
+            BrokerKind::Embedded | BrokerKind::MosquittoTls => None,
             BrokerKind::Mosquitto => Some(start_mosquitto(dir.path(), mqtt_port).await?),
         };
         let broker_section = match options.broker {
             BrokerKind::Embedded => format!("listen = \"{mqtt_addr}\""),
             BrokerKind::Mosquitto => format!("url = \"mqtt://{mqtt_addr}\""),
+            // Agents are told the name (enrollment's broker_url), and the
+            // controller connects to the address: the certificate has both.
+            BrokerKind::MosquittoTls => {
+                assert!(options.tls, "BrokerKind::MosquittoTls needs tls");
+                format!(
+                    "url = \"mqtts://{mqtt_addr}\"\nadvertise_url = \"mqtts://localhost:{mqtt_port}\""
+                )
+            }
         };
         let config = format!(
             "data_dir = \"{data}\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n\
@@ -359,6 +388,9 @@ impl Cluster {
         );
         let config_path = dir.path().join("controller.toml");
         fs::write(&config_path, config)?;
+        if options.broker == BrokerKind::MosquittoTls {
+            mosquitto = Some(start_shipped_mosquitto(dir.path(), &config_path, mqtt_port).await?);
+        }
 
         let mut cmd = Command::new(binary("central-controller"));
         cmd.arg("run").arg("--config").arg(&config_path);
@@ -595,6 +627,32 @@ impl Cluster {
         fs::read_to_string(&self.controller_log).unwrap_or_default()
     }
 
+    /// The broker's log so far (Mosquitto only; empty with the embedded one).
+    pub fn broker_log(&self) -> String {
+        self.mosquitto
+            .as_ref()
+            .map(|m| fs::read_to_string(&m.log).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// [`BrokerKind::MosquittoTls`]: what an operator does after revoking a
+    /// node. Copies the controller's CRL (`<data_dir>/ca/crl.pem`) to the
+    /// broker's `crlfile`, has Mosquitto reread it (SIGHUP), then restarts
+    /// Mosquitto, because connections already open survive a reload.
+    pub async fn publish_crl_to_broker(&mut self) -> Result<()> {
+        let crl =
+            fs::read(self.controller_data.join("ca/crl.pem")).context("the controller's CRL")?;
+        let mosquitto = self
+            .mosquitto
+            .as_mut()
+            .context("no Mosquitto in this cluster")?;
+        let target = mosquitto.files.join("ca.crl");
+        fs::write(&target, crl)?;
+        fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        mosquitto.reload()?;
+        mosquitto.restart().await
+    }
+
     /// The last lines of every log, for a failing test's output.
     pub fn logs(&self) -> String {
         let mut out = format!("--- controller ---\n{}\n", tail(&self.controller_log, 60));
@@ -656,38 +714,154 @@ async fn start_mosquitto(dir: &Path, port: u16) -> Result<Mosquitto> {
     Mosquitto::start(&conf, &dir.join("mosquitto.log"), port).await
 }
 
+/// The shipped `configs/mosquitto/` file `name`.
+pub fn shipped_mosquitto_file(name: &str) -> Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs/mosquitto")
+        .join(name);
+    fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+}
+
+/// The shipped `verge.conf` with only what a test must change rewritten:
+/// the listener port (bound to loopback), the directory of its files
+/// (`/etc/mosquitto/verge/` becomes `files`), the persistence directory,
+/// and, with `crl`, the `crlfile` line uncommented. Fails if the shipped
+/// file no longer contains a line it rewrites, so a test never runs a
+/// configuration the shipped one does not resemble.
+pub fn shipped_mosquitto_conf(
+    port: u16,
+    files: &Path,
+    persistence: &Path,
+    crl: bool,
+) -> Result<String> {
+    fn replace(text: &str, from: &str, to: &str) -> Result<String> {
+        if !text.contains(from) {
+            bail!("verge.conf no longer contains {from:?}");
+        }
+        Ok(text.replace(from, to))
+    }
+    let mut conf = shipped_mosquitto_file("verge.conf")?;
+    if crl {
+        conf = replace(&conf, "#crlfile ", "crlfile ")?;
+    }
+    let conf = replace(
+        &conf,
+        "listener 8883\n",
+        &format!("listener {port} 127.0.0.1\n"),
+    )?;
+    let conf = replace(
+        &conf,
+        "/etc/mosquitto/verge/",
+        &format!("{}/", files.display()),
+    )?;
+    replace(
+        &conf,
+        "/var/lib/mosquitto/",
+        &format!("{}/", persistence.display()),
+    )
+}
+
+/// [`BrokerKind::MosquittoTls`]: the broker's certificate, the CA
+/// certificate and the CRL come from `central-controller broker-cert` (as
+/// docs/operators/install.md tells operators), the configuration is the
+/// shipped one ([`shipped_mosquitto_conf`], CRL on) and the ACL the shipped
+/// one as it is.
+async fn start_shipped_mosquitto(
+    dir: &Path,
+    controller_config: &Path,
+    port: u16,
+) -> Result<Mosquitto> {
+    use std::os::unix::fs::PermissionsExt as _;
+    // Mosquitto started as root switches to the `mosquitto` user: it must
+    // be able to read its files and write its persistence directory.
+    let readable =
+        |path: &Path, mode: u32| fs::set_permissions(path, fs::Permissions::from_mode(mode));
+    readable(dir, 0o755)?;
+    let files = dir.join("mosquitto");
+    let persistence = files.join("persistence");
+    fs::create_dir_all(&persistence)?;
+    readable(&files, 0o755)?;
+    readable(&persistence, 0o777)?;
+    let output = Command::new(binary("central-controller"))
+        .args([
+            "broker-cert",
+            "--name",
+            "localhost",
+            "--name",
+            "127.0.0.1",
+            "--config",
+        ])
+        .arg(controller_config)
+        .arg("--out")
+        .arg(&files)
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "central-controller broker-cert failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // The broker's user reads the key (an operator would chown it instead).
+    readable(&files.join("server.key"), 0o644)?;
+    fs::write(
+        files.join("verge.acl"),
+        shipped_mosquitto_file("verge.acl")?,
+    )?;
+    let conf = files.join("verge.conf");
+    fs::write(
+        &conf,
+        shipped_mosquitto_conf(port, &files, &persistence, true)?,
+    )?;
+    for name in ["verge.acl", "verge.conf", "ca.crl", "ca.crt", "server.crt"] {
+        readable(&files.join(name), 0o644)?;
+    }
+    Mosquitto::start(&conf, &dir.join("mosquitto.log"), port).await
+}
+
 /// A `mosquitto` process, stopped by PID when dropped (its log is printed
 /// if that happens while a test panics).
 pub struct Mosquitto {
     child: Child,
     log: PathBuf,
+    conf: PathBuf,
+    port: u16,
+    /// The directory of its configuration file.
+    pub files: PathBuf,
 }
 
 impl Mosquitto {
     /// Runs `mosquitto -c <conf>` (found by [`Tool::path`]) with its output in
     /// `log`, and waits until it accepts TCP connections on loopback `port`.
     pub async fn start(conf: &Path, log: &Path, port: u16) -> Result<Mosquitto> {
+        let child = Self::spawn(conf, log, port).await?;
+        Ok(Mosquitto {
+            child,
+            log: log.to_owned(),
+            conf: conf.to_owned(),
+            port,
+            files: conf.parent().map(Path::to_owned).unwrap_or_default(),
+        })
+    }
+
+    async fn spawn(conf: &Path, log: &Path, port: u16) -> Result<Child> {
         // Tests call `require::missing(Tool::Mosquitto)` first and skip.
         let Some(exe) = Tool::Mosquitto.path() else {
             bail!("mosquitto is not installed (apt-get install -y mosquitto; .ci/run does this)");
         };
         let mut cmd = Command::new(exe);
         cmd.arg("-c").arg(conf);
-        let mut mosquitto = Mosquitto {
-            child: spawn_logged(cmd, log)?,
-            log: log.to_owned(),
-        };
+        let mut child = spawn_logged_appending(cmd, log)?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = Instant::now() + START_TIMEOUT;
         // Bounded by START_TIMEOUT; a broker that exits (a bad config) fails at once.
         loop {
-            if let Ok(Some(status)) = mosquitto.child.try_wait() {
+            if let Ok(Some(status)) = child.try_wait() {
                 bail!("mosquitto exited with {status}: {}", tail(log, 20));
             }
             match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                Ok(_) => return Ok(mosquitto),
+                Ok(_) => return Ok(child),
                 Err(e) if Instant::now() >= deadline => {
-                    mosquitto.stop();
+                    stop_child(&mut child, Signal::SIGTERM, Duration::from_secs(5));
                     bail!("mosquitto does not accept connections on {addr}: {e}");
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -700,6 +874,15 @@ impl Mosquitto {
     pub fn reload(&self) -> Result<()> {
         let pid = Pid::from_raw(i32::try_from(self.child.id())?);
         kill(pid, Signal::SIGHUP).context("SIGHUP mosquitto")
+    }
+
+    /// Stops the broker and starts it again with the same configuration
+    /// (its log continues in the same file), which closes every client
+    /// connection.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.child = Self::spawn(&self.conf, &self.log, self.port).await?;
+        Ok(())
     }
 
     fn stop(&mut self) {

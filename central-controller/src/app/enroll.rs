@@ -473,6 +473,16 @@ impl App {
         Ok(())
     }
 
+    /// Rewrites the CRL (signed now) so that a broker reading it never holds
+    /// an expired one; nothing to do without the CA.
+    pub fn refresh_crl(&self) -> Result<(), AppError> {
+        if self.identity.pki().is_none() {
+            return Ok(());
+        }
+        let _guard = self.identity.serialise();
+        self.load_revocations()
+    }
+
     /// Loads the revocation set from the store (at start) and writes the CRL.
     pub fn load_revocations(&self) -> Result<(), AppError> {
         let pki = self.pki()?;

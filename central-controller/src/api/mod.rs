@@ -191,7 +191,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     openapi::finish(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
-/// [`openapi`] as `docs/openapi.json` keeps it: pretty-printed, keys sorted.
+/// [`openapi()`] as `docs/openapi.json` keeps it: pretty-printed, keys sorted.
 pub fn openapi_text() -> String {
     openapi::render(&openapi())
 }

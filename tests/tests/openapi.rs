@@ -72,6 +72,8 @@ async fn schemathesis(
         .args(args)
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_HOOKS", "")
+        // Its example database goes to the temporary directory, not the tree.
+        .current_dir(config.parent().unwrap_or(config))
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(240), command.output())

@@ -27,6 +27,8 @@ const TARGETS_PER_REGION: usize = 2;
 /// How a figure was obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
+#[schema(as = LatencySource)]
 pub enum Source {
     /// From round-trip samples within the window.
     Measured,
@@ -35,7 +37,7 @@ pub enum Source {
 }
 
 /// A figure with its provenance, as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Estimate {
     pub p50_ms: f64,
     pub p90_ms: f64,

@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A DSSE envelope as it travels in JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Envelope {
     #[serde(rename = "payloadType")]
     pub payload_type: String,
@@ -26,6 +27,7 @@ pub struct Envelope {
 
 /// One signature inside an [`Envelope`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Signature {
     pub keyid: String,
     /// Base64 of the 64-byte Ed25519 signature.

@@ -30,6 +30,7 @@ pub const MAX_RENEWAL_BYTES: usize = 16 * 1024;
 /// The body of `POST /api/v1/enroll`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollRequest {
     /// The bootstrap token an operator created.
     pub token: String,
@@ -44,6 +45,7 @@ pub struct EnrollRequest {
 
 /// What `POST /api/v1/enroll` answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     /// The agent's client certificate (PEM).
     pub certificate_pem: String,
@@ -71,6 +73,7 @@ pub struct RenewalRequest {
 
 /// What the renewal endpoint answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewalResponse {
     pub certificate_pem: String,
     pub ca_pem: String,

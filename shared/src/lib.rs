@@ -25,6 +25,8 @@ pub mod limits;
 pub mod log_format;
 pub mod logs;
 pub mod messages;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod telemetry;
 pub mod time;
 pub mod topic;

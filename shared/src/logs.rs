@@ -31,6 +31,7 @@ pub const MAX_REQUEST_ID_BYTES: usize = 64;
 /// Which output of the workload.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum LogStream {
     #[default]
     Stdout,

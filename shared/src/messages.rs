@@ -36,6 +36,7 @@ pub mod payload_type {
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Generation(u64);
 
 impl Generation {
@@ -63,6 +64,7 @@ impl fmt::Display for Generation {
 
 /// A content-addressed artifact: what to fetch and how to check it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ArtifactRef {
     pub sha256: Sha256Digest,
     pub size: u64,
@@ -71,6 +73,7 @@ pub struct ArtifactRef {
 /// Compute resources, requested by a workload or offered by a node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resources {
     /// Thousandths of a CPU core.
     pub cpu_millis: u32,
@@ -81,6 +84,7 @@ pub struct Resources {
 /// A named port a workload listens on. Without `port` the agent picks a free
 /// one and passes it in `VERGE_PORT_<NAME>`; the status reports the choice.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PortSpec {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,6 +96,7 @@ pub struct PortSpec {
 /// environment.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunSpec {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -121,6 +126,7 @@ pub const MAX_STOP_GRACE_SECS: u32 = 300;
 /// When a workload's process is started again after it exits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RestartPolicy {
     /// After every exit, with capped exponential backoff.
     #[default]
@@ -142,6 +148,7 @@ impl RestartPolicy {
 /// `healthy_threshold` consecutive successes; until the first verdict its
 /// health is `unknown`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthCheck {
     pub probe: Probe,
     #[serde(default = "HealthCheck::default_interval")]
@@ -173,6 +180,7 @@ impl HealthCheck {
 /// `ports`) so that a port the agent picks can be probed too.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Probe {
     /// A TCP connection to `127.0.0.1:<port>` succeeds.
     Tcp { port: String },
@@ -542,6 +550,7 @@ pub struct Heartbeat {
 /// The lifecycle state of one workload on an agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum WorkloadState {
     /// Accepted, not started yet.
     Pending,
@@ -563,6 +572,7 @@ pub enum WorkloadState {
 /// A workload's health as its health check last judged it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum HealthState {
     /// No verdict yet (just started, or thresholds not reached).
     Unknown,
@@ -572,6 +582,7 @@ pub enum HealthState {
 
 /// How a workload's process last ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExitInfo {
     /// The exit code, when it exited by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -585,6 +596,7 @@ pub struct ExitInfo {
 /// Which mechanism enforces a workload's resource limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum LimitMechanism {
     /// A cgroup v2 group with `memory.max` and `cpu.max`.
     CgroupV2,
@@ -596,6 +608,7 @@ pub enum LimitMechanism {
 
 /// How the agent confines one workload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Isolation {
     pub limits: LimitMechanism,
     /// The user the process runs as.
@@ -604,6 +617,7 @@ pub struct Isolation {
 
 /// What an agent reports about one workload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkloadStatus {
     pub service: ServiceName,
     pub replica: u32,
@@ -631,6 +645,7 @@ pub struct WorkloadStatus {
 /// Why an agent refused a desired state; machine-readable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum RejectReason {
     TooLarge,
     Malformed,
@@ -682,6 +697,7 @@ impl From<&VerifyError> for RejectReason {
 
 /// The most recent desired state an agent refused, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rejection {
     pub reason: RejectReason,
     /// The generation the refused document claimed, when it could be read.
@@ -694,6 +710,7 @@ pub struct Rejection {
 /// Why an agent cannot write what it needs to; machine-readable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum StorageReason {
     /// The file system of the agent's data directory has no room left.
     DiskFull,
@@ -702,6 +719,7 @@ pub enum StorageReason {
 /// A storage problem the agent is in. Every Status repeats it until it
 /// clears (the agent retries on its own, so it clears when space returns).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StorageProblem {
     pub reason: StorageReason,
     /// What could not be written and how much room was missing.

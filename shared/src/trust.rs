@@ -75,6 +75,7 @@ pub struct TrustBundle {
 
 /// What an artifact of a release is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum MediaType {
     /// The file is the executable.
     #[serde(rename = "application/vnd.verge.executable")]
@@ -86,6 +87,7 @@ pub enum MediaType {
 
 /// One artifact of a release: what the agent fetches and checks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseArtifact {
     pub sha256: Sha256Digest,
     pub size: u64,

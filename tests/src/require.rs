@@ -1,5 +1,5 @@
 //! Optional system programs some tests need (Mosquitto, systemd-analyze,
-//! promtool, Chromium with its chromedriver): where to find them, and one
+//! promtool, Chromium with its chromedriver, schemathesis): where to find them, and one
 //! rule for when they are missing.
 //!
 //! On a machine with only the Rust toolchain, a test that needs a missing
@@ -32,6 +32,9 @@ pub enum Tool {
     /// (Debian packages `chromium` and `chromium-driver`), for the web
     /// console's browser tests.
     Chromium,
+    /// schemathesis's `st`, which tests the API against its OpenAPI
+    /// document (PyPI package `schemathesis`, in a virtualenv).
+    Schemathesis,
 }
 
 impl Tool {
@@ -42,6 +45,7 @@ impl Tool {
             Tool::SystemdAnalyze => "systemd-analyze",
             Tool::Promtool => "promtool",
             Tool::Chromium => "chromium",
+            Tool::Schemathesis => "schemathesis",
         }
     }
 
@@ -53,6 +57,7 @@ impl Tool {
             Tool::SystemdAnalyze => "VERGE_SYSTEMD_ANALYZE",
             Tool::Promtool => "VERGE_PROMTOOL",
             Tool::Chromium => "VERGE_CHROMIUM",
+            Tool::Schemathesis => "VERGE_SCHEMATHESIS",
         }
     }
 
@@ -63,6 +68,9 @@ impl Tool {
             Tool::SystemdAnalyze => "apt-get install -y systemd",
             Tool::Promtool => "apt-get install -y prometheus",
             Tool::Chromium => "apt-get install -y chromium chromium-driver",
+            Tool::Schemathesis => {
+                "python3 -m venv target/ci-venv && target/ci-venv/bin/pip install schemathesis==4.32.5"
+            }
         }
     }
 
@@ -72,6 +80,11 @@ impl Tool {
             Tool::SystemdAnalyze => &["/usr/bin/systemd-analyze", "/bin/systemd-analyze"],
             Tool::Promtool => &["/usr/bin/promtool", "/usr/local/bin/promtool"],
             Tool::Chromium => &["/usr/bin/chromium"],
+            Tool::Schemathesis => &[
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../target/ci-venv/bin/st"),
+                "/usr/local/bin/st",
+                "/usr/bin/st",
+            ],
         }
     }
 

@@ -488,7 +488,7 @@ async fn the_audit_log_says_who_changed_what_and_who_was_refused() {
 }
 
 /// Every row of docs/api.md's routes table, as (method, route, role).
-fn documented_routes() -> Vec<(Method, String, String)> {
+pub(super) fn documented_routes() -> Vec<(Method, String, String)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api.md");
     let text = std::fs::read_to_string(path).expect("docs/api.md");
     text.lines()

@@ -14,9 +14,23 @@ use super::auth::client_ip;
 use super::body::read_json;
 use super::error::ApiError;
 use super::state::ApiState;
-use crate::app::{ApiTokenRequest, LoginRequest, Principal, Role, Source, UserRequest};
+use crate::app::{
+    ApiTokenRequest, ApiTokenView, LoginRequest, Principal, Role, Source, UserRequest, UserView,
+};
 
 /// `POST /api/v1/login`: a user name and password for an API token.
+/// Signs in with a user name and password for an API token named `login`.
+#[utoipa::path(post, path = "/api/v1/login", tag = "accounts",
+    request_body(content = LoginRequest, content_type = "application/json",
+        example = json!({"user": "alice", "password": "correct horse battery", "ttl_secs": 43200})),
+    responses(
+        (status = 201, description = "The new token, with its text", body = ApiTokenView),
+        (status = 400, description = "`invalid_json`: not JSON of this shape (an unknown field is named); `invalid_field`: a value is not acceptable (named)", body = super::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 64 KiB", body = super::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not sent as `application/json`", body = super::error::ErrorBody),
+        (status = 401, description = "`unauthorized`: a wrong user name or password", body = super::error::ErrorBody),
+        (status = 429, description = "`too_many_attempts`: too many failures from this address; `Retry-After` says how many seconds to wait", body = super::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 pub(super) async fn login(State(state): State<ApiState>, request: Request) -> Response {
     let source = Source::of(client_ip(&request));
     let (parts, body) = request.into_parts();
@@ -33,14 +47,22 @@ pub(super) async fn login(State(state): State<ApiState>, request: Request) -> Re
     response
 }
 
+/// Who the request's token is.
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "accounts",
+    responses((status = 200, description = "The user, token and role in force", body = Principal)))]
 pub(super) async fn whoami(Extension(principal): Extension<Principal>) -> Response {
     Json(principal).into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/users", tag = "accounts",
+    responses((status = 200, description = "Every user", body = super::openapi::UserList)))]
 pub(super) async fn list_users(State(state): State<ApiState>) -> Result<Response, ApiError> {
     Ok(Json(json!({ "users": state.app.users()? })).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/users/{name}", tag = "accounts",
+    params(("name" = String, Path, description = "The user name")),
+    responses((status = 200, description = "The user", body = UserView), (status = 404, description = "`not_found`: no such user", body = super::error::ErrorBody)))]
 pub(super) async fn get_user(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -48,6 +70,15 @@ pub(super) async fn get_user(
     Ok(Json(state.app.user(&name)?).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/users", tag = "accounts",
+    request_body(content = UserRequest, content_type = "application/json",
+        example = json!({"name": "alice", "role": "operator", "password": "correct horse battery"})),
+    responses(
+        (status = 201, description = "The user", body = UserView),
+        (status = 400, description = "`invalid_json`: not JSON of this shape (an unknown field is named); `invalid_field`: a value is not acceptable (named)", body = super::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 64 KiB", body = super::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not sent as `application/json`", body = super::error::ErrorBody),
+        (status = 409, description = "`user_exists`: the name is taken", body = super::error::ErrorBody)))]
 pub(super) async fn create_user(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -58,6 +89,13 @@ pub(super) async fn create_user(
     Ok((StatusCode::CREATED, Json(user)).into_response())
 }
 
+/// Deletes a user and every token of theirs.
+#[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "accounts",
+    params(("name" = String, Path, description = "The user name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`: no such user", body = super::error::ErrorBody),
+        (status = 409, description = "`last_admin`: the last admin stays", body = super::error::ErrorBody)))]
 pub(super) async fn delete_user(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -66,12 +104,23 @@ pub(super) async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PasswordRequest {
     password: String,
 }
 
+/// Sets a password: one's own with any role, anyone's as an admin.
+#[utoipa::path(put, path = "/api/v1/users/{name}/password", tag = "accounts",
+    params(("name" = String, Path, description = "The user name")),
+    request_body(content = PasswordRequest, content_type = "application/json",
+        example = json!({"password": "correct horse battery"})),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 400, description = "`invalid_json`: not JSON of this shape (an unknown field is named); `invalid_field`: a value is not acceptable (named)", body = super::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 64 KiB", body = super::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not sent as `application/json`", body = super::error::ErrorBody),
+        (status = 404, description = "`not_found`: no such user", body = super::error::ErrorBody)))]
 pub(super) async fn set_password(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -87,12 +136,23 @@ pub(super) async fn set_password(
     Ok(Json(user).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RoleRequest {
     role: Role,
 }
 
+/// Changes a user's role; their tokens act with it at once.
+#[utoipa::path(put, path = "/api/v1/users/{name}/role", tag = "accounts",
+    params(("name" = String, Path, description = "The user name")),
+    request_body(content = RoleRequest, content_type = "application/json", example = json!({"role": "viewer"})),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 400, description = "`invalid_json`: not JSON of this shape (an unknown field is named); `invalid_field`: a value is not acceptable (named)", body = super::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 64 KiB", body = super::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not sent as `application/json`", body = super::error::ErrorBody),
+        (status = 404, description = "`not_found`: no such user", body = super::error::ErrorBody),
+        (status = 409, description = "`last_admin`: the last admin stays an admin", body = super::error::ErrorBody)))]
 pub(super) async fn set_role(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -103,6 +163,17 @@ pub(super) async fn set_role(
     Ok(Json(state.app.set_role(&name, request.role)?).into_response())
 }
 
+/// A named API token; its text is shown only in this reply.
+#[utoipa::path(post, path = "/api/v1/api-tokens", tag = "accounts",
+    request_body(content = ApiTokenRequest, content_type = "application/json",
+        example = json!({"name": "ci", "role": "operator", "ttl_secs": 2592000})),
+    responses(
+        (status = 201, description = "The token, with its text", body = ApiTokenView),
+        (status = 400, description = "`invalid_json`: not JSON of this shape (an unknown field is named); `invalid_field`: a value is not acceptable (named)", body = super::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 64 KiB", body = super::error::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not sent as `application/json`", body = super::error::ErrorBody),
+        (status = 403, description = "`forbidden`: a role above the caller's or the user's, or another user's token without the admin role", body = super::error::ErrorBody),
+        (status = 404, description = "`not_found`: no such user", body = super::error::ErrorBody)))]
 pub(super) async fn create_api_token(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -114,6 +185,9 @@ pub(super) async fn create_api_token(
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }
 
+/// The caller's API tokens, or every user's for an admin; never their text.
+#[utoipa::path(get, path = "/api/v1/api-tokens", tag = "accounts",
+    responses((status = 200, description = "The tokens", body = super::openapi::ApiTokenList)))]
 pub(super) async fn list_api_tokens(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,
@@ -121,6 +195,12 @@ pub(super) async fn list_api_tokens(
     Ok(Json(json!({ "api_tokens": state.app.api_tokens(&principal)? })).into_response())
 }
 
+/// Revokes one of the caller's API tokens (an admin: anyone's).
+#[utoipa::path(delete, path = "/api/v1/api-tokens/{id}", tag = "accounts",
+    params(("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "`not_found`: no such token of the caller's", body = super::error::ErrorBody)))]
 pub(super) async fn revoke_api_token(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,

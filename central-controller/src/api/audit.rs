@@ -110,6 +110,18 @@ pub(super) fn cursor_for(seq: u64) -> String {
     cursor(CURSOR_PREFIX, &seq.to_string())
 }
 
+/// The audit log, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "accounts",
+    params(
+        ("actor" = Option<String>, Query, description = "Entries of this user"),
+        ("target" = Option<String>, Query, description = "A path below `/api/v1/`, with everything under it"),
+        ("since" = Option<String>, Query, format = DateTime, description = "Entries at or after this time (RFC 3339)"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Entries before this time (RFC 3339)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)"),
+        ("cursor" = Option<String>, Query, description = "The previous page's `next_cursor`, as it came")),
+    responses(
+        (status = 200, description = "One page of entries", body = super::openapi::AuditList),
+        (status = 400, description = "`invalid_field`: an unknown parameter or a bad value (named)", body = super::error::ErrorBody)))]
 pub(super) async fn list(
     State(state): State<ApiState>,
     Query(query): Query<BTreeMap<String, String>>,

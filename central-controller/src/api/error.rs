@@ -24,18 +24,31 @@ pub struct ApiError {
 #[derive(Clone, Copy, Debug)]
 pub struct ErrorCode(pub &'static str);
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error's body.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error, example = json!({"error": {"code": "invalid_field", "message": "replicas: must be 0 to 100", "field": "replicas"}}))]
+pub(super) struct Body<'a> {
     error: Detail<'a>,
 }
 
-#[derive(Serialize)]
+/// What went wrong.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
 struct Detail<'a> {
+    /// Stable and machine-readable; each response of the document lists
+    /// the codes it can carry (docs/api.md, "Errors").
+    #[schema(example = "invalid_field")]
     code: &'a str,
+    /// For people: what and where.
     message: &'a str,
+    /// The offending part of the request (a field, query parameter or
+    /// header), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
 }
+
+/// The error body's schema (`Error`), for `#[utoipa::path]` responses.
+pub(super) type ErrorBody = Body<'static>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {

@@ -11,10 +11,12 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use verge_shared::logs::{LogStream, MAX_LOG_LINES};
+use verge_shared::{AgentId, ServiceName};
 
 use super::error::ApiError;
 use super::query::only_known;
 use super::state::ApiState;
+use crate::app::LogTail;
 
 const DEFAULT_LINES: u32 = 100;
 
@@ -45,6 +47,15 @@ fn parse(query: &BTreeMap<String, String>) -> Result<(LogStream, u32), ApiError>
 }
 
 /// `GET /api/v1/nodes/{id}/workloads/{service}/logs`
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/workloads/{service}/logs", tag = "nodes",
+    params(("id" = AgentId, Path, description = "The node id"), ("service" = ServiceName, Path, description = "The service name"),
+        ("stream" = Option<String>, Query, description = "`stdout` (the default) or `stderr`"),
+        ("lines" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "How many of the last lines (default 100)")),
+    responses(
+        (status = 200, description = "The log tail, oldest line first", body = LogTail),
+        (status = 400, description = "`invalid_field`: an unknown parameter or a bad value (named)", body = super::error::ErrorBody),
+        (status = 404, description = "`not_found`: no such node, service, replica or workload", body = super::error::ErrorBody),
+        (status = 504, description = "`agent_unavailable`: the node is offline or did not answer within 10 s", body = super::error::ErrorBody)))]
 pub(super) async fn node_workload_logs(
     State(state): State<ApiState>,
     Path((node, service)): Path<(String, String)>,
@@ -56,6 +67,15 @@ pub(super) async fn node_workload_logs(
 }
 
 /// `GET /api/v1/services/{name}/replicas/{index}/logs`
+#[utoipa::path(get, path = "/api/v1/services/{name}/replicas/{index}/logs", tag = "services",
+    params(("name" = ServiceName, Path, description = "The service name"), ("index" = u32, Path, description = "The replica's index"),
+        ("stream" = Option<String>, Query, description = "`stdout` (the default) or `stderr`"),
+        ("lines" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "How many of the last lines (default 100)")),
+    responses(
+        (status = 200, description = "The log tail, oldest line first", body = LogTail),
+        (status = 400, description = "`invalid_field`: an unknown parameter or a bad value (named)", body = super::error::ErrorBody),
+        (status = 404, description = "`not_found`: no such node, service, replica or workload", body = super::error::ErrorBody),
+        (status = 504, description = "`agent_unavailable`: the node is offline or did not answer within 10 s", body = super::error::ErrorBody)))]
 pub(super) async fn replica_logs(
     State(state): State<ApiState>,
     Path((service, index)): Path<(String, String)>,

@@ -22,6 +22,12 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// OpenMetrics when the client accepts it, else the classic text format.
+/// Prometheus metrics. Without a token only with `[api] public_metrics = true`.
+#[utoipa::path(get, path = "/metrics", tag = "monitoring",
+    params(("Accept" = Option<String>, Header, description = "`application/openmetrics-text` for OpenMetrics; else the classic text format")),
+    responses((status = 200, description = "The metrics", content(
+        (String = "text/plain; version=0.0.4; charset=utf-8"),
+        (String = "application/openmetrics-text; version=1.0.0; charset=utf-8")))))]
 pub(super) async fn scrape(
     State(state): State<ApiState>,
     headers: HeaderMap,

@@ -25,6 +25,7 @@ mod identity;
 mod logs;
 mod metrics;
 mod nodes;
+mod openapi;
 mod query;
 mod releases;
 mod state;
@@ -41,7 +42,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tower::ServiceExt as _;
-use verge_shared::Sha256Digest;
+use verge_shared::{AgentId, ServiceName, Sha256Digest};
 
 pub use auth::required_role;
 pub use body::MAX_JSON_BYTES;
@@ -50,7 +51,8 @@ pub use error::ApiError;
 use body::read_json;
 use state::ApiState;
 
-use crate::app::{App, Cordon, ServiceRequest};
+use crate::app::{App, Cordon, LatencyView, NodeView, ServiceRequest, ServiceView, TelemetryView};
+use error::ErrorBody;
 
 /// Builds the router.
 pub fn router(app: Arc<App>) -> Router {
@@ -129,7 +131,8 @@ pub fn router(app: Arc<App>) -> Router {
         auth::authenticate,
     ));
     public
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
+        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/api/v1/artifacts/{sha256}", get(download_artifact))
         .route("/api/v1/enroll", post(identity::enroll))
         .route("/api/v1/login", post(accounts::login))
@@ -148,10 +151,79 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(state)
 }
 
+/// The API's OpenAPI document (`docs/openapi.json` is a copy).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        healthz, openapi_json, metrics::scrape,
+        list_services, get_service, put_service, delete_service, logs::replica_logs,
+        nodes::list_nodes, get_node, get_node_telemetry, logs::node_workload_logs,
+        cordon_node, drain_node, uncordon_node, identity::revoke_node,
+        list_regions, get_latency,
+        identity::create_token, identity::list_tokens, identity::revoke_token,
+        identity::enroll, identity::renew_certificate,
+        watch::watch,
+        upload_artifact, download_artifact,
+        releases::upload_release, releases::list_releases, releases::get_release,
+        releases::get_trust, releases::put_trust,
+        accounts::login, accounts::whoami,
+        accounts::list_users, accounts::create_user, accounts::get_user, accounts::delete_user,
+        accounts::set_role, accounts::set_password,
+        accounts::create_api_token, accounts::list_api_tokens, accounts::revoke_api_token,
+        audit::list,
+    ),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "services", description = "Services and their replicas"),
+        (name = "nodes", description = "Nodes, regions, latency and logs"),
+        (name = "identity", description = "Bootstrap tokens, enrollment, certificate renewal"),
+        (name = "releases", description = "Artifacts, signed releases and the trust bundle"),
+        (name = "accounts", description = "Sign-in, users, API tokens and the audit log"),
+        (name = "watch", description = "The change stream"),
+        (name = "monitoring", description = "Health, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI 3.1 document of this API, from the handlers' annotations
+/// and types.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi::finish(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
+/// [`openapi()`] as `docs/openapi.json` keeps it: pretty-printed, keys sorted.
+pub fn openapi_text() -> String {
+    openapi::render(&openapi())
+}
+
+/// `{"status": "ok"}` while the controller runs.
+#[utoipa::path(get, path = "/healthz", tag = "monitoring",
+    responses((status = 200, description = "The controller runs", body = openapi::Health)))]
+async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "monitoring",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_text()).into_response()
+}
+
+/// Every service's view.
+#[utoipa::path(get, path = "/api/v1/services", tag = "services",
+    responses((status = 200, description = "Every service", body = openapi::ServiceList)))]
 async fn list_services(State(state): State<ApiState>) -> Result<Response, ApiError> {
     Ok(Json(json!({ "services": state.app.services()? })).into_response())
 }
 
+/// One service's view, with its `ETag`.
+#[utoipa::path(get, path = "/api/v1/services/{name}", tag = "services",
+    params(("name" = ServiceName, Path, description = "The service name")),
+    responses(
+        (status = 200, description = "The service", body = ServiceView,
+            headers(("ETag" = String, description = "The revision in quotes: `\"3\"`"))),
+        (status = 404, description = "`not_found`: no such service", body = ErrorBody)))]
 async fn get_service(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -164,6 +236,26 @@ async fn get_service(
         .into_response())
 }
 
+/// Creates (201) or replaces (200) a service; conditional with `If-Match`
+/// or `If-None-Match: *`.
+#[utoipa::path(put, path = "/api/v1/services/{name}", tag = "services",
+    params(
+        ("name" = ServiceName, Path, description = "The service name"),
+        ("If-Match" = Option<String>, Header, description = "Only if the service is at one of these revisions (`\"3\"`, comma-separated) or, with `*`, exists"),
+        ("If-None-Match" = Option<String>, Header, description = "`*`: only create, never replace")),
+    request_body(content = ServiceRequest, content_type = "application/json", example = json!({
+        "release": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "replicas": 2, "regions": ["eu-west"], "config": {"MODE": "edge"},
+        "placement": {"latency": {"to": ["eu-west"], "max_ms": 20, "percentile": 90}, "spread": "zone", "priority": 0}})),
+    responses(
+        (status = 200, description = "Replaced", body = ServiceView,
+            headers(("ETag" = String, description = "The new revision in quotes"))),
+        (status = 201, description = "Created", body = ServiceView,
+            headers(("ETag" = String, description = "The revision in quotes"))),
+        (status = 400, description = "`invalid_json`: not JSON of this shape (an unknown field is named); `invalid_field`: a value is not acceptable, or a conditional header is malformed (named)", body = ErrorBody),
+        (status = 412, description = "`precondition_failed`: `If-Match` or `If-None-Match` does not hold", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 64 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not sent as `application/json`", body = ErrorBody)))]
 async fn put_service(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -185,6 +277,17 @@ async fn put_service(
     Ok((status, [(header::ETAG, etag)], Json(view)).into_response())
 }
 
+/// Deletes a service; its workloads are stopped. Conditional with `If-Match`.
+#[utoipa::path(delete, path = "/api/v1/services/{name}", tag = "services",
+    params(
+        ("name" = ServiceName, Path, description = "The service name"),
+        ("If-Match" = Option<String>, Header, description = "Only if the service is at one of these revisions or, with `*`, exists"),
+        ("If-None-Match" = Option<String>, Header, description = "Refused on a delete except as `*`, which never holds for an existing service")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`invalid_field`: a malformed conditional header (named)", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such service", body = ErrorBody),
+        (status = 412, description = "`precondition_failed`: `If-Match` does not hold", body = ErrorBody)))]
 async fn delete_service(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -195,6 +298,12 @@ async fn delete_service(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// One node.
+#[utoipa::path(get, path = "/api/v1/nodes/{id}", tag = "nodes",
+    params(("id" = AgentId, Path, description = "The node id")),
+    responses(
+        (status = 200, description = "The node", body = NodeView),
+        (status = 404, description = "`not_found`: no such node", body = ErrorBody)))]
 async fn get_node(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -203,6 +312,11 @@ async fn get_node(
 }
 
 /// The node's recent telemetry, oldest first.
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/telemetry", tag = "nodes",
+    params(("id" = AgentId, Path, description = "The node id")),
+    responses(
+        (status = 200, description = "The node's recent telemetry, oldest first", body = TelemetryView),
+        (status = 404, description = "`not_found`: no such node", body = ErrorBody)))]
 async fn get_node_telemetry(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -210,6 +324,12 @@ async fn get_node_telemetry(
     Ok(Json(state.app.node_telemetry(&id)?).into_response())
 }
 
+/// No new replicas on the node; it keeps what it runs.
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/cordon", tag = "nodes",
+    params(("id" = AgentId, Path, description = "The node id")),
+    responses(
+        (status = 200, description = "The node", body = NodeView),
+        (status = 404, description = "`not_found`: no such node", body = ErrorBody)))]
 async fn cordon_node(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -217,6 +337,12 @@ async fn cordon_node(
     Ok(Json(state.app.set_cordon(&id, Some(Cordon::Cordoned)).await?).into_response())
 }
 
+/// No replicas on the node; what it ran is placed elsewhere.
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/drain", tag = "nodes",
+    params(("id" = AgentId, Path, description = "The node id")),
+    responses(
+        (status = 200, description = "The node", body = NodeView),
+        (status = 404, description = "`not_found`: no such node", body = ErrorBody)))]
 async fn drain_node(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -224,6 +350,12 @@ async fn drain_node(
     Ok(Json(state.app.set_cordon(&id, Some(Cordon::Drained)).await?).into_response())
 }
 
+/// Clears cordon and drain.
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/uncordon", tag = "nodes",
+    params(("id" = AgentId, Path, description = "The node id")),
+    responses(
+        (status = 200, description = "The node", body = NodeView),
+        (status = 404, description = "`not_found`: no such node", body = ErrorBody)))]
 async fn uncordon_node(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -231,14 +363,29 @@ async fn uncordon_node(
     Ok(Json(state.app.set_cordon(&id, None).await?).into_response())
 }
 
+/// Every region, listed in the regions file or reported by a node.
+#[utoipa::path(get, path = "/api/v1/regions", tag = "nodes",
+    responses((status = 200, description = "The regions", body = openapi::RegionList)))]
 async fn list_regions(State(state): State<ApiState>) -> Response {
     Json(json!({ "regions": state.app.regions() })).into_response()
 }
 
+/// Every latency figure, with how it was obtained and its age.
+#[utoipa::path(get, path = "/api/v1/latency", tag = "nodes",
+    responses((status = 200, description = "The figures", body = LatencyView)))]
 async fn get_latency(State(state): State<ApiState>) -> Response {
     Json(state.app.latency_view()).into_response()
 }
 
+/// Uploads an artifact's raw bytes (streamed).
+#[utoipa::path(post, path = "/api/v1/artifacts", tag = "releases",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The artifact: an executable or a tar.gz archive"),
+    responses(
+        (status = 200, description = "Already stored", body = openapi::ArtifactStored),
+        (status = 201, description = "Stored", body = openapi::ArtifactStored),
+        (status = 400, description = "`invalid_body`: the body could not be read", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: over `api.max_artifact_bytes`", body = ErrorBody)))]
 async fn upload_artifact(
     State(state): State<ApiState>,
     request: Request,
@@ -269,6 +416,21 @@ async fn upload_artifact(
         .into_response())
 }
 
+/// Downloads an artifact; HTTP `Range` requests resume. Over HTTPS only for
+/// an operator's token or the client certificate of a node that runs it.
+#[utoipa::path(get, path = "/api/v1/artifacts/{sha256}", tag = "releases",
+    params(
+        ("sha256" = Sha256Digest, Path, description = "The artifact's digest"),
+        ("Range" = Option<String>, Header, description = "A byte range, to resume")),
+    responses(
+        (status = 200, description = "The artifact", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 206, description = "The range asked for", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 400, description = "`invalid_field`: not a SHA-256 digest (`sha256`)", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: an unknown, expired or revoked token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: over HTTPS, neither an operator's token nor the certificate of a node that runs it", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such artifact", body = ErrorBody),
+        (status = 416, description = "The range is not satisfiable"),
+        (status = 429, description = "`too_many_attempts`: too many bad tokens from this address", body = ErrorBody)))]
 async fn download_artifact(
     State(state): State<ApiState>,
     Path(digest): Path<String>,
@@ -293,5 +455,7 @@ async fn download_artifact(
 
 #[cfg(test)]
 mod access_tests;
+#[cfg(test)]
+mod openapi_tests;
 #[cfg(test)]
 mod tests;

@@ -71,6 +71,18 @@ pub(super) fn parse(
 }
 
 /// `GET /api/v1/nodes`
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes",
+    params(
+        ("region" = Option<String>, Query, description = "Nodes in this region"),
+        ("state" = Option<String>, Query, description = "`online`, `offline`, `healthy`, `unhealthy`, `cordoned`, `drained` or `revoked`"),
+        ("label" = Option<String>, Query, description = "`key=value`: nodes carrying this label with this value"),
+        ("service" = Option<String>, Query, description = "Nodes reporting a workload of this service"),
+        ("prefix" = Option<String>, Query, description = "Nodes whose id starts with this (1 to 64 characters)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "At most this many nodes; without it, every matching node"),
+        ("cursor" = Option<String>, Query, description = "The previous page's `next_cursor`, as it came")),
+    responses(
+        (status = 200, description = "One page of nodes in id order", body = super::openapi::NodePage),
+        (status = 400, description = "`invalid_field`: an unknown parameter or a bad value (named)", body = super::error::ErrorBody)))]
 pub(super) async fn list_nodes(
     State(state): State<ApiState>,
     Query(query): Query<BTreeMap<String, String>>,

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use verge_shared::limits;
+use verge_shared::{Envelope, Sha256Digest, limits};
 
 use super::body::read_bytes;
 use super::error::ApiError;
@@ -17,6 +17,16 @@ use crate::app::release_summary as summary;
 
 /// `POST /api/v1/releases`: the body is the signed release envelope, as
 /// `verge-admin release sign` writes it.
+#[utoipa::path(post, path = "/api/v1/releases", tag = "releases",
+    request_body(content = Envelope, content_type = "application/json",
+        description = "The publisher-signed release envelope, as `verge-admin release sign` writes it (at most 64 KiB)",
+        example = json!({"payloadType": "application/vnd.verge.release.v1+json", "payload": "eyJzZXJ2aWNlIjoiaGVsbG8ifQ==",
+            "signatures": [{"keyid": "…", "sig": "…"}]})),
+    responses(
+        (status = 200, description = "Already stored", body = super::openapi::ReleaseSummary),
+        (status = 201, description = "Stored", body = super::openapi::ReleaseSummary),
+        (status = 400, description = "`invalid_field`: not a release signed by a publisher of the trust bundle allowed its service, or it names an artifact not uploaded or of another size (`release`, `artifacts[i]`); `invalid_body`: the body could not be read", body = super::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 64 KiB", body = super::error::ErrorBody)))]
 pub async fn upload_release(
     State(state): State<ApiState>,
     body: Body,
@@ -31,12 +41,19 @@ pub async fn upload_release(
     Ok((status, Json(summary(&record))).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/releases", tag = "releases",
+    responses((status = 200, description = "Every release", body = super::openapi::ReleaseList)))]
 pub async fn list_releases(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let releases: Vec<Value> = state.app.releases()?.iter().map(summary).collect();
     Ok(Json(json!({ "releases": releases })).into_response())
 }
 
 /// One release with its run spec and the envelope as signed.
+#[utoipa::path(get, path = "/api/v1/releases/{digest}", tag = "releases",
+    params(("digest" = Sha256Digest, Path, description = "The release's digest")),
+    responses(
+        (status = 200, description = "The release", body = super::openapi::ReleaseDetail),
+        (status = 404, description = "`not_found`: no such release", body = super::error::ErrorBody)))]
 pub async fn get_release(
     State(state): State<ApiState>,
     Path(digest): Path<String>,
@@ -50,6 +67,8 @@ pub async fn get_release(
 }
 
 /// The trust bundle in force (its contents; key ids for reading).
+#[utoipa::path(get, path = "/api/v1/trust", tag = "releases",
+    responses((status = 200, description = "The trust bundle in force", body = super::openapi::TrustView)))]
 pub async fn get_trust(State(state): State<ApiState>) -> Response {
     let bundle = state.app.trust_bundle();
     Json(json!({
@@ -71,6 +90,16 @@ pub async fn get_trust(State(state): State<ApiState>) -> Response {
 
 /// `PUT /api/v1/trust`: installs a newer root-signed bundle and sends it
 /// to every agent with its desired state.
+#[utoipa::path(put, path = "/api/v1/trust", tag = "releases",
+    request_body(content = Envelope, content_type = "application/json",
+        description = "A newer root-signed trust bundle's envelope",
+        example = json!({"payloadType": "application/vnd.verge.trust-bundle.v1+json", "payload": "eyJ2ZXJzaW9uIjoyfQ==",
+            "signatures": [{"keyid": "…", "sig": "…"}]})),
+    responses(
+        (status = 200, description = "The version in force", body = super::openapi::TrustInstalled),
+        (status = 400, description = "`invalid_body`: the body could not be read", body = super::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`: over the trust bundle limit", body = super::error::ErrorBody),
+        (status = 422, description = "`trust_bundle_refused`: not a properly signed successor, or it does not list this controller's key", body = super::error::ErrorBody)))]
 pub async fn put_trust(State(state): State<ApiState>, body: Body) -> Result<Response, ApiError> {
     let bytes = read_bytes(body, limits::MAX_TRUST_BUNDLE_BYTES).await?;
     let installed = state.app.install_trust(&bytes).await?;

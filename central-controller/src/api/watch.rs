@@ -118,6 +118,19 @@ fn visible_to(mut filter: WatchFilter, role: Role) -> Result<WatchFilter, ApiErr
     Ok(filter)
 }
 
+/// The change stream, as Server-Sent Events (docs/api.md, "Watching changes").
+#[utoipa::path(get, path = "/api/v1/watch", tag = "watch",
+    params(
+        ("kind" = Option<String>, Query, description = "A comma list of kinds: `node`, `service`, `replica`, `release`, `token`, `api_token`, `user`"),
+        ("region" = Option<String>, Query, description = "Changes that concern this region"),
+        ("service" = Option<String>, Query, description = "Changes that concern this service"),
+        ("since" = Option<u64>, Query, description = "Resume after this event id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id (wins over `since`)")),
+    responses(
+        (status = 200, description = "Events, for as long as the client stays: `sync` or `relist` first, then one event per change; `dropped` last when the client fell behind", body = super::openapi::WatchEvent, content_type = "text/event-stream"),
+        (status = 400, description = "`invalid_field`: an unknown parameter or kind, a bad value, or a malformed `Last-Event-ID` (named)", body = super::error::ErrorBody),
+        (status = 403, description = "`forbidden`: a kind the role may not see", body = super::error::ErrorBody),
+        (status = 503, description = "`too_many_watchers`: `watch.max_watchers` watchers are connected; try again later", body = super::error::ErrorBody)))]
 pub(super) async fn watch(
     State(state): State<ApiState>,
     Extension(principal): Extension<Principal>,

@@ -42,7 +42,7 @@ pub const MIN_PASSWORD: usize = 12;
 const MAX_PASSWORD: usize = 1024;
 
 /// Who made a request: the user, the token used, and the role in force.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Principal {
     pub user: String,
     /// The token's id.
@@ -82,6 +82,7 @@ pub fn role_name(role: Role) -> &'static str {
 /// `POST /api/v1/users` body.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct UserRequest {
     pub name: String,
     pub role: Role,
@@ -89,7 +90,7 @@ pub struct UserRequest {
 }
 
 /// A user as the API shows it: never the password hash.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub name: String,
     pub role: Role,
@@ -113,6 +114,7 @@ impl From<&UserRecord> for UserView {
 /// `POST /api/v1/api-tokens` body.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct ApiTokenRequest {
     pub name: String,
     /// At most the caller's and the user's role; both by default.
@@ -129,6 +131,7 @@ pub struct ApiTokenRequest {
 /// `POST /api/v1/login` body.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct LoginRequest {
     pub user: String,
     pub password: String,
@@ -137,7 +140,7 @@ pub struct LoginRequest {
 }
 
 /// An API token as the API shows it: its text only once, at creation.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ApiTokenView {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -20,6 +20,7 @@ use crate::store::{ArtifactRecord, ReleaseRecord, ServiceRecord, ServiceSpec};
 /// `PUT /api/v1/services/{name}` body.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct ServiceRequest {
     /// The signed digest of an uploaded release of this service.
     pub release: String,

@@ -40,6 +40,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(86_400);
 /// `POST /api/v1/tokens` body.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct TokenRequest {
     pub region: String,
     #[serde(default)]
@@ -49,7 +50,7 @@ pub struct TokenRequest {
 }
 
 /// A token as the API shows it: never its text, except once at creation.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenView {
     pub id: String,
     /// Only in the answer to the creation request.

@@ -37,7 +37,7 @@ pub(super) enum LogResponseError {
 pub const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A log tail as the API returns it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct LogTail {
     pub node: AgentId,
     pub service: ServiceName,

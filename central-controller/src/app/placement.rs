@@ -36,8 +36,9 @@ pub const MAX_TARGET_MS: i64 = 60_000;
 pub const MAX_TARGET_REGIONS: usize = 16;
 
 /// The `placement` object of a service spec, as sent.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(utoipa::ToSchema)]
 pub struct PlacementRequest {
     pub latency: Option<LatencyRequest>,
     pub replicas_per_region: Option<i64>,
@@ -46,8 +47,9 @@ pub struct PlacementRequest {
 }
 
 /// `placement.latency`, as sent.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct LatencyRequest {
     pub to: Vec<String>,
     pub max_ms: i64,
@@ -236,7 +238,7 @@ pub(super) fn service_input(service: &ServiceRecord) -> ServiceInput {
 }
 
 /// A region as `GET /api/v1/regions` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct RegionView {
     pub name: RegionId,
     pub parent: Option<String>,
@@ -248,7 +250,7 @@ pub struct RegionView {
 }
 
 /// `GET /api/v1/latency`: every figure with how it was obtained and its age.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct LatencyView {
     pub window_secs: u64,
     /// Node → region → figure.

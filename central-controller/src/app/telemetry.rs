@@ -148,7 +148,7 @@ impl TelemetryHistory {
 }
 
 /// One node's history as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TelemetryView {
     pub node: AgentId,
     /// How often the agent sends telemetry, as seen in the samples (the
@@ -160,7 +160,7 @@ pub struct TelemetryView {
 }
 
 /// One sample, with the agent's CPU use since the one before it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TelemetryPoint {
     pub seq: u64,
     pub at: Timestamp,

@@ -18,6 +18,7 @@ use crate::store::{Cordon, DesiredRecord, NodeRecord, ServiceRecord, ServiceSpec
 /// A replica's state as shown to operators: the agent's states plus `unplaced`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub enum ReplicaState {
     Pending,
     Fetching,
@@ -43,7 +44,7 @@ impl From<WorkloadState> for ReplicaState {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ReplicaView {
     pub index: u32,
     pub node: Option<AgentId>,
@@ -64,7 +65,7 @@ pub struct ReplicaView {
     pub isolation: Option<Isolation>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ServiceView {
     pub name: ServiceName,
     pub spec: ServiceSpec,
@@ -76,7 +77,7 @@ pub struct ServiceView {
     pub replicas: Vec<ReplicaView>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub id: AgentId,
     pub region: RegionId,
@@ -98,6 +99,7 @@ pub struct NodeView {
     pub cordon: Option<Cordon>,
     /// Revoked by an operator: certificates refused, nothing placed.
     pub revoked: bool,
+    #[schema(value_type = Option<String>, example = "10.0.0.7:7790")]
     pub probe_addr: Option<std::net::SocketAddr>,
     /// `cgroup_v2` or `rlimit`: how the node enforces workload limits.
     pub limits: Option<LimitMechanism>,

@@ -27,7 +27,7 @@ pub enum StoreError {
 }
 
 /// A service as the operator declared it (validated).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceSpec {
     /// The signed digest of the release every replica runs.
     pub release: Sha256Digest,
@@ -47,6 +47,7 @@ pub struct ServiceSpec {
 /// Where and how a service's replicas are placed (validated).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[derive(utoipa::ToSchema)]
 pub struct PlacementSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencySpec>,
@@ -60,7 +61,7 @@ pub struct PlacementSpec {
 }
 
 /// "Within `max_ms` of every region in `to`, at `percentile`."
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LatencySpec {
     pub to: Vec<RegionId>,
     pub max_ms: u32,
@@ -71,6 +72,7 @@ pub struct LatencySpec {
 /// How replicas are spread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub enum SpreadSpec {
     #[default]
     Zone,
@@ -80,6 +82,7 @@ pub enum SpreadSpec {
 /// An operator's hold on a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub enum Cordon {
     /// Takes no new replicas, keeps what it runs.
     Cordoned,
@@ -146,6 +149,7 @@ pub struct TokenRecord {
 /// ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub enum Role {
     /// Reads everything except secrets.
     Viewer,
@@ -182,7 +186,7 @@ pub struct ApiTokenRecord {
 }
 
 /// One entry of the audit log: a mutation, or a refused authentication.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Grows by one per entry; the log's order.
     pub seq: u64,
@@ -192,7 +196,7 @@ pub struct AuditRecord {
 }
 
 /// What an audit entry says about its request.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// The user, when the request was authenticated (or the name a sign-in
     /// was for).

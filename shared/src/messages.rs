@@ -748,6 +748,7 @@ pub struct Status {
 /// What happened, in a security [`Event`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventKind {
     /// A desired state was refused; the last good one keeps running.
     DesiredStateRejected,

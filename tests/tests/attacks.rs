@@ -359,6 +359,43 @@ async fn a_rogue_trust_bundle_is_refused_with_an_event() {
         )),
         "{kinds:?}"
     );
+    // The controller verified both with edge-a's key and serves them.
+    let kept = wait_for(
+        "both events at GET /api/v1/events",
+        Duration::from_secs(30),
+        || async {
+            let page = s
+                .api
+                .get("/api/v1/events?node=edge-a")
+                .await
+                .map_err(|e| e.to_string())?;
+            let kinds: Vec<(Value, Value)> = page["events"]
+                .as_array()
+                .map(|events| {
+                    events
+                        .iter()
+                        .map(|e| (e["kind"].clone(), e["reason"].clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if kinds.contains(&(
+                Value::from("trust_bundle_rejected"),
+                Value::from("threshold_not_met"),
+            )) && kinds.contains(&(
+                Value::from("desired_state_rejected"),
+                Value::from("unknown_publisher"),
+            )) {
+                Ok(page)
+            } else {
+                Err(page.to_string())
+            }
+        },
+    )
+    .await;
+    for event in kept["events"].as_array().expect("events") {
+        assert_eq!(event["node"], "edge-a", "{event}");
+        assert!(event["id"].as_u64().is_some_and(|id| id > 0), "{event}");
+    }
 }
 
 /// A stolen controller key signs a huge generation (fast-forward): the

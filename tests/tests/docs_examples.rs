@@ -41,7 +41,7 @@ use verge_tests::{Cluster, ClusterOptions, wait_for};
 const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Every kind of example the test knows how to exercise.
-const KINDS: [&str; 16] = [
+const KINDS: [&str; 17] = [
     "controller config",
     "request PUT /api/v1/services/{name}",
     "response error",
@@ -49,6 +49,7 @@ const KINDS: [&str; 16] = [
     "response GET /api/v1/services/{name}",
     "response GET /api/v1/nodes/{id}",
     "response GET /api/v1/nodes/{id}/telemetry",
+    "response GET /api/v1/events",
     "release contents",
     "document Envelope",
     "document Delivery",
@@ -378,6 +379,35 @@ fn the_telemetry_example_is_a_telemetry_document() {
             verge_shared::telemetry::TELEMETRY_SCHEMA_VERSION
         );
         assert_keys_in(&example, &serde_json::to_value(&parsed).expect("json"));
+    }
+}
+
+/// The events example shows only fields an event record has (the events
+/// themselves come from agents refusing attacks, in `attacks.rs`).
+#[test]
+fn the_events_example_has_the_fields_of_an_event_page() {
+    use central_controller::app::{EventPage, EventRecord};
+    use verge_shared::messages::{EventKind, RejectReason};
+    let record = EventRecord {
+        id: 1,
+        node: verge_shared::AgentId::new("edge-a").expect("id"),
+        region: verge_shared::RegionId::new("eu-west").expect("region"),
+        at: verge_shared::Timestamp::now(),
+        received_at: verge_shared::Timestamp::now(),
+        kind: EventKind::DesiredStateRejected,
+        reason: Some(RejectReason::BadSignature),
+        generation: Some(verge_shared::Generation::new(7)),
+        detail: "detail".into(),
+    };
+    let page = EventPage {
+        events: vec![record],
+        next_after: Some(1),
+    };
+    let real = serde_json::to_value(&page).expect("json");
+    let examples = of_kind("response GET /api/v1/events");
+    assert_eq!(examples.len(), 1, "docs/api.md's events example");
+    for example in examples {
+        assert_keys_in(&example, &real);
     }
 }
 

@@ -21,6 +21,7 @@ mod body;
 mod conditional;
 mod console;
 mod error;
+mod events;
 mod identity;
 mod logs;
 mod metrics;
@@ -66,6 +67,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/nodes", get(nodes::list_nodes))
         .route("/api/v1/nodes/{id}", get(get_node))
         .route("/api/v1/nodes/{id}/telemetry", get(get_node_telemetry))
+        .route("/api/v1/events", get(events::list))
         .route(
             "/api/v1/nodes/{id}/workloads/{service}/logs",
             get(logs::node_workload_logs),
@@ -157,7 +159,7 @@ pub fn router(app: Arc<App>) -> Router {
     paths(
         healthz, openapi_json, metrics::scrape,
         list_services, get_service, put_service, delete_service, logs::replica_logs,
-        nodes::list_nodes, get_node, get_node_telemetry, logs::node_workload_logs,
+        nodes::list_nodes, get_node, get_node_telemetry, events::list, logs::node_workload_logs,
         cordon_node, drain_node, uncordon_node, identity::revoke_node,
         list_regions, get_latency,
         identity::create_token, identity::list_tokens, identity::revoke_token,

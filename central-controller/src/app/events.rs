@@ -22,7 +22,7 @@ use super::types::lock;
 pub(super) const EVENT_HISTORY: usize = 10_000;
 
 /// One event as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct EventRecord {
     /// Grows by one per event the controller kept (not the agent's).
     pub id: u64,

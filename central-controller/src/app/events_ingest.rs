@@ -29,7 +29,7 @@ pub struct EventFilter {
 }
 
 /// One page of events, oldest first.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct EventPage {
     pub events: Vec<EventRecord>,
     /// Pass as `after` for the next page; `null` when this one is the last

@@ -14,23 +14,35 @@ use verge_shared::RegionId;
 use crate::{bundle, files, keys};
 
 /// What `init` makes, as given on the command line.
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct Plan {
-    /// The directory to create; must not exist, or be empty.
+    /// The directory to create (it must not exist, or be empty).
+    #[arg(long)]
     pub dir: PathBuf,
-    /// How many root keys, and how many of them must sign a bundle.
+    /// How many root keys to make.
+    #[arg(long, default_value_t = 3)]
     pub roots: u32,
+    /// How many root keys must sign each trust bundle.
+    #[arg(long, default_value_t = 2)]
     pub threshold: u32,
-    /// The services the publisher key may publish (patterns with `*`).
+    /// A service the publisher key may publish (`*` wildcards); repeat.
+    #[arg(long = "service", default_value = "*")]
     pub services: Vec<String>,
-    /// Names and addresses of the controller host, for its certificate
-    /// and the agents' URLs (the first one).
+    /// A DNS name or IP address agents reach the controller at; repeat.
+    /// The first one goes into agent.toml.
+    #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1"])]
     pub server_names: Vec<String>,
+    /// Where the controller's HTTPS API listens.
+    #[arg(long, default_value = "127.0.0.1:7700")]
     pub api_listen: SocketAddr,
+    /// Where the controller's embedded MQTT broker listens.
+    #[arg(long, default_value = "127.0.0.1:7883")]
     pub mqtt_listen: SocketAddr,
-    /// The region written into the agent configuration.
+    /// The region written into agent.toml.
+    #[arg(long, default_value = "local")]
     pub region: String,
-    /// How long the first bundle is valid.
+    /// How many days the first trust bundle is valid.
+    #[arg(long, default_value_t = 365)]
     pub bundle_days: u32,
 }
 

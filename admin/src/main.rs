@@ -11,7 +11,6 @@ mod keys;
 mod release;
 mod verify;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,36 +38,7 @@ enum Command {
     /// Set up a new installation in one step: root keys (k of n) and a
     /// publisher key to take offline, the controller's key, a trust bundle
     /// the roots signed, and a controller.toml and agent.toml that use them.
-    Init {
-        /// The directory to create (it must not exist, or be empty).
-        #[arg(long)]
-        dir: PathBuf,
-        /// How many root keys to make.
-        #[arg(long, default_value_t = 3)]
-        roots: u32,
-        /// How many root keys must sign each trust bundle.
-        #[arg(long, default_value_t = 2)]
-        threshold: u32,
-        /// A service the publisher key may publish (`*` wildcards); repeat.
-        #[arg(long = "service", default_value = "*")]
-        services: Vec<String>,
-        /// A DNS name or IP address agents reach the controller at; repeat.
-        /// The first one goes into agent.toml.
-        #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1"])]
-        server_names: Vec<String>,
-        /// Where the controller's HTTPS API listens.
-        #[arg(long, default_value = "127.0.0.1:7700")]
-        api_listen: SocketAddr,
-        /// Where the controller's embedded MQTT broker listens.
-        #[arg(long, default_value = "127.0.0.1:7883")]
-        mqtt_listen: SocketAddr,
-        /// The region written into agent.toml.
-        #[arg(long, default_value = "local")]
-        region: String,
-        /// How many days the first trust bundle is valid.
-        #[arg(long, default_value_t = 365)]
-        bundle_days: u32,
-    },
+    Init(init::Plan),
     /// Create and inspect Ed25519 keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -160,28 +130,7 @@ fn main() -> ExitCode {
 /// Runs one command; `Ok(false)` only for a document that does not verify.
 fn run(cli: Cli) -> Result<bool> {
     match cli.command {
-        Command::Init {
-            dir,
-            roots,
-            threshold,
-            services,
-            server_names,
-            api_listen,
-            mqtt_listen,
-            region,
-            bundle_days,
-        } => {
-            let plan = init::Plan {
-                dir,
-                roots,
-                threshold,
-                services,
-                server_names,
-                api_listen,
-                mqtt_listen,
-                region,
-                bundle_days,
-            };
+        Command::Init(plan) => {
             let made = init::run(&plan)?;
             println!("{}", init::report(&plan, &made));
         }

@@ -146,24 +146,24 @@ pub fn binary(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child> {
+fn spawn_logged(cmd: Command, log: &Path) -> Result<Child> {
     let file = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-    let err = file.try_clone()?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(file))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .with_context(|| format!("spawn {cmd:?}"))
+    spawn_into(cmd, file)
 }
 
 /// [`spawn_logged`], appending to `log` (a process started again keeps
 /// its earlier output).
-fn spawn_logged_appending(mut cmd: Command, log: &Path) -> Result<Child> {
+fn spawn_logged_appending(cmd: Command, log: &Path) -> Result<Child> {
     let file = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("open {}", log.display()))?;
+    spawn_into(cmd, file)
+}
+
+/// Starts `cmd` with no stdin and stdout and stderr both into `file`.
+fn spawn_into(mut cmd: Command, file: fs::File) -> Result<Child> {
     let err = file.try_clone()?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(file))

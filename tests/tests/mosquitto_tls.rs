@@ -174,16 +174,19 @@ async fn controller_and_enrolled_agents_work_through_the_shipped_mosquitto_over_
     let revoked = cluster.agent(&second_node);
     let pid = revoked.pid().expect("the revoked agent still runs");
     assert!(process_alive(pid));
+    let revoked_log = || {
+        cluster
+            .agents
+            .iter()
+            .find(|a| a.id == second_node)
+            .expect("agent")
+            .log_text()
+    };
     wait_for(
         "the revoked agent's reconnects to be refused",
         DEADLINE,
         || async {
-            let log = cluster
-                .agents
-                .iter()
-                .find(|a| a.id == second_node)
-                .expect("agent")
-                .log_text();
+            let log = revoked_log();
             let failures = count(&log, "MQTT connection lost");
             if failures >= revoked_failures + 3 {
                 Ok(())
@@ -193,12 +196,7 @@ async fn controller_and_enrolled_agents_work_through_the_shipped_mosquitto_over_
         },
     )
     .await;
-    let log = cluster
-        .agents
-        .iter()
-        .find(|a| a.id == second_node)
-        .expect("agent")
-        .log_text();
+    let log = revoked_log();
     assert_eq!(
         count(&log, "Connected to the broker."),
         revoked_connects,

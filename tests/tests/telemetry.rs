@@ -33,14 +33,9 @@ async fn samples_when(api: &Api, what: &str, done: impl Fn(&[Value]) -> bool) ->
     .await
 }
 
-fn number(sample: &Value, key: &str) -> u64 {
-    sample[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} is a number in {sample}"))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_agents_telemetry_is_kept_and_served_oldest_first() {
+/// A cluster whose one agent, `edge-a` in `region-a`, sends telemetry
+/// every second.
+async fn edge_a_sampling_every_second() -> Cluster {
     let mut cluster = Cluster::start(ClusterOptions::default())
         .await
         .expect("cluster starts");
@@ -49,6 +44,18 @@ async fn a_real_agents_telemetry_is_kept_and_served_oldest_first() {
         .add_agent_with("edge-a", "region-a", broker, "telemetry_interval_secs = 1")
         .await
         .expect("agent");
+    cluster
+}
+
+fn number(sample: &Value, key: &str) -> u64 {
+    sample[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is a number in {sample}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_agents_telemetry_is_kept_and_served_oldest_first() {
+    let mut cluster = edge_a_sampling_every_second().await;
     let api = cluster.api.clone();
 
     let first = samples_when(&api, "two telemetry samples of edge-a", |s| s.len() >= 2).await;
@@ -132,15 +139,8 @@ async fn a_real_agents_telemetry_is_kept_and_served_oldest_first() {
 /// figures and each workload's, every one named with its unit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_on_mqtt_describes_the_host_and_each_workload() {
-    let mut cluster = Cluster::start(ClusterOptions::default())
-        .await
-        .expect("cluster starts");
-    let broker = cluster.mqtt_addr;
-    cluster
-        .add_agent_with("edge-a", "region-a", broker, "telemetry_interval_secs = 1")
-        .await
-        .expect("agent");
-    let mut consumer = TestClient::connect(broker, "telemetry-consumer")
+    let cluster = edge_a_sampling_every_second().await;
+    let mut consumer = TestClient::connect(cluster.mqtt_addr, "telemetry-consumer")
         .await
         .expect("consumer connects");
     consumer

@@ -332,16 +332,6 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// A client configuration trusting only `ca_pem` (the `token` and `node`
-/// commands talking to an HTTPS API).
-pub fn client_config(ca_pem: &str) -> Result<rustls::ClientConfig, TlsError> {
-    let roots = Arc::unwrap_or_clone(roots(ca_pem)?);
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 /// Checks that `der` chains to `ca_pem` as a client certificate (tests and
 /// diagnostics).
 pub fn verify_with_ca(ca_pem: &str, der: &CertificateDer<'_>) -> Result<(), TlsError> {

@@ -353,6 +353,7 @@ impl Signer {
             kind,
             reason,
             generation,
+            alarm: None,
             detail: verge_shared::messages::bounded_message(detail),
         };
         self.key.sign_json(payload_type::EVENT, &doc)

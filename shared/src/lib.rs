@@ -12,13 +12,17 @@
 //! - [`enroll`]: enrollment and signed certificate renewal requests;
 //! - [`limits`]: every size bound as a named constant;
 //! - [`telemetry`]: telemetry and events for consumers, with sequence numbers;
+//! - [`alarms`]: the alarm catalogue, alarm documents and the debounce rule;
+//! - [`fleet`]: the controller's fleet lifecycle events;
 //! - [`latency`]: the probe datagram, probe targets and signed latency reports;
 //! - [`trust`]: the root-signed trust bundle and publisher-signed releases;
 //! - [`log_format`]: `VERGE_LOG_FORMAT`, the one rule both binaries log by.
 
+pub mod alarms;
 pub mod digest;
 pub mod dsse;
 pub mod enroll;
+pub mod fleet;
 pub mod id;
 pub mod latency;
 pub mod limits;

@@ -760,6 +760,10 @@ pub enum EventKind {
     GenerationsReset,
     /// The node's client certificate could not be renewed and expires soon.
     CertificateRenewalFailing,
+    /// One of the node's alarms is raised (`alarm` says which).
+    AlarmRaised,
+    /// One of the node's alarms has cleared (`alarm` says which).
+    AlarmCleared,
 }
 
 impl EventKind {
@@ -771,6 +775,8 @@ impl EventKind {
             EventKind::TrustBundleUpdated => "trust_bundle_updated",
             EventKind::GenerationsReset => "generations_reset",
             EventKind::CertificateRenewalFailing => "certificate_renewal_failing",
+            EventKind::AlarmRaised => "alarm_raised",
+            EventKind::AlarmCleared => "alarm_cleared",
         }
     }
 }
@@ -788,6 +794,9 @@ pub struct Event {
     pub reason: Option<RejectReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<Generation>,
+    /// Which alarm, for `alarm_raised` and `alarm_cleared` (and only those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<crate::alarms::AlarmReport>,
     /// A person-readable explanation, at most [`limits::MAX_MESSAGE_BYTES`].
     pub detail: String,
 }
@@ -816,6 +825,8 @@ mod tests {
             EventKind::TrustBundleUpdated,
             EventKind::GenerationsReset,
             EventKind::CertificateRenewalFailing,
+            EventKind::AlarmRaised,
+            EventKind::AlarmCleared,
         ] {
             let wire = serde_json::to_value(kind).expect("json");
             assert_eq!(wire.as_str(), Some(kind.as_str()));

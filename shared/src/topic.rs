@@ -15,10 +15,20 @@
 //! | `{prefix}/agents/{id}/logs/response` | agent → controller | 1 | no |
 //! | `{prefix}/agents/{id}/latency` | agent → controller | 0 | no |
 //! | `{prefix}/agents/{id}/probes` | controller → agent | 1 | yes |
+//! | `{prefix}/alarms/{region}/{alarm}/{entity}` | controller → consumers | 1 | yes, while raised |
+//! | `{prefix}/fleet/events/{region}` | controller → consumers | 1 | no |
+//!
+//! `{region}` in the last two is [`FLEET_SEGMENT`] for what belongs to no
+//! one region (services, releases, the controller itself).
 
 use std::fmt;
 
+use crate::alarms::{AlarmId, Entity};
 use crate::id::{AgentId, RegionId};
+
+/// The region segment of fleet-wide alarms and events: it starts with `_`,
+/// so no region can be named so.
+pub const FLEET_SEGMENT: &str = "_fleet";
 
 /// The default topic prefix.
 pub const DEFAULT_PREFIX: &str = "verge/v1";
@@ -196,6 +206,25 @@ impl Topics {
         })
     }
 
+    /// Where the controller keeps an alarm while it is raised (retained).
+    pub fn alarm(&self, region: Option<&RegionId>, alarm: AlarmId, entity: &Entity) -> String {
+        format!(
+            "{}/alarms/{}/{alarm}/{}",
+            self.prefix,
+            region.map_or(FLEET_SEGMENT, RegionId::as_str),
+            entity.instance()
+        )
+    }
+
+    /// Where the controller publishes fleet lifecycle events.
+    pub fn fleet_events(&self, region: Option<&RegionId>) -> String {
+        format!(
+            "{}/fleet/events/{}",
+            self.prefix,
+            region.map_or(FLEET_SEGMENT, RegionId::as_str)
+        )
+    }
+
     pub fn log_request(&self, agent: &AgentId) -> String {
         self.agent(agent, Channel::LogRequest)
     }
@@ -243,6 +272,21 @@ mod tests {
         assert_eq!(t.telemetry(&r, &a), "verge/v1/telemetry/eu-west/edge-1");
         assert_eq!(t.events(&r, &a), "verge/v1/events/eu-west/edge-1");
         assert_eq!(t.all_telemetry(), "verge/v1/telemetry/+/+");
+        let web = crate::ServiceName::new("web").expect("name");
+        assert_eq!(
+            t.alarm(
+                Some(&r),
+                AlarmId::WorkloadCrashLoop,
+                &Entity::workload(a.clone(), web.clone())
+            ),
+            "verge/v1/alarms/eu-west/workload_crash_loop/node=edge-1,service=web"
+        );
+        assert_eq!(
+            t.alarm(None, AlarmId::ReplicaUnplaced, &Entity::replica(web, 0)),
+            "verge/v1/alarms/_fleet/replica_unplaced/service=web,replica=0"
+        );
+        assert_eq!(t.fleet_events(Some(&r)), "verge/v1/fleet/events/eu-west");
+        assert_eq!(t.fleet_events(None), "verge/v1/fleet/events/_fleet");
         assert_eq!(
             t.telemetry_route("verge/v1/telemetry/eu-west/edge-1"),
             Some(TelemetryRoute {

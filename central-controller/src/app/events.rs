@@ -112,6 +112,7 @@ mod tests {
             kind: EventKind::DesiredStateRejected,
             reason: Some(RejectReason::BadSignature),
             generation: None,
+            alarm: None,
             detail: detail.into(),
         }
     }

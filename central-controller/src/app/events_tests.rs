@@ -29,6 +29,7 @@ fn event(agent: &str, detail: &str) -> Event {
         kind: EventKind::DesiredStateRejected,
         reason: Some(RejectReason::BadSignature),
         generation: None,
+        alarm: None,
         detail: detail.into(),
     }
 }

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::args::{ApiTokenCommand, AuditArgs, TokenCommand, UserCommand};
 use crate::client::{Client, segment, with_query};
-use crate::output::{self, Format, field, items};
+use crate::output::{self, Format, field, print_list};
 use crate::secret;
 
 /// Prints a created secret: the JSON reply, or a description on stderr and
@@ -17,25 +17,6 @@ fn print_secret(reply: &Value, description: String, format: Format) {
         Format::Table => {
             eprintln!("{description} (its text is shown only now):");
             println!("{}", field(reply, "token"));
-        }
-    }
-}
-
-fn print_list(reply: &Value, key: &str, columns: &[(&str, &str)], format: Format) {
-    match format {
-        Format::Json => output::print_json(reply),
-        Format::Table => {
-            let header: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
-            let mut table = output::table(&header);
-            for item in items(reply, key) {
-                table.add_row(
-                    columns
-                        .iter()
-                        .map(|(_, k)| field(item, k))
-                        .collect::<Vec<_>>(),
-                );
-            }
-            output::print_table(&table);
         }
     }
 }

@@ -68,6 +68,11 @@ pub enum Command {
     User(UserCommand),
     /// Read the audit log, newest first.
     Audit(AuditArgs),
+    /// Active alarms, their history and the catalogue; acknowledge or suppress.
+    #[command(subcommand)]
+    Alarm(AlarmCommand),
+    /// The fleet's events, oldest first: the controller's and the nodes'.
+    Events(EventsArgs),
     /// Print the controller's change stream as it happens.
     Watch(WatchArgs),
     /// Print a shell completion script.
@@ -345,6 +350,70 @@ pub struct AuditArgs {
     /// Continue after a previous page (its next_cursor).
     #[arg(long)]
     pub cursor: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AlarmCommand {
+    /// List alarms: the active ones (most severe first), or history.
+    Ls(AlarmListArgs),
+    /// The alarm catalogue (docs/alarms.md), with what is suppressed.
+    Catalogue,
+    /// Acknowledge an active alarm by its instance number.
+    Ack { instance: u64 },
+    /// Stop publishing an alarm id on MQTT; it is still kept and listed.
+    Suppress { alarm: String },
+    /// Publish an alarm id again.
+    Unsuppress { alarm: String },
+}
+
+#[derive(Args, Debug)]
+pub struct AlarmListArgs {
+    /// Cleared alarms (history) instead of the active ones.
+    #[arg(long, conflicts_with = "all")]
+    pub cleared: bool,
+    /// Active and cleared alarms.
+    #[arg(long)]
+    pub all: bool,
+    /// Only this severity: critical, major, minor or warning.
+    #[arg(long)]
+    pub severity: Option<String>,
+    /// Only this alarm id, e.g. node_offline.
+    #[arg(long)]
+    pub alarm: Option<String>,
+    #[arg(long)]
+    pub node: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Continue after this instance (a previous page's next_after).
+    #[arg(long)]
+    pub after: Option<u64>,
+    /// At most this many alarms (1 to 500).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Events after this id (a previous page's next_after).
+    #[arg(long)]
+    pub after: Option<u64>,
+    #[arg(long)]
+    pub node: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only the controller's (`controller`) or the nodes' (`node`) events.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only this kind, e.g. node_offline or desired_state_rejected.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// At most this many events (1 to 500).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
 }
 
 #[derive(Args, Debug)]

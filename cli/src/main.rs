@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, Parser as _};
 
 mod accounts;
+mod alarms;
 mod args;
 mod client;
 mod config;
@@ -62,6 +63,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ApiToken(command) => accounts::api_token(&connect()?, command, format).await,
         Command::User(command) => accounts::user(&connect()?, command, format).await,
         Command::Audit(args) => accounts::audit(&connect()?, args, format).await,
+        Command::Alarm(command) => alarms::run(&connect()?, command, format).await,
+        Command::Events(args) => alarms::events(&connect()?, args, format).await,
         Command::Watch(args) => watch::run(&connect()?, args, format).await,
         Command::Completion { shell } => {
             let shell = match shell {

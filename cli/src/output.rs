@@ -104,6 +104,27 @@ pub fn print_fields(value: &Value, keys: &[&str]) {
     }
 }
 
+/// Prints the array `reply[key]` as a table of `columns` (header, field),
+/// or the whole reply as JSON.
+pub fn print_list(reply: &Value, key: &str, columns: &[(&str, &str)], format: Format) {
+    match format {
+        Format::Json => print_json(reply),
+        Format::Table => {
+            let header: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+            let mut table = table(&header);
+            for item in items(reply, key) {
+                table.add_row(
+                    columns
+                        .iter()
+                        .map(|(_, k)| field(item, k))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            print_table(&table);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,24 @@ pub struct Config {
     pub audit: AuditConfig,
     pub watch: WatchConfig,
     pub console: ConsoleConfig,
+    pub alarms: AlarmsConfig,
+}
+
+/// `[alarms]`: how many cleared alarms the history keeps (docs/alarms.md).
+/// The oldest go first, when either bound is passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AlarmsConfig {
+    pub history: usize,
+    pub max_age: Duration,
+}
+
+impl Default for AlarmsConfig {
+    fn default() -> Self {
+        Self {
+            history: 10_000,
+            max_age: Duration::from_secs(30 * 86_400),
+        }
+    }
 }
 
 /// `[console]`: the web console's sessions.
@@ -387,6 +405,15 @@ struct RawConfig {
     watch: RawWatch,
     #[serde(default)]
     console: RawConsole,
+    #[serde(default)]
+    alarms: RawAlarms,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAlarms {
+    history: Option<u64>,
+    max_age_days: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -826,6 +853,25 @@ impl RawConfig {
                 ConsoleConfig::default().idle_timeout.as_secs(),
             )),
         };
+        let alarm_defaults = AlarmsConfig::default();
+        let alarms = AlarmsConfig {
+            history: bounded(
+                &mut problems,
+                "alarms.history",
+                self.alarms.history,
+                (10, 1_000_000),
+                alarm_defaults.history as u64,
+            ) as usize,
+            max_age: Duration::from_secs(
+                bounded(
+                    &mut problems,
+                    "alarms.max_age_days",
+                    self.alarms.max_age_days,
+                    (1, 3650),
+                    alarm_defaults.max_age.as_secs() / 86_400,
+                ) * 86_400,
+            ),
+        };
         match (listen, endpoint, topics) {
             (Some(listen), Some(endpoint), Some(topics)) if problems.is_empty() => Ok(Config {
                 data_dir,
@@ -850,6 +896,7 @@ impl RawConfig {
                 audit,
                 watch,
                 console,
+                alarms,
             }),
             _ => Err(problems),
         }

@@ -88,6 +88,7 @@ pub fn config(data_dir: &Path, api_listen: SocketAddr, mqtt_listen: SocketAddr) 
         audit: central_controller::config::AuditConfig::default(),
         watch: central_controller::config::WatchConfig::default(),
         console: central_controller::config::ConsoleConfig::default(),
+        alarms: central_controller::config::AlarmsConfig::default(),
     }
 }
 

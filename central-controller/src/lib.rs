@@ -198,6 +198,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Controll
         public_metrics: config.api.public_metrics,
         watch: config.watch,
         console_idle_timeout: config.console.idle_timeout,
+        alarms: config.alarms,
     };
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
     let public_key = key.public_key();
@@ -354,6 +355,14 @@ impl TlsParts {
             }
             BrokerEndpoint::External(url) => url.to_string(),
         };
+        // Checked at start and on every health tick (controller_certificate_expiring).
+        let expiries = [
+            ("CA", self.ca.ca_pem()),
+            ("server", self.server.cert_pem.as_str()),
+        ]
+        .into_iter()
+        .filter_map(|(name, pem)| Some((name.to_owned(), certificate_not_after(pem)?)))
+        .collect();
         app.set_pki(app::Pki {
             ca: self.ca,
             revocations: Arc::clone(&revocations),
@@ -363,12 +372,23 @@ impl TlsParts {
             trust_bundle: config.data_dir.join("trust").join("bundle.json"),
         });
         app.load_revocations().map_err(StartError::Revocations)?;
+        app.watch_certificates(expiries);
         Ok(TlsConfigs {
             api,
             broker,
             revocations,
         })
     }
+}
+
+/// When the first certificate of `pem` expires.
+fn certificate_not_after(pem: &str) -> Option<verge_shared::Timestamp> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let seconds = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(verge_shared::Timestamp::from_unix_millis(
+        seconds.saturating_mul(1000),
+    ))
 }
 
 fn host_port(host: &str, port: u16) -> String {

@@ -127,6 +127,7 @@ async fn poll(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = MIN_BACKOFF;
                 info!("Connected to the MQTT broker.");
+                app.broker_connected(app.now());
                 // A clean session forgets subscriptions: subscribe on every ConnAck.
                 for channel in [
                     Channel::Presence,
@@ -175,6 +176,7 @@ async fn poll(
             }
             Ok(other) => debug!(event = ?other, "MQTT event."),
             Err(e) => {
+                app.broker_disconnected(app.now());
                 let delay = jitter(&rng, backoff);
                 warn!(error = %e, retry_in = ?delay, "The MQTT connection failed; reconnecting.");
                 tokio::select! {
@@ -216,14 +218,16 @@ async fn publish(
                 None => break,
             },
         };
-        // Retained so that an agent that connects later gets its document;
-        // except log requests, which a reconnecting agent must not answer
-        // long after the operator gave up.
+        // The app says what is retained (so that an agent that connects
+        // later gets its document), and log requests never are, whatever
+        // it says: a reconnecting agent must not answer long after the
+        // operator gave up.
         // While disconnected this waits for room in rumqttc's request queue;
         // that is fine here because this task is not the one polling.
-        let retain = topics
-            .route(&message.topic)
-            .is_none_or(|r| r.channel != Channel::LogRequest);
+        let retain = message.retain
+            && topics
+                .route(&message.topic)
+                .is_none_or(|r| r.channel != Channel::LogRequest);
         let sent = tokio::select! {
             biased;
             () = cancel.cancelled() => break,

@@ -56,9 +56,21 @@ pub fn memory_fixture() -> MemoryFixture {
 
 /// [`memory_fixture`] with settings changed by `tweak`.
 pub fn memory_fixture_with(tweak: impl FnOnce(&mut Settings)) -> MemoryFixture {
+    memory_fixture_on(
+        Arc::new(MemoryStore::new()),
+        Arc::new(ManualClock::new(Timestamp::now())),
+        tweak,
+    )
+}
+
+/// [`memory_fixture_with`] over an existing store and clock: a controller
+/// restarted on what the previous one stored.
+pub fn memory_fixture_on(
+    store: Arc<MemoryStore>,
+    clock: Arc<ManualClock>,
+    tweak: impl FnOnce(&mut Settings),
+) -> MemoryFixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(MemoryStore::new());
-    let clock = Arc::new(ManualClock::new(Timestamp::now()));
     let fx = fixture_in(
         dir,
         Arc::clone(&store) as Arc<dyn Store>,
@@ -106,6 +118,7 @@ fn fixture_in(
         public_metrics: false,
         watch: crate::config::WatchConfig::default(),
         console_idle_timeout: Duration::from_secs(1800),
+        alarms: crate::config::AlarmsConfig::default(),
     };
     tweak(&mut settings);
     let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();

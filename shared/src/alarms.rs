@@ -483,6 +483,15 @@ pub struct Debounce {
 }
 
 impl Debounce {
+    /// One whose alarm is already raised (kept across a restart): the
+    /// condition must now be absent for the clear hold.
+    pub fn raised() -> Self {
+        Self {
+            raised: true,
+            pending_since: None,
+        }
+    }
+
     pub fn is_raised(&self) -> bool {
         self.raised
     }

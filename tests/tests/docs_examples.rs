@@ -41,7 +41,7 @@ use verge_tests::{Cluster, ClusterOptions, wait_for};
 const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Every kind of example the test knows how to exercise.
-const KINDS: [&str; 17] = [
+const KINDS: [&str; 20] = [
     "controller config",
     "request PUT /api/v1/services/{name}",
     "response error",
@@ -50,6 +50,9 @@ const KINDS: [&str; 17] = [
     "response GET /api/v1/nodes/{id}",
     "response GET /api/v1/nodes/{id}/telemetry",
     "response GET /api/v1/events",
+    "response GET /api/v1/alarms",
+    "document Alarm",
+    "document FleetEvent",
     "release contents",
     "document Envelope",
     "document Delivery",
@@ -386,21 +389,46 @@ fn the_telemetry_example_is_a_telemetry_document() {
 /// themselves come from agents refusing attacks, in `attacks.rs`).
 #[test]
 fn the_events_example_has_the_fields_of_an_event_page() {
-    use central_controller::app::{EventPage, EventRecord};
+    use central_controller::app::{EventPage, EventRecord, EventSource, RecordKind};
+    use verge_shared::alarms::{AlarmId, AlarmReport, Entity};
+    use verge_shared::fleet::FleetEventKind;
     use verge_shared::messages::{EventKind, RejectReason};
+    let node = verge_shared::AgentId::new("edge-a").expect("id");
     let record = EventRecord {
         id: 1,
-        node: verge_shared::AgentId::new("edge-a").expect("id"),
-        region: verge_shared::RegionId::new("eu-west").expect("region"),
+        source: EventSource::Node,
+        node: Some(node.clone()),
+        region: Some(verge_shared::RegionId::new("eu-west").expect("region")),
         at: verge_shared::Timestamp::now(),
         received_at: verge_shared::Timestamp::now(),
-        kind: EventKind::DesiredStateRejected,
+        kind: RecordKind::Node(EventKind::DesiredStateRejected),
         reason: Some(RejectReason::BadSignature),
         generation: Some(verge_shared::Generation::new(7)),
+        service: None,
+        replica: None,
+        release: None,
+        alarm: None,
+        actor: None,
         detail: "detail".into(),
     };
+    let fleet = EventRecord {
+        id: 2,
+        source: EventSource::Controller,
+        kind: RecordKind::Controller(FleetEventKind::AlarmRaised),
+        reason: None,
+        generation: None,
+        service: Some(verge_shared::ServiceName::new("web").expect("name")),
+        replica: Some(0),
+        release: Some(verge_shared::Sha256Digest::of(b"release")),
+        alarm: Some(AlarmReport {
+            id: AlarmId::NodeOffline,
+            entity: Entity::node(node),
+        }),
+        actor: Some("alice (token laptop)".into()),
+        ..record.clone()
+    };
     let page = EventPage {
-        events: vec![record],
+        events: vec![record, fleet],
         next_after: Some(1),
     };
     let real = serde_json::to_value(&page).expect("json");
@@ -408,6 +436,72 @@ fn the_events_example_has_the_fields_of_an_event_page() {
     assert_eq!(examples.len(), 1, "docs/api.md's events example");
     for example in examples {
         assert_keys_in(&example, &real);
+    }
+}
+
+/// The alarms example shows only fields an alarm page has.
+#[test]
+fn the_alarms_example_has_the_fields_of_an_alarm_page() {
+    let examples = of_kind("response GET /api/v1/alarms");
+    assert_eq!(examples.len(), 1, "docs/api.md's alarms example");
+    let page = central_controller::app::AlarmPage {
+        alarms: vec![real_alarm()],
+        next_after: Some(7),
+    };
+    let real = serde_json::to_value(&page).expect("json");
+    for example in examples {
+        assert_keys_in(&example, &real);
+    }
+}
+
+/// An alarm with every optional field set.
+fn real_alarm() -> verge_shared::alarms::Alarm {
+    use verge_shared::alarms::{Acknowledgement, Alarm, AlarmId, AlarmState, Entity};
+    let id = AlarmId::NodeOffline;
+    let d = id.definition();
+    let entity = Entity::node(verge_shared::AgentId::new("edge-a").expect("id"));
+    Alarm {
+        schema_version: verge_shared::alarms::ALARM_SCHEMA_VERSION,
+        instance: 7,
+        id,
+        code: d.code.into(),
+        title: d.title.into(),
+        severity: d.severity,
+        entity_type: d.entity_type,
+        entity_instance: entity.instance(),
+        entity,
+        region: Some(verge_shared::RegionId::new("eu-west").expect("region")),
+        state: AlarmState::Cleared,
+        observer: d.observer,
+        raised_at: verge_shared::Timestamp::now(),
+        cleared_at: Some(verge_shared::Timestamp::now()),
+        reason: "reason".into(),
+        probable_cause: d.probable_cause.into(),
+        repair: d.repair.into(),
+        acknowledged: Some(Acknowledgement {
+            by: "alice (token laptop)".into(),
+            at: verge_shared::Timestamp::now(),
+        }),
+        suppressed: false,
+    }
+}
+
+/// docs/alarms.md's documents parse as the real types, with their keys in
+/// real ones.
+#[test]
+fn the_alarm_and_fleet_event_examples_are_documents() {
+    let alarms = of_kind("document Alarm");
+    assert!(!alarms.is_empty(), "docs/alarms.md's alarm examples");
+    for example in alarms {
+        serde_json::from_value::<verge_shared::alarms::Alarm>(example.json())
+            .unwrap_or_else(|e| panic!("{}: not an Alarm: {e}", example.at()));
+        assert_keys_in(&example, &serde_json::to_value(real_alarm()).expect("json"));
+    }
+    let events = of_kind("document FleetEvent");
+    assert!(!events.is_empty(), "docs/alarms.md's fleet event examples");
+    for example in events {
+        serde_json::from_value::<verge_shared::fleet::FleetEvent>(example.json())
+            .unwrap_or_else(|e| panic!("{}: not a FleetEvent: {e}", example.at()));
     }
 }
 

@@ -47,6 +47,10 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         "/api/v1/tokens" | "/api/v1/tokens/{id}" => Role::Operator,
         "/api/v1/api-tokens" | "/api/v1/api-tokens/{id}" => Role::Operator,
         "/api/v1/audit" => Role::Operator,
+        // Acknowledge, suppress, unsuppress: what an operator does.
+        "/api/v1/alarms/{instance}/acknowledge"
+        | "/api/v1/alarms/catalogue/{alarm}/suppress"
+        | "/api/v1/alarms/catalogue/{alarm}/unsuppress" => Role::Operator,
         _ if read => Role::Viewer,
         _ => Role::Operator,
     }

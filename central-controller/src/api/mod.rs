@@ -15,6 +15,7 @@
 //! made with the cookie only with the page's CSRF token.
 
 mod accounts;
+mod alarms;
 mod audit;
 mod auth;
 mod body;
@@ -68,6 +69,20 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/nodes/{id}", get(get_node))
         .route("/api/v1/nodes/{id}/telemetry", get(get_node_telemetry))
         .route("/api/v1/events", get(events::list))
+        .route("/api/v1/alarms", get(alarms::list))
+        .route("/api/v1/alarms/catalogue", get(alarms::catalogue))
+        .route(
+            "/api/v1/alarms/{instance}/acknowledge",
+            post(alarms::acknowledge),
+        )
+        .route(
+            "/api/v1/alarms/catalogue/{alarm}/suppress",
+            post(alarms::suppress),
+        )
+        .route(
+            "/api/v1/alarms/catalogue/{alarm}/unsuppress",
+            post(alarms::unsuppress),
+        )
         .route(
             "/api/v1/nodes/{id}/workloads/{service}/logs",
             get(logs::node_workload_logs),
@@ -173,6 +188,7 @@ pub fn router(app: Arc<App>) -> Router {
         accounts::set_role, accounts::set_password,
         accounts::create_api_token, accounts::list_api_tokens, accounts::revoke_api_token,
         audit::list,
+        alarms::list, alarms::catalogue, alarms::acknowledge, alarms::suppress, alarms::unsuppress,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -182,6 +198,7 @@ pub fn router(app: Arc<App>) -> Router {
         (name = "releases", description = "Artifacts, signed releases and the trust bundle"),
         (name = "accounts", description = "Sign-in, users, API tokens and the audit log"),
         (name = "watch", description = "The change stream"),
+        (name = "alarms", description = "Alarms, their history, acknowledgement and suppression"),
         (name = "monitoring", description = "Health, metrics and this document"),
     )
 )]

@@ -217,7 +217,8 @@ mod tests {
                 ChangeKind::Service,
                 ChangeKind::Replica,
                 ChangeKind::Release,
-                ChangeKind::Event
+                ChangeKind::Event,
+                ChangeKind::Alarm
             ])
         );
         let operator = visible_to(all.clone(), Role::Operator).expect("operator");

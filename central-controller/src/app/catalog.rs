@@ -13,9 +13,11 @@ use verge_shared::{AgentId, Envelope, RegionId, ServiceName, Sha256Digest, limit
 
 use super::composition::App;
 use super::error::AppError;
+use super::fleet_events::FleetNote;
 use super::placement::{self, PlacementRequest};
 use super::views::ServiceView;
 use crate::store::{ArtifactRecord, ReleaseRecord, ServiceRecord, ServiceSpec};
+use verge_shared::fleet::FleetEventKind;
 
 /// `PUT /api/v1/services/{name}` body.
 #[derive(Clone, Debug, Deserialize)]
@@ -334,6 +336,10 @@ impl App {
                 "Installed a newer trust bundle; republishing every desired state."
             );
             self.republish_all(self.now()).await?;
+            self.fleet_event(FleetNote::new(
+                FleetEventKind::TrustBundleInstalled,
+                format!("trust bundle version {version} installed"),
+            ));
         }
         Ok(installed)
     }

@@ -35,13 +35,15 @@ pub enum ChangeKind {
     Token,
     ApiToken,
     User,
-    /// A security event an agent signed and sent.
+    /// A security event an agent signed and sent, or a fleet event.
     Event,
+    /// An alarm raised, cleared, acknowledged, suppressed or unsuppressed.
+    Alarm,
 }
 
 impl ChangeKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [ChangeKind; 8] = [
+    pub const ALL: [ChangeKind; 9] = [
         ChangeKind::Node,
         ChangeKind::Service,
         ChangeKind::Replica,
@@ -50,6 +52,7 @@ impl ChangeKind {
         ChangeKind::ApiToken,
         ChangeKind::User,
         ChangeKind::Event,
+        ChangeKind::Alarm,
     ];
 
     /// The role a watcher needs to see this kind: what listing it needs.
@@ -59,7 +62,8 @@ impl ChangeKind {
             | ChangeKind::Service
             | ChangeKind::Replica
             | ChangeKind::Release
-            | ChangeKind::Event => Role::Viewer,
+            | ChangeKind::Event
+            | ChangeKind::Alarm => Role::Viewer,
             ChangeKind::Token => Role::Operator,
             ChangeKind::ApiToken | ChangeKind::User => Role::Admin,
         }
@@ -76,6 +80,7 @@ impl ChangeKind {
             ChangeKind::ApiToken => "api_token",
             ChangeKind::User => "user",
             ChangeKind::Event => "event",
+            ChangeKind::Alarm => "alarm",
         }
     }
 

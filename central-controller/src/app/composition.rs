@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use verge_shared::{AgentId, PublicKey, SigningKey, Timestamp};
 
 use super::access::Access;
+use super::alarms::Alarms;
 use super::changes::Changes;
 use super::clock::Clock;
 use super::deployment::Deployment;
@@ -49,6 +50,7 @@ pub struct App {
     pub(super) sessions: Sessions,
     pub(super) telemetry: TelemetryHistory,
     pub(super) events: EventLog,
+    pub(super) alarms: Alarms,
 }
 
 impl App {
@@ -71,6 +73,13 @@ impl App {
         let changes = Changes::new(clock.now(), settings.watch);
         let sessions = Sessions::new(settings.console_idle_timeout);
         let telemetry = TelemetryHistory::new(settings.nodes.telemetry_history);
+        let alarms = Alarms::new(
+            store.active_alarms()?,
+            store.alarm_history()?,
+            store.alarm_meta()?,
+            settings.alarms,
+            clock.now(),
+        );
         Ok(Arc::new(Self {
             store,
             files,
@@ -91,6 +100,7 @@ impl App {
             sessions,
             telemetry,
             events: EventLog::new(EVENT_HISTORY),
+            alarms,
         }))
     }
 

@@ -82,6 +82,14 @@ impl Deployment {
             .map(|_| self.plan())
     }
 
+    /// Looks at the current plan and the inputs it was made from.
+    pub(crate) fn inspect<R>(&self, look: impl FnOnce(&Plan, Option<&PlanInputs>) -> R) -> R {
+        // planned_from, then plan: the one order these two are taken in.
+        let from = lock(&self.planned_from);
+        let plan = self.plan.read().unwrap_or_else(PoisonError::into_inner);
+        look(&plan, from.as_ref())
+    }
+
     /// Records `plan` as current, made from `inputs`. Call with the
     /// deployment lock held.
     pub(crate) fn set_plan(&self, plan: Plan, inputs: PlanInputs) {

@@ -18,11 +18,13 @@ use verge_shared::{AgentId, Envelope, RegionId, Sha256Digest, Timestamp};
 
 use super::composition::App;
 use super::error::{AppError, random_hex};
+use super::fleet_events::FleetNote;
 use super::identity::Pki;
 use super::types::Outgoing;
 use super::views::NodeView;
 use crate::ca::{CaError, RevokedSerial};
 use crate::store::{Durability, IdentityRecord, IssuedCert, NodeRecord, TokenRecord};
+use verge_shared::fleet::FleetEventKind;
 
 /// The certificate name the shipped Mosquitto ACL gives read-only rights to
 /// telemetry, presence and events; never an agent id.
@@ -272,6 +274,14 @@ impl App {
             // A node enrolled again numbers its telemetry from 1 again.
             self.telemetry.forget(&agent);
             self.node_changed(&agent, if new_node { "registered" } else { "enrolled" });
+            self.fleet_event(FleetNote {
+                region: Some(token.region.clone()),
+                node: Some(agent.clone()),
+                ..FleetNote::new(
+                    FleetEventKind::NodeEnrolled,
+                    format!("enrolled with bootstrap token {}", token.id),
+                )
+            });
             info!(agent = %agent, token = %token.id, region = %token.region, serial = %issued.serial,
                 key_id = %request.node_public_key.key_id(), uses_left = token.uses_left,
                 "Enrolled a node.");
@@ -439,11 +449,14 @@ impl App {
         let clear = Outgoing {
             topic: self.settings.topics.desired(&agent),
             payload: Vec::new(),
+            retain: true,
         };
         if !self.send("desired_clear", clear) {
             warn!(agent = %agent, "The MQTT client is gone; the retained desired state was not cleared.");
         }
         self.node_changed(&agent, "revoked");
+        // A revoked node reports nothing more: none of its alarms can clear.
+        self.clear_node_alarms(&agent);
         self.node(id)
     }
 

@@ -1,8 +1,10 @@
-//! The events part: the security events agents sign and publish (a refused
-//! desired state or trust bundle, a new trust bundle, a generation reset, a
-//! certificate that cannot be renewed), the most recent of them fleet-wide
-//! in a bounded ring, each with an id that only grows, for
-//! `GET /api/v1/events` and the watch stream.
+//! The events part: the security and alarm events agents sign and publish
+//! (a refused desired state or trust bundle, a new trust bundle, a
+//! generation reset, a certificate that cannot be renewed, an alarm raised
+//! or cleared) and the controller's own fleet lifecycle events (a service
+//! created, a replica moved, a node offline, an alarm raised), the most
+//! recent of them fleet-wide in one bounded ring, each with an id that only
+//! grows, for `GET /api/v1/events` and the watch stream.
 //!
 //! In memory only: a restarted controller starts with an empty ring (the
 //! agents' outboxes do not send old events again). A part of the app: the
@@ -13,31 +15,117 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use serde::Serialize;
+use verge_shared::alarms::AlarmReport;
+use verge_shared::fleet::FleetEventKind;
 use verge_shared::messages::{Event, EventKind, RejectReason};
-use verge_shared::{AgentId, Generation, RegionId, Timestamp};
+use verge_shared::{AgentId, Generation, RegionId, ServiceName, Sha256Digest, Timestamp};
 
 use super::types::lock;
 
 /// Events kept fleet-wide; a few hundred bytes each, so about 3 MB.
 pub(super) const EVENT_HISTORY: usize = 10_000;
 
-/// One event as the API shows it.
+/// Who reported an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventSource {
+    /// A node, signed by its key.
+    Node,
+    /// The controller: a fleet lifecycle event.
+    Controller,
+}
+
+impl EventSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSource::Node => "node",
+            EventSource::Controller => "controller",
+        }
+    }
+}
+
+/// What happened: a node's event kind or a fleet event kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum RecordKind {
+    Node(EventKind),
+    Controller(FleetEventKind),
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Node(kind) => kind.as_str(),
+            RecordKind::Controller(kind) => kind.as_str(),
+        }
+    }
+}
+
+/// One event as the API shows it: a node's (`source: node`) or the
+/// controller's (`source: controller`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct EventRecord {
-    /// Grows by one per event the controller kept (not the agent's).
+    /// Grows by one per event the controller kept (not the agent's), in
+    /// one sequence for both sources.
     pub id: u64,
-    pub node: AgentId,
-    pub region: RegionId,
-    /// When the agent saw it happen, by its clock.
+    pub source: EventSource,
+    /// The node that reported it, or that a fleet event is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<AgentId>,
+    /// The node's region; absent for fleet-wide events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<RegionId>,
+    /// When it happened: for a node's event, by the node's clock.
     pub at: Timestamp,
-    /// When the controller received it.
+    /// When the controller received (or recorded) it.
     pub received_at: Timestamp,
-    pub kind: EventKind,
+    #[schema(value_type = String)]
+    pub kind: RecordKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<RejectReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<Generation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<Sha256Digest>,
+    /// Which alarm, for the `alarm_*` kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<AlarmReport>,
+    /// Who did it, for what an operator did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
     pub detail: String,
+}
+
+impl EventRecord {
+    /// A node's signed event from `region`, received at `now`, before it
+    /// has its id.
+    pub(super) fn from_node(region: RegionId, event: Event, now: Timestamp) -> Self {
+        let (service, replica) = match &event.alarm {
+            Some(report) => (report.entity.service.clone(), report.entity.replica),
+            None => (None, None),
+        };
+        Self {
+            id: 0,
+            source: EventSource::Node,
+            node: Some(event.agent),
+            region: Some(region),
+            at: event.at,
+            received_at: now,
+            kind: RecordKind::Node(event.kind),
+            reason: event.reason,
+            generation: event.generation,
+            service,
+            replica,
+            release: None,
+            alarm: event.alarm,
+            actor: None,
+            detail: event.detail,
+        }
+    }
 }
 
 /// The most recent events, oldest first.
@@ -58,19 +146,15 @@ impl EventLog {
     /// Keeps `event` from `region` as the newest, dropping the oldest
     /// beyond the limit; returns it with its id.
     pub(super) fn push(&self, region: RegionId, event: Event, now: Timestamp) -> EventRecord {
+        self.push_record(EventRecord::from_node(region, event, now))
+    }
+
+    /// Keeps `record` as the newest with the next id (whatever its `id`
+    /// said), dropping the oldest beyond the limit; returns it with its id.
+    pub(super) fn push_record(&self, mut record: EventRecord) -> EventRecord {
         let mut ring = lock(&self.ring);
         ring.0 += 1;
-        let record = EventRecord {
-            id: ring.0,
-            node: event.agent,
-            region,
-            at: event.at,
-            received_at: now,
-            kind: event.kind,
-            reason: event.reason,
-            generation: event.generation,
-            detail: event.detail,
-        };
+        record.id = ring.0;
         if ring.1.len() == self.limit {
             ring.1.pop_front();
         }
@@ -148,7 +232,7 @@ mod tests {
             let agent = if i % 2 == 0 { "edge-a" } else { "edge-b" };
             log.push(region(), event(agent, "x"), Timestamp::from_unix_millis(2));
         }
-        let only_b = |r: &EventRecord| r.node.as_str() == "edge-b";
+        let only_b = |r: &EventRecord| r.node.as_ref().is_some_and(|n| n.as_str() == "edge-b");
         let (page, more) = log.after(0, 3, only_b);
         assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), [2, 4, 6]);
         assert!(more);

@@ -1,5 +1,7 @@
-//! Security events from agents into the events part and onto the watch
-//! stream, and read back a page at a time for the API.
+//! Security and alarm events from agents into the events part and onto the
+//! watch stream (an alarm event also raises or clears the alarm), and the
+//! agents' and the controller's events read back a page at a time for the
+//! API.
 //!
 //! Unlike telemetry, an event is signed by the node's key: it is opened with
 //! the key pinned for that node, so only the node itself can report one. Its
@@ -7,13 +9,13 @@
 
 use serde::Serialize;
 use tracing::warn;
-use verge_shared::messages::{Event, payload_type};
+use verge_shared::messages::{Event, EventKind, payload_type};
 use verge_shared::topic::TelemetryRoute;
 use verge_shared::{AgentId, Timestamp, limits};
 
 use super::changes::{Change, ChangeKind, Scope};
 use super::composition::App;
-use super::events::EventRecord;
+use super::events::{EventRecord, EventSource};
 use super::ingest::{IngestError, check_header};
 
 /// Most events one page of `GET /api/v1/events` holds.
@@ -26,6 +28,10 @@ pub struct EventFilter {
     pub after: u64,
     pub node: Option<AgentId>,
     pub region: Option<verge_shared::RegionId>,
+    pub source: Option<EventSource>,
+    /// The event kind's wire name (`node_offline`, `desired_state_rejected`, ...).
+    pub kind: Option<String>,
+    pub service: Option<verge_shared::ServiceName>,
 }
 
 /// One page of events, oldest first.
@@ -65,15 +71,23 @@ impl App {
         if region != route.region {
             return Err(IngestError::RegionMismatch(route.region.clone()));
         }
-        warn!(agent = %event.agent, kind = event.kind.as_str(), reason = ?event.reason, detail = %event.detail,
-            "The agent reports a security event.");
+        // An alarm report is checked (and raised or cleared) before it is kept.
+        if matches!(event.kind, EventKind::AlarmRaised | EventKind::AlarmCleared) {
+            self.ingest_alarm_event(&region, &event)?;
+        } else {
+            warn!(agent = %event.agent, kind = event.kind.as_str(), reason = ?event.reason, detail = %event.detail,
+                "The agent reports a security event.");
+        }
         let action = event.kind.as_str();
         let record = self.events.push(region.clone(), event, now);
         self.record_change(Change {
             kind: ChangeKind::Event,
             action,
             regions: Scope::Of(vec![region]),
-            services: Scope::Nothing,
+            services: record
+                .service
+                .clone()
+                .map_or(Scope::Nothing, |s| Scope::Of(vec![s])),
             object: serde_json::to_string(&record).unwrap_or_else(|_| "null".to_owned()),
         });
         Ok(())
@@ -84,8 +98,20 @@ impl App {
     pub fn events(&self, filter: &EventFilter, limit: usize) -> EventPage {
         let limit = limit.clamp(1, MAX_EVENT_PAGE);
         let (events, more) = self.events.after(filter.after, limit, |r| {
-            filter.node.as_ref().is_none_or(|n| *n == r.node)
-                && filter.region.as_ref().is_none_or(|g| *g == r.region)
+            filter
+                .node
+                .as_ref()
+                .is_none_or(|n| r.node.as_ref() == Some(n))
+                && filter
+                    .region
+                    .as_ref()
+                    .is_none_or(|g| r.region.as_ref() == Some(g))
+                && filter.source.is_none_or(|s| s == r.source)
+                && filter.kind.as_ref().is_none_or(|k| k == r.kind.as_str())
+                && filter
+                    .service
+                    .as_ref()
+                    .is_none_or(|s| r.service.as_ref() == Some(s))
         });
         let next_after = more.then(|| events.last().map(|r| r.id)).flatten();
         EventPage { events, next_after }

@@ -38,8 +38,13 @@ fn signed(key: &SigningKey, event: &Event) -> Vec<u8> {
     key.sign_json(payload_type::EVENT, event)
 }
 
+/// The nodes' events kept (not the controller's fleet events).
 fn details(mf: &MemoryFixture) -> Vec<String> {
-    let page = mf.fx.app.events(&EventFilter::default(), MAX_EVENT_PAGE);
+    let filter = EventFilter {
+        source: Some(EventSource::Node),
+        ..EventFilter::default()
+    };
+    let page = mf.fx.app.events(&filter, MAX_EVENT_PAGE);
     page.events.into_iter().map(|e| e.detail).collect()
 }
 
@@ -58,10 +63,14 @@ async fn a_nodes_signed_event_is_kept_and_streamed() {
     assert_eq!(page.events.len(), 1);
     let kept = &page.events[0];
     assert_eq!(
-        (kept.id, kept.node.as_str(), kept.region.as_str()),
-        (1, "edge-a", "eu")
+        (
+            kept.id,
+            kept.node.as_ref().map(|n| n.as_str()),
+            kept.region.as_ref().map(|r| r.as_str())
+        ),
+        (1, Some("edge-a"), Some("eu"))
     );
-    assert_eq!(kept.kind, EventKind::DesiredStateRejected);
+    assert_eq!(kept.kind, RecordKind::Node(EventKind::DesiredStateRejected));
     assert_eq!(kept.received_at, now);
     assert_eq!(page.next_after, None);
 

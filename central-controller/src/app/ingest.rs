@@ -45,6 +45,8 @@ pub(super) enum IngestError {
     RegionMismatch(verge_shared::RegionId),
     #[error("seq {seq} is not above {last}, the newest kept: a duplicate or out of order")]
     StaleSeq { seq: u64, last: u64 },
+    #[error("refused alarm report: {0}")]
+    Alarm(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -66,6 +68,7 @@ impl IngestError {
             IngestError::TooLarge(..) => "too_large",
             IngestError::RegionMismatch(_) => "region_mismatch",
             IngestError::StaleSeq { .. } => "stale_seq",
+            IngestError::Alarm(_) => "alarm",
             IngestError::Store(_) => "store",
         }
     }
@@ -297,6 +300,7 @@ impl App {
                 node.applied_generation = heartbeat.applied_generation;
             }
         }
+        self.observe_clock(agent, heartbeat.at, now);
         Ok(())
     }
 

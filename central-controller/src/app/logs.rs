@@ -144,6 +144,8 @@ impl App {
         let message = Outgoing {
             topic: self.settings.topics.log_request(&node),
             payload,
+            // A reconnecting agent must not answer long after the operator gave up.
+            retain: false,
         };
         if !self.send("log_request", message) {
             return Err(AppError::AgentUnavailable(

@@ -39,6 +39,11 @@ pub(super) struct NodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct SeverityLabel {
+    pub(super) severity: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub method: String,
     /// The route pattern (`/api/v1/services/{name}`), or `other`.
@@ -72,6 +77,7 @@ pub(super) struct Metrics {
     pub(super) services: Gauge,
     pub(super) store_bytes: Gauge,
     pub(super) watchers: Gauge,
+    pub(super) alarms: Family<SeverityLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -140,6 +146,12 @@ impl Default for Metrics {
             "Clients connected to the watch stream",
             watchers.clone(),
         );
+        let alarms = Family::<SeverityLabel, Gauge>::default();
+        registry.register(
+            "verge_alarms_active",
+            "Active alarms by severity (critical, major, minor, warning), suppressed ones included",
+            alarms.clone(),
+        );
         Self {
             registry,
             received,
@@ -153,6 +165,7 @@ impl Default for Metrics {
             services,
             store_bytes,
             watchers,
+            alarms,
         }
     }
 }

@@ -20,6 +20,8 @@
 //! | change feed | `changes.rs` | recent changes with their ids, connected watchers |
 //! | console sessions | `sessions.rs` | when each console session was last used |
 //! | telemetry | `telemetry.rs` | each node's latest telemetry samples (informational only) |
+//! | events | `events.rs` | the latest agents' and fleet events, one id sequence |
+//! | alarms | `alarms.rs` | active alarms, their history, instance counter, suppressions, hysteresis |
 //!
 //! `composition.rs` holds [`App`] itself: the parts plus the store, the
 //! signing key, the clock and the outbox that every use case shares.
@@ -33,8 +35,11 @@
 //! `node_list.rs`, `views.rs`, `accounts.rs` (users, API tokens, sign-in,
 //! authentication), `audit.rs` (the audit log), `monitoring.rs` (what
 //! `GET /metrics` shows), `watch.rs` (changes to the watch stream),
-//! `console.rs` (console sign-in and sessions) and `telemetry_ingest.rs`
-//! (agents' telemetry into its part, and a node's history read back).
+//! `console.rs` (console sign-in and sessions), `telemetry_ingest.rs`
+//! (agents' telemetry into its part, and a node's history read back),
+//! `events_ingest.rs` (agents' signed events), `fleet_events.rs` (the
+//! controller's lifecycle events) and `alarm_cases.rs` (raise, clear,
+//! observe, publish, list, acknowledge and suppress alarms).
 //! They import `App` from `composition.rs` and what else they
 //! need from the file that defines it, never from this file, which only
 //! declares and re-exports. A new capability (accounts and audit, a watch
@@ -71,6 +76,14 @@
 //! 12. `telemetry.rings`: a leaf, held for one push, copy or removal; the
 //!     node registry is read and released before it. Enrollment and
 //!     revocation forget a node's history under 2.
+//! 13. `events.ring`: a leaf, held for one push or copy.
+//! 14. `alarms.book`: a leaf, held for one raise, clear, acknowledgement
+//!     or suppression together with the store writes that make it
+//!     durable (so that instance numbers and the stored active set
+//!     agree), with no other lock taken inside it; the node registry and
+//!     the deployment plan are read and released before it. It may be
+//!     taken under 1 (a plan observes node health). Publishing, events and
+//!     watch changes follow after it is released.
 
 // Leaves: shared types, the error, the clock, pure steps.
 mod clock;
@@ -80,6 +93,7 @@ mod health;
 mod types;
 // Parts, each with its own state and lock.
 mod access;
+mod alarms;
 mod changes;
 mod deployment;
 mod events;
@@ -94,11 +108,13 @@ mod waiting;
 mod composition;
 // Use cases over the parts.
 mod accounts;
+mod alarm_cases;
 mod audit;
 mod catalog;
 mod console;
 mod enroll;
 mod events_ingest;
+mod fleet_events;
 mod ingest;
 mod logs;
 mod monitoring;
@@ -114,6 +130,10 @@ pub use accounts::{
     ADMIN_TOKEN_ID, ApiTokenRequest, ApiTokenView, BOOTSTRAP_USER, LoginRequest, MIN_PASSWORD,
     Principal, UserRequest, UserView, forbidden, new_user, role_name,
 };
+pub use alarm_cases::{
+    AlarmFilter, AlarmPage, AlarmStates, CERTIFICATE_WARNING, CLOCK_SKEW_LIMIT, Catalogue,
+    CatalogueEntry, MAX_ALARM_PAGE,
+};
 pub use audit::{AuditFilter, AuditPage, MAX_AUDIT_PAGE};
 pub use catalog::{Expect, ServiceRequest};
 pub use changes::{ChangeKind, Recorded, WatchFilter};
@@ -122,7 +142,7 @@ pub use composition::App;
 pub use console::{CONSOLE_TOKEN_NAME, Credentials, SESSION_TTL, Session};
 pub use enroll::{TokenRequest, TokenView};
 pub use error::{AppError, InstallError, UploadError};
-pub use events::EventRecord;
+pub use events::{EventRecord, EventSource, RecordKind};
 pub use events_ingest::{EventFilter, EventPage, MAX_EVENT_PAGE};
 pub use identity::Pki;
 pub use metrics::RequestLabels;
@@ -135,13 +155,15 @@ pub use types::{HttpsClient, Incoming, MAX_REPLICAS, Outgoing, Settings};
 /// Lower-layer types that cross the api boundary, so that `api` imports
 /// from `app` alone.
 pub use crate::store::{
-    AuditEntry, AuditRecord, Cordon, LatencySpec, ReleaseRecord, Role, ServiceSpec,
+    AuditEntry, AuditRecord, Cordon, LatencySpec, ReleaseRecord, Role, ServiceSpec, Suppression,
 };
 pub use health::Health;
 pub use logs::{LOG_TIMEOUT, LogTail};
 pub use views::{NodeView, ReplicaState, ReplicaView, ServiceView};
 pub use watch::{Frame, Watch, release_summary};
 
+#[cfg(test)]
+mod alarm_tests;
 #[cfg(test)]
 mod events_tests;
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! What `GET /metrics` shows: the counters kept as things happen, and the
-//! gauges of state (nodes, services, store size, watchers), filled in at
+//! gauges of state (nodes, services, store size, watchers, active alarms), filled in at
 //! each scrape.
 
 use std::collections::BTreeMap;
@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use super::composition::App;
 use super::error::AppError;
-use super::metrics::{NodeLabels, RequestLabels};
+use super::metrics::{NodeLabels, RequestLabels, SeverityLabel};
 use crate::store::{Cordon, NodeRecord};
+use verge_shared::alarms::Severity;
 
 /// The one state a node is counted in, the most pressing first.
 fn node_state(node: &NodeRecord, healthy: bool) -> &'static str {
@@ -75,6 +76,21 @@ impl App {
         self.metrics.store_bytes.set(size);
         let watchers = i64::try_from(self.changes.n_watchers()).unwrap_or(i64::MAX);
         self.metrics.watchers.set(watchers);
+        let active = self.active_alarms_by_severity();
+        for severity in [
+            Severity::Critical,
+            Severity::Major,
+            Severity::Minor,
+            Severity::Warning,
+        ] {
+            let n = active.get(&severity).copied().unwrap_or(0);
+            self.metrics
+                .alarms
+                .get_or_create(&SeverityLabel {
+                    severity: severity.as_str(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         Ok(self.metrics.encode())
     }
 }

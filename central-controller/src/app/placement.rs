@@ -358,6 +358,7 @@ impl App {
         let message = Outgoing {
             topic: self.settings.topics.agent(agent, Channel::Probes),
             payload: envelope.to_vec(),
+            retain: true,
         };
         if !self.send("probe_plan", message) {
             warn!(agent = %agent, "The MQTT client is gone; the probe plan will be republished later.");

@@ -53,6 +53,8 @@ impl App {
                 }
                 _ = health_tick.tick() => {
                     self.log_failure("plan", self.reconcile(self.now(), false).await);
+                    self.observe_placement(self.now());
+                    self.observe_controller(self.now());
                 }
                 _ = republish_tick.tick() => {
                     self.log_failure("republish", self.republish_all(self.now()).await);
@@ -171,6 +173,7 @@ impl App {
             .filter(|(id, h)| state.last_health.get(*id).is_some_and(|old| old != *h))
             .map(|(id, _)| id.clone())
             .collect();
+        self.observe_node_health(&planned.health, now);
         state.last_health = planned.health;
         let before = self.deployment.plan();
         let after = planned.plan.clone();
@@ -196,6 +199,7 @@ impl App {
         let message = Outgoing {
             topic: self.settings.topics.desired(&record.agent),
             payload,
+            retain: true,
         };
         if !self.send("desired", message) {
             warn!(agent = %record.agent, "The MQTT client is gone; the desired state will be republished later.");
@@ -266,6 +270,7 @@ impl App {
             self.publish(&record);
         }
         self.republish_probe_plans();
+        self.republish_alarms();
         Ok(())
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use verge_shared::Topics;
 
-use crate::config::{AuditConfig, DeployConfig, NodesConfig, PlacementConfig, WatchConfig};
+use crate::config::{
+    AlarmsConfig, AuditConfig, DeployConfig, NodesConfig, PlacementConfig, WatchConfig,
+};
 use crate::regions::Regions;
 
 /// Most replicas one service may ask for.
@@ -29,13 +31,19 @@ pub struct Settings {
     pub watch: WatchConfig,
     /// A console session unused this long ends (`[console]`).
     pub console_idle_timeout: Duration,
+    /// How much alarm history is kept (`[alarms]`).
+    pub alarms: AlarmsConfig,
 }
 
-/// A message for the MQTT adapter to publish (retained, QoS 1).
+/// A message for the MQTT adapter to publish at QoS 1.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outgoing {
     pub topic: String,
     pub payload: Vec<u8>,
+    /// Kept by the broker for later subscribers (desired states, probe
+    /// plans, raised alarms); not for log requests, cleared alarms and
+    /// fleet events.
+    pub retain: bool,
 }
 
 /// A message the MQTT adapter received.

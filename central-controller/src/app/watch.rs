@@ -20,8 +20,10 @@ use super::changes::{Change, ChangeKind, Full, Recorded, Scope, Start, Subscript
 use super::composition::App;
 use super::enroll::TokenView;
 use super::error::AppError;
+use super::fleet_events::FleetNote;
 use super::views::ServiceView;
 use crate::store::{ReleaseRecord, Role, ServiceRecord};
+use verge_shared::fleet::FleetEventKind;
 
 /// One SSE event of a watch stream.
 #[derive(Debug)]
@@ -225,6 +227,20 @@ impl App {
         let Some(record) = self.nodes.records().get(agent).cloned() else {
             return;
         };
+        let fleet = match action {
+            "cordoned" => Some(FleetEventKind::NodeCordoned),
+            "drained" => Some(FleetEventKind::NodeDrained),
+            "uncordoned" => Some(FleetEventKind::NodeUncordoned),
+            "revoked" => Some(FleetEventKind::NodeRevoked),
+            _ => None,
+        };
+        if let Some(kind) = fleet {
+            self.fleet_event(FleetNote {
+                region: Some(record.region.clone()),
+                node: Some(agent.clone()),
+                ..FleetNote::new(kind, format!("node {agent} {action}"))
+            });
+        }
         let now = self.now();
         let object = match self.node_view(&record, now, self.node_latency(&record, now)) {
             Ok(view) => to_json(&view),
@@ -250,6 +266,22 @@ impl App {
 
     /// A service was created or updated: its view goes out.
     pub(super) fn service_changed(&self, view: &ServiceView, action: &'static str) {
+        let kind = if action == "created" {
+            FleetEventKind::ServiceCreated
+        } else {
+            FleetEventKind::ServiceUpdated
+        };
+        self.fleet_event(FleetNote {
+            service: Some(view.name.clone()),
+            release: Some(view.spec.release),
+            ..FleetNote::new(
+                kind,
+                format!(
+                    "service {} {action}: {} replicas",
+                    view.name, view.spec.replicas
+                ),
+            )
+        });
         self.record_change(Change {
             kind: ChangeKind::Service,
             action,
@@ -261,6 +293,13 @@ impl App {
 
     /// A service was deleted: its name goes out.
     pub(super) fn service_deleted(&self, record: &ServiceRecord) {
+        self.fleet_event(FleetNote {
+            service: Some(record.name.clone()),
+            ..FleetNote::new(
+                FleetEventKind::ServiceDeleted,
+                format!("service {} deleted", record.name),
+            )
+        });
         self.record_change(Change {
             kind: ChangeKind::Service,
             action: "deleted",
@@ -324,6 +363,31 @@ impl App {
                 (Some(_), None) => "unplaced",
             };
             let region = node.as_ref().and_then(|n| region_of.get(n)).cloned();
+            let reason = now.and_then(|r| r.reason.clone());
+            let fleet = match (now, &node, &previous_node) {
+                (None, _, _) => None,
+                (Some(_), Some(n), Some(p)) if n != p => Some((
+                    FleetEventKind::ReplicaMoved,
+                    format!("moved from {p} to {n}"),
+                )),
+                (Some(_), Some(_), Some(_)) => None,
+                (Some(_), Some(n), None) => {
+                    Some((FleetEventKind::ReplicaPlaced, format!("placed on {n}")))
+                }
+                (Some(_), None, _) => Some((
+                    FleetEventKind::ReplicaUnplaced,
+                    reason.clone().unwrap_or_default(),
+                )),
+            };
+            if let Some((kind, detail)) = fleet {
+                self.fleet_event(FleetNote {
+                    region: region.clone(),
+                    node: node.clone(),
+                    service: Some(service.clone()),
+                    replica: Some(index),
+                    ..FleetNote::new(kind, detail)
+                });
+            }
             let mut regions: Vec<RegionId> = [&node, &previous_node]
                 .into_iter()
                 .flatten()
@@ -355,6 +419,17 @@ impl App {
 
     /// A release was uploaded: the summary `GET /api/v1/releases` lists.
     pub(super) fn release_uploaded(&self, record: &ReleaseRecord) {
+        self.fleet_event(FleetNote {
+            service: Some(record.release.service.clone()),
+            release: Some(record.digest),
+            ..FleetNote::new(
+                FleetEventKind::ReleaseUploaded,
+                format!(
+                    "release {} {} by {}",
+                    record.release.service, record.release.version, record.publisher
+                ),
+            )
+        });
         self.record_change(Change {
             kind: ChangeKind::Release,
             action: "uploaded",

@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use verge_shared::alarms::{Alarm, AlarmId, Entity};
 use verge_shared::{AgentId, ServiceName, Sha256Digest};
 
 use super::records::{
-    ApiTokenRecord, ArtifactRecord, AuditRecord, DesiredRecord, Durability, IdentityRecord,
-    NodeRecord, ReleaseRecord, ServiceRecord, Store, StoreError, TokenRecord, UserRecord,
+    AlarmMeta, ApiTokenRecord, ArtifactRecord, AuditRecord, DesiredRecord, Durability,
+    IdentityRecord, NodeRecord, ReleaseRecord, ServiceRecord, Store, StoreError, TokenRecord,
+    UserRecord,
 };
 
 /// A panic in another test thread must not poison every later read.
@@ -33,6 +35,9 @@ struct Tables {
     users: BTreeMap<String, UserRecord>,
     api_tokens: BTreeMap<String, ApiTokenRecord>,
     audit: BTreeMap<u64, AuditRecord>,
+    active_alarms: BTreeMap<(AlarmId, Entity), Alarm>,
+    alarm_history: BTreeMap<u64, Alarm>,
+    alarm_meta: AlarmMeta,
 }
 
 /// A [`Store`] in memory. Every write is "durable" the moment it returns;
@@ -53,7 +58,8 @@ impl MemoryStore {
 
     /// From now on writes to the named trees (`"services"`, `"nodes"`,
     /// `"artifacts"`, `"releases"`, `"desired"`, `"tokens"`, `"identities"`,
-    /// `"users"`, `"api_tokens"`, `"audit"`, or `"*"` for every tree) fail with [`StoreError::Refused`] and change
+    /// `"users"`, `"api_tokens"`, `"audit"`, `"alarms"`, `"alarm_history"`,
+    /// `"alarm_meta"`, or `"*"` for every tree) fail with [`StoreError::Refused`] and change
     /// nothing; `&[]` accepts every write again. Reads keep working.
     pub fn refuse_writes_to(&self, trees: &[&'static str]) {
         *lock(&self.refused) = trees.to_vec();
@@ -254,5 +260,46 @@ impl Store for MemoryStore {
 
     fn delete_audit_through(&self, through: u64) -> Result<(), StoreError> {
         self.write("audit", |t| t.audit.retain(|seq, _| *seq > through))
+    }
+
+    fn active_alarms(&self) -> Result<Vec<Alarm>, StoreError> {
+        Ok(lock(&self.tables).active_alarms.values().cloned().collect())
+    }
+
+    fn put_active_alarm(&self, alarm: &Alarm) -> Result<(), StoreError> {
+        self.write("alarms", |t| {
+            t.active_alarms
+                .insert((alarm.id, alarm.entity.clone()), alarm.clone());
+        })
+    }
+
+    fn delete_active_alarm(&self, id: AlarmId, entity: &Entity) -> Result<(), StoreError> {
+        self.write("alarms", |t| {
+            t.active_alarms.remove(&(id, entity.clone()));
+        })
+    }
+
+    fn alarm_history(&self) -> Result<Vec<Alarm>, StoreError> {
+        Ok(lock(&self.tables).alarm_history.values().cloned().collect())
+    }
+
+    fn put_alarm_history(&self, alarm: &Alarm) -> Result<(), StoreError> {
+        self.write("alarm_history", |t| {
+            t.alarm_history.insert(alarm.instance, alarm.clone());
+        })
+    }
+
+    fn delete_alarm_history_through(&self, through: u64) -> Result<(), StoreError> {
+        self.write("alarm_history", |t| {
+            t.alarm_history.retain(|instance, _| *instance > through)
+        })
+    }
+
+    fn alarm_meta(&self) -> Result<AlarmMeta, StoreError> {
+        Ok(lock(&self.tables).alarm_meta.clone())
+    }
+
+    fn put_alarm_meta(&self, meta: &AlarmMeta) -> Result<(), StoreError> {
+        self.write("alarm_meta", |t| t.alarm_meta = meta.clone())
     }
 }

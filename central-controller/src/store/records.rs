@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use verge_shared::alarms::{Alarm, AlarmId, Entity};
 use verge_shared::messages::{Assignment, LimitMechanism, Resources, Status, Workload};
 use verge_shared::trust::Release;
 use verge_shared::{
@@ -275,6 +276,24 @@ pub struct DesiredRecord {
     pub expires_at: Timestamp,
 }
 
+/// Who suppressed an alarm id, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Suppression {
+    /// The user and token name (`alice (token ci)`).
+    pub by: String,
+    pub at: Timestamp,
+}
+
+/// What the alarms keep beside the alarms themselves: the last instance
+/// number given out (it only grows, across restarts) and the suppressed
+/// alarm ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmMeta {
+    pub last_instance: u64,
+    #[serde(default)]
+    pub suppressed: BTreeMap<AlarmId, Suppression>,
+}
+
 /// Whether a write must reach the disk before the call returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -349,4 +368,20 @@ pub trait Store: Send + Sync {
     fn identity(&self, agent: &AgentId) -> Result<Option<IdentityRecord>, StoreError>;
     /// Durable.
     fn put_identity(&self, record: &IdentityRecord) -> Result<(), StoreError>;
+
+    /// Every active (raised) alarm, in (id, entity) order.
+    fn active_alarms(&self) -> Result<Vec<Alarm>, StoreError>;
+    /// Durable: keyed by (id, entity), replacing the one there.
+    fn put_active_alarm(&self, alarm: &Alarm) -> Result<(), StoreError>;
+    /// Durable.
+    fn delete_active_alarm(&self, id: AlarmId, entity: &Entity) -> Result<(), StoreError>;
+    /// Cleared alarms kept for the history, oldest (lowest instance) first.
+    fn alarm_history(&self) -> Result<Vec<Alarm>, StoreError>;
+    /// Appends a cleared alarm to the history (written lazily).
+    fn put_alarm_history(&self, alarm: &Alarm) -> Result<(), StoreError>;
+    /// Removes every history entry with an instance up to and including `through`.
+    fn delete_alarm_history_through(&self, through: u64) -> Result<(), StoreError>;
+    fn alarm_meta(&self) -> Result<AlarmMeta, StoreError>;
+    /// Durable: an instance number must never be given out twice.
+    fn put_alarm_meta(&self, meta: &AlarmMeta) -> Result<(), StoreError>;
 }

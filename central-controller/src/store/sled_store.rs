@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use verge_shared::alarms::{Alarm, AlarmId, Entity};
 use verge_shared::{AgentId, ServiceName, Sha256Digest};
 
 use super::records::*;
@@ -22,6 +23,9 @@ pub struct SledStore {
     users: sled::Tree,
     api_tokens: sled::Tree,
     audit: sled::Tree,
+    alarms: sled::Tree,
+    alarm_history: sled::Tree,
+    alarm_meta: sled::Tree,
 }
 
 impl SledStore {
@@ -38,6 +42,9 @@ impl SledStore {
             users: db.open_tree("users")?,
             api_tokens: db.open_tree("api_tokens")?,
             audit: db.open_tree("audit")?,
+            alarms: db.open_tree("alarms")?,
+            alarm_history: db.open_tree("alarm_history")?,
+            alarm_meta: db.open_tree("alarm_meta")?,
             db,
         })
     }
@@ -62,6 +69,9 @@ fn tree_name(tree: &sled::Tree) -> &'static str {
         b"users" => "users",
         b"api_tokens" => "api_tokens",
         b"audit" => "audit",
+        b"alarms" => "alarms",
+        b"alarm_history" => "alarm_history",
+        b"alarm_meta" => "alarm_meta",
         _ => "unknown",
     }
 }
@@ -96,10 +106,19 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
     tree.iter().map(|entry| decode_entry(tree, entry)).collect()
 }
 
-/// Audit keys: zero-padded so that key order is `seq` order.
+/// Audit (and alarm history) keys: zero-padded so that key order is `seq`
+/// (instance) order.
 fn audit_key(seq: u64) -> String {
     format!("{seq:020}")
 }
+
+/// Active alarm keys: `{alarm}/{entity instance}`, unique per (id, entity).
+fn alarm_key(id: AlarmId, entity: &Entity) -> String {
+    format!("{id}/{}", entity.instance())
+}
+
+/// The one key of the alarm meta tree.
+const ALARM_META_KEY: &str = "meta";
 
 fn put<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
@@ -284,6 +303,47 @@ impl Store for SledStore {
 
     fn put_identity(&self, record: &IdentityRecord) -> Result<(), StoreError> {
         put(&self.identities, record.agent.as_str(), record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn active_alarms(&self) -> Result<Vec<Alarm>, StoreError> {
+        all(&self.alarms)
+    }
+
+    fn put_active_alarm(&self, alarm: &Alarm) -> Result<(), StoreError> {
+        put(&self.alarms, &alarm_key(alarm.id, &alarm.entity), alarm)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn delete_active_alarm(&self, id: AlarmId, entity: &Entity) -> Result<(), StoreError> {
+        self.alarms.remove(alarm_key(id, entity))?;
+        self.flush(Durability::Flush)
+    }
+
+    fn alarm_history(&self) -> Result<Vec<Alarm>, StoreError> {
+        all(&self.alarm_history)
+    }
+
+    fn put_alarm_history(&self, alarm: &Alarm) -> Result<(), StoreError> {
+        put(&self.alarm_history, &audit_key(alarm.instance), alarm)
+    }
+
+    fn delete_alarm_history_through(&self, through: u64) -> Result<(), StoreError> {
+        let end = audit_key(through);
+        let mut batch = sled::Batch::default();
+        for key in self.alarm_history.range(..=end.as_bytes()).keys() {
+            batch.remove(key?);
+        }
+        self.alarm_history.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn alarm_meta(&self) -> Result<AlarmMeta, StoreError> {
+        Ok(get(&self.alarm_meta, ALARM_META_KEY)?.unwrap_or_default())
+    }
+
+    fn put_alarm_meta(&self, meta: &AlarmMeta) -> Result<(), StoreError> {
+        put(&self.alarm_meta, ALARM_META_KEY, meta)?;
         self.flush(Durability::Flush)
     }
 }

@@ -23,10 +23,12 @@ use tracing::{info, warn};
 use verge_shared::enroll::{EnrollRequest, EnrollResponse, RenewalResponse};
 use verge_shared::{AgentId, PublicKey, Timestamp};
 
+use crate::alarms::Observations;
 use crate::config::Config;
 use crate::http::{self, HttpError};
 use crate::report::{Board, EventSink, Signer};
 use crate::tls::{self, CurrentCert, Material, TlsError, TlsFiles};
+use verge_shared::alarms::AlarmId;
 use verge_shared::messages::EventKind;
 
 /// Largest answer accepted from the enrollment and renewal endpoints.
@@ -232,6 +234,7 @@ pub async fn renewal_loop(
     signer: Arc<Signer>,
     board: Arc<Board>,
     events: EventSink,
+    alarms: Observations,
     stop: CancellationToken,
 ) {
     let agent = signer.agent().clone();
@@ -251,11 +254,28 @@ pub async fn renewal_loop(
             match renew_once(&identity, &url, &signer).await {
                 Ok(renewed) => {
                     info!(agent = %agent, not_after = %renewed.not_after, "Renewed the node certificate.");
+                    alarms.observe(
+                        AlarmId::CertificateRenewalFailing,
+                        false,
+                        format!(
+                            "renewed; the certificate is valid until {}",
+                            renewed.not_after
+                        ),
+                    );
                     identity.current.swap(renewed);
                     board.set_certificate_warning(None);
                     break;
                 }
                 Err(e) => {
+                    alarms.observe(
+                        AlarmId::CertificateRenewalFailing,
+                        true,
+                        format!(
+                            "renewal failed (retrying within {} s); the certificate expires at {}: {e}",
+                            backoff.as_secs(),
+                            material.not_after
+                        ),
+                    );
                     let now = Timestamp::now();
                     if now >= material.warn_at() {
                         let text = format!(

@@ -9,6 +9,7 @@
 //! every long-running task from one place, with one shutdown. The tasks
 //! themselves live in [`tasks`] or beside what they drive.
 //!
+//! - [`alarms`]: the agent's alarm book (raise and clear with hysteresis);
 //! - [`config`]: TOML configuration with environment overrides;
 //! - [`enroll`]: token enrollment and online certificate renewal;
 //! - [`tls`]: the client certificate and the rustls configurations;
@@ -38,6 +39,7 @@
 //! - [`tasks`]: the intake, status, log-request and heartbeat tasks;
 //! - [`ticks`]: the periodic timer of the timed loops.
 
+pub mod alarms;
 pub mod archive;
 pub mod artifacts;
 pub mod cgroup;
@@ -125,6 +127,12 @@ pub enum AgentError {
     Enroll(#[from] enroll::EnrollError),
     #[error("the TLS configuration for the broker is unusable: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("the raised alarms in {path}: {source}")]
+    AlarmStore {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
 }
 
 impl AgentError {
@@ -132,7 +140,10 @@ impl AgentError {
     pub fn exit_code(&self) -> u8 {
         match self {
             // EX_CANTCREAT: the data directory or its files are unusable.
-            AgentError::DataDir { .. } | AgentError::State(_) | AgentError::Outbox(_) => 73,
+            AgentError::DataDir { .. }
+            | AgentError::State(_)
+            | AgentError::Outbox(_)
+            | AgentError::AlarmStore { .. } => 73,
             // EX_SOFTWARE: an internal failure; the service manager restarts us.
             AgentError::TaskDied(_) => 70,
             // EX_CONFIG: the configured workload user is unusable.
@@ -184,6 +195,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         &data_dir,
         verge_shared::Timestamp::now(),
     )?);
+    let raised_alarms = tasks::alarms::RaisedStore::open(sled_store.db()).map_err(|source| {
+        AgentError::AlarmStore {
+            path: data_dir.join("state"),
+            source,
+        }
+    })?;
     let state_store: Arc<dyn StateStore> = Arc::new(sled_store);
     let accepted = state_store.load()?;
     let applied = accepted.as_ref().map(|a| a.desired.generation);
@@ -255,6 +272,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let (outgoing_tx, outgoing_rx) = mpsc::unbounded_channel();
     // When a Status last went out, MQTT → heartbeat task.
     let (status_sent_tx, status_sent_rx) = watch::channel(None);
+    // What intake and certificate renewal observe about the node's alarms,
+    // → alarm task (unbounded: a few per refused document or renewal).
+    let (alarm_tx, alarm_rx) = alarms::Observations::channel();
     // Start-up ends its wait for the broker's copy of the desired state
     // (tasks::reconcile) when intake has handled a delivery or the broker
     // turns out to be unreachable.
@@ -291,9 +311,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             trust: trust.clone(),
             board: board.clone(),
             events: events.clone(),
+            alarms: alarm_tx.clone(),
             accepted_state_tx,
         }
         .run(delivery_rx, broker_spoke.clone(), stop.clone()),
+    );
+    long_running.spawn(
+        tasks::alarms::AlarmWatch {
+            agent: config.id.clone(),
+            board: board.clone(),
+            outbox: outbox.clone(),
+            events: events.clone(),
+            raised: raised_alarms,
+            desired: accepted_state_rx.clone(),
+            disk_space: tasks::alarms::disk_space_of(data_dir.clone()),
+            trust_expiry: {
+                let trust = trust.clone();
+                Box::new(move || trust.expires_at())
+            },
+            certificate_expiry: identity.as_ref().map(|i| {
+                let current = i.current.clone();
+                Box::new(move || current.get().not_after) as tasks::alarms::Expiry
+            }),
+            tick: tasks::alarms::ALARM_TICK,
+        }
+        .run(alarm_rx, stop.clone()),
     );
     long_running.spawn(tasks::reconcile::run_after_startup(
         Reconciler {
@@ -357,6 +399,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             signer.clone(),
             board.clone(),
             events.clone(),
+            alarm_tx,
             stop.clone(),
         ));
     }

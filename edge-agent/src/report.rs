@@ -195,6 +195,11 @@ impl Board {
         });
     }
 
+    /// The oldest storage problem, while some part cannot write.
+    pub fn storage_problem(&self) -> Option<StorageProblem> {
+        self.snapshot().2
+    }
+
     /// The runtime's view of one workload.
     pub fn running(&self, service: &ServiceName) -> Option<WorkloadStatus> {
         self.lock().running.get(service).cloned()
@@ -359,6 +364,30 @@ impl Signer {
         self.key.sign_json(payload_type::EVENT, &doc)
     }
 
+    /// A signed `alarm_raised` or `alarm_cleared` event about `alarm`.
+    pub fn alarm_event(
+        &self,
+        transition: verge_shared::alarms::Transition,
+        alarm: verge_shared::alarms::AlarmReport,
+        detail: &str,
+    ) -> Vec<u8> {
+        use verge_shared::messages::EventKind;
+        let doc = verge_shared::messages::Event {
+            schema_version: SCHEMA_VERSION,
+            agent: self.identity.agent.clone(),
+            at: Timestamp::now(),
+            kind: match transition {
+                verge_shared::alarms::Transition::Raise => EventKind::AlarmRaised,
+                verge_shared::alarms::Transition::Clear => EventKind::AlarmCleared,
+            },
+            reason: None,
+            generation: None,
+            alarm: Some(alarm),
+            detail: verge_shared::messages::bounded_message(detail),
+        };
+        self.key.sign_json(payload_type::EVENT, &doc)
+    }
+
     /// A signed latency report of one probing round.
     pub fn latency(&self, samples: Vec<verge_shared::latency::LatencySample>) -> Vec<u8> {
         let doc = verge_shared::latency::LatencyReport {
@@ -432,10 +461,18 @@ impl EventSink {
         detail: &str,
     ) {
         let envelope = self.signer.event(kind, reason, generation, detail);
+        if let Err(e) = self.queue(envelope).await {
+            tracing::warn!(agent = %self.signer.agent(), ?kind, error = %e, "Cannot queue a security event; it is in the log only.");
+        }
+    }
+
+    /// Queues one signed event envelope (durable when this returns).
+    pub async fn queue(&self, envelope: Vec<u8>) -> Result<(), String> {
         let (outbox, topic) = (self.outbox.clone(), self.topic.clone());
-        let pushed = tokio::task::spawn_blocking(move || outbox.push(&topic, &envelope)).await;
-        if !matches!(pushed, Ok(Ok(()))) {
-            tracing::warn!(agent = %self.signer.agent(), ?kind, "Cannot queue a security event; it is in the log only.");
+        match tokio::task::spawn_blocking(move || outbox.push(&topic, &envelope)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
         }
     }
 }

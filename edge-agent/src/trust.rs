@@ -150,6 +150,11 @@ impl TrustStore {
         self.read().verified.bundle.clone()
     }
 
+    /// When the bundle trusted now expires.
+    pub fn expires_at(&self) -> Timestamp {
+        self.read().verified.bundle.expires_at
+    }
+
     /// The keys that may sign desired states, probe plans and log requests.
     pub fn controller_keys(&self) -> Vec<PublicKey> {
         self.read().verified.bundle.controllers.clone()

@@ -114,6 +114,7 @@ impl Harness {
             trust: Arc::new(trust),
             board: board.clone(),
             events,
+            alarms: edge_agent::alarms::Observations::channel().0,
             accepted_state_tx,
         };
         let task = tokio::spawn(intake.run(delivery_rx, Arc::new(Notify::new()), stop.clone()));

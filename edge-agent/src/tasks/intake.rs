@@ -14,8 +14,10 @@ use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
+use verge_shared::alarms::AlarmId;
 use verge_shared::messages::{EventKind, RejectReason, Rejection};
 
+use crate::alarms::Observations;
 use crate::config::Config;
 use crate::disk;
 use crate::intake::{self, Decision, ResolvedState};
@@ -36,6 +38,9 @@ pub struct Intake {
     pub trust: Arc<TrustStore>,
     pub board: Arc<Board>,
     pub events: EventSink,
+    /// Refused and accepted desired states and trust bundles, for the
+    /// `desired_state_refused` and `trust_bundle_refused` alarms.
+    pub alarms: Observations,
     /// Where accepted (verified and persisted) desired states go: the
     /// reconciler applies the latest.
     pub accepted_state_tx: watch::Sender<Option<Arc<ResolvedState>>>,
@@ -171,6 +176,11 @@ impl Intake {
                 }
                 self.board.clear_disk_full(DiskUser::State);
                 self.board.set_accepted(generation);
+                self.alarms.observe(
+                    AlarmId::DesiredStateRefused,
+                    false,
+                    format!("desired state generation {generation} was accepted"),
+                );
                 self.accepted_state_tx
                     .send_replace(Some(Arc::new(accepted.desired)));
                 Handled::Done
@@ -193,9 +203,15 @@ impl Intake {
     }
 
     /// Reports a refused desired state: status, a security event (once per
-    /// distinct refusal, not on every republish) and a log line.
+    /// distinct refusal, not on every republish), the
+    /// `desired_state_refused` alarm and a log line.
     async fn rejected(&self, rejection: Rejection) {
         warn!(agent = %self.config.id, reason = ?rejection.reason, generation = ?rejection.generation, detail = %rejection.detail, "Rejected desired state.");
+        self.alarms.observe(
+            AlarmId::DesiredStateRefused,
+            true,
+            refusal_detail("desired state", rejection.reason, &rejection.detail),
+        );
         let repeated = self.board.last_rejection().is_some_and(|last| {
             (last.reason, last.generation, &last.detail)
                 == (rejection.reason, rejection.generation, &rejection.detail)
@@ -216,9 +232,20 @@ impl Intake {
     async fn offer_trust(&self, bundle: &verge_shared::Envelope, now: verge_shared::Timestamp) {
         let bytes = serde_json::to_vec(bundle).unwrap_or_default();
         match self.trust.offer(&bytes, now) {
-            Ok(Offered::Unchanged) => {}
+            Ok(Offered::Unchanged) => {
+                self.alarms.observe(
+                    AlarmId::TrustBundleRefused,
+                    false,
+                    "the delivered trust bundle is the one trusted",
+                );
+            }
             Ok(Offered::Updated { version, reset }) => {
                 info!(agent = %self.config.id, version, reset, "Trusting a newer trust bundle.");
+                self.alarms.observe(
+                    AlarmId::TrustBundleRefused,
+                    false,
+                    format!("trust bundle version {version} was accepted"),
+                );
                 let detail = format!("trust bundle version {version} is trusted from now on");
                 self.events
                     .raise(EventKind::TrustBundleUpdated, None, None, &detail)
@@ -244,6 +271,11 @@ impl Intake {
             Err(OfferError::Refused(e)) => {
                 warn!(agent = %self.config.id, error = %e, "Rejected a trust bundle; keeping the trusted one.");
                 let reason = RejectReason::from(&e);
+                self.alarms.observe(
+                    AlarmId::TrustBundleRefused,
+                    true,
+                    refusal_detail("trust bundle", reason, &e.to_string()),
+                );
                 self.events
                     .raise(
                         EventKind::TrustBundleRejected,
@@ -255,4 +287,13 @@ impl Intake {
             }
         }
     }
+}
+
+/// What an alarm says about a refusal: the reason as on the wire, then why.
+fn refusal_detail(what: &str, reason: RejectReason, detail: &str) -> String {
+    let reason = serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{reason:?}"));
+    format!("a {what} was refused ({reason}): {detail}")
 }

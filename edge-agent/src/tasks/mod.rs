@@ -5,7 +5,8 @@
 //! - [`status`]: board changes → one queued Status per burst;
 //! - [`log_requests`]: log requests → signed answers;
 //! - [`reconcile`]: the reconcile loop, after the start-up wait;
-//! - [`heartbeat`]: the heartbeat timer and its skip rule.
+//! - [`heartbeat`]: the heartbeat timer and its skip rule;
+//! - [`alarms`]: observed conditions → signed alarm raise and clear events.
 //!
 //! Telemetry
 //! ([`crate::telemetry::telemetry_loop`]), latency probes
@@ -14,6 +15,7 @@
 //! live beside what they drive. A task talks to the others only through the
 //! channels and shared parts it is given: no task imports another.
 
+pub mod alarms;
 pub mod heartbeat;
 pub mod intake;
 pub mod log_requests;

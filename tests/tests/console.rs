@@ -258,6 +258,31 @@ async fn an_operator_runs_the_fleet_from_the_console() {
         "{during:?}"
     );
 
+    // The lost node is an alarm: listed, acknowledged after a confirmation,
+    // and the acknowledgement recorded with who did it.
+    visit(&browser, &base, "/alarms", "Alarms", "alarms-raised").await;
+    let row = browser.wait_for_text("#alarms tr", "node=edge-b").await;
+    assert!(row.contains("Node offline"), "{row}");
+    let active = cluster
+        .api
+        .get("/api/v1/alarms?alarm=node_offline&node=edge-b")
+        .await
+        .expect("alarms");
+    let instance = active["alarms"][0]["instance"]
+        .as_u64()
+        .expect("an instance");
+    browser.click(&format!("#action-ack-{instance}")).await;
+    browser.wait_for_text("#confirm-text", "stays raised").await;
+    browser.click("#confirm-ok").await;
+    browser
+        .wait_for_text(
+            &format!("#alarms tr[data-instance=\"{instance}\"]"),
+            "olivia",
+        )
+        .await;
+    browser.screenshot("alarms-acknowledged").await;
+    browser.assert_no_js_errors().await;
+
     // At 800 px wide the pages still work.
     browser.resize(800, 900).await;
     visit(

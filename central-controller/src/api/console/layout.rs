@@ -43,6 +43,7 @@ pub(super) enum Nav {
     Overview,
     Nodes,
     Services,
+    Alarms,
     Releases,
     Trust,
     Tokens,
@@ -50,10 +51,11 @@ pub(super) enum Nav {
     Users,
 }
 
-const NAV: [(Nav, &str, &str, Role); 8] = [
+const NAV: [(Nav, &str, &str, Role); 9] = [
     (Nav::Overview, "/", "Overview", Role::Viewer),
     (Nav::Nodes, "/nodes", "Nodes", Role::Viewer),
     (Nav::Services, "/services", "Services", Role::Viewer),
+    (Nav::Alarms, "/alarms", "Alarms", Role::Viewer),
     (Nav::Releases, "/releases", "Releases", Role::Viewer),
     (Nav::Trust, "/trust", "Trust", Role::Viewer),
     (Nav::Tokens, "/tokens", "Tokens", Role::Operator),

@@ -8,6 +8,7 @@
 //! change kinds that concern it; the script follows the watch stream and
 //! re-reads the page's live parts when one arrives.
 
+mod alarms;
 mod audit;
 mod chart;
 mod layout;
@@ -43,6 +44,7 @@ pub(super) fn router(state: ApiState) -> Router<ApiState> {
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}", get(nodes::detail))
         .route("/services", get(services::list))
+        .route("/alarms", get(alarms::list))
         .route("/services/{name}", get(services::detail))
         .route("/deploy", get(services::deploy))
         .route("/releases", get(releases::list))

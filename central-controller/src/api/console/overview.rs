@@ -13,10 +13,13 @@ use serde_json::Value;
 use super::layout::{Nav, Viewer, badge, empty, page, word};
 use super::problem::PageError;
 use crate::api::state::ApiState;
-use crate::app::{NODE_STATES, Recorded, ReplicaState, ServiceView};
+use crate::app::{AlarmFilter, NODE_STATES, Recorded, ReplicaState, ServiceView};
+use verge_shared::alarms::Severity;
 
 /// How many recent changes the overview lists.
 const RECENT: usize = 15;
+/// Active alarms counted (more than a page of the API's would be a storm).
+const MAX_ALARMS: usize = 500;
 
 pub(super) async fn show(
     State(state): State<ApiState>,
@@ -35,6 +38,8 @@ pub(super) async fn show(
     }
     let total: usize = by_state.values().sum();
     let (healthy, degraded, unplaced) = service_health(&services);
+    let alarms = app.alarms(&AlarmFilter::default(), MAX_ALARMS).alarms;
+    let raised = |severity: Severity| alarms.iter().filter(|a| a.severity == severity).count();
 
     let body = html! {
         section.cards #summary data-live aria-label="Summary" {
@@ -55,6 +60,16 @@ pub(super) async fn show(
                     li { (badge("good", "healthy")) " " strong #services-healthy { (healthy) } }
                     li { (badge("warn", "degraded")) " " strong #services-degraded { (degraded) } }
                     li { (badge("bad", "with unplaced replicas")) " " strong #services-unplaced { (unplaced) } }
+                }
+            }
+            div.card {
+                h2 { a href="/alarms" { "Alarms" } }
+                p.big #alarms-active { (alarms.len()) }
+                ul.counts {
+                    li { (badge("bad", "critical")) " " strong #alarms-critical { (raised(Severity::Critical)) } }
+                    li { (badge("bad", "major")) " " strong #alarms-major { (raised(Severity::Major)) } }
+                    li { (badge("warn", "minor")) " " strong #alarms-minor { (raised(Severity::Minor)) } }
+                    li { (badge("idle", "warning")) " " strong #alarms-warning { (raised(Severity::Warning)) } }
                 }
             }
         }
@@ -96,7 +111,7 @@ pub(super) async fn show(
         &viewer,
         "Overview",
         Nav::Overview,
-        "node,service,replica,release",
+        "node,service,replica,release,alarm",
         body,
     ))
 }

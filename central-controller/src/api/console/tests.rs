@@ -433,7 +433,7 @@ async fn a_viewer_sees_no_admin_pages_and_no_forms_that_change_anything() {
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
         assert!(page.body.contains("Not allowed"), "{path}: {}", page.body);
     }
-    for path in ["/releases", "/trust"] {
+    for path in ["/releases", "/trust", "/alarms"] {
         let page = get(&router, path, Some(&cookie)).await;
         assert_eq!(page.status, StatusCode::OK, "{path}");
         assert!(!page.body.contains("data-api"), "{path}: {}", page.body);
@@ -474,7 +474,15 @@ async fn every_console_response_carries_the_security_headers() {
     let viewer = sign_in(&router, &[("user", "vera"), ("password", PASSWORD)]).await;
 
     let mut answers = Vec::new();
-    for path in ["/", "/nodes", "/releases", "/trust", "/users", "/audit"] {
+    for path in [
+        "/",
+        "/nodes",
+        "/alarms",
+        "/releases",
+        "/trust",
+        "/users",
+        "/audit",
+    ] {
         let page = get(&router, path, Some(&admin)).await;
         assert_eq!(page.status, StatusCode::OK, "{path}");
         answers.push((path, true, page));

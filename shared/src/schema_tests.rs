@@ -772,3 +772,43 @@ fn every_message_payload_and_signed_document_resolves_to_a_schema() {
         }
     }
 }
+
+#[test]
+fn every_hoisted_schema_is_the_one_each_published_schema_defines() {
+    let doc = crate::asyncapi::document();
+    let components = doc["components"]["schemas"].as_object().expect("schemas");
+    let roots: Vec<&str> = PAYLOADS.iter().map(|p| p.type_name).collect();
+    // Keys the published root schemas add to their type's own schema.
+    let own = |mut v: Value| {
+        if let Some(o) = v.as_object_mut() {
+            for key in [
+                "title",
+                "description",
+                "examples",
+                "$id",
+                "$schema",
+                "$defs",
+            ] {
+                o.remove(key);
+            }
+        }
+        v
+    };
+    for (name, schema) in schema::schemas() {
+        let defs = schema["$defs"].as_object().cloned().unwrap_or_default();
+        for (def, value) in defs {
+            let hoisted = components.get(&def).expect("hoisted").clone();
+            let local = serde_json::from_str::<Value>(
+                &value
+                    .to_string()
+                    .replace("#/$defs/", "#/components/schemas/"),
+            )
+            .expect("JSON");
+            if roots.contains(&def.as_str()) {
+                assert_eq!(own(hoisted), own(local), "{def} in {name}.json");
+            } else {
+                assert_eq!(hoisted, local, "{def} in {name}.json");
+            }
+        }
+    }
+}

@@ -192,6 +192,23 @@ impl SigningKey {
         })
     }
 
+    /// A key from a fixed 32-byte seed: the published schemas' examples
+    /// are signed with such keys, so they are the same at every build.
+    #[cfg(feature = "schema")]
+    pub(crate) fn from_seed(seed: &[u8; 32]) -> Result<Self, KeyError> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed)
+            .map_err(|e| KeyError(format!("not an Ed25519 seed: {e}")))?;
+        let raw: [u8; 32] = pair
+            .public_key()
+            .as_ref()
+            .try_into()
+            .map_err(|_| KeyError("unexpected public key length".into()))?;
+        Ok(Self {
+            pair,
+            public: PublicKey(raw),
+        })
+    }
+
     pub fn public_key(&self) -> PublicKey {
         self.public
     }

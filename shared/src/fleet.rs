@@ -18,6 +18,7 @@ pub const FLEET_EVENT_SCHEMA_VERSION: u32 = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum FleetEventKind {
     ServiceCreated,
     ServiceUpdated,
@@ -100,6 +101,7 @@ impl FleetEventKind {
 /// access control, under which only the controller may publish it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FleetEvent {
     pub schema_version: u32,
     /// Grows by one per event, in the same sequence as the agents' events

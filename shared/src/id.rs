@@ -20,11 +20,11 @@ pub struct IdError {
 }
 
 /// The character rules an identifier kind follows.
-struct Rules {
-    kind: &'static str,
-    max_len: usize,
+pub(crate) struct Rules {
+    pub(crate) kind: &'static str,
+    pub(crate) max_len: usize,
     /// Upper-case letters, `_` and `.` are allowed too (host-name-like ids).
-    relaxed: bool,
+    pub(crate) relaxed: bool,
 }
 
 fn check(rules: &Rules, value: &str) -> Result<(), IdError> {
@@ -67,7 +67,7 @@ macro_rules! identifier {
         pub struct $name(String);
 
         impl $name {
-            const RULES: Rules = Rules { kind: $kind, max_len: $max, relaxed: $relaxed };
+            pub(crate) const RULES: Rules = Rules { kind: $kind, max_len: $max, relaxed: $relaxed };
 
             /// Checks `value` against this identifier's rules.
             pub fn new(value: impl Into<String>) -> Result<Self, IdError> {

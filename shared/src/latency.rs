@@ -135,6 +135,7 @@ impl AnswerBudget {
 /// A peer an agent measures: its id and the address its probe listener
 /// answers on. Carried in the desired state the controller signs.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ProbeTarget {
     pub agent: AgentId,
     pub addr: SocketAddr,
@@ -144,6 +145,7 @@ pub struct ProbeTarget {
 /// and published retained on `agents/{id}/probes`. An agent accepts a plan
 /// only with an `issued_at` later than the last one it accepted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ProbePlan {
     pub schema_version: u32,
     pub agent: AgentId,
@@ -175,6 +177,7 @@ impl ProbePlan {
 
 /// The result of probing one target during one round.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LatencySample {
     pub target: AgentId,
     /// Round-trip times of the answered probes, in microseconds.
@@ -190,6 +193,7 @@ pub const MAX_RTTS_PER_SAMPLE: usize = 8;
 
 /// An agent's measurements since its previous report, signed by its node key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LatencyReport {
     pub schema_version: u32,
     pub agent: AgentId,

@@ -16,9 +16,14 @@
 //! - [`fleet`]: the controller's fleet lifecycle events;
 //! - [`latency`]: the probe datagram, probe targets and signed latency reports;
 //! - [`trust`]: the root-signed trust bundle and publisher-signed releases;
-//! - [`log_format`]: `VERGE_LOG_FORMAT`, the one rule both binaries log by.
+//! - [`log_format`]: `VERGE_LOG_FORMAT`, the one rule both binaries log by;
+//! - `schema` and `asyncapi` (feature `schema`): the JSON Schemas of every
+//!   MQTT payload (`docs/schemas/`) and the AsyncAPI document of the whole
+//!   MQTT surface (`docs/asyncapi.json`), generated from these types.
 
 pub mod alarms;
+#[cfg(feature = "schema")]
+pub mod asyncapi;
 pub mod digest;
 pub mod dsse;
 pub mod enroll;
@@ -31,6 +36,10 @@ pub mod logs;
 pub mod messages;
 #[cfg(feature = "openapi")]
 mod openapi;
+#[cfg(feature = "schema")]
+pub mod schema;
+#[cfg(all(test, feature = "schema"))]
+mod schema_tests;
 pub mod telemetry;
 pub mod time;
 pub mod topic;

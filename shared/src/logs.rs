@@ -32,6 +32,7 @@ pub const MAX_REQUEST_ID_BYTES: usize = 64;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum LogStream {
     #[default]
     Stdout,
@@ -50,6 +51,7 @@ impl LogStream {
 
 /// "Send me the last `lines` lines of `service`'s `stream`."
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LogRequest {
     pub schema_version: u32,
     pub agent: AgentId,
@@ -67,6 +69,7 @@ pub struct LogRequest {
 /// The agent's answer. `error` is set instead of `lines` when the tail
 /// cannot be read (no such workload, no log yet).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LogResponse {
     pub schema_version: u32,
     pub agent: AgentId,

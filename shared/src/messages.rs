@@ -37,6 +37,7 @@ pub mod payload_type {
 )]
 #[serde(transparent)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Generation(u64);
 
 impl Generation {
@@ -65,6 +66,7 @@ impl fmt::Display for Generation {
 /// A content-addressed artifact: what to fetch and how to check it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ArtifactRef {
     pub sha256: Sha256Digest,
     pub size: u64,
@@ -74,6 +76,7 @@ pub struct ArtifactRef {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Resources {
     /// Thousandths of a CPU core.
     pub cpu_millis: u32,
@@ -85,6 +88,7 @@ pub struct Resources {
 /// one and passes it in `VERGE_PORT_<NAME>`; the status reports the choice.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PortSpec {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,6 +101,7 @@ pub struct PortSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunSpec {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -127,6 +132,7 @@ pub const MAX_STOP_GRACE_SECS: u32 = 300;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum RestartPolicy {
     /// After every exit, with capped exponential backoff.
     #[default]
@@ -149,6 +155,7 @@ impl RestartPolicy {
 /// health is `unknown`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HealthCheck {
     pub probe: Probe,
     #[serde(default = "HealthCheck::default_interval")]
@@ -181,6 +188,7 @@ impl HealthCheck {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Probe {
     /// A TCP connection to `127.0.0.1:<port>` succeeds.
     Tcp { port: String },
@@ -234,6 +242,7 @@ pub struct Workload {
 /// One replica of a service assigned to an agent, as the controller signs
 /// it: the release is named by digest, never described.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Assignment {
     pub service: ServiceName,
     /// Index of this replica within the service, from 0.
@@ -251,6 +260,7 @@ pub struct Assignment {
 
 /// Everything one agent must run, signed by the controller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DesiredState {
     pub schema_version: u32,
     pub agent: AgentId,
@@ -266,6 +276,7 @@ pub struct DesiredState {
 /// trust bundle. Each part carries its own signatures; the wrapper carries
 /// none and is only a container.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Delivery {
     pub schema_version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -515,6 +526,7 @@ impl DesiredState {
 /// document with `online: false`, signed at connect time. It carries the
 /// node's public key, which the controller pins at first contact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Presence {
     pub schema_version: u32,
     pub agent: AgentId,
@@ -538,6 +550,7 @@ pub struct Presence {
 
 /// Sent on an interval (QoS 0) to show the agent is alive; deliberately small.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Heartbeat {
     pub schema_version: u32,
     pub agent: AgentId,
@@ -551,6 +564,7 @@ pub struct Heartbeat {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum WorkloadState {
     /// Accepted, not started yet.
     Pending,
@@ -573,6 +587,7 @@ pub enum WorkloadState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum HealthState {
     /// No verdict yet (just started, or thresholds not reached).
     Unknown,
@@ -583,6 +598,7 @@ pub enum HealthState {
 /// How a workload's process last ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ExitInfo {
     /// The exit code, when it exited by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -597,6 +613,7 @@ pub struct ExitInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum LimitMechanism {
     /// A cgroup v2 group with `memory.max` and `cpu.max`.
     CgroupV2,
@@ -609,6 +626,7 @@ pub enum LimitMechanism {
 /// How the agent confines one workload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Isolation {
     pub limits: LimitMechanism,
     /// The user the process runs as.
@@ -618,6 +636,7 @@ pub struct Isolation {
 /// What an agent reports about one workload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WorkloadStatus {
     pub service: ServiceName,
     pub replica: u32,
@@ -646,6 +665,7 @@ pub struct WorkloadStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum RejectReason {
     TooLarge,
     Malformed,
@@ -698,6 +718,7 @@ impl From<&VerifyError> for RejectReason {
 /// The most recent desired state an agent refused, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Rejection {
     pub reason: RejectReason,
     /// The generation the refused document claimed, when it could be read.
@@ -711,6 +732,7 @@ pub struct Rejection {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum StorageReason {
     /// The file system of the agent's data directory has no room left.
     DiskFull,
@@ -720,6 +742,7 @@ pub enum StorageReason {
 /// clears (the agent retries on its own, so it clears when space returns).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StorageProblem {
     pub reason: StorageReason,
     /// What could not be written and how much room was missing.
@@ -730,6 +753,7 @@ pub struct StorageProblem {
 
 /// An agent's report of what it runs. Sent on every change and on reconnect.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Status {
     pub schema_version: u32,
     pub agent: AgentId,
@@ -749,6 +773,7 @@ pub struct Status {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum EventKind {
     /// A desired state was refused; the last good one keeps running.
     DesiredStateRejected,
@@ -785,6 +810,7 @@ impl EventKind {
 /// outbox on `{prefix}/events/{region}/{agent}` for the controller and any
 /// consumer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Event {
     pub schema_version: u32,
     pub agent: AgentId,

@@ -36,6 +36,7 @@ pub const MAX_SENSORS: usize = 16;
 /// Counters of the agent's artifact cache since the agent started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CacheMetrics {
     /// Artifacts found in the cache when a workload needed them.
     pub hits: u64,
@@ -54,6 +55,7 @@ pub struct CacheMetrics {
 /// The state of the agent's disk outbox.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct OutboxMetrics {
     /// Messages waiting for the broker's acknowledgement.
     pub queued: u64,
@@ -66,6 +68,7 @@ pub struct OutboxMetrics {
 /// One process: the agent itself, or a workload's main process.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ProcessMetrics {
     /// Since the process started.
     pub uptime_seconds: u64,
@@ -78,6 +81,7 @@ pub struct ProcessMetrics {
 /// The machine the agent runs on, read from `/proc` and `/sys`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HostMetrics {
     /// Changes at every boot (`/proc/sys/kernel/random/boot_id`).
     pub boot_id: String,
@@ -107,6 +111,7 @@ pub struct HostMetrics {
 
 /// Bytes through one network interface since boot.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct InterfaceMetrics {
     pub name: String,
     pub received_bytes: u64,
@@ -115,6 +120,7 @@ pub struct InterfaceMetrics {
 
 /// One thermal zone's reading.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Temperature {
     /// The zone's type as the kernel names it (`x86_pkg_temp`, `cpu-thermal`).
     pub sensor: String,
@@ -123,6 +129,7 @@ pub struct Temperature {
 
 /// One workload as the agent runs it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct WorkloadMetrics {
     pub service: ServiceName,
     pub replica: u32,
@@ -141,6 +148,7 @@ pub struct WorkloadMetrics {
 
 /// One periodic sample.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Telemetry {
     /// [`TELEMETRY_SCHEMA_VERSION`].
     pub schema_version: u32,

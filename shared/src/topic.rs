@@ -13,7 +13,7 @@
 //! | `{prefix}/events/{region}/{id}` | agent → controller and consumers (through the outbox) | 1 | no |
 //! | `{prefix}/agents/{id}/logs/request` | controller → agent | 1 | no |
 //! | `{prefix}/agents/{id}/logs/response` | agent → controller | 1 | no |
-//! | `{prefix}/agents/{id}/latency` | agent → controller | 0 | no |
+//! | `{prefix}/agents/{id}/latency` | agent → controller (through the outbox) | 1 | no |
 //! | `{prefix}/agents/{id}/probes` | controller → agent | 1 | yes |
 //! | `{prefix}/alarms/{region}/{alarm}/{entity}` | controller → consumers | 1 | yes, while raised |
 //! | `{prefix}/fleet/events/{region}` | controller → consumers | 1 | no |

@@ -39,6 +39,7 @@ pub const MAX_PATTERNS: usize = 64;
 
 /// The root role: `threshold` of `keys` must sign a bundle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RootRole {
     pub keys: Vec<PublicKey>,
     pub threshold: u32,
@@ -47,6 +48,7 @@ pub struct RootRole {
 /// A publisher key and the services it may publish. A pattern is a service
 /// name in which `*` stands for any run of characters (`web-*`, `*`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Publisher {
     pub name: String,
     pub key: PublicKey,
@@ -56,6 +58,7 @@ pub struct Publisher {
 /// The root-signed list of current keys. Agents move only to a higher
 /// `version` signed by a threshold of the keys they already trust.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TrustBundle {
     pub schema_version: u32,
     pub version: u64,
@@ -76,6 +79,7 @@ pub struct TrustBundle {
 /// What an artifact of a release is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum MediaType {
     /// The file is the executable.
     #[serde(rename = "application/vnd.verge.executable")]
@@ -88,6 +92,7 @@ pub enum MediaType {
 /// One artifact of a release: what the agent fetches and checks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ReleaseArtifact {
     pub sha256: Sha256Digest,
     pub size: u64,
@@ -96,6 +101,7 @@ pub struct ReleaseArtifact {
 
 /// A publisher-signed release of one service: the code and how to run it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Release {
     pub schema_version: u32,
     pub service: ServiceName,

@@ -1,6 +1,6 @@
 //! Optional system programs some tests need (Mosquitto, systemd-analyze,
-//! promtool, Chromium with its chromedriver, schemathesis): where to find them, and one
-//! rule for when they are missing.
+//! promtool, Chromium with its chromedriver, schemathesis, the AsyncAPI parser with
+//! Node.js): where to find them, and one rule for when they are missing.
 //!
 //! On a machine with only the Rust toolchain, a test that needs a missing
 //! program prints `SKIPPED: ...` to stderr and returns, so `cargo test
@@ -11,7 +11,8 @@
 //!
 //! A tool may be more than one program: `chromium` is the browser and the
 //! `chromedriver` that drives it ([`chromedriver_path`]), both from Debian,
-//! and counts as missing unless both are there.
+//! and counts as missing unless both are there; `asyncapi-parser` likewise
+//! needs `node` ([`node_path`]).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -35,6 +36,10 @@ pub enum Tool {
     /// schemathesis's `st`, which tests the API against its OpenAPI
     /// document (PyPI package `schemathesis`, in a virtualenv).
     Schemathesis,
+    /// The AsyncAPI Initiative's parser (npm package `@asyncapi/parser`,
+    /// installed under `target/asyncapi/`), run by Node.js with
+    /// `.ci/asyncapi-validate.cjs`; its path is the package's directory.
+    AsyncApiParser,
 }
 
 impl Tool {
@@ -46,6 +51,7 @@ impl Tool {
             Tool::Promtool => "promtool",
             Tool::Chromium => "chromium",
             Tool::Schemathesis => "schemathesis",
+            Tool::AsyncApiParser => "asyncapi-parser",
         }
     }
 
@@ -58,6 +64,7 @@ impl Tool {
             Tool::Promtool => "VERGE_PROMTOOL",
             Tool::Chromium => "VERGE_CHROMIUM",
             Tool::Schemathesis => "VERGE_SCHEMATHESIS",
+            Tool::AsyncApiParser => "VERGE_ASYNCAPI_PARSER",
         }
     }
 
@@ -70,6 +77,9 @@ impl Tool {
             Tool::Chromium => "apt-get install -y chromium chromium-driver",
             Tool::Schemathesis => {
                 "python3 -m venv target/ci-venv && target/ci-venv/bin/pip install schemathesis==4.32.5"
+            }
+            Tool::AsyncApiParser => {
+                "apt-get install -y nodejs npm && npm install --prefix target/asyncapi @asyncapi/parser@3.6.6"
             }
         }
     }
@@ -85,6 +95,10 @@ impl Tool {
                 "/usr/local/bin/st",
                 "/usr/bin/st",
             ],
+            Tool::AsyncApiParser => &[concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/asyncapi/node_modules/@asyncapi/parser"
+            )],
         }
     }
 
@@ -95,6 +109,9 @@ impl Tool {
         if self == Tool::Chromium && chromedriver_path().is_none() {
             return None;
         }
+        if self == Tool::AsyncApiParser && node_path().is_none() {
+            return None;
+        }
         find(self.path_var(), self.default_paths())
     }
 
@@ -103,6 +120,10 @@ impl Tool {
         match self {
             Tool::Chromium => format!(
                 "set {} and {CHROMEDRIVER_VAR} to their paths",
+                self.path_var()
+            ),
+            Tool::AsyncApiParser => format!(
+                "set {} to the package's directory and {NODE_VAR} to node",
                 self.path_var()
             ),
             _ => format!("set {} to its path", self.path_var()),
@@ -127,6 +148,16 @@ pub const CHROMEDRIVER_VAR: &str = "VERGE_CHROMEDRIVER";
 /// `missing(Tool::Chromium)`, which checks both programs.
 pub fn chromedriver_path() -> Option<PathBuf> {
     find(CHROMEDRIVER_VAR, &["/usr/bin/chromedriver"])
+}
+
+/// The variable that overrides where `node` (Node.js) is looked for.
+pub const NODE_VAR: &str = "VERGE_NODE";
+
+/// The path of `node` (Debian package `nodejs`), if it is installed: the
+/// path in [`NODE_VAR`] when that is set, else the usual install places.
+/// Part of [`Tool::AsyncApiParser`].
+pub fn node_path() -> Option<PathBuf> {
+    find(NODE_VAR, &["/usr/bin/node", "/usr/local/bin/node"])
 }
 
 /// The path in the variable `var` if it is set and exists, else the first

@@ -16,6 +16,7 @@
 
 mod accounts;
 mod alarms;
+mod asyncapi;
 mod audit;
 mod auth;
 mod body;
@@ -150,6 +151,8 @@ pub fn router(app: Arc<App>) -> Router {
     public
         .route("/healthz", get(healthz))
         .route("/api/v1/openapi.json", get(openapi_json))
+        .route("/api/v1/asyncapi.json", get(asyncapi::asyncapi_json))
+        .route("/api/v1/schemas/{file}", get(asyncapi::schema_json))
         .route("/api/v1/artifacts/{sha256}", get(download_artifact))
         .route("/api/v1/enroll", post(identity::enroll))
         .route("/api/v1/login", post(accounts::login))
@@ -172,7 +175,7 @@ pub fn router(app: Arc<App>) -> Router {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(
-        healthz, openapi_json, metrics::scrape,
+        healthz, openapi_json, metrics::scrape, asyncapi::asyncapi_json, asyncapi::schema_json,
         list_services, get_service, put_service, delete_service, logs::replica_logs,
         nodes::list_nodes, get_node, get_node_telemetry, events::list, logs::node_workload_logs,
         cordon_node, drain_node, uncordon_node, identity::revoke_node,

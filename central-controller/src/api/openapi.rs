@@ -35,12 +35,14 @@ pub const BEARER: &str = "bearer";
 pub const SESSION: &str = "console_session";
 
 /// Routes that need no token: the controller's health, this document,
-/// artifact downloads (a node's client certificate or an operator's token
+/// the MQTT surface's AsyncAPI document and JSON Schemas, artifact downloads (a node's client certificate or an operator's token
 /// over HTTPS; anyone over plain HTTP), sign-in, enrollment (the bootstrap
 /// token in the body) and renewal (signed by the node key).
-pub const PUBLIC: [(&str, &str); 6] = [
+pub const PUBLIC: [(&str, &str); 8] = [
     ("GET", "/healthz"),
     ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/asyncapi.json"),
+    ("GET", "/api/v1/schemas/{file}"),
     ("GET", "/api/v1/artifacts/{sha256}"),
     ("POST", "/api/v1/login"),
     ("POST", "/api/v1/enroll"),

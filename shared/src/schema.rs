@@ -1,6 +1,7 @@
 //! JSON Schemas (draft 2020-12) of every payload a consumer can see on
 //! MQTT, generated from the wire types (with the `schema` feature):
-//! `docs/schemas/<name>.json` is [`schemas`]'s output, and
+//! `docs/schemas/<name>.json` is [`schemas`]'s output (the controller's
+//! `api::asyncapi_tests` fails when the copies drift), and
 //! [`crate::asyncapi`] puts them into the AsyncAPI document.
 //!
 //! The structs and enums derive `schemars::JsonSchema` where they are
@@ -13,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -578,7 +580,7 @@ impl Examples {
             },
             public_key: node.public_key(),
             version: "0.1.0".into(),
-            probe_addr: Some(std::net::SocketAddr::from(([192, 0, 2, 10], 7790))),
+            probe_addr: Some(SocketAddr::from(([192, 0, 2, 10], 7790))),
             limits: Some(LimitMechanism::CgroupV2),
         };
         let exit = ExitInfo {
@@ -638,7 +640,7 @@ impl Examples {
             interval_secs: 60,
             targets: vec![ProbeTarget {
                 agent: agent("edge-2"),
-                addr: std::net::SocketAddr::from(([192, 0, 2, 11], 7790)),
+                addr: SocketAddr::from(([192, 0, 2, 11], 7790)),
             }],
         };
         let latency_report = LatencyReport {

@@ -478,6 +478,8 @@ async fn download_artifact(
 #[cfg(test)]
 mod access_tests;
 #[cfg(test)]
+mod asyncapi_tests;
+#[cfg(test)]
 mod openapi_tests;
 #[cfg(test)]
 mod tests;

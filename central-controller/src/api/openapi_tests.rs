@@ -171,38 +171,3 @@ async fn the_document_is_served_without_a_token() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(String::from_utf8_lossy(&body), openapi_text());
 }
-
-#[tokio::test]
-async fn the_asyncapi_document_and_the_schemas_are_served_without_a_token() {
-    let mem = memory_fixture();
-    let router = api(&mem.fx);
-    let anonymous = |uri: &str| {
-        let mut r = request(Method::GET, uri, Body::empty());
-        r.headers_mut().remove(header::AUTHORIZATION);
-        r
-    };
-    let (status, body) = send(&router, anonymous("/api/v1/asyncapi.json")).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        String::from_utf8_lossy(&body),
-        verge_shared::asyncapi::text()
-    );
-    for (name, schema) in verge_shared::schema::schemas() {
-        let uri = format!("/api/v1/schemas/{name}.json");
-        let (status, body) = send(&router, anonymous(&uri)).await;
-        assert_eq!(status, StatusCode::OK, "{uri}");
-        assert_eq!(
-            String::from_utf8_lossy(&body),
-            verge_shared::schema::render(&schema),
-            "{uri}"
-        );
-    }
-    for unknown in ["/api/v1/schemas/nothing.json", "/api/v1/schemas/status"] {
-        let (status, body) = send(&router, anonymous(unknown)).await;
-        assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}");
-        let error: Value = serde_json::from_slice(&body).expect("the error body");
-        assert_eq!(error["error"]["code"], "not_found", "{error}");
-        let message = error["error"]["message"].as_str().expect("a message");
-        assert!(message.contains("status.json"), "{message}");
-    }
-}

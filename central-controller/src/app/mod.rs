@@ -33,7 +33,8 @@
 //! `node_list.rs`, `views.rs`, `accounts.rs` (users, API tokens, sign-in,
 //! authentication), `audit.rs` (the audit log), `monitoring.rs` (what
 //! `GET /metrics` shows), `watch.rs` (changes to the watch stream),
-//! `console.rs` (console sign-in and sessions) and `telemetry_ingest.rs`
+//! `console.rs` (console sign-in and sessions), `consumers.rs` (read-only
+//! consumer identities and the broker's access files) and `telemetry_ingest.rs`
 //! (agents' telemetry into its part, and a node's history read back).
 //! They import `App` from `composition.rs` and what else they
 //! need from the file that defines it, never from this file, which only
@@ -97,6 +98,7 @@ mod accounts;
 mod audit;
 mod catalog;
 mod console;
+mod consumers;
 mod enroll;
 mod events_ingest;
 mod ingest;
@@ -120,6 +122,9 @@ pub use changes::{ChangeKind, Recorded, WatchFilter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use composition::App;
 pub use console::{CONSOLE_TOKEN_NAME, Credentials, SESSION_TTL, Session};
+pub use consumers::{
+    ACL_TEMPLATE, ConsumerRequest, ConsumerView, CredentialKind, access_list, password_file,
+};
 pub use enroll::{TokenRequest, TokenView};
 pub use error::{AppError, InstallError, UploadError};
 pub use events::EventRecord;

@@ -12,8 +12,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use verge_shared::{AgentId, ServiceName, Sha256Digest};
 
 use super::records::{
-    ApiTokenRecord, ArtifactRecord, AuditRecord, DesiredRecord, Durability, IdentityRecord,
-    NodeRecord, ReleaseRecord, ServiceRecord, Store, StoreError, TokenRecord, UserRecord,
+    ApiTokenRecord, ArtifactRecord, AuditRecord, ConsumerRecord, DesiredRecord, Durability,
+    IdentityRecord, NodeRecord, ReleaseRecord, ServiceRecord, Store, StoreError, TokenRecord,
+    UserRecord,
 };
 
 /// A panic in another test thread must not poison every later read.
@@ -30,6 +31,7 @@ struct Tables {
     desired: BTreeMap<AgentId, DesiredRecord>,
     tokens: BTreeMap<String, TokenRecord>,
     identities: BTreeMap<AgentId, IdentityRecord>,
+    consumers: BTreeMap<String, ConsumerRecord>,
     users: BTreeMap<String, UserRecord>,
     api_tokens: BTreeMap<String, ApiTokenRecord>,
     audit: BTreeMap<u64, AuditRecord>,
@@ -53,7 +55,7 @@ impl MemoryStore {
 
     /// From now on writes to the named trees (`"services"`, `"nodes"`,
     /// `"artifacts"`, `"releases"`, `"desired"`, `"tokens"`, `"identities"`,
-    /// `"users"`, `"api_tokens"`, `"audit"`, or `"*"` for every tree) fail with [`StoreError::Refused`] and change
+    /// `"consumers"`, `"users"`, `"api_tokens"`, `"audit"`, or `"*"` for every tree) fail with [`StoreError::Refused`] and change
     /// nothing; `&[]` accepts every write again. Reads keep working.
     pub fn refuse_writes_to(&self, trees: &[&'static str]) {
         *lock(&self.refused) = trees.to_vec();
@@ -175,6 +177,16 @@ impl Store for MemoryStore {
     fn put_identity(&self, record: &IdentityRecord) -> Result<(), StoreError> {
         self.write("identities", |t| {
             t.identities.insert(record.agent.clone(), record.clone());
+        })
+    }
+
+    fn consumers(&self) -> Result<Vec<ConsumerRecord>, StoreError> {
+        Ok(lock(&self.tables).consumers.values().cloned().collect())
+    }
+
+    fn put_consumer(&self, record: &ConsumerRecord) -> Result<(), StoreError> {
+        self.write("consumers", |t| {
+            t.consumers.insert(record.name.clone(), record.clone());
         })
     }
 

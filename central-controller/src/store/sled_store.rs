@@ -19,6 +19,7 @@ pub struct SledStore {
     desired: sled::Tree,
     tokens: sled::Tree,
     identities: sled::Tree,
+    consumers: sled::Tree,
     users: sled::Tree,
     api_tokens: sled::Tree,
     audit: sled::Tree,
@@ -35,6 +36,7 @@ impl SledStore {
             desired: db.open_tree("desired")?,
             tokens: db.open_tree("tokens")?,
             identities: db.open_tree("identities")?,
+            consumers: db.open_tree("consumers")?,
             users: db.open_tree("users")?,
             api_tokens: db.open_tree("api_tokens")?,
             audit: db.open_tree("audit")?,
@@ -59,6 +61,7 @@ fn tree_name(tree: &sled::Tree) -> &'static str {
         b"desired" => "desired",
         b"tokens" => "tokens",
         b"identities" => "identities",
+        b"consumers" => "consumers",
         b"users" => "users",
         b"api_tokens" => "api_tokens",
         b"audit" => "audit",
@@ -284,6 +287,15 @@ impl Store for SledStore {
 
     fn put_identity(&self, record: &IdentityRecord) -> Result<(), StoreError> {
         put(&self.identities, record.agent.as_str(), record)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn consumers(&self) -> Result<Vec<ConsumerRecord>, StoreError> {
+        all(&self.consumers)
+    }
+
+    fn put_consumer(&self, record: &ConsumerRecord) -> Result<(), StoreError> {
+        put(&self.consumers, &record.name, record)?;
         self.flush(Durability::Flush)
     }
 }

@@ -225,9 +225,10 @@ fn put_string(out: &mut Vec<u8>, s: &str) -> Option<()> {
 /// The state of one consumer connection's guard.
 #[derive(Debug)]
 pub struct Guard {
-    /// `consumer+<name>`: prefixes the client id, so that a consumer can
-    /// never take over an agent's or the controller's session.
-    user: String,
+    /// `consumer:<name>`: prefixes the client id, so that a consumer can
+    /// never take over an agent's or the controller's session (`:` is in
+    /// no agent id; rumqttd refuses `+` in client ids).
+    client_prefix: String,
     readable: Vec<String>,
     connected: bool,
     /// For each SUBSCRIBE forwarded and not yet acknowledged: for each of
@@ -236,9 +237,9 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub fn new(user: String, readable: Vec<String>) -> Self {
+    pub fn new(client_prefix: String, readable: Vec<String>) -> Self {
         Self {
-            user,
+            client_prefix,
             readable,
             connected: false,
             pending: HashMap::new(),
@@ -317,13 +318,13 @@ impl Guard {
             // Will QoS or retain without a Will.
             return Verdict::Close(Refusal::Malformed);
         }
-        let mut out = Vec::with_capacity(body.len() + self.user.len() + 1);
+        let mut out = Vec::with_capacity(body.len() + self.client_prefix.len() + 1);
         let rewritten = (|| {
             put_string(&mut out, name)?;
             out.push(level);
             out.push(flags);
             out.extend_from_slice(&keep_alive.to_be_bytes());
-            put_string(&mut out, &format!("{}:{client_id}", self.user))?;
+            put_string(&mut out, &format!("{}:{client_id}", self.client_prefix))?;
             out.extend_from_slice(c.rest());
             Some(())
         })();
@@ -472,7 +473,7 @@ mod tests {
 
     fn connected(regions: &[&str]) -> Guard {
         let regions: Vec<String> = regions.iter().map(|r| (*r).to_owned()).collect();
-        let mut g = Guard::new("consumer+x".into(), readable_filters(P, &regions));
+        let mut g = Guard::new("consumer:x".into(), readable_filters(P, &regions));
         assert!(matches!(
             g.client_packet(&connect(0x02, "dash")),
             Verdict::Replace(_)
@@ -552,7 +553,7 @@ mod tests {
 
     #[test]
     fn publishing_and_wills_close_the_connection() {
-        let mut g = Guard::new("consumer+x".into(), readable_filters(P, &[]));
+        let mut g = Guard::new("consumer:x".into(), readable_filters(P, &[]));
         // Nothing before CONNECT.
         assert_eq!(
             g.client_packet(&packet(0xc0, &[])),
@@ -566,7 +567,7 @@ mod tests {
             panic!("accepted")
         };
         // The client id can never be an agent's.
-        assert!(c.windows(17).any(|w| w == b"consumer+x:edge-1"));
+        assert!(c.windows(17).any(|w| w == b"consumer:x:edge-1"));
         let mut publish = Vec::new();
         put_string(&mut publish, "verge/v1/agents/edge-1/presence").expect("short");
         publish.extend_from_slice(b"{}");
@@ -603,7 +604,7 @@ mod tests {
         #[test]
         fn no_input_panics_or_lets_a_publish_through(bytes in proptest::collection::vec(any::<u8>(), 0..300),
                                                      regions in proptest::collection::vec("[a-z]{1,3}", 0..3)) {
-            let mut g = Guard::new("consumer+x".into(), readable_filters(P, &regions));
+            let mut g = Guard::new("consumer:x".into(), readable_filters(P, &regions));
             let _ = g.client_packet(&connect(0x02, "x"));
             let mut buf = bytes.as_slice();
             while let Ok(Some(n)) = frame(buf, 1000) {
@@ -629,7 +630,7 @@ mod tests {
                         Just("agents".to_owned()), Just("desired".to_owned()), Just("telemetry".to_owned()),
                         Just("alarms".to_owned()), Just("eu".to_owned()), Just("_fleet".to_owned())], 1..7)) {
             let filter = levels.join("/");
-            let g = Guard::new("consumer+x".into(), readable_filters(P, &["eu".to_owned()]));
+            let g = Guard::new("consumer:x".into(), readable_filters(P, &["eu".to_owned()]));
             let readable = readable_filters(P, &["eu".to_owned()]);
             for narrowed in g.narrow(&filter) {
                 prop_assert!(valid_filter(&narrowed));

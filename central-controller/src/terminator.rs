@@ -107,7 +107,7 @@ async fn relay(
     };
     debug!(%peer, agent = %identity.common_name, "Relaying a broker connection.");
     let dropped = if let Some(scope) = consumer {
-        let guard = guard_for(&identity.common_name, &scope, app);
+        let guard = guard_for(&scope, app);
         let guarded = guarded_relay(&mut tls, &mut inner, guard);
         tokio::pin!(guarded);
         loop {
@@ -160,10 +160,10 @@ async fn relay(
     }
 }
 
-fn guard_for(user: &str, scope: &ConsumerScope, app: &App) -> Guard {
+fn guard_for(scope: &ConsumerScope, app: &App) -> Guard {
     let prefix = app.settings().topics.prefix().to_owned();
     Guard::new(
-        user.to_owned(),
+        format!("consumer:{}", scope.name),
         consumer_guard::readable_filters(&prefix, &scope.regions),
     )
 }

@@ -845,6 +845,82 @@ async fn a_consumer_publishes_nothing_and_reads_only_its_regions() {
     );
 }
 
+/// A password consumer: Mosquitto reads the controller's password file
+/// (`$7$` hashes) and access list on a listener without client
+/// certificates, as the commented second listener of `verge.conf` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_consumer_logs_in_with_the_controllers_password_file() {
+    use central_controller::store::{ConsumerCredential, ConsumerRecord};
+    if missing(Tool::Mosquitto) {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("verge-passwd-")
+        .tempdir()
+        .expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let record = ConsumerRecord {
+        name: "script".into(),
+        regions: Vec::new(),
+        credential: Some(ConsumerCredential::Password {
+            hash: central_controller::app::mosquitto_hash("s3cret-from-the-api").expect("hash"),
+        }),
+        created_at: verge_shared::Timestamp::now(),
+        revoked_serials: Vec::new(),
+    };
+    let records = [record];
+    write_readable(
+        &dir.path().join("mosquitto.passwd"),
+        &central_controller::app::password_file(&records),
+    );
+    write_readable(
+        &dir.path().join("verge.acl"),
+        &central_controller::app::access_list(DEFAULT_PREFIX, &records),
+    );
+    let port = free_port();
+    let conf = dir.path().join("verge.conf");
+    write_readable(
+        &conf,
+        &format!(
+            "per_listener_settings false\nlistener {port} 127.0.0.1\nuse_username_as_clientid true\n\
+             allow_anonymous false\npassword_file {d}/mosquitto.passwd\nacl_file {d}/verge.acl\n\
+             persistence false\nlog_dest stderr\n",
+            d = dir.path().display()
+        ),
+    );
+    let _mosquitto = Mosquitto::start(&conf, &dir.path().join("mosquitto.log"), port)
+        .await
+        .expect("mosquitto starts");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let login = |password: &str| {
+        let mut options = TestClient::options(addr, "script");
+        options.set_credentials("consumer+script", password);
+        options
+    };
+    let mut reader = TestClient::connect_with(login("s3cret-from-the-api"))
+        .await
+        .expect("the password from the API logs in");
+    reader
+        .subscribe_acked(&format!("{DEFAULT_PREFIX}/#"))
+        .await
+        .expect("SUBACK");
+    assert!(
+        TestClient::connect_with(login("wrong")).await.is_err(),
+        "a wrong password logs in"
+    );
+    // It publishes nothing, not even where it reads.
+    let telemetry = format!("{DEFAULT_PREFIX}/telemetry/{REGION}/edge-a");
+    reader
+        .publish(&telemetry, b"forged".to_vec())
+        .await
+        .expect("publish");
+    wait_pubacks(&reader, "the consumer", 1).await;
+    assert!(
+        reader.next(Duration::from_secs(2)).await.is_err(),
+        "its own forgery came back"
+    );
+}
+
 #[test]
 fn the_acl_covers_every_channel() {
     let acl = shipped("verge.acl");

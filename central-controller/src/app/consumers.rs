@@ -120,7 +120,7 @@ fn view(record: &ConsumerRecord) -> Option<ConsumerView> {
 
 /// Mosquitto's `$7$` hash (PBKDF2-HMAC-SHA512, 12-byte salt, 64-byte
 /// digest, standard base64), as `mosquitto_passwd` writes it.
-fn mosquitto_hash(password: &str) -> Result<String, AppError> {
+pub fn mosquitto_hash(password: &str) -> Result<String, AppError> {
     use ring::rand::SecureRandom as _;
     let mut salt = [0u8; 12];
     ring::rand::SystemRandom::new()

@@ -123,7 +123,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use composition::App;
 pub use console::{CONSOLE_TOKEN_NAME, Credentials, SESSION_TTL, Session};
 pub use consumers::{
-    ACL_TEMPLATE, ConsumerRequest, ConsumerView, CredentialKind, access_list, password_file,
+    ACL_TEMPLATE, ConsumerRequest, ConsumerView, CredentialKind, access_list, mosquitto_hash,
+    password_file,
 };
 pub use enroll::{TokenRequest, TokenView};
 pub use error::{AppError, InstallError, UploadError};

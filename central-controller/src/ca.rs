@@ -20,6 +20,15 @@ use verge_shared::{AgentId, Timestamp};
 
 /// The common name of the controller's own client certificate.
 pub const CONTROLLER_CN: &str = "controller";
+/// A consumer's certificate common name (and broker user name) is this
+/// followed by its name. `+` is in no agent id, and Mosquitto applies no
+/// `pattern` line to a user name that holds it (docs/consumers.md).
+pub const CONSUMER_PREFIX: &str = "consumer+";
+/// The SAN URI scheme that carries a consumer's name and regions:
+/// `verge:consumer:<name>;regions=*` or `;regions=eu-west,us-east`.
+const CONSUMER_URI: &str = "verge:consumer:";
+/// How long a consumer certificate is valid.
+pub const CONSUMER_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 
 /// How long the CA, server and controller certificates are valid (ten
 /// years for the CA, one year for the others; both are re-issued at start).
@@ -398,6 +407,70 @@ impl Ca {
         })
     }
 
+    /// A read-only consumer's client certificate: CN
+    /// `consumer+<name>`, its regions in a SAN URI (`*` for all). Over the
+    /// key in `csr_pem` when given (its names are ignored), else over a key
+    /// made here, returned PEM with the certificate.
+    pub fn issue_consumer(
+        &self,
+        name: &str,
+        regions: &[String],
+        csr_pem: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(Issued, Option<String>), CaError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = self::name(&format!("{CONSUMER_PREFIX}{name}"));
+        let scope = if regions.is_empty() {
+            "*".to_owned()
+        } else {
+            regions.join(",")
+        };
+        let uri = format!("{CONSUMER_URI}{name};regions={scope}");
+        params.subject_alt_names = vec![SanType::URI(
+            uri.as_str()
+                .try_into()
+                .map_err(|e: rcgen::Error| CaError::Csr(e.to_string()))?,
+        )];
+        let serial = random_serial()?;
+        let serial_hex = hex::encode(serial.to_bytes());
+        params.serial_number = Some(serial);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let not_after = validity(&mut params, now, CONSUMER_VALIDITY);
+        let (pem, key_pem) = match csr_pem {
+            Some(csr_pem) => {
+                if csr_pem.len() > verge_shared::enroll::MAX_CSR_PEM_BYTES {
+                    return Err(CaError::Csr(format!(
+                        "it is {} bytes, over the limit of {}",
+                        csr_pem.len(),
+                        verge_shared::enroll::MAX_CSR_PEM_BYTES
+                    )));
+                }
+                let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+                    .map_err(|e| CaError::Csr(e.to_string()))?;
+                let request = CertificateSigningRequestParams {
+                    params,
+                    public_key: csr.public_key,
+                };
+                (request.signed_by(&self.issuer)?.pem(), None)
+            }
+            None => {
+                let key = KeyPair::generate()?;
+                let cert = params.signed_by(&key, &self.issuer)?;
+                (cert.pem(), Some(key.serialize_pem()))
+            }
+        };
+        Ok((
+            Issued {
+                serial: serial_hex,
+                not_after,
+                pem,
+            },
+            key_pem,
+        ))
+    }
+
     /// Writes `<dir>/crl.pem` listing `revoked` (for Mosquitto's `crlfile`).
     pub fn write_crl(&self, revoked: &[RevokedSerial], now: Timestamp) -> Result<(), CaError> {
         let pem = self.crl_pem(revoked, now)?;
@@ -463,6 +536,67 @@ pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, String> {
     })
 }
 
+/// What a consumer certificate allows: read-only, in these regions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerScope {
+    pub name: String,
+    /// Empty for every region.
+    pub regions: Vec<String>,
+}
+
+/// Whether the verified certificate `der` is a consumer's: `Ok(None)` for
+/// an agent or the controller, `Ok(Some)` with its scope for a consumer,
+/// and an error for a consumer name without a readable scope (refused,
+/// never taken as unlimited).
+pub fn consumer_scope(der: &[u8]) -> Result<Option<ConsumerScope>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    let Some(name) = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .and_then(|cn| cn.strip_prefix(CONSUMER_PREFIX))
+    else {
+        return Ok(None);
+    };
+    let uris = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let scope = uris
+        .iter()
+        .find_map(|uri| uri.strip_prefix(CONSUMER_URI))
+        .and_then(|rest| rest.split_once(";regions="))
+        .filter(|(named, _)| *named == name)
+        .map(|(_, regions)| regions)
+        .ok_or_else(|| format!("the consumer certificate of {name:?} names no regions"))?;
+    let regions = match scope {
+        "*" => Vec::new(),
+        list => list.split(',').map(str::to_owned).collect(),
+    };
+    if regions.iter().any(|r| r.is_empty() || r == "*") {
+        return Err(format!(
+            "the consumer certificate of {name:?} has a malformed region list"
+        ));
+    }
+    Ok(Some(ConsumerScope {
+        name: name.to_owned(),
+        regions,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,6 +652,58 @@ mod tests {
             ca.issue_client("not a csr", &agent, Duration::from_secs(60), now),
             Err(CaError::Csr(_))
         ));
+    }
+
+    #[test]
+    fn consumer_certificates_carry_their_scope_and_no_agent_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::load_or_create(dir.path()).expect("create");
+        let now = Timestamp::now();
+        let regions = ["eu-west".to_owned(), "us-east".to_owned()];
+        let (issued, key) = ca
+            .issue_consumer("grafana", &regions, None, now)
+            .expect("issue");
+        assert!(key.is_some(), "the key is made here without a CSR");
+        let der: rustls_pki_types::CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(issued.pem.as_bytes()).expect("pem");
+        crate::tls::verify_with_ca(ca.ca_pem(), &der).expect("chains to the CA");
+        let peer = peer_identity(&der).expect("parse");
+        assert_eq!(peer.common_name, "consumer+grafana");
+        assert!(AgentId::new(peer.common_name.as_str()).is_err());
+        assert_eq!(
+            consumer_scope(&der).expect("scope"),
+            Some(ConsumerScope {
+                name: "grafana".into(),
+                regions: regions.to_vec(),
+            })
+        );
+        // Every region, over a CSR's key (no key returned).
+        let (all, key) = ca
+            .issue_consumer("telegraf", &[], Some(&csr("edge-1")), now)
+            .expect("issue");
+        assert!(key.is_none());
+        let der: rustls_pki_types::CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(all.pem.as_bytes()).expect("pem");
+        assert_eq!(
+            peer_identity(&der).expect("parse").common_name,
+            "consumer+telegraf"
+        );
+        assert_eq!(
+            consumer_scope(&der).expect("scope").map(|s| s.regions),
+            Some(Vec::new())
+        );
+        // An agent's certificate is not a consumer's.
+        let agent = ca
+            .issue_client(
+                &csr("x"),
+                &AgentId::new("edge-1").expect("id"),
+                Duration::from_secs(60),
+                now,
+            )
+            .expect("issue");
+        let der: rustls_pki_types::CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(agent.pem.as_bytes()).expect("pem");
+        assert_eq!(consumer_scope(&der).expect("scope"), None);
     }
 
     #[test]

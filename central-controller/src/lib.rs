@@ -16,6 +16,7 @@ pub mod broker;
 pub mod broker_client;
 pub mod ca;
 pub mod config;
+pub mod consumer_guard;
 pub mod keys;
 pub mod latency;
 pub mod mqtt;

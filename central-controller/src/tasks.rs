@@ -64,6 +64,7 @@ pub(crate) fn spawn_all(inputs: TaskInputs, cancel: &CancellationToken) -> TaskT
             front.config,
             front.upstream,
             front.revocations,
+            Arc::clone(&inputs.app),
             cancel.clone(),
         ));
     }

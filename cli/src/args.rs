@@ -17,7 +17,7 @@ fn duration(text: &str) -> Result<Duration, String> {
 #[command(
     name = "verge",
     version,
-    about = "Operate a Verge controller: nodes, services, releases, logs, tokens, users, audit",
+    about = "Operate a Verge controller: nodes, services, releases, logs, tokens, consumers, users, audit",
     long_about = "Operate a Verge controller through its HTTP API.\n\n\
         `verge login` stores a named context (address, CA file, token) in \
         $XDG_CONFIG_HOME/verge/config.toml (mode 0600); VERGE_ADDR, VERGE_TOKEN and \
@@ -60,6 +60,9 @@ pub enum Command {
     /// Bootstrap tokens for enrolling nodes.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Read-only consumer identities for the broker (admin).
+    #[command(subcommand)]
+    Consumer(ConsumerCommand),
     /// API tokens for people and scripts.
     #[command(subcommand, name = "api-token")]
     ApiToken(ApiTokenCommand),
@@ -256,6 +259,30 @@ pub enum TokenCommand {
     Ls,
     /// Revoke a bootstrap token by id.
     Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConsumerCommand {
+    /// Issue a read-only consumer identity: a client certificate (written
+    /// to NAME.pem, NAME.key and ca.pem) or, with --password, a password
+    /// for an external broker, printed once (stdout).
+    Create {
+        /// Its name (letters, digits, -, _, .); the broker user is consumer+NAME.
+        name: String,
+        /// A region it may read (repeat the option); none: every region.
+        #[arg(long = "region")]
+        regions: Vec<String>,
+        /// A user name and password instead of a certificate.
+        #[arg(long)]
+        password: bool,
+        /// Where the certificate files go.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
+    /// List consumers (never their secrets).
+    Ls,
+    /// Delete a consumer: its certificate is revoked, its password removed.
+    Rm { name: String },
 }
 
 /// Account roles.

@@ -11,6 +11,7 @@ mod alarms;
 mod args;
 mod client;
 mod config;
+mod consumers;
 mod failure;
 mod logs;
 mod nodes;
@@ -60,6 +61,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Release(command) => releases::run(&connect()?, command, format).await,
         Command::Logs(args) => logs::run(&connect()?, args, format).await,
         Command::Token(command) => accounts::token(&connect()?, command, format).await,
+        Command::Consumer(command) => consumers::run(&connect()?, command, format).await,
         Command::ApiToken(command) => accounts::api_token(&connect()?, command, format).await,
         Command::User(command) => accounts::user(&connect()?, command, format).await,
         Command::Audit(args) => accounts::audit(&connect()?, args, format).await,

@@ -7,7 +7,10 @@
 //! session through its client id, or connect without a certificate from the
 //! Verge CA or with a revoked one. Every refusal is paired with the same
 //! action on the agent's own topics, or by another identity, which must get
-//! through.
+//! through. Read-only consumers (`consumer+<name>`, with the `user` blocks
+//! the controller adds to the shipped file) read presence, telemetry and
+//! events (a region-limited one only its region's) and can publish nothing
+//! anywhere, a Last Will included.
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -117,6 +120,30 @@ fn revocation_list(ca: &CertifiedIssuer<'static, KeyPair>, revoked: &[&Identity]
     params.signed_by(ca).expect("CRL").pem().expect("PEM")
 }
 
+/// The shipped ACL as the controller writes it with two consumers:
+/// `reader` (every region) and `limited` (region `elsewhere` only).
+fn with_consumers() -> String {
+    use central_controller::store::{ConsumerCredential, ConsumerRecord};
+    let consumer = |name: &str, regions: &[&str]| ConsumerRecord {
+        name: name.to_owned(),
+        regions: regions
+            .iter()
+            .map(|r| RegionId::new(*r).expect("region"))
+            .collect(),
+        credential: Some(ConsumerCredential::Password {
+            hash: String::new(),
+        }),
+        created_at: verge_shared::Timestamp::now(),
+        revoked_serials: Vec::new(),
+    };
+    let acl = central_controller::app::access_list(
+        DEFAULT_PREFIX,
+        &[consumer("reader", &[]), consumer("limited", &["elsewhere"])],
+    );
+    assert!(acl.starts_with(&shipped("verge.acl")));
+    acl
+}
+
 /// Writes `contents` readable by the `mosquitto` user, which the broker
 /// switches to when started as root.
 fn write_readable(path: &Path, contents: &str) {
@@ -130,6 +157,8 @@ struct Broker {
     ca: String,
     controller: Identity,
     consumer: Identity,
+    /// `consumer+limited`, limited to another region than the agents'.
+    limited: Identity,
     edge_a: Identity,
     edge_b: Identity,
     /// Common Name "edge-b", issued by a CA the broker does not know.
@@ -174,7 +203,7 @@ impl Broker {
         write_readable(&dir.path().join("ca.crt"), &verge_ca.pem());
         write_readable(&dir.path().join("server.crt"), &server.cert);
         write_readable(&dir.path().join("server.key"), &server.key);
-        write_readable(&dir.path().join("verge.acl"), &shipped("verge.acl"));
+        write_readable(&dir.path().join("verge.acl"), &with_consumers());
         let mut conf = shipped("verge.conf");
         if crl {
             write_readable(&dir.path().join("ca.crl"), &revocation_list(&verge_ca, &[]));
@@ -204,7 +233,8 @@ impl Broker {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             ca: verge_ca.pem(),
             controller: issue(&verge_ca, "controller", false),
-            consumer: issue(&verge_ca, "consumer", false),
+            consumer: issue(&verge_ca, "consumer+reader", false),
+            limited: issue(&verge_ca, "consumer+limited", false),
             edge_a: issue(&verge_ca, "edge-a", false),
             edge_b: issue(&verge_ca, "edge-b", false),
             foreign_edge_b: issue(&other_ca, "edge-b", false),
@@ -712,6 +742,183 @@ async fn a_revoked_certificate_is_refused_after_a_reload() {
         "{again:#}"
     );
     broker.connect(&broker.edge_b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_publishes_nothing_and_reads_only_its_regions() {
+    if missing(Tool::Mosquitto) {
+        return;
+    }
+    let broker = Broker::start().await;
+    let a = &broker.a;
+    let mut reader = broker.connect(&broker.consumer).await;
+    reader.subscribe_acked("#").await.expect("SUBACK");
+    let mut limited = broker.connect(&broker.limited).await;
+    limited.subscribe_acked("#").await.expect("SUBACK");
+    let mut controller = broker.connect(&broker.controller).await;
+    for filter in ["verge/v1/#", "verge/v1/agents/+/status"] {
+        controller.subscribe_acked(filter).await.expect("SUBACK");
+    }
+    // The consumer forges on every topic it could hope to reach, its own
+    // reads included, then a marker goes out from edge-a.
+    let prefix = broker.topics.prefix();
+    let forged = [
+        broker.agent(a, Channel::Presence),
+        broker.agent(a, Channel::Status),
+        broker.agent(a, Channel::Desired),
+        broker.telemetry(a),
+        broker.events(a),
+        format!("{prefix}/alarms/{REGION}/node_offline/node=edge-a"),
+        format!("{prefix}/fleet/events/{REGION}"),
+        format!("{prefix}/telemetry/{REGION}/consumer"),
+        format!("{prefix}/agents/consumer/presence"),
+    ];
+    for topic in &forged {
+        reader
+            .publish(topic, b"forged".to_vec())
+            .await
+            .expect("publish");
+    }
+    wait_pubacks(&reader, "the consumer", forged.len()).await;
+    let agent_a = broker.connect(&broker.edge_a).await;
+    let marker = broker.events(a);
+    agent_a
+        .publish(&broker.telemetry(a), b"own".to_vec())
+        .await
+        .expect("publish");
+    agent_a
+        .publish(&marker, b"marker".to_vec())
+        .await
+        .expect("publish");
+    wait_pubacks(&agent_a, "edge-a", 2).await;
+    for (who, client) in [("controller", &mut controller), ("consumer", &mut reader)] {
+        let seen = until_marker(client, &marker, b"marker").await;
+        assert!(
+            seen.iter().all(|m| m.payload != b"forged"),
+            "the {who} got a consumer's forgery: {seen:?}"
+        );
+        assert!(
+            seen.iter().any(|m| m.payload == b"own"),
+            "the {who} got edge-a's telemetry"
+        );
+    }
+    // The limited consumer (region `elsewhere`) gets nothing of edge-a's
+    // region: the first thing it sees is telemetry from its own region.
+    let elsewhere = format!("{prefix}/telemetry/elsewhere/edge-b");
+    let agent_b = broker.connect(&broker.edge_b).await;
+    agent_b
+        .publish(&elsewhere, b"elsewhere".to_vec())
+        .await
+        .expect("publish");
+    let seen = until_marker(&mut limited, &elsewhere, b"elsewhere").await;
+    assert_eq!(seen.len(), 1, "only its region: {seen:?}");
+    // A Last Will is a publish too: Mosquitto 2.0 takes the CONNECT but
+    // drops the Will when it fires. edge-a's own Will is the control; its
+    // connection starts after the consumer's has closed.
+    let presence_a = broker.agent(a, Channel::Presence);
+    let mut options = broker.options(Some(&broker.consumer));
+    options.set_last_will(LastWill::new(
+        &presence_a,
+        "forged",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    match TestClient::connect_with(options).await {
+        Ok(client) => client.drop_connection().await,
+        Err(e) => eprintln!("the broker refused the consumer's Last Will at CONNECT: {e}"),
+    }
+    let mut options = broker.options(Some(&broker.edge_a));
+    options.set_last_will(LastWill::new(
+        &presence_a,
+        "offline",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let client = TestClient::connect_with(options)
+        .await
+        .expect("edge-a connects");
+    client.drop_connection().await;
+    let seen = until_marker(&mut controller, &presence_a, b"offline").await;
+    assert!(
+        seen.iter().all(|m| m.payload != b"forged"),
+        "the consumer's Last Will was delivered: {seen:?}"
+    );
+}
+
+/// A password consumer: Mosquitto reads the controller's password file
+/// (`$7$` hashes) and access list on a listener without client
+/// certificates, as the commented second listener of `verge.conf` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_consumer_logs_in_with_the_controllers_password_file() {
+    use central_controller::store::{ConsumerCredential, ConsumerRecord};
+    if missing(Tool::Mosquitto) {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("verge-passwd-")
+        .tempdir()
+        .expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let record = ConsumerRecord {
+        name: "script".into(),
+        regions: Vec::new(),
+        credential: Some(ConsumerCredential::Password {
+            hash: central_controller::app::mosquitto_hash("s3cret-from-the-api").expect("hash"),
+        }),
+        created_at: verge_shared::Timestamp::now(),
+        revoked_serials: Vec::new(),
+    };
+    let records = [record];
+    write_readable(
+        &dir.path().join("mosquitto.passwd"),
+        &central_controller::app::password_file(&records),
+    );
+    write_readable(
+        &dir.path().join("verge.acl"),
+        &central_controller::app::access_list(DEFAULT_PREFIX, &records),
+    );
+    let port = free_port();
+    let conf = dir.path().join("verge.conf");
+    write_readable(
+        &conf,
+        &format!(
+            "per_listener_settings false\nlistener {port} 127.0.0.1\nuse_username_as_clientid true\n\
+             allow_anonymous false\npassword_file {d}/mosquitto.passwd\nacl_file {d}/verge.acl\n\
+             persistence false\nlog_dest stderr\n",
+            d = dir.path().display()
+        ),
+    );
+    let _mosquitto = Mosquitto::start(&conf, &dir.path().join("mosquitto.log"), port)
+        .await
+        .expect("mosquitto starts");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let login = |password: &str| {
+        let mut options = TestClient::options(addr, "script");
+        options.set_credentials("consumer+script", password);
+        options
+    };
+    let mut reader = TestClient::connect_with(login("s3cret-from-the-api"))
+        .await
+        .expect("the password from the API logs in");
+    reader
+        .subscribe_acked(&format!("{DEFAULT_PREFIX}/#"))
+        .await
+        .expect("SUBACK");
+    assert!(
+        TestClient::connect_with(login("wrong")).await.is_err(),
+        "a wrong password logs in"
+    );
+    // It publishes nothing, not even where it reads.
+    let telemetry = format!("{DEFAULT_PREFIX}/telemetry/{REGION}/edge-a");
+    reader
+        .publish(&telemetry, b"forged".to_vec())
+        .await
+        .expect("publish");
+    wait_pubacks(&reader, "the consumer", 1).await;
+    assert!(
+        reader.next(Duration::from_secs(2)).await.is_err(),
+        "its own forgery came back"
+    );
 }
 
 #[test]

@@ -36,7 +36,8 @@ pub(super) fn route_of(request: &Request) -> &str {
 
 /// The role `method` on `route` needs. Reads need `viewer`, except where a
 /// read shows secrets or other users' data; changes need `operator`,
-/// except users, trust and revocation, which need `admin`.
+/// except users, trust, revocation and consumer credentials, which need
+/// `admin`.
 pub fn required_role(method: &Method, route: &str) -> Role {
     let read = method == Method::GET || method == Method::HEAD;
     match route {
@@ -44,6 +45,7 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         // One's own password; the app asks for admin for anyone else's.
         "/api/v1/users/{name}/password" => Role::Viewer,
         "/api/v1/trust" | "/api/v1/nodes/{id}/revoke" if !read => Role::Admin,
+        "/api/v1/consumers" | "/api/v1/consumers/{name}" => Role::Admin,
         "/api/v1/tokens" | "/api/v1/tokens/{id}" => Role::Operator,
         "/api/v1/api-tokens" | "/api/v1/api-tokens/{id}" => Role::Operator,
         "/api/v1/audit" => Role::Operator,

@@ -22,6 +22,7 @@ mod auth;
 mod body;
 mod conditional;
 mod console;
+mod consumers;
 mod error;
 mod events;
 mod identity;
@@ -104,6 +105,14 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v1/tokens/{id}",
             axum::routing::delete(identity::revoke_token),
         )
+        .route(
+            "/api/v1/consumers",
+            post(consumers::create).get(consumers::list),
+        )
+        .route(
+            "/api/v1/consumers/{name}",
+            axum::routing::delete(consumers::delete),
+        )
         .route("/api/v1/watch", get(watch::watch))
         .route("/api/v1/regions", get(list_regions))
         .route("/api/v1/latency", get(get_latency))
@@ -182,6 +191,7 @@ pub fn router(app: Arc<App>) -> Router {
         list_regions, get_latency,
         identity::create_token, identity::list_tokens, identity::revoke_token,
         identity::enroll, identity::renew_certificate,
+        consumers::create, consumers::list, consumers::delete,
         watch::watch,
         upload_artifact, download_artifact,
         releases::upload_release, releases::list_releases, releases::get_release,
@@ -197,7 +207,7 @@ pub fn router(app: Arc<App>) -> Router {
     tags(
         (name = "services", description = "Services and their replicas"),
         (name = "nodes", description = "Nodes, regions, latency and logs"),
-        (name = "identity", description = "Bootstrap tokens, enrollment, certificate renewal"),
+        (name = "identity", description = "Bootstrap tokens, enrollment, certificate renewal, consumer credentials"),
         (name = "releases", description = "Artifacts, signed releases and the trust bundle"),
         (name = "accounts", description = "Sign-in, users, API tokens and the audit log"),
         (name = "watch", description = "The change stream"),

@@ -84,6 +84,13 @@ pub struct TokenList {
     tokens: Vec<TokenView>,
 }
 
+/// `GET /api/v1/consumers`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ConsumerList {
+    consumers: Vec<crate::app::ConsumerView>,
+}
+
 /// `GET /api/v1/api-tokens`.
 #[derive(ToSchema)]
 #[allow(dead_code)]

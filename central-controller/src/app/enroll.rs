@@ -468,15 +468,7 @@ impl App {
         now: Timestamp,
     ) -> Result<(), AppError> {
         let identities = self.store.identities()?;
-        let revoked: Vec<RevokedSerial> = identities
-            .iter()
-            .flat_map(|i| {
-                i.revoked_serials.iter().map(|c| RevokedSerial {
-                    serial: c.serial.clone(),
-                    revoked_at: i.revoked_at.unwrap_or(now),
-                })
-            })
-            .collect();
+        let revoked = self.all_revoked_serials(now)?;
         let agent_serials = identities
             .iter()
             .filter(|i| &i.agent == agent)
@@ -522,7 +514,12 @@ impl App {
         for node in self.nodes.records().values().filter(|n| n.revoked) {
             pki.revocations.revoke(node.id.as_str(), Vec::new());
         }
+        let consumers = self.consumer_revoked_serials(now)?;
+        pki.revocations
+            .revoke_serials(consumers.iter().map(|r| r.serial.clone()));
+        revoked.extend(consumers);
         pki.ca.write_crl(&revoked, now)?;
+        self.write_broker_access(pki)?;
         Ok(())
     }
 }

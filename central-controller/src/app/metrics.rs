@@ -68,6 +68,7 @@ pub(super) struct Metrics {
     registry: Registry,
     pub(super) received: Family<Kind, Counter>,
     pub(super) refused: Family<Reason, Counter>,
+    pub(super) consumer_refusals: Family<Reason, Counter>,
     pub(super) verifications: Family<Outcome, Counter>,
     pub(super) published: Family<Kind, Counter>,
     pub(super) placement_seconds: Histogram,
@@ -94,6 +95,12 @@ impl Default for Metrics {
             "verge_agent_messages_refused",
             "Agent messages ignored, by reason",
             refused.clone(),
+        );
+        let consumer_refusals = Family::<Reason, Counter>::default();
+        registry.register(
+            "verge_broker_consumer_refusals",
+            "Read-only consumers' connections to the embedded broker closed, by what they sent (publish, will, protocol, malformed)",
+            consumer_refusals.clone(),
         );
         let verifications = Family::<Outcome, Counter>::default();
         registry.register(
@@ -156,6 +163,7 @@ impl Default for Metrics {
             registry,
             received,
             refused,
+            consumer_refusals,
             verifications,
             published,
             placement_seconds,

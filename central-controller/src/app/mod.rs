@@ -35,7 +35,8 @@
 //! `node_list.rs`, `views.rs`, `accounts.rs` (users, API tokens, sign-in,
 //! authentication), `audit.rs` (the audit log), `monitoring.rs` (what
 //! `GET /metrics` shows), `watch.rs` (changes to the watch stream),
-//! `console.rs` (console sign-in and sessions), `telemetry_ingest.rs`
+//! `console.rs` (console sign-in and sessions), `consumers.rs` (read-only
+//! consumer identities and the broker's access files), `telemetry_ingest.rs`
 //! (agents' telemetry into its part, and a node's history read back),
 //! `events_ingest.rs` (agents' signed events), `fleet_events.rs` (the
 //! controller's lifecycle events) and `alarm_cases.rs` (raise, clear,
@@ -112,6 +113,7 @@ mod alarm_cases;
 mod audit;
 mod catalog;
 mod console;
+mod consumers;
 mod enroll;
 mod events_ingest;
 mod fleet_events;
@@ -140,6 +142,10 @@ pub use changes::{ChangeKind, Recorded, WatchFilter};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use composition::App;
 pub use console::{CONSOLE_TOKEN_NAME, Credentials, SESSION_TTL, Session};
+pub use consumers::{
+    ACL_TEMPLATE, ConsumerRequest, ConsumerView, CredentialKind, access_list, mosquitto_hash,
+    password_file,
+};
 pub use enroll::{TokenRequest, TokenView};
 pub use error::{AppError, InstallError, UploadError};
 pub use events::{EventRecord, EventSource, RecordKind};

@@ -13,7 +13,8 @@ use verge_shared::alarms::{Alarm, AlarmId, Entity};
 use verge_shared::{AgentId, ServiceName, Sha256Digest};
 
 use super::records::{
-    AlarmMeta, ApiTokenRecord, ArtifactRecord, AuditRecord, DesiredRecord, Durability,
+    AlarmMeta, ApiTokenRecord, ArtifactRecord, AuditRecord, ConsumerRecord, DesiredRecord,
+    Durability,
     IdentityRecord, NodeRecord, ReleaseRecord, ServiceRecord, Store, StoreError, TokenRecord,
     UserRecord,
 };
@@ -32,6 +33,7 @@ struct Tables {
     desired: BTreeMap<AgentId, DesiredRecord>,
     tokens: BTreeMap<String, TokenRecord>,
     identities: BTreeMap<AgentId, IdentityRecord>,
+    consumers: BTreeMap<String, ConsumerRecord>,
     users: BTreeMap<String, UserRecord>,
     api_tokens: BTreeMap<String, ApiTokenRecord>,
     audit: BTreeMap<u64, AuditRecord>,
@@ -58,7 +60,7 @@ impl MemoryStore {
 
     /// From now on writes to the named trees (`"services"`, `"nodes"`,
     /// `"artifacts"`, `"releases"`, `"desired"`, `"tokens"`, `"identities"`,
-    /// `"users"`, `"api_tokens"`, `"audit"`, `"alarms"`, `"alarm_history"`,
+    /// `"consumers"`, `"users"`, `"api_tokens"`, `"audit"`, `"alarms"`, `"alarm_history"`,
     /// `"alarm_meta"`, or `"*"` for every tree) fail with [`StoreError::Refused`] and change
     /// nothing; `&[]` accepts every write again. Reads keep working.
     pub fn refuse_writes_to(&self, trees: &[&'static str]) {
@@ -181,6 +183,16 @@ impl Store for MemoryStore {
     fn put_identity(&self, record: &IdentityRecord) -> Result<(), StoreError> {
         self.write("identities", |t| {
             t.identities.insert(record.agent.clone(), record.clone());
+        })
+    }
+
+    fn consumers(&self) -> Result<Vec<ConsumerRecord>, StoreError> {
+        Ok(lock(&self.tables).consumers.values().cloned().collect())
+    }
+
+    fn put_consumer(&self, record: &ConsumerRecord) -> Result<(), StoreError> {
+        self.write("consumers", |t| {
+            t.consumers.insert(record.name.clone(), record.clone());
         })
     }
 

@@ -242,6 +242,33 @@ pub struct IdentityRecord {
     pub revoked_serials: Vec<IssuedCert>,
 }
 
+/// A read-only consumer identity (docs/consumers.md, "Credentials").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerRecord {
+    /// Its name: letters, digits, `-`, `_`, `.`; the broker user name is
+    /// `consumer+<name>`.
+    pub name: String,
+    /// The regions it may read; empty for every region.
+    pub regions: Vec<RegionId>,
+    /// Its live credential; `None` once deleted.
+    pub credential: Option<ConsumerCredential>,
+    pub created_at: Timestamp,
+    /// Certificates revoked and not yet expired (listed in the CRL), kept
+    /// when the name is issued again.
+    #[serde(default)]
+    pub revoked_serials: Vec<IssuedCert>,
+}
+
+/// How a consumer proves who it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerCredential {
+    /// A client certificate from the controller's CA.
+    Certificate(IssuedCert),
+    /// A password, kept only as Mosquitto's `$7$` PBKDF2-SHA512 hash.
+    Password { hash: String },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactRecord {
     pub sha256: Sha256Digest,
@@ -384,4 +411,8 @@ pub trait Store: Send + Sync {
     fn alarm_meta(&self) -> Result<AlarmMeta, StoreError>;
     /// Durable: an instance number must never be given out twice.
     fn put_alarm_meta(&self, meta: &AlarmMeta) -> Result<(), StoreError>;
+    /// Every consumer, deleted ones (kept for their revoked serials) too.
+    fn consumers(&self) -> Result<Vec<ConsumerRecord>, StoreError>;
+    /// Durable.
+    fn put_consumer(&self, record: &ConsumerRecord) -> Result<(), StoreError>;
 }

@@ -20,6 +20,7 @@ pub struct SledStore {
     desired: sled::Tree,
     tokens: sled::Tree,
     identities: sled::Tree,
+    consumers: sled::Tree,
     users: sled::Tree,
     api_tokens: sled::Tree,
     audit: sled::Tree,
@@ -39,6 +40,7 @@ impl SledStore {
             desired: db.open_tree("desired")?,
             tokens: db.open_tree("tokens")?,
             identities: db.open_tree("identities")?,
+            consumers: db.open_tree("consumers")?,
             users: db.open_tree("users")?,
             api_tokens: db.open_tree("api_tokens")?,
             audit: db.open_tree("audit")?,
@@ -66,6 +68,7 @@ fn tree_name(tree: &sled::Tree) -> &'static str {
         b"desired" => "desired",
         b"tokens" => "tokens",
         b"identities" => "identities",
+        b"consumers" => "consumers",
         b"users" => "users",
         b"api_tokens" => "api_tokens",
         b"audit" => "audit",
@@ -344,6 +347,15 @@ impl Store for SledStore {
 
     fn put_alarm_meta(&self, meta: &AlarmMeta) -> Result<(), StoreError> {
         put(&self.alarm_meta, ALARM_META_KEY, meta)?;
+        self.flush(Durability::Flush)
+    }
+
+    fn consumers(&self) -> Result<Vec<ConsumerRecord>, StoreError> {
+        all(&self.consumers)
+    }
+
+    fn put_consumer(&self, record: &ConsumerRecord) -> Result<(), StoreError> {
+        put(&self.consumers, &record.name, record)?;
         self.flush(Durability::Flush)
     }
 }

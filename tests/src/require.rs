@@ -1,6 +1,7 @@
 //! Optional system programs some tests need (Mosquitto, systemd-analyze,
 //! promtool, Chromium with its chromedriver, schemathesis, the AsyncAPI parser with
-//! Node.js): where to find them, and one rule for when they are missing.
+//! Node.js, a Python with paho-mqtt and jsonschema): where to find them, and one
+//! rule for when they are missing.
 //!
 //! On a machine with only the Rust toolchain, a test that needs a missing
 //! program prints `SKIPPED: ...` to stderr and returns, so `cargo test
@@ -40,6 +41,9 @@ pub enum Tool {
     /// installed under `target/asyncapi/`), run by Node.js with
     /// `.ci/asyncapi-validate.cjs`; its path is the package's directory.
     AsyncApiParser,
+    /// A Python with `paho-mqtt` and `jsonschema` (PyPI, in a virtualenv),
+    /// which runs the third-party consumer of `examples/consumers/`.
+    PythonMqtt,
 }
 
 impl Tool {
@@ -52,6 +56,7 @@ impl Tool {
             Tool::Chromium => "chromium",
             Tool::Schemathesis => "schemathesis",
             Tool::AsyncApiParser => "asyncapi-parser",
+            Tool::PythonMqtt => "python-mqtt",
         }
     }
 
@@ -65,6 +70,7 @@ impl Tool {
             Tool::Chromium => "VERGE_CHROMIUM",
             Tool::Schemathesis => "VERGE_SCHEMATHESIS",
             Tool::AsyncApiParser => "VERGE_ASYNCAPI_PARSER",
+            Tool::PythonMqtt => "VERGE_PYTHON",
         }
     }
 
@@ -80,6 +86,9 @@ impl Tool {
             }
             Tool::AsyncApiParser => {
                 "apt-get install -y nodejs npm && npm install --prefix target/asyncapi @asyncapi/parser@3.6.6"
+            }
+            Tool::PythonMqtt => {
+                "python3 -m venv target/ci-venv && target/ci-venv/bin/pip install paho-mqtt jsonschema"
             }
         }
     }
@@ -99,6 +108,10 @@ impl Tool {
                 env!("CARGO_MANIFEST_DIR"),
                 "/../target/asyncapi/node_modules/@asyncapi/parser"
             )],
+            Tool::PythonMqtt => &[concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/ci-venv/bin/python3"
+            )],
         }
     }
 
@@ -112,7 +125,12 @@ impl Tool {
         if self == Tool::AsyncApiParser && node_path().is_none() {
             return None;
         }
-        find(self.path_var(), self.default_paths())
+        let path = find(self.path_var(), self.default_paths())?;
+        // A Python counts only with the libraries the consumer imports.
+        if self == Tool::PythonMqtt && !imports(&path, "import paho.mqtt.client, jsonschema") {
+            return None;
+        }
+        Some(path)
     }
 
     /// What to set to point the tests at the tool, for messages.
@@ -137,6 +155,16 @@ impl Tool {
                 .any(|t| t.trim().eq_ignore_ascii_case(self.name()))
         })
     }
+}
+
+/// Whether `python` runs `statement` without an error.
+fn imports(python: &std::path::Path, statement: &str) -> bool {
+    std::process::Command::new(python)
+        .args(["-c", statement])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The variable that overrides where `chromedriver` is looked for.

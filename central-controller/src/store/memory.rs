@@ -14,9 +14,8 @@ use verge_shared::{AgentId, ServiceName, Sha256Digest};
 
 use super::records::{
     AlarmMeta, ApiTokenRecord, ArtifactRecord, AuditRecord, ConsumerRecord, DesiredRecord,
-    Durability,
-    IdentityRecord, NodeRecord, ReleaseRecord, ServiceRecord, Store, StoreError, TokenRecord,
-    UserRecord,
+    Durability, IdentityRecord, NodeRecord, ReleaseRecord, ServiceRecord, Store, StoreError,
+    TokenRecord, UserRecord,
 };
 
 /// A panic in another test thread must not poison every later read.

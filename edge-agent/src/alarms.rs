@@ -48,7 +48,8 @@ pub const DISK_FULL_PERCENT: f64 = 2.0;
 pub const DISK_MARGIN_PERCENT: f64 = 2.0;
 /// `trust_bundle_expiring` is raised when the bundle expires within this long.
 pub const TRUST_BUNDLE_WARNING_SECS: u64 = 30 * 24 * 3600;
-/// `certificate_expiring` is raised when the certificate expires within this long.
+/// `certificate_expiring` is raised when the certificate expires within this
+/// long, or within a sixth of its lifetime if that is shorter.
 pub const CERTIFICATE_WARNING_SECS: u64 = 7 * 24 * 3600;
 
 /// One transition to report as a signed `alarm_raised` / `alarm_cleared` event.

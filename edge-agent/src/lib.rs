@@ -329,9 +329,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
                 let trust = trust.clone();
                 Box::new(move || trust.expires_at())
             },
-            certificate_expiry: identity.as_ref().map(|i| {
+            certificate_validity: identity.as_ref().map(|i| {
                 let current = i.current.clone();
-                Box::new(move || current.get().not_after) as tasks::alarms::Expiry
+                Box::new(move || {
+                    let material = current.get();
+                    (material.not_before, material.not_after)
+                }) as tasks::alarms::Validity
             }),
             tick: tasks::alarms::ALARM_TICK,
         }

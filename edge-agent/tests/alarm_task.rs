@@ -131,7 +131,7 @@ impl Node {
                 desired: self.desired_tx.subscribe(),
                 disk_space: Box::new(|| Some((1000, 500))),
                 trust_expiry: Box::new(move || trust.expires_at()),
-                certificate_expiry: None,
+                certificate_validity: None,
                 tick: ALARM_TICK,
             }
             .run(rx, stop.clone()),

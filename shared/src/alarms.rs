@@ -250,7 +250,7 @@ catalogue! {
         severity: Severity::Major,
         entity_type: EntityType::Node,
         observer: Observer::Agent,
-        probable_cause: "The node's client certificate expires within 7 days and has not been renewed; after that it cannot connect.",
+        probable_cause: "The node's client certificate expires within 7 days (or a sixth of its lifetime, if shorter) and has not been renewed; after that it cannot connect.",
         repair: "Restore the node's access to the controller's API so renewal succeeds, or enroll it again with a new token.",
         raise_after_secs: 0,
         clear_after_secs: 0,

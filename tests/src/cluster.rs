@@ -653,6 +653,23 @@ impl Cluster {
         mosquitto.restart().await
     }
 
+    /// [`BrokerKind::MosquittoTls`]: what an operator does after creating or
+    /// deleting a consumer. Copies the access list the controller keeps
+    /// (`<data_dir>/ca/mosquitto.acl`, the shipped rules plus one block per
+    /// consumer) to the broker's `acl_file` and has Mosquitto reread it.
+    pub fn publish_acl_to_broker(&self) -> Result<()> {
+        let acl = fs::read(self.controller_data.join("ca/mosquitto.acl"))
+            .context("the controller's mosquitto.acl")?;
+        let mosquitto = self
+            .mosquitto
+            .as_ref()
+            .context("no Mosquitto in this cluster")?;
+        let target = mosquitto.files.join("verge.acl");
+        fs::write(&target, acl)?;
+        fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        mosquitto.reload()
+    }
+
     /// The last lines of every log, for a failing test's output.
     pub fn logs(&self) -> String {
         let mut out = format!("--- controller ---\n{}\n", tail(&self.controller_log, 60));

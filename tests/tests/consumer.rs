@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use verge_tests::require::{Tool, missing};
 use verge_tests::workload::{deploy_hello, hello_artifact, hello_spec};
-use verge_tests::{Api, Cluster, ClusterOptions, wait_for};
+use verge_tests::{Api, BrokerKind, Cluster, ClusterOptions, wait_for};
 
 /// How long one step of the scenario may take on a loaded machine.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -284,4 +284,86 @@ async fn a_python_consumer_validates_everything_on_the_embedded_broker() {
     let (summary, history) = scenario(&mut cluster, consumer).await;
     println!("consumer summary: {summary:#}");
     check(&summary, &history);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_consumer_with_a_certificate_validates_everything_on_mosquitto() {
+    if missing(Tool::PythonMqtt) || missing(Tool::Mosquitto) {
+        return;
+    }
+    let python = Tool::PythonMqtt.path().expect("found");
+    let mut cluster = Cluster::start(ClusterOptions {
+        broker: BrokerKind::MosquittoTls,
+        tls: true,
+        ..ClusterOptions::default()
+    })
+    .await
+    .expect("the controller starts against the shipped Mosquitto");
+    let broker = cluster.mqtt_addr;
+
+    // A read-only consumer, as an operator issues it, then the broker's
+    // access list brought up to date as docs/operators/install.md says.
+    let issued = cluster
+        .api
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/consumers",
+            Some(
+                json!({"name": "checker", "credential": "certificate"})
+                    .to_string()
+                    .into(),
+            ),
+        )
+        .await
+        .expect("POST /api/v1/consumers")
+        .ok()
+        .expect("a consumer certificate");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, key: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, issued[key].as_str().expect("PEM")).expect("write");
+        path.to_string_lossy().into_owned()
+    };
+    let tls = vec![
+        "--ca-file".to_owned(),
+        write("ca.pem", "ca_pem"),
+        "--cert".to_owned(),
+        write("checker.pem", "certificate_pem"),
+        "--key".to_owned(),
+        write("checker.key", "key_pem"),
+    ];
+    cluster
+        .publish_acl_to_broker()
+        .expect("the ACL reaches Mosquitto");
+    let consumer = Consumer::start(&python, dir.path(), broker, &tls).await;
+
+    for (id, region) in [("edge-a", "region-a"), ("edge-b", "region-b")] {
+        let (_, token) = cluster.api.create_token(region, 1).await.expect("token");
+        let env = vec![("VERGE_AGENT_ENROLL_TOKEN".to_owned(), token)];
+        cluster
+            .spawn_agent(id, region, broker, "telemetry_interval_secs = 1", env)
+            .expect("agent starts");
+        cluster.wait_node_online(id).await;
+    }
+    let (summary, history) = scenario(&mut cluster, consumer).await;
+    println!("consumer summary: {summary:#}");
+    check(&summary, &history);
+    // Read-only under the access list: what only the controller and the
+    // agents read never reached it.
+    for channel in [
+        "desired",
+        "status",
+        "heartbeat",
+        "latency",
+        "probes",
+        "logRequest",
+        "logResponse",
+    ] {
+        assert_eq!(
+            summary["by_channel"][channel],
+            Value::Null,
+            "the consumer read {channel}: {:#}",
+            summary["by_channel"]
+        );
+    }
 }

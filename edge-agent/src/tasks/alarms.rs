@@ -53,6 +53,8 @@ const MAX_PENDING: usize = 256;
 
 /// A time source read by the task.
 pub type Expiry = Box<dyn Fn() -> Timestamp + Send + Sync>;
+/// When a certificate became valid and when it expires.
+pub type Validity = Box<dyn Fn() -> (Timestamp, Timestamp) + Send + Sync>;
 /// The data directory's file system size and free bytes, if readable.
 pub type DiskSpace = Box<dyn Fn() -> Option<(u64, u64)> + Send + Sync>;
 
@@ -127,8 +129,8 @@ pub struct AlarmWatch {
     /// Where the data directory's free space is read.
     pub disk_space: DiskSpace,
     pub trust_expiry: Expiry,
-    /// With TLS: when the client certificate expires.
-    pub certificate_expiry: Option<Expiry>,
+    /// With TLS: the client certificate's validity.
+    pub certificate_validity: Option<Validity>,
     pub tick: Duration,
 }
 
@@ -341,11 +343,16 @@ impl AlarmWatch {
             detail,
             now,
         ));
-        if let Some(expiry) = &self.certificate_expiry {
+        if let Some(validity) = &self.certificate_validity {
+            // Renewal is due at 2/3 of the lifetime: a short-lived
+            // certificate (a day by default) warns once a sixth is left,
+            // not a week before it expires, which would be always.
+            let (not_before, not_after) = validity();
+            let sixth = not_after.saturating_since(not_before).as_secs() / 6;
             let (condition, detail) = expiring(
                 "node's client certificate",
-                expiry(),
-                CERTIFICATE_WARNING_SECS,
+                not_after,
+                CERTIFICATE_WARNING_SECS.min(sixth),
             );
             out.extend(book.observe(AlarmId::CertificateExpiring, node, condition, detail, now));
         }

@@ -381,4 +381,72 @@ mod tests {
         assert_eq!(store.artifact(&record.sha256).expect("get"), Some(record));
         assert!(store.services().expect("services").is_empty());
     }
+
+    #[test]
+    fn alarms_survive_reopening_and_the_history_is_pruned_by_instance() {
+        use verge_shared::alarms::{AlarmId, AlarmState, Entity, Observer};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let alarm = |instance: u64, state: AlarmState| {
+            let d = AlarmId::NodeOffline.definition();
+            let entity = Entity::node(verge_shared::AgentId::new("edge-1").expect("id"));
+            Alarm {
+                schema_version: verge_shared::alarms::ALARM_SCHEMA_VERSION,
+                instance,
+                id: d.id,
+                code: d.code.into(),
+                title: d.title.into(),
+                severity: d.severity,
+                entity_type: d.entity_type,
+                entity_instance: entity.instance(),
+                entity,
+                region: None,
+                state,
+                observer: Observer::Controller,
+                raised_at: Timestamp::from_unix_millis(instance),
+                cleared_at: None,
+                reason: String::new(),
+                probable_cause: d.probable_cause.into(),
+                repair: d.repair.into(),
+                acknowledged: None,
+                suppressed: false,
+            }
+        };
+        {
+            let store = SledStore::open(dir.path()).expect("open");
+            store
+                .put_active_alarm(&alarm(3, AlarmState::Raised))
+                .expect("active");
+            for instance in [1, 2] {
+                store
+                    .put_alarm_history(&alarm(instance, AlarmState::Cleared))
+                    .expect("history");
+            }
+            store
+                .put_alarm_meta(&AlarmMeta {
+                    last_instance: 3,
+                    ..AlarmMeta::default()
+                })
+                .expect("meta");
+            store.flush(Durability::Flush).expect("flush");
+        }
+        let store = SledStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.active_alarms().expect("active"),
+            vec![alarm(3, AlarmState::Raised)]
+        );
+        assert_eq!(store.alarm_meta().expect("meta").last_instance, 3);
+        store.delete_alarm_history_through(1).expect("prune");
+        let kept: Vec<u64> = store
+            .alarm_history()
+            .expect("history")
+            .iter()
+            .map(|a| a.instance)
+            .collect();
+        assert_eq!(kept, vec![2], "instances up to 1 pruned, in order");
+        let entity = Entity::node(verge_shared::AgentId::new("edge-1").expect("id"));
+        store
+            .delete_active_alarm(AlarmId::NodeOffline, &entity)
+            .expect("delete");
+        assert!(store.active_alarms().expect("active").is_empty());
+    }
 }

@@ -260,17 +260,29 @@ async fn an_operator_runs_the_fleet_from_the_console() {
 
     // The lost node is an alarm: listed, acknowledged after a confirmation,
     // and the acknowledgement recorded with who did it.
+    let instance = wait_for(
+        "edge-b's node_offline alarm",
+        Duration::from_secs(30),
+        || async {
+            let active = cluster
+                .api
+                .get("/api/v1/alarms?alarm=node_offline&node=edge-b")
+                .await
+                .map_err(|e| e.to_string())?;
+            active["alarms"][0]["instance"]
+                .as_u64()
+                .ok_or_else(|| active.to_string())
+        },
+    )
+    .await;
     visit(&browser, &base, "/alarms", "Alarms", "alarms-raised").await;
-    let row = browser.wait_for_text("#alarms tr", "node=edge-b").await;
+    let row = browser
+        .wait_for_text(
+            &format!("#alarms tr[data-instance=\"{instance}\"]"),
+            "node=edge-b",
+        )
+        .await;
     assert!(row.contains("Node offline"), "{row}");
-    let active = cluster
-        .api
-        .get("/api/v1/alarms?alarm=node_offline&node=edge-b")
-        .await
-        .expect("alarms");
-    let instance = active["alarms"][0]["instance"]
-        .as_u64()
-        .expect("an instance");
     browser.click(&format!("#action-ack-{instance}")).await;
     browser.wait_for_text("#confirm-text", "stays raised").await;
     browser.click("#confirm-ok").await;

@@ -24,12 +24,14 @@ use verge_tests::{Cluster, ClusterOptions, wait_for};
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// The topics' kinds: `agents/edge-a/status` → `agents/status`,
-/// `telemetry/region-a/edge-a` → `telemetry/region-a`.
+/// `telemetry/region-a/edge-a` → `telemetry/region-a`,
+/// `fleet/events/region-a` as it is.
 fn kind(topic: &str) -> String {
     let rest = topic.strip_prefix("verge/v1/").unwrap_or(topic);
     let levels: Vec<&str> = rest.split('/').collect();
     match levels.as_slice() {
         ["agents", _, channel, ..] => format!("agents/{channel}"),
+        ["fleet", "events", region] => format!("fleet/events/{region}"),
         [first, region, ..] => format!("{first}/{region}"),
         _ => rest.to_owned(),
     }
@@ -180,10 +182,17 @@ async fn consumers_read_what_they_may_publish_nothing_and_are_cut_off_when_delet
         counts.get("telemetry/region-a").copied().unwrap_or(0) >= 3
     })
     .await;
-    assert_eq!(
-        counts.keys().collect::<Vec<_>>(),
-        ["telemetry/region-a"],
-        "only its region's telemetry: {counts:?}"
+    // Its region's telemetry, and its region's alarms and fleet events if
+    // any were published meanwhile; nothing of region-b, the fleet-wide
+    // segment or presence (which names no region).
+    assert!(
+        counts.keys().all(|k| [
+            "telemetry/region-a",
+            "alarms/region-a",
+            "fleet/events/region-a"
+        ]
+        .contains(&k.as_str())),
+        "only its region's topics: {counts:?}"
     );
 
     // A consumer forges edge-a's presence: its connection is closed and

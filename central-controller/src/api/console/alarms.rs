@@ -73,7 +73,7 @@ pub(super) async fn list(
                         tbody { @for alarm in &cleared {
                             tr data-instance=(alarm.instance) {
                                 td { (severity(alarm.severity)) }
-                                th scope="row" { (alarm.title) " " code.dim { (alarm.code) } }
+                                th scope="row" { (alarm.title) br; code.dim { (alarm.code) } }
                                 td { code { (alarm.entity_instance) } }
                                 td { (ago(alarm.raised_at, now)) }
                                 td { @if let Some(at) = alarm.cleared_at { (ago(at, now)) } }
@@ -139,7 +139,7 @@ fn row(alarm: &Alarm, now: verge_shared::Timestamp, operator: bool) -> Markup {
     html! {
         tr data-instance=(alarm.instance) {
             td { (severity(alarm.severity)) }
-            th scope="row" { (alarm.title) " " code.dim { (alarm.code) } }
+            th scope="row" { (alarm.title) br; code.dim { (alarm.code) } }
             td { code { (alarm.entity_instance) } }
             td { (text_or_dash(alarm.region.as_ref().map(|r| r.as_str()))) }
             td { (ago(alarm.raised_at, now)) }

@@ -132,6 +132,24 @@ fn offset_time(t: Timestamp) -> time::OffsetDateTime {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
+/// A client certificate's parameters: CN `common_name`, one SAN URI, a
+/// fresh random serial (returned in hex), client authentication only.
+fn client_params(common_name: &str, uri: &str) -> Result<(CertificateParams, String), CaError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(common_name);
+    params.subject_alt_names = vec![SanType::URI(
+        uri.try_into()
+            .map_err(|e: rcgen::Error| CaError::Csr(e.to_string()))?,
+    )];
+    let serial = random_serial()?;
+    let serial_hex = hex::encode(serial.to_bytes());
+    params.serial_number = Some(serial);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    Ok((params, serial_hex))
+}
+
 fn random_serial() -> Result<SerialNumber, CaError> {
     let mut bytes = [0u8; 16];
     ring::rand::SystemRandom::new()
@@ -380,20 +398,8 @@ impl Ca {
         }
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::Csr(e.to_string()))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = name(agent.as_str());
-        let uri = format!("verge:agent:{agent}");
-        params.subject_alt_names = vec![SanType::URI(
-            uri.as_str()
-                .try_into()
-                .map_err(|e: rcgen::Error| CaError::Csr(e.to_string()))?,
-        )];
-        let serial = random_serial()?;
-        let serial_hex = hex::encode(serial.to_bytes());
-        params.serial_number = Some(serial);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
+        let (mut params, serial_hex) =
+            client_params(agent.as_str(), &format!("verge:agent:{agent}"))?;
         let not_after = validity(&mut params, now, lifetime);
         let request = CertificateSigningRequestParams {
             params,
@@ -418,25 +424,15 @@ impl Ca {
         csr_pem: Option<&str>,
         now: Timestamp,
     ) -> Result<(Issued, Option<String>), CaError> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = self::name(&format!("{CONSUMER_PREFIX}{name}"));
         let scope = if regions.is_empty() {
             "*".to_owned()
         } else {
             regions.join(",")
         };
-        let uri = format!("{CONSUMER_URI}{name};regions={scope}");
-        params.subject_alt_names = vec![SanType::URI(
-            uri.as_str()
-                .try_into()
-                .map_err(|e: rcgen::Error| CaError::Csr(e.to_string()))?,
-        )];
-        let serial = random_serial()?;
-        let serial_hex = hex::encode(serial.to_bytes());
-        params.serial_number = Some(serial);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
+        let (mut params, serial_hex) = client_params(
+            &format!("{CONSUMER_PREFIX}{name}"),
+            &format!("{CONSUMER_URI}{name};regions={scope}"),
+        )?;
         let not_after = validity(&mut params, now, CONSUMER_VALIDITY);
         let (pem, key_pem) = match csr_pem {
             Some(csr_pem) => {

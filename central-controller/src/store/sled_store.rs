@@ -365,6 +365,21 @@ mod tests {
     use super::*;
     use verge_shared::Timestamp;
 
+    /// Opens the store again once the dropped one's flusher thread has let
+    /// go of sled's file lock (it can take a moment on a loaded machine).
+    fn reopen(path: &std::path::Path) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match SledStore::open(path) {
+                Ok(store) => return store,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn records_survive_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -377,7 +392,7 @@ mod tests {
             let store = SledStore::open(dir.path()).expect("open");
             store.put_artifact(&record).expect("put");
         }
-        let store = SledStore::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         assert_eq!(store.artifact(&record.sha256).expect("get"), Some(record));
         assert!(store.services().expect("services").is_empty());
     }
@@ -429,7 +444,7 @@ mod tests {
                 .expect("meta");
             store.flush(Durability::Flush).expect("flush");
         }
-        let store = SledStore::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         assert_eq!(
             store.active_alarms().expect("active"),
             vec![alarm(3, AlarmState::Raised)]

@@ -25,8 +25,8 @@ pub mod regions;
 pub mod store;
 mod tasks;
 pub mod terminator;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;
 pub mod trust;
 

@@ -30,16 +30,22 @@ pub struct Fixture {
     /// Allowed every service by the fixture's trust bundle.
     pub publisher: SigningKey,
     pub outbox_rx: mpsc::UnboundedReceiver<Outgoing>,
-    /// Kept so the directory lives as long as the fixture.
-    _dir: tempfile::TempDir,
+    /// For a restart with the same keys.
+    keys: Keys,
+    /// The artifact files and the trust bundle; shared with a restarted
+    /// controller, removed when the last one is dropped.
+    dir: Arc<tempfile::TempDir>,
 }
 
 /// The app over a sled store in a temporary directory, on the wall clock.
 pub fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SledStore::open(&dir.path().join("store")).expect("store"));
-    fixture_in(dir, store, Arc::new(SystemClock), |_| {})
+    fixture_in(dir, store, Arc::new(SystemClock), BUNDLE_LIFETIME, |_| {})
 }
+
+/// How long the fixtures' trust bundles are valid.
+const BUNDLE_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// The app over an in-memory store and a clock that moves only when told.
 pub struct MemoryFixture {
@@ -75,7 +81,23 @@ pub fn memory_fixture_on(
         dir,
         Arc::clone(&store) as Arc<dyn Store>,
         Arc::clone(&clock) as Arc<dyn Clock>,
+        BUNDLE_LIFETIME,
         tweak,
+    );
+    MemoryFixture { fx, store, clock }
+}
+
+/// [`memory_fixture`] whose trust bundle stays valid for `bundle_lifetime`
+/// from now: for runs that move the manual clock further than an hour.
+pub fn memory_fixture_lasting(bundle_lifetime: Duration) -> MemoryFixture {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(Timestamp::now()));
+    let fx = fixture_in(
+        tempfile::tempdir().expect("tempdir"),
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::clone(&clock) as Arc<dyn Clock>,
+        bundle_lifetime,
+        |_| {},
     );
     MemoryFixture { fx, store, clock }
 }
@@ -84,21 +106,52 @@ fn fixture_in(
     dir: tempfile::TempDir,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    bundle_lifetime: Duration,
+    tweak: impl FnOnce(&mut Settings),
+) -> Fixture {
+    let keys = Keys {
+        controller: SigningKey::generate().expect("key").1,
+        publisher: SigningKey::generate().expect("key").1,
+    };
+    let (key, publisher) = keys.open();
+    std::fs::write(
+        dir.path().join("bundle.json"),
+        trust_bundle_lasting(&key.public_key(), &publisher.public_key(), bundle_lifetime),
+    )
+    .expect("write bundle");
+    start(Arc::new(dir), keys, store, clock, tweak)
+}
+
+/// The controller's and the publisher's keys as PKCS#8.
+#[derive(Clone)]
+struct Keys {
+    controller: Vec<u8>,
+    publisher: Vec<u8>,
+}
+
+impl Keys {
+    fn open(&self) -> (SigningKey, SigningKey) {
+        (
+            SigningKey::from_pkcs8(&self.controller).expect("controller key"),
+            SigningKey::from_pkcs8(&self.publisher).expect("publisher key"),
+        )
+    }
+}
+
+/// The app over `dir` (artifact files and `bundle.json`) with `keys`.
+fn start(
+    dir: Arc<tempfile::TempDir>,
+    keys: Keys,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
     tweak: impl FnOnce(&mut Settings),
 ) -> Fixture {
     let files = ArtifactFiles::open(dir.path()).expect("artifact dir");
-    let key = SigningKey::generate().expect("key").0;
-    let publisher = SigningKey::generate().expect("key").0;
-    let bundle_file = dir.path().join("bundle.json");
-    std::fs::write(
-        &bundle_file,
-        trust_bundle(&key.public_key(), &publisher.public_key()),
-    )
-    .expect("write bundle");
+    let (key, publisher) = keys.open();
     let trust = Arc::new(
         TrustState::load(
             dir.path(),
-            Some(&bundle_file),
+            Some(&dir.path().join("bundle.json")),
             key.public_key(),
             Timestamp::now(),
         )
@@ -127,20 +180,50 @@ fn fixture_in(
         app,
         publisher,
         outbox_rx,
-        _dir: dir,
+        keys,
+        dir,
+    }
+}
+
+impl MemoryFixture {
+    /// The controller started again on what this one stored, with the same
+    /// key, trust bundle and artifact files: a crash and restart, as far as
+    /// the app can tell (what was only in memory is gone).
+    pub fn restarted(&self, tweak: impl FnOnce(&mut Settings)) -> MemoryFixture {
+        let fx = start(
+            Arc::clone(&self.fx.dir),
+            self.fx.keys.clone(),
+            Arc::clone(&self.store) as Arc<dyn Store>,
+            Arc::clone(&self.clock) as Arc<dyn Clock>,
+            tweak,
+        );
+        MemoryFixture {
+            fx,
+            store: Arc::clone(&self.store),
+            clock: Arc::clone(&self.clock),
+        }
     }
 }
 
 /// A trust bundle (signed by a throwaway root key) listing `controller`
 /// and `publisher`, the latter allowed every service.
 pub fn trust_bundle(controller: &PublicKey, publisher: &PublicKey) -> Vec<u8> {
+    trust_bundle_lasting(controller, publisher, BUNDLE_LIFETIME)
+}
+
+/// [`trust_bundle`], valid for `lifetime` from now.
+pub fn trust_bundle_lasting(
+    controller: &PublicKey,
+    publisher: &PublicKey,
+    lifetime: Duration,
+) -> Vec<u8> {
     let root = SigningKey::generate().expect("key").0;
     let now = Timestamp::now();
     let bundle = TrustBundle {
         schema_version: SCHEMA_VERSION,
         version: 1,
         issued_at: now,
-        expires_at: now.saturating_add(Duration::from_secs(3600)),
+        expires_at: now.saturating_add(lifetime),
         root: RootRole {
             keys: vec![root.public_key()],
             threshold: 1,
@@ -166,13 +249,29 @@ impl Fixture {
     /// Uploads `artifact` and a release of `service` running it with `args`
     /// and an `http` port; returns the release digest.
     pub async fn release(&self, service: &str, artifact: &'static [u8], args: &[&str]) -> String {
-        let body =
-            futures_util::stream::iter([Ok::<_, String>(bytes::Bytes::from_static(artifact))]);
+        self.release_version(
+            service,
+            semver::Version::new(1, 0, 0),
+            bytes::Bytes::from_static(artifact),
+            args,
+        )
+        .await
+    }
+
+    /// [`Fixture::release`] of `version`, from artifact bytes made at run time.
+    pub async fn release_version(
+        &self,
+        service: &str,
+        version: semver::Version,
+        artifact: bytes::Bytes,
+        args: &[&str],
+    ) -> String {
+        let body = futures_util::stream::iter([Ok::<_, String>(artifact)]);
         let stored = self.app.upload_artifact(body).await.expect("upload").0;
         let release = Release {
             schema_version: SCHEMA_VERSION,
             service: ServiceName::new(service).expect("service"),
-            version: semver::Version::new(1, 0, 0),
+            version,
             issued_at: Timestamp::now(),
             artifacts: vec![ReleaseArtifact {
                 sha256: stored.sha256,
@@ -197,11 +296,23 @@ impl Fixture {
 
 /// A signed online presence for `agent` in `region`.
 pub fn presence(key: &SigningKey, agent: &str, region: &str) -> Vec<u8> {
+    presence_at(key, agent, region, true, Timestamp::now())
+}
+
+/// A signed presence for `agent` in `region`, `online` or not (an
+/// agent's Last Will), made `at`.
+pub fn presence_at(
+    key: &SigningKey,
+    agent: &str,
+    region: &str,
+    online: bool,
+    at: Timestamp,
+) -> Vec<u8> {
     let document = Presence {
         schema_version: SCHEMA_VERSION,
         agent: AgentId::new(agent).expect("agent"),
-        online: true,
-        at: Timestamp::now(),
+        online,
+        at,
         region: RegionId::new(region).expect("region"),
         labels: Default::default(),
         capacity: Resources {

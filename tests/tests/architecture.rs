@@ -24,7 +24,7 @@ fn root() -> PathBuf {
 }
 
 /// The workspace's member crates: (directory, name used in messages).
-const CRATES: [(&str, &str); 9] = [
+const CRATES: [(&str, &str); 10] = [
     ("shared", "verge-shared"),
     ("durable", "verge-durable"),
     ("scheduler", "verge-scheduler"),
@@ -33,6 +33,7 @@ const CRATES: [(&str, &str); 9] = [
     ("admin", "verge-admin"),
     ("cli", "verge-cli"),
     ("tests", "verge-tests"),
+    ("simulation", "verge-simulation"),
     ("examples/hello-edge", "hello-edge"),
 ];
 
@@ -1145,6 +1146,7 @@ fn module_graph_of_the_small_crates_is_layered() {
         "admin",
         "cli",
         "tests",
+        "simulation",
         "examples/hello-edge",
     ]);
 }

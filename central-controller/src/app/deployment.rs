@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError, RwLock};
 
+use futures_util::FutureExt as _;
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard as AsyncMutexGuard, Notify};
 use verge_shared::{AgentId, Generation, ServiceName};
 
@@ -122,6 +123,18 @@ impl Deployment {
     /// Wakes the loop to republish every desired state.
     pub(crate) fn request_republish(&self) {
         self.republish.notify_one();
+    }
+
+    /// Whether a re-plan was requested since the last wake-up; consumes
+    /// the request.
+    pub(crate) fn take_replan_request(&self) -> bool {
+        self.replan.notified().now_or_never().is_some()
+    }
+
+    /// Whether a republish was requested since the last wake-up; consumes
+    /// the request.
+    pub(crate) fn take_republish_request(&self) -> bool {
+        self.republish.notified().now_or_never().is_some()
     }
 
     /// Resolves when a re-plan was requested.

@@ -40,29 +40,52 @@ impl App {
         // The first tick fires at once: publish whatever is stored at start.
         let mut republish_tick = tokio::time::interval(self.settings.deploy.republish_interval);
         republish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.log_failure("plan", self.reconcile(self.now(), true).await);
+        self.replan(self.now()).await;
         loop {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                () = self.deployment.replan_requested() => {
-                    self.log_failure("plan", self.reconcile(self.now(), true).await);
-                }
-                () = self.deployment.republish_requested() => {
-                    self.log_failure("republish", self.republish_all(self.now()).await);
-                }
-                _ = health_tick.tick() => {
-                    self.log_failure("plan", self.reconcile(self.now(), false).await);
-                    self.observe_placement(self.now());
-                    self.observe_controller(self.now());
-                }
-                _ = republish_tick.tick() => {
-                    self.log_failure("republish", self.republish_all(self.now()).await);
-                }
+                () = self.deployment.replan_requested() => self.replan(self.now()).await,
+                () = self.deployment.republish_requested() => self.republish_tick(self.now()).await,
+                _ = health_tick.tick() => self.health_tick(self.now()).await,
+                _ = republish_tick.tick() => self.republish_tick(self.now()).await,
             }
         }
         // Watch streams never end on their own; the API's drain waits for them.
         self.changes.close();
+    }
+
+    /// A full re-plan and deployment: at start and whenever one is
+    /// requested (a node appeared, changed or went offline).
+    pub async fn replan(&self, now: Timestamp) {
+        self.log_failure("plan", self.reconcile(now, true).await);
+    }
+
+    /// What the loop does on each health tick: re-plan if node health or
+    /// the plan changed, then look at the placement and the controller's
+    /// own alarm conditions.
+    pub async fn health_tick(&self, now: Timestamp) {
+        self.log_failure("plan", self.reconcile(now, false).await);
+        self.observe_placement(now);
+        self.observe_controller(now);
+    }
+
+    /// What the loop does on each republish tick: every stored desired
+    /// state published again.
+    pub async fn republish_tick(&self, now: Timestamp) {
+        self.log_failure("republish", self.republish_all(now).await);
+    }
+
+    /// Runs a re-plan and a republish if either was requested since the
+    /// last turn, without waiting for one: the loop's wake-ups for a caller
+    /// that drives time itself (a deterministic simulation).
+    pub async fn run_requested(&self, now: Timestamp) {
+        if self.deployment.take_replan_request() {
+            self.replan(now).await;
+        }
+        if self.deployment.take_republish_request() {
+            self.republish_tick(now).await;
+        }
     }
 
     fn log_failure(&self, step: &'static str, result: Result<(), AppError>) {

@@ -13,7 +13,7 @@
 //! Public rather than `#[cfg(test)]` so that the tests crate can reuse it;
 //! the agent binary never names it, so none of it is linked in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -265,6 +265,10 @@ struct ProcessBook {
     ends: BTreeMap<i32, watch::Sender<Option<Exit>>>,
     /// Spawns to refuse before one succeeds again.
     failing_spawns: u32,
+    /// TCP ports another process holds.
+    held_ports: BTreeSet<u16>,
+    /// Ports handed out by [`Spawner::free_port`], in order.
+    handed_out: Vec<u16>,
 }
 
 /// A [`Spawner`] whose processes exist only in memory. A process runs until
@@ -281,9 +285,22 @@ pub struct FakeProcesses {
 /// First pid handed out (far from any real one a test could signal).
 const FIRST_FAKE_PID: i32 = 4_000_000;
 
+/// First port [`FakeProcesses`] hands out as free.
+const FIRST_FAKE_PORT: u16 = 40_000;
+
 impl FakeProcesses {
     fn book(&self) -> MutexGuard<'_, ProcessBook> {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Says that another process holds TCP `port` from now on.
+    pub fn hold_port(&self, port: u16) {
+        self.book().held_ports.insert(port);
+    }
+
+    /// The ports [`Spawner::free_port`] handed out, in order.
+    pub fn ports_handed_out(&self) -> Vec<u16> {
+        self.book().handed_out.clone()
     }
 
     /// Refuses the next `n` spawns ("could not start").
@@ -369,6 +386,19 @@ impl Spawner for FakeProcesses {
     fn adopt(&self, id: ProcessId) -> FakeProcess {
         self.book().adopted.push(id.pid);
         self.process(id.pid)
+    }
+
+    fn port_in_use(&self, port: u16) -> bool {
+        self.book().held_ports.contains(&port)
+    }
+
+    /// Hands out ports from 40000 up, skipping held ones.
+    fn free_port(&self) -> Option<u16> {
+        let mut book = self.book();
+        let next = (FIRST_FAKE_PORT..=u16::MAX)
+            .find(|p| !book.held_ports.contains(p) && !book.handed_out.contains(p))?;
+        book.handed_out.push(next);
+        Some(next)
     }
 }
 

@@ -83,7 +83,7 @@ pub struct ProcessRuntime {
     running: Mutex<BTreeMap<ServiceName, Supervised>>,
     /// Dynamic ports picked per (service, port name), kept while the agent
     /// runs (and taken over from adopted workloads).
-    ports: Mutex<BTreeMap<(ServiceName, String), u16>>,
+    ports: Arc<Mutex<BTreeMap<(ServiceName, String), u16>>>,
 }
 
 struct Supervised {
@@ -121,7 +121,7 @@ impl ProcessRuntime {
             launcher,
             board,
             running: Mutex::new(BTreeMap::new()),
-            ports: Mutex::new(BTreeMap::new()),
+            ports: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
 
@@ -220,12 +220,9 @@ impl ProcessRuntime {
         let mut ports = lock(&self.ports);
         *ports
             .entry((service.clone(), name.to_owned()))
-            .or_insert_with(|| {
-                // Bind, read, drop: the port is free now; the workload binds it soon after.
-                std::net::TcpListener::bind("0.0.0.0:0")
-                    .and_then(|l| l.local_addr())
-                    .map_or(0, |a| a.port())
-            })
+            // Free now; the workload binds it soon after. Should another
+            // process take it first, supervision chooses again.
+            .or_insert_with(|| supervise::free_tcp_port().unwrap_or(0))
     }
 
     fn dir_of(&self, service: &ServiceName) -> PathBuf {
@@ -262,12 +259,41 @@ impl ProcessRuntime {
                 .unwrap_or(DEFAULT_STOP_GRACE_SECS)
                 .into(),
         );
+        let chosen_ports = (workload.run.ports.iter())
+            .filter(|p| p.port.is_none())
+            .map(|p| p.name.clone())
+            .collect();
+        let on_new_ports: supervise::NewPorts = {
+            let ports = Arc::clone(&self.ports);
+            let path = dir.join(RECORD_FILE);
+            let (workload, executable) = (workload.clone(), record.executable.clone());
+            Arc::new(move |new: &BTreeMap<String, u16>| {
+                let mut known = lock(&ports);
+                for (name, port) in new {
+                    known.insert((workload.service.clone(), name.clone()), *port);
+                }
+                let record = Record {
+                    workload: workload.clone(),
+                    executable: executable.clone(),
+                    ports: new.clone(),
+                };
+                // The next agent run adopts the process with these ports.
+                if let Err(e) = serde_json::to_vec(&record)
+                    .map_err(std::io::Error::from)
+                    .and_then(|bytes| verge_durable::write(&path, &bytes))
+                {
+                    warn!(service = %workload.service, path = %path.display(), error = %e, "Cannot record the workload's new ports.");
+                }
+            })
+        };
         let launch = Launch {
             workload: workload.clone(),
             executable: record.executable,
             dir,
             env,
             ports: record.ports,
+            chosen_ports,
+            on_new_ports: Some(on_new_ports),
             launcher: self.launcher.clone(),
             grace,
         };

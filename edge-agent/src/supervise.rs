@@ -9,7 +9,7 @@
 //! not a child: its end is noticed through a pidfd (Linux 5.3+; `/proc` is
 //! polled every second where there is none), and its exit status is unknown.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -33,6 +33,7 @@ use crate::confine::Launcher;
 use crate::health::{self, ExecCommand};
 use crate::logs;
 use crate::report::Board;
+use crate::runtime::port_env_name;
 
 /// How often an adopted process is checked for life where no pidfd can
 /// tell when it ends.
@@ -310,8 +311,66 @@ pub struct Launch {
     pub dir: PathBuf,
     pub env: BTreeMap<String, String>,
     pub ports: BTreeMap<String, u16>,
+    /// The names in `ports` whose port the agent chose (the workload did not
+    /// fix one): chosen again before a restart when another process holds it.
+    pub chosen_ports: BTreeSet<String>,
+    /// Told the ports after they were chosen again, to record them.
+    pub on_new_ports: Option<NewPorts>,
     pub launcher: Launcher,
     pub grace: Duration,
+}
+
+/// What [`Launch::on_new_ports`] calls.
+pub type NewPorts = Arc<dyn Fn(&BTreeMap<String, u16>) + Send + Sync>;
+
+/// A TCP port that is free now (bind port 0, read, drop), or `None` when the
+/// system gives none.
+pub fn free_tcp_port() -> Option<u16> {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .ok()
+}
+
+impl Launch {
+    /// The agent-chosen ports another process holds now, each with a free
+    /// port to take its place; empty when all are free (or none was chosen
+    /// by the agent). Run while the workload is down, so its own process
+    /// holds none of them.
+    fn ports_to_choose_again<S: Spawner>(&self, spawner: &S) -> Vec<(String, u16, u16)> {
+        self.chosen_ports
+            .iter()
+            .filter_map(|name| {
+                let old = *self.ports.get(name)?;
+                if !spawner.port_in_use(old) {
+                    return None;
+                }
+                let new = spawner.free_port()?;
+                Some((name.clone(), old, new))
+            })
+            .collect()
+    }
+
+    /// This launch with `changes` applied to its ports and their variables.
+    fn with_ports(&self, changes: &[(String, u16, u16)]) -> Launch {
+        let mut ports = self.ports.clone();
+        let mut env = self.env.clone();
+        for (name, _, new) in changes {
+            ports.insert(name.clone(), *new);
+            env.insert(port_env_name(name), new.to_string());
+        }
+        Launch {
+            workload: self.workload.clone(),
+            executable: self.executable.clone(),
+            dir: self.dir.clone(),
+            env,
+            ports,
+            chosen_ports: self.chosen_ports.clone(),
+            on_new_ports: self.on_new_ports.clone(),
+            launcher: self.launcher.clone(),
+            grace: self.grace,
+        }
+    }
 }
 
 impl Launch {
@@ -425,6 +484,10 @@ pub trait Spawner: Send + Sync + 'static {
     fn spawn(&self, launch: &Launch) -> Result<(Self::Process, Isolation), String>;
     /// The process `id`, which is not our child.
     fn adopt(&self, id: ProcessId) -> Self::Process;
+    /// Whether some process holds TCP `port` now.
+    fn port_in_use(&self, port: u16) -> bool;
+    /// A TCP port that is free now.
+    fn free_port(&self) -> Option<u16>;
 }
 
 /// Real processes: children of the agent, or adopted ones.
@@ -453,6 +516,16 @@ impl Spawner for Os {
 
     fn adopt(&self, id: ProcessId) -> OsProcess {
         OsProcess { id, child: None }
+    }
+
+    fn port_in_use(&self, port: u16) -> bool {
+        // std sets SO_REUSEADDR: a port with only TIME_WAIT connections
+        // binds, one another process listens on (any address) does not.
+        std::net::TcpListener::bind(("0.0.0.0", port)).is_err()
+    }
+
+    fn free_port(&self) -> Option<u16> {
+        free_tcp_port()
     }
 }
 
@@ -513,7 +586,7 @@ pub async fn supervise<S: Spawner>(
     board: Arc<Board>,
     controls: Controls,
 ) {
-    let launch = Arc::new(launch);
+    let mut launch = Arc::new(launch);
     let service = launch.workload.service.clone();
     let policy = launch.workload.run.restart;
     let mut restarts = Restarts::new(timing);
@@ -521,7 +594,8 @@ pub async fn supervise<S: Spawner>(
     let mut last_exit: Option<ExitInfo> = None;
     let mut isolation: Option<Isolation> = None;
     let mut adopted = adopted;
-    let report = |state,
+    let report = |launch: &Launch,
+                  state,
                   pid: Option<i32>,
                   n_restarts,
                   message: Option<String>,
@@ -571,6 +645,7 @@ pub async fn supervise<S: Spawner>(
                 }
                 info!(service = %service, pid = id.pid, restarts = n_restarts, "Workload runs.");
                 report(
+                    &launch,
                     WorkloadState::Running,
                     Some(id.pid),
                     n_restarts,
@@ -653,10 +728,11 @@ pub async fn supervise<S: Spawner>(
             n_restarts = n_restarts.saturating_add(1);
         }
         report(
+            &launch,
             state,
             None,
             n_restarts,
-            Some(message),
+            Some(message.clone()),
             &last_exit,
             &isolation,
         );
@@ -674,6 +750,35 @@ pub async fn supervise<S: Spawner>(
             }
             () = controls.detach.cancelled() => return,
             () = wait => {}
+        }
+        // The process is gone: a port the agent chose that someone else
+        // holds now would fail every restart, so choose it again.
+        let changes = launch.ports_to_choose_again(&spawner);
+        if !changes.is_empty() {
+            for (name, old, new) in &changes {
+                warn!(service = %service, port = %name, old, new, "Another process holds the port chosen for the workload; chose another.");
+            }
+            launch = Arc::new(launch.with_ports(&changes));
+            if let Some(record) = &launch.on_new_ports {
+                record(&launch.ports);
+            }
+            report(
+                &launch,
+                state,
+                None,
+                n_restarts,
+                Some(format!(
+                    "{}; port {} chosen again: another process held it",
+                    message,
+                    changes
+                        .iter()
+                        .map(|(name, old, new)| format!("{name} {old} -> {new}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                &last_exit,
+                &isolation,
+            );
         }
     }
 }

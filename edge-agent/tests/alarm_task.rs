@@ -243,6 +243,8 @@ async fn a_crash_loop_raises_once_and_clears_after_the_workload_has_run_a_minute
         workload,
         env: Default::default(),
         ports: Default::default(),
+        chosen_ports: Default::default(),
+        on_new_ports: None,
         launcher: Launcher::Direct,
         grace: Duration::from_secs(1),
     };

@@ -7,14 +7,16 @@
 //! way a crash would, and checks what was spawned, when, what the status
 //! board says and how the loop ends on stop and detach.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edge_agent::confine::Launcher;
 use edge_agent::fake::{self, FakeProcesses};
 use edge_agent::report::Board;
+use edge_agent::runtime::port_env_name;
 use edge_agent::supervise::{
-    Controls, Exit, Launch, PID_FILE, ProcessId, RestartTiming, supervise,
+    Controls, Exit, Launch, NewPorts, PID_FILE, ProcessId, RestartTiming, supervise,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -48,6 +50,18 @@ struct Run {
 
 impl Run {
     fn start(policy: RestartPolicy, adopted: Option<ProcessId>) -> Run {
+        Run::start_with_ports(policy, adopted, BTreeMap::new(), false, None)
+    }
+
+    /// With `ports` (`chosen`: by the agent, else fixed by the workload),
+    /// and `on_new_ports` told when they are chosen again.
+    fn start_with_ports(
+        policy: RestartPolicy,
+        adopted: Option<ProcessId>,
+        ports: BTreeMap<String, u16>,
+        chosen: bool,
+        on_new_ports: Option<NewPorts>,
+    ) -> Run {
         let processes = FakeProcesses::default();
         let board = Arc::new(Board::new(None));
         let controls = Controls::default();
@@ -59,8 +73,17 @@ impl Run {
             workload,
             executable: dir.path().join("web"),
             dir: dir.path().to_owned(),
-            env: Default::default(),
-            ports: Default::default(),
+            env: ports
+                .iter()
+                .map(|(name, port)| (port_env_name(name), port.to_string()))
+                .collect(),
+            chosen_ports: if chosen {
+                ports.keys().cloned().collect()
+            } else {
+                Default::default()
+            },
+            ports,
+            on_new_ports,
             launcher: Launcher::Direct,
             grace: GRACE,
         };
@@ -306,4 +329,73 @@ async fn an_adopted_process_is_watched_then_replaced_when_it_ends() {
         status.last_exit, None,
         "an adopted process's exit is unknown"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chosen_port_another_process_took_is_chosen_again_before_the_restart() {
+    let recorded: Arc<Mutex<Vec<BTreeMap<String, u16>>>> = Arc::default();
+    let record: NewPorts = {
+        let recorded = Arc::clone(&recorded);
+        Arc::new(move |ports: &BTreeMap<String, u16>| {
+            recorded.lock().expect("not poisoned").push(ports.clone());
+        })
+    };
+    let ports = BTreeMap::from([("http".to_owned(), 31_000), ("admin".to_owned(), 31_001)]);
+    let run = Run::start_with_ports(RestartPolicy::Always, None, ports, true, Some(record));
+    let (first, _) = run.nth_spawn(1).await;
+    assert_eq!(
+        run.status(WorkloadState::Running).await.ports["http"],
+        31_000
+    );
+
+    // An ordinary crash: the ports are free, the restart keeps them.
+    crash_after(&run, first, Duration::from_secs(30), Exit::Code(1)).await;
+    let (second, _) = run.nth_spawn(2).await;
+    let status = run.status(WorkloadState::Running).await;
+    assert_eq!(status.ports["http"], 31_000);
+    assert_eq!(status.ports["admin"], 31_001);
+
+    // Another process takes http while the workload is down (its bind
+    // fails, it exits at once): the restart gets a new http port, admin
+    // stays, and the new one is reported and recorded.
+    run.processes.hold_port(31_000);
+    crash_after(&run, second, Duration::from_millis(50), Exit::Code(98)).await;
+    let (third, _) = run.nth_spawn(3).await;
+    let status = run.status(WorkloadState::Running).await;
+    assert_eq!(
+        run.processes.ports_handed_out(),
+        [40_000],
+        "one port chosen again"
+    );
+    assert_eq!(status.ports["http"], 40_000);
+    assert_eq!(status.ports["admin"], 31_001);
+    assert_eq!(
+        *recorded.lock().expect("not poisoned"),
+        [BTreeMap::from([
+            ("http".to_owned(), 40_000),
+            ("admin".to_owned(), 31_001)
+        ])]
+    );
+
+    // The new port stays across the next ordinary restart.
+    crash_after(&run, third, Duration::from_secs(30), Exit::Code(1)).await;
+    run.nth_spawn(4).await;
+    assert_eq!(
+        run.status(WorkloadState::Running).await.ports["http"],
+        40_000
+    );
+    assert_eq!(run.processes.ports_handed_out(), [40_000]);
+    assert_eq!(recorded.lock().expect("not poisoned").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_port_the_workload_fixed_is_never_changed() {
+    let ports = BTreeMap::from([("http".to_owned(), 8080)]);
+    let run = Run::start_with_ports(RestartPolicy::Always, None, ports, false, None);
+    run.processes.hold_port(8080);
+    let (first, _) = run.nth_spawn(1).await;
+    crash_after(&run, first, Duration::from_millis(50), Exit::Code(98)).await;
+    run.nth_spawn(2).await;
+    assert_eq!(run.status(WorkloadState::Running).await.ports["http"], 8080);
+    assert!(run.processes.ports_handed_out().is_empty());
 }

@@ -20,17 +20,21 @@
 //! - A new replica goes to the passing node with, in order: the fewest
 //!   replicas of this service in its zone (spread `zone`; spread `node`
 //!   skips this), the lowest latency to its targets in 5 ms steps, the
-//!   largest free memory fraction, the smallest id.
+//!   largest free memory fraction, the first in a rotation of the nodes
+//!   seeded by the service's name. At most `NODES_TO_SCORE` nodes are
+//!   scored per replica: the closest, then those with the most free memory.
 //!
 //! A replica that cannot be placed carries a reason that counts why each
 //! node was ruled out, largest group first, in the style of Kubernetes'
 //! scheduler events: "0/12 nodes: 5 over the 20 ms target to ap-seoul
 //! (best 38 ms), 4 insufficient memory, 3 offline".
 
+use std::borrow::Cow;
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt;
 
+use verge_shared::digest::Sha256Digest;
 use verge_shared::messages::Resources;
 use verge_shared::{AgentId, RegionId, ServiceName};
 
@@ -267,10 +271,11 @@ enum Mode {
     New,
 }
 
-/// How many passing nodes are scored for one replica, closest first. Like
-/// kube-scheduler's `percentageOfNodesToScore`, this bounds the work per
-/// replica on large fleets; a fleet or candidate list smaller than this is
-/// scored in full.
+/// How many passing nodes are scored for one replica: closest first, then
+/// those with the most free memory (so the least loaded equal nodes are
+/// always among them). Like kube-scheduler's `percentageOfNodesToScore`,
+/// this bounds the work per replica on large fleets; a fleet or candidate
+/// list smaller than this is scored in full.
 const NODES_TO_SCORE: usize = 100;
 
 struct NodeState<'a> {
@@ -348,6 +353,11 @@ impl NodeState<'_> {
         if runs_it {
             return Some(Misfit::AlreadyRuns);
         }
+        self.capacity_misfit(service)
+    }
+
+    /// Whether a replica of `service` does not fit in what is free.
+    fn capacity_misfit(&self, service: &ServiceInput) -> Option<Misfit> {
         if service.resources.cpu_millis > self.free.cpu_millis {
             return Some(Misfit::Cpu);
         }
@@ -404,7 +414,7 @@ struct Index {
     columns: Vec<Vec<Option<Figure>>>,
     /// Schedulable nodes in id order: the candidates of every service
     /// without allowed regions and latency target, built on first use.
-    open: Option<Vec<(u64, usize)>>,
+    open: Option<Vec<usize>>,
 }
 
 impl Index {
@@ -756,69 +766,106 @@ fn runs_what_it_has(node: &NodeInput) -> bool {
     matches!(node.schedulable, Ok(()) | Err(Unschedulable::Cordoned))
 }
 
-/// The replicas of one service with the same targets: the nodes that pass
-/// the static filters, found once and sorted closest first, and the reason
-/// once they are used up.
+/// The replicas of one service with the same targets: the nodes that could
+/// take one when the group is formed, in the order they are scored, and the
+/// reason once they are used up.
 struct Group {
-    /// Passing nodes with their latency step, closest first, then by id.
+    /// Passing nodes with their latency step, in scoring order: closest
+    /// step first, then most free memory, then a rotation seeded by the
+    /// service. Only the first `NODES_TO_SCORE` plus the service's replica
+    /// count are kept: at most that many are skipped (each runs one of the
+    /// service's replicas) or scored by any replica of the group.
     candidates: Vec<(u64, usize)>,
     exhausted: Option<String>,
 }
 
 impl Group {
+    /// The nodes passing the filters for `replica`'s group, given what is
+    /// placed so far (nodes that run the service are not ruled out here). While the service's replicas are placed, only its own
+    /// placements change the nodes' free capacity (services are placed one
+    /// after another), and a node it took is ruled out for it anyway: the
+    /// order fixed here stays right for the whole group.
     fn new(
         states: &[NodeState<'_>],
         index: &mut Index,
         service: &ServiceState<'_>,
         replica: u32,
     ) -> Self {
-        let targets = service.input.target_range(replica);
-        if service.allowed.is_none() && targets.is_empty() {
-            // Only health and cordon filter: the same candidates for every
-            // such service, found once.
-            let open = index.open.get_or_insert_with(|| {
+        let input = service.input;
+        let targets = input.target_range(replica);
+        // Start from the smallest set that can hold every passing node.
+        let pool: Cow<'_, [usize]> = match (&service.allowed, targets.clone().next()) {
+            // Only health and cordon filter: the same pool for every such
+            // service, found once.
+            (None, None) => Cow::Borrowed(index.open.get_or_insert_with(|| {
                 (0..states.len())
                     .filter(|i| states[*i].input.schedulable.is_ok())
-                    .map(|i| (0, i))
                     .collect()
-            });
-            return Self {
-                candidates: open.clone(),
-                exhausted: None,
-            };
-        }
-        // Start from the smallest set that can hold every passing node.
-        let pool: Vec<usize> = match (&service.allowed, targets.clone().next()) {
+            })),
             (Some(allowed), _) => allowed
                 .iter()
                 .flat_map(|r| index.by_region[*r].iter().copied())
-                .collect(),
-            (None, Some(first)) => index.within(
-                states,
-                service.to[first],
-                service.percentile(),
-                service.limit(Mode::New),
-            ),
-            (None, None) => (0..states.len()).collect(),
+                .filter(|i| {
+                    states[*i]
+                        .static_misfit(service, targets.clone(), Mode::New)
+                        .is_none()
+                })
+                .collect::<Vec<_>>()
+                .into(),
+            (None, Some(first)) => index
+                .within(
+                    states,
+                    service.to[first],
+                    service.percentile(),
+                    service.limit(Mode::New),
+                )
+                .into_iter()
+                .filter(|i| {
+                    states[*i]
+                        .static_misfit(service, targets.clone(), Mode::New)
+                        .is_none()
+                })
+                .collect::<Vec<_>>()
+                .into(),
         };
-        let mut candidates: Vec<(u64, usize)> = pool
-            .into_iter()
-            .filter(|i| {
-                states[*i]
-                    .static_misfit(service, targets.clone(), Mode::New)
-                    .is_none()
-            })
-            .map(|i| {
-                // Truncation is the point: 5 ms steps.
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                let step =
-                    (states[i].latency_to(service, targets.clone()) / LATENCY_STEP_MS) as u64;
-                (step, i)
-            })
-            .collect();
-        candidates.sort_unstable();
+        let n = states.len();
+        let start = rotation(&input.name, input.group(replica), n);
+        // The scoring order as one key: closest step first, then the
+        // largest free memory fraction, then the node's position counted
+        // from `start` (nodes are indexed in id order). The rotation keeps
+        // services that take no memory, or find many equal nodes, from all
+        // starting at the lowest ids.
+        // Nodes that already run the service are left in (checking each
+        // against the placed replicas costs more than skipping them while
+        // scoring); there are at most `replicas` of them.
+        let keep = NODES_TO_SCORE.saturating_add(input.replicas as usize);
+        // The first `keep` in scoring order, found with a bounded heap
+        // whose top is the last of them: no list of the whole pool.
+        let mut first: BinaryHeap<(u64, Reverse<u64>, usize, usize)> =
+            BinaryHeap::with_capacity(keep + 1);
+        for &i in pool.iter() {
+            if states[i].capacity_misfit(input).is_some() {
+                continue;
+            }
+            // Truncation is the point: 5 ms steps.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let step = (states[i].latency_to(service, targets.clone()) / LATENCY_STEP_MS) as u64;
+            let key = (
+                step,
+                Reverse(free_fraction(&states[i])),
+                (i + n - start) % n,
+                i,
+            );
+            if first.len() < keep {
+                first.push(key);
+            } else if first.peek().is_some_and(|last| key < *last) {
+                first.pop();
+                first.push(key);
+            }
+        }
+        let keyed = first.into_sorted_vec();
         Self {
-            candidates,
+            candidates: keyed.into_iter().map(|(step, _, _, i)| (step, i)).collect(),
             exhausted: None,
         }
     }
@@ -844,7 +891,7 @@ impl Group {
         };
         let mut best: Option<(usize, u32, u64)> = None;
         let mut scored = 0;
-        for &(step, node) in &self.candidates {
+        for (position, &(step, node)) in self.candidates.iter().enumerate() {
             if scored >= NODES_TO_SCORE {
                 break;
             }
@@ -855,17 +902,13 @@ impl Group {
                 continue;
             }
             scored += 1;
-            let key = (node, spread(node, states), step);
-            let better = match best {
-                None => true,
-                Some(current) => compare(states, key, current) == Ordering::Less,
-            };
-            if better {
+            let key = (position, spread(node, states), step);
+            if best.is_none_or(|current| compare(key, current) == Ordering::Less) {
                 best = Some(key);
             }
         }
-        match best {
-            Some((node, _, _)) => {
+        match best.map(|(position, _, _)| self.candidates[position].1) {
+            Some(node) => {
                 states[node].take(input);
                 placed.add(node, states[node].zone);
                 Ok(node)
@@ -879,23 +922,37 @@ impl Group {
     }
 }
 
-/// Orders two candidates `(node, spread count, latency step)`: fewer in the
-/// zone, then closer, then more free memory (fractions compared by
-/// cross-multiplying), then the smaller id (nodes are indexed in id order).
-fn compare(states: &[NodeState<'_>], a: (usize, u32, u64), b: (usize, u32, u64)) -> Ordering {
-    let free = |node: usize| {
-        let s = &states[node];
-        match s.input.capacity.memory_mb {
-            // A node without memory capacity counts as full.
-            0 => (0, 1),
-            cap => (u64::from(s.free.memory_mb), u64::from(cap)),
-        }
-    };
-    let ((an, ad), (bn, bd)) = (free(a.0), free(b.0));
-    (a.1, a.2)
-        .cmp(&(b.1, b.2))
-        .then_with(|| (bn * ad).cmp(&(an * bd)))
-        .then_with(|| a.0.cmp(&b.0))
+/// A node's free memory as a fraction of its memory, in units of 2^-32
+/// (exact enough to order nodes; equal fractions give equal values); a node
+/// without memory capacity counts as full.
+fn free_fraction(state: &NodeState<'_>) -> u64 {
+    match state.input.capacity.memory_mb {
+        0 => 0,
+        cap => (u64::from(state.free.memory_mb) << 32) / u64::from(cap),
+    }
+}
+
+/// Where the rotation of service `name`'s replica group `group` starts among
+/// `n` nodes: derived from the name, so the same inputs give the same plan
+/// and different services start at different nodes.
+fn rotation(name: &ServiceName, group: usize, n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let seed = Sha256Digest::of(format!("{name}/{group}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&seed.as_bytes()[..8]);
+    // The remainder is below `n`, which is a usize.
+    #[allow(clippy::cast_possible_truncation)]
+    let start = (u64::from_le_bytes(first) % n as u64) as usize;
+    start
+}
+
+/// Orders two candidates `(position in the group's order, spread count,
+/// latency step)`: fewer in the zone, then closer, then earlier in the
+/// group's order (more free memory, then the rotation).
+fn compare(a: (usize, u32, u64), b: (usize, u32, u64)) -> Ordering {
+    (a.1, a.2, a.0).cmp(&(b.1, b.2, b.0))
 }
 
 /// "0/12 nodes: 5 over the 20 ms target to ap-seoul (best 38 ms), 4

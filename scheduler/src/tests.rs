@@ -78,7 +78,8 @@ fn spreads_across_zones_then_by_free_memory() {
         node("b1", "b", 1000, 50),
     ];
     let p = plan(&nodes, &[service("web", 3, &[], 10, 10)], &Placement::new());
-    // Replica 0: all zones empty, free memory fractions tie (all 1.0) → id order.
+    // Replica 0: all zones empty, free memory fractions tie (all 1.0) → the
+    // rotation seeded by the name "web" starts at a1.
     // Replica 1: zone b has none → b1. Replica 2: a2 (a1 already runs it).
     assert_eq!(
         nodes_of(&p, "web"),
@@ -709,21 +710,139 @@ fn any_change_but_a_lost_node_needs_a_full_replan() {
 }
 
 #[test]
-fn scoring_stops_after_the_closest_nodes_to_score() {
-    // More passing nodes than are scored, all equally close: only the
-    // first NODES_TO_SCORE by id are compared, so the one with the most
-    // free memory, last by id, is not looked at.
-    let mut nodes: Vec<NodeInput> = (0..NODES_TO_SCORE)
-        .map(|i| node(&format!("n{i:03}"), "a", 1000, 0))
+fn scoring_stops_after_the_nodes_to_score() {
+    // The service already runs in zone a; NODES_TO_SCORE nodes there have
+    // more free memory than the one node of zone b. Only the first
+    // NODES_TO_SCORE by free memory are scored, so zone b is not looked at
+    // and the spread cannot prefer it.
+    let mut nodes: Vec<NodeInput> = (0..=NODES_TO_SCORE)
+        .map(|i| {
+            let mut n = node(&format!("n{i:03}"), "a", 1000, 100);
+            n.zone = Some("a".into());
+            n
+        })
         .collect();
-    nodes.push(node(&format!("n{NODES_TO_SCORE:03}"), "a", 1000, 100));
-    let p = plan(&nodes, &[service("web", 1, &[], 10, 0)], &Placement::new());
-    assert_eq!(nodes_of(&p, "web"), [Some("n000".into())]);
-    // With fewer nodes than that, every node is scored.
-    let p = plan(
-        &nodes[NODES_TO_SCORE - 5..],
-        &[service("web", 1, &[], 10, 0)],
-        &Placement::new(),
+    // Half of b's memory goes to a replica of db that stays there.
+    nodes.push(node("b", "b", 1000, 200));
+    let db = service("db", 1, &[], 10, 100);
+    let web = service("web", 2, &[], 10, 0);
+    let id = |n: &str| AgentId::new(n).expect("id");
+    let previous = Placement::from([
+        ((db.name.clone(), 0), id("b")),
+        ((web.name.clone(), 0), id("n000")),
+    ]);
+    let services = [db, web];
+    let p = plan(&nodes, &services, &previous);
+    assert_eq!(nodes_of(&p, "db"), [Some("b".into())]);
+    let second = nodes_of(&p, "web")[1].clone().expect("placed");
+    assert!(second.starts_with('n'), "zone b was scored: {second}");
+    // With fewer nodes than that, every node is scored and zone b wins.
+    let p = plan(&nodes[NODES_TO_SCORE - 5..], &services, &previous);
+    assert_eq!(nodes_of(&p, "web")[1].as_deref(), Some("b"));
+}
+
+/// Equal nodes, as many of them as the property below uses.
+fn equal_fleet(n: usize, regions: usize, one_zone: bool, down_every: usize) -> Vec<NodeInput> {
+    (0..n)
+        .map(|i| {
+            let mut node = node(
+                &format!("n{i:04}"),
+                &format!("r{}", i % regions),
+                4000,
+                4096,
+            );
+            if one_zone {
+                node.zone = Some("z".into());
+            }
+            if i % down_every == down_every - 1 {
+                node.schedulable = Err(Unschedulable::Offline);
+            }
+            node
+        })
+        .collect()
+}
+
+/// Replicas per node under `p`, for every schedulable node of `nodes`.
+fn load_per_node(p: &Plan, nodes: &[NodeInput]) -> BTreeMap<AgentId, usize> {
+    let mut load: BTreeMap<AgentId, usize> = nodes
+        .iter()
+        .filter(|n| n.schedulable.is_ok())
+        .map(|n| (n.id.clone(), 0))
+        .collect();
+    for node in p.placement().values() {
+        *load.get_mut(node).expect("placed on a schedulable node") += 1;
+    }
+    load
+}
+
+#[test]
+fn services_without_a_target_spread_over_a_large_fleet() {
+    // The fleet of issue 16: 5 services x 100 replicas on 500 equal nodes
+    // took 195 nodes when only the first 100 by id were scored.
+    let nodes = equal_fleet(500, 1, false, usize::MAX);
+    let services: Vec<ServiceInput> = (0..5)
+        .map(|i| service(&format!("s{i}"), 100, &[], 100, 64))
+        .collect();
+    let p = plan(&nodes, &services, &Placement::new());
+    let load = load_per_node(&p, &nodes);
+    assert_eq!(
+        load.values().filter(|l| **l == 1).count(),
+        500,
+        "one replica on every node"
     );
-    assert_eq!(nodes_of(&p, "web"), [Some(format!("n{NODES_TO_SCORE:03}"))]);
+}
+
+#[test]
+fn services_that_take_no_memory_start_at_different_nodes() {
+    // Free memory cannot tell equal nodes apart when services take none: the
+    // rotation seeded by each service's name does, where id order would put
+    // every one of them on the first node.
+    let nodes = equal_fleet(500, 1, false, usize::MAX);
+    let services: Vec<ServiceInput> = (0..50)
+        .map(|i| service(&format!("s{i}"), 1, &[], 10, 0))
+        .collect();
+    let p = plan(&nodes, &services, &Placement::new());
+    let used = load_per_node(&p, &nodes)
+        .values()
+        .filter(|l| **l > 0)
+        .count();
+    assert!(used >= 40, "50 services on only {used} of 500 nodes");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// On a large fleet of equal nodes, replicas of services without a
+    /// latency target land on the least loaded eligible nodes: no node runs
+    /// two more replicas than another (the spread rule may cost one), and
+    /// with one zone, or spread `node`, no node gets a second replica while
+    /// an eligible node has none. Re-planning moves nothing.
+    #[test]
+    fn large_fleets_of_equal_nodes_are_used_evenly(
+        n in 300..1000usize,
+        regions in 1..6usize,
+        one_zone in any::<bool>(),
+        down_every in 7..40usize,
+        raw in prop::collection::vec((1..=100u32, any::<bool>(), 0..3u32), 2..9),
+    ) {
+        let nodes = equal_fleet(n, regions, one_zone, down_every);
+        let services: Vec<ServiceInput> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, (replicas, by_node, priority))| {
+                let mut s = service(&format!("s{i}"), *replicas, &[], 100, 64);
+                s.spread = if *by_node { Spread::Node } else { Spread::Zone };
+                s.priority = *priority;
+                s
+            })
+            .collect();
+        let p = plan(&nodes, &services, &Placement::new());
+        let total: usize = raw.iter().map(|r| r.0 as usize).sum();
+        prop_assert_eq!(p.placement().len(), total, "every replica placed");
+        let load = load_per_node(&p, &nodes);
+        let (min, max) = (load.values().min().copied().unwrap_or(0), load.values().max().copied().unwrap_or(0));
+        let strict = one_zone || regions == 1 || services.iter().all(|s| s.spread == Spread::Node);
+        let bound = if strict { 1 } else { 2 };
+        prop_assert!(max <= min + bound, "loads from {} to {} (bound {})", min, max, bound);
+        prop_assert_eq!(plan(&nodes, &services, &p.placement()).placement(), p.placement());
+    }
 }

@@ -8,6 +8,8 @@
 //! stood. Standard library only: the agent, the controller and the offline
 //! tool all depend on this crate, and it must stay small.
 
+pub mod format;
+
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

@@ -197,13 +197,13 @@ impl DataFormat {
 
     fn stamp(&self, dir: &Path, version: u32) -> Result<(), FormatError> {
         let path = dir.join(FILE);
-        crate::write(&path, format!("{} {version}\n", self.program).as_bytes()).map_err(|source| {
-            FormatError::Io {
+        crate::file::write(&path, format!("{} {version}\n", self.program).as_bytes()).map_err(
+            |source| FormatError::Io {
                 path,
                 action: "write",
                 source,
-            }
-        })
+            },
+        )
     }
 
     /// Brings the existing directory `dir` to the current format, or

@@ -45,6 +45,7 @@ pub mod artifacts;
 pub mod cgroup;
 pub mod config;
 pub mod confine;
+pub mod data_format;
 pub mod disk;
 pub mod enroll;
 pub mod error;
@@ -106,6 +107,8 @@ pub enum AgentError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    DataFormat(#[from] verge_durable::format::FormatError),
+    #[error(transparent)]
     State(#[from] state::StateError),
     #[error(transparent)]
     Outbox(#[from] outbox::OutboxError),
@@ -143,7 +146,11 @@ impl AgentError {
             AgentError::DataDir { .. }
             | AgentError::State(_)
             | AgentError::Outbox(_)
-            | AgentError::AlarmStore { .. } => 73,
+            | AgentError::AlarmStore { .. }
+            | AgentError::DataFormat(verge_durable::format::FormatError::Io { .. }) => 73,
+            // EX_CONFIG: a newer release's data directory (a downgrade), or
+            // another program's: a restart cannot help.
+            AgentError::DataFormat(_) => EX_CONFIG,
             // EX_SOFTWARE: an internal failure; the service manager restarts us.
             AgentError::TaskDied(_) => 70,
             // EX_CONFIG: the configured workload user is unusable.
@@ -484,15 +491,20 @@ async fn bind_probe_socket(
     Ok(Some((socket, probe.advertise.unwrap_or(bound))))
 }
 
-/// Creates the data directory and returns its absolute path (workload
-/// pid files record absolute artifact paths, checked against /proc).
+/// Creates the data directory, brings it to the current format and returns
+/// its absolute path (workload pid files record absolute artifact paths,
+/// checked against /proc).
 fn prepare_data_dir(path: &std::path::Path) -> Result<PathBuf, AgentError> {
     let fail = |source| AgentError::DataDir {
         path: path.to_owned(),
         source,
     };
     std::fs::create_dir_all(path).map_err(fail)?;
-    std::fs::canonicalize(path).map_err(fail)
+    let path = std::fs::canonicalize(path).map_err(fail)?;
+    // Before anything in it is read or written: a newer release's directory
+    // is refused untouched.
+    data_format::open(&path)?;
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -512,5 +524,23 @@ mod tests {
         );
         assert_eq!(AgentError::TaskDied("x".into()).exit_code(), 70);
         assert_eq!(EX_CONFIG, 78);
+    }
+
+    #[test]
+    fn a_data_dir_is_stamped_and_a_newer_one_refused_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("node.key"), b"format 1 data").expect("write");
+        prepare_data_dir(dir.path()).expect("format 1 opens");
+        let stamped = std::fs::read_to_string(dir.path().join("FORMAT")).expect("FORMAT");
+        assert_eq!(stamped, "edge-agent 2\n");
+
+        std::fs::write(dir.path().join("FORMAT"), "edge-agent 3\n").expect("write");
+        let err = prepare_data_dir(dir.path()).expect_err("a downgrade");
+        assert_eq!(err.exit_code(), EX_CONFIG);
+        let message = err.to_string();
+        assert!(message.contains("format version 3"), "{message}");
+        assert!(message.contains("up to 2"), "{message}");
+        let after = std::fs::read_to_string(dir.path().join("FORMAT")).expect("FORMAT");
+        assert_eq!(after, "edge-agent 3\n", "left untouched");
     }
 }

@@ -50,6 +50,14 @@ pub struct ClusterOptions {
     pub tls: bool,
     /// `tls.client_cert_ttl_secs` in TLS mode (the controller's default when `None`).
     pub client_cert_ttl_secs: Option<u64>,
+    /// Start the controller on an existing installation instead of a new
+    /// one: a directory with the controller's data directory as
+    /// `controller/` and its trust bundle as `trust-bundle.json` (an
+    /// unpacked upgrade fixture). [`Cluster::roles`] then holds keys the
+    /// installation does not know.
+    pub existing: Option<PathBuf>,
+    /// How long the trust bundle of a new installation is valid.
+    pub trust_validity: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -61,6 +69,8 @@ impl Default for ClusterOptions {
             default_intervals: false,
             tls: false,
             client_cert_ttl_secs: None,
+            existing: None,
+            trust_validity: Duration::from_secs(86_400),
         }
     }
 }
@@ -339,11 +349,21 @@ impl Cluster {
         let api_port = free_port();
         let mqtt_port = free_port();
         let mqtt_addr: SocketAddr = ([127, 0, 0, 1], mqtt_port).into();
-        let controller_data = dir.path().join("controller");
         let roles = std::sync::Arc::new(Roles::generate());
-        roles.install_controller_key(&controller_data)?;
-        let bundle_file = dir.path().join("trust-bundle.json");
-        fs::write(&bundle_file, roles.signed_bundle(1))?;
+        let (controller_data, bundle_file) = match &options.existing {
+            Some(existing) => (
+                existing.join("controller"),
+                existing.join("trust-bundle.json"),
+            ),
+            None => {
+                let controller_data = dir.path().join("controller");
+                roles.install_controller_key(&controller_data)?;
+                let bundle_file = dir.path().join("trust-bundle.json");
+                let bundle = roles.bundle_valid_for(1, options.trust_validity);
+                fs::write(&bundle_file, roles.sign_bundle(&bundle))?;
+                (controller_data, bundle_file)
+            }
+        };
 
         let mut mosquitto = match options.broker {
             BrokerKind::Embedded | BrokerKind::MosquittoTls => None,

@@ -62,12 +62,17 @@ impl Roles {
     /// Bundle `version`: this root (threshold 1), this controller, and the
     /// publisher allowed every service; valid for a day.
     pub fn bundle(&self, version: u64) -> TrustBundle {
+        self.bundle_valid_for(version, Duration::from_secs(86_400))
+    }
+
+    /// [`Roles::bundle`] valid for `validity` from now.
+    pub fn bundle_valid_for(&self, version: u64, validity: Duration) -> TrustBundle {
         let now = Timestamp::now();
         TrustBundle {
             schema_version: SCHEMA_VERSION,
             version,
             issued_at: now,
-            expires_at: now.saturating_add(Duration::from_secs(86_400)),
+            expires_at: now.saturating_add(validity),
             root: RootRole {
                 keys: vec![self.root.public_key()],
                 threshold: 1,
@@ -84,12 +89,12 @@ impl Roles {
 
     /// The signed bundle `version`, as JSON.
     pub fn signed_bundle(&self, version: u64) -> Vec<u8> {
-        serde_json::to_vec(&sign_by(
-            trust_type::TRUST_BUNDLE,
-            &self.bundle(version),
-            &[&self.root],
-        ))
-        .expect("json")
+        self.sign_bundle(&self.bundle(version))
+    }
+
+    /// `bundle` signed by this root, as JSON.
+    pub fn sign_bundle(&self, bundle: &TrustBundle) -> Vec<u8> {
+        serde_json::to_vec(&sign_by(trust_type::TRUST_BUNDLE, bundle, &[&self.root])).expect("json")
     }
 }
 

@@ -41,8 +41,10 @@ use crate::config::BrokerAddr;
 use crate::outbox::Outbox;
 use crate::report::Signer;
 
-const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The first reconnect delay (before jitter); doubled after each failure.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+/// The longest reconnect delay (before jitter).
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long the goodbye (offline Presence, DISCONNECT) may take at shutdown.
 const GOODBYE_DEADLINE: Duration = Duration::from_secs(3);
 /// Requests queued towards the event loop; more are dropped, not awaited.
@@ -411,7 +413,7 @@ fn arm_last_will(eventloop: &mut EventLoop, signer: &Signer, topics: &OwnTopics)
 
 /// `base` scaled by a random factor in [0.5, 1.0), so a fleet that lost the
 /// same broker does not reconnect in lockstep.
-fn jitter(rng: &ring::rand::SystemRandom, base: Duration) -> Duration {
+pub fn jitter(rng: &ring::rand::SystemRandom, base: Duration) -> Duration {
     let mut byte = [0u8; 1];
     let fraction = if rng.fill(&mut byte).is_ok() {
         f64::from(byte[0]) / 512.0

@@ -58,6 +58,10 @@ pub struct ClusterOptions {
     pub existing: Option<PathBuf>,
     /// How long the trust bundle of a new installation is valid.
     pub trust_validity: Duration,
+    /// The controller's `RUST_LOG`; `None` is the tests' verbose filter.
+    /// Benchmarks pass `info` (the production default) so that they do
+    /// not measure debug logging.
+    pub controller_log_filter: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -71,9 +75,13 @@ impl Default for ClusterOptions {
             client_cert_ttl_secs: None,
             existing: None,
             trust_validity: Duration::from_secs(86_400),
+            controller_log_filter: None,
         }
     }
 }
+
+/// The controller's `RUST_LOG` in tests.
+const TEST_LOG_FILTER: &str = "info,central_controller=debug,rumqttd=warn";
 
 /// How long a process may take to come up on a loaded 2-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -327,6 +335,7 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     controller: Option<Child>,
     controller_log: PathBuf,
+    log_filter: String,
     mosquitto: Option<Mosquitto>,
     pub agents: Vec<AgentHandle>,
     pub api: Api,
@@ -414,7 +423,11 @@ impl Cluster {
 
         let mut cmd = Command::new(binary("central-controller"));
         cmd.arg("run").arg("--config").arg(&config_path);
-        cmd.env("RUST_LOG", "info,central_controller=debug,rumqttd=warn");
+        let log_filter = options
+            .controller_log_filter
+            .clone()
+            .unwrap_or_else(|| TEST_LOG_FILTER.to_owned());
+        cmd.env("RUST_LOG", &log_filter);
         let controller_log = dir.path().join("controller.log");
         let controller = spawn_logged(cmd, &controller_log)?;
 
@@ -442,6 +455,7 @@ impl Cluster {
             dir,
             controller: Some(controller),
             controller_log,
+            log_filter,
             mosquitto,
             agents: Vec::new(),
             api: Api::with_ca(base, token, ca_pem.as_deref()).with_publisher(roles.clone()),
@@ -619,7 +633,7 @@ impl Cluster {
         cmd.arg("run")
             .arg("--config")
             .arg(self.dir.path().join("controller.toml"));
-        cmd.env("RUST_LOG", "info,central_controller=debug,rumqttd=warn");
+        cmd.env("RUST_LOG", &self.log_filter);
         let log = self.dir.path().join("controller-restarted.log");
         self.controller = Some(spawn_logged(cmd, &log)?);
         wait_healthy(self.api.http(), &self.api.base).await;
@@ -645,6 +659,21 @@ impl Cluster {
     /// The whole controller log so far (of its first start).
     pub fn controller_log(&self) -> String {
         fs::read_to_string(&self.controller_log).unwrap_or_default()
+    }
+
+    /// The Mosquitto process's pid (`None` with the embedded broker).
+    pub fn mosquitto_pid(&self) -> Option<u32> {
+        self.mosquitto.as_ref().map(|m| m.child.id())
+    }
+
+    /// Restarts Mosquitto (which closes every client connection); fails
+    /// with the embedded broker.
+    pub async fn restart_mosquitto(&mut self) -> Result<()> {
+        self.mosquitto
+            .as_mut()
+            .context("no Mosquitto in this cluster")?
+            .restart()
+            .await
     }
 
     /// The broker's log so far (Mosquitto only; empty with the embedded one).

@@ -15,6 +15,7 @@ pub mod mqtt;
 pub mod node;
 pub mod proxy;
 pub mod require;
+pub mod sim;
 pub mod sse;
 pub mod tls;
 pub mod trust;

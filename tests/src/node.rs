@@ -1,15 +1,20 @@
-//! A node without an agent process: its own key, and signed presence and
-//! status documents, for tests and benchmarks that need many nodes or many
-//! changes cheaply. What the controller does with them is real.
+//! A node without an agent process: its own key, and signed presence,
+//! status and heartbeat documents, for tests and benchmarks that need many
+//! nodes or many changes cheaply (and for the fleet simulator's agents,
+//! `sim`). What the controller does with them is real.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use verge_shared::messages::{
-    Presence, Resources, SCHEMA_VERSION, Status, WorkloadState, WorkloadStatus, payload_type,
+    Heartbeat, Presence, Rejection, Resources, SCHEMA_VERSION, Status, WorkloadState,
+    WorkloadStatus, payload_type,
 };
-use verge_shared::{AgentId, RegionId, ServiceName, Sha256Digest, SigningKey, Timestamp};
+use verge_shared::topic::{Channel, Topics};
+use verge_shared::{
+    AgentId, Generation, RegionId, ServiceName, Sha256Digest, SigningKey, Timestamp,
+};
 
 use crate::Cluster;
 use crate::mqtt::TestClient;
@@ -46,6 +51,32 @@ impl FakeNode {
     /// A signed presence saying the node is `online` or not (what an
     /// agent's Last Will says).
     pub async fn presence(&self, mqtt: &TestClient, online: bool) -> Result<()> {
+        mqtt.publish(
+            &self.topic(Channel::Presence)?,
+            self.presence_payload(online)?,
+        )
+        .await
+    }
+
+    /// Reports one workload of `service` whose message is `message`: a
+    /// status with news, so the controller records a `node` change.
+    pub async fn report(&self, mqtt: &TestClient, service: &str, message: String) -> Result<()> {
+        let workload = WorkloadStatus {
+            message: Some(message),
+            ..running(ServiceName::new(service)?, 0, Sha256Digest::of(b"fake"))
+        };
+        let payload = self.status_payload(None, vec![workload], None)?;
+        mqtt.publish(&self.topic(Channel::Status)?, payload).await
+    }
+
+    /// The node's topic for `channel` under the default prefix.
+    pub fn topic(&self, channel: Channel) -> Result<String> {
+        Ok(Topics::default().agent(&AgentId::new(self.id.as_str())?, channel))
+    }
+
+    /// The signed presence document: `online`, or the offline one an
+    /// agent leaves as its Last Will.
+    pub fn presence_payload(&self, online: bool) -> Result<Vec<u8>> {
         let presence = Presence {
             schema_version: SCHEMA_VERSION,
             agent: AgentId::new(self.id.as_str())?,
@@ -62,38 +93,60 @@ impl FakeNode {
             probe_addr: None,
             limits: None,
         };
-        let payload = self.key.sign_json(payload_type::PRESENCE, &presence);
-        mqtt.publish(&format!("verge/v1/agents/{}/presence", self.id), payload)
-            .await
+        Ok(self.key.sign_json(payload_type::PRESENCE, &presence))
     }
 
-    /// Reports one workload of `service` whose message is `message`: a
-    /// status with news, so the controller records a `node` change.
-    pub async fn report(&self, mqtt: &TestClient, service: &str, message: String) -> Result<()> {
+    /// A signed status: `applied` (the generation acknowledged), what runs,
+    /// and the last rejected desired state.
+    pub fn status_payload(
+        &self,
+        applied: Option<Generation>,
+        workloads: Vec<WorkloadStatus>,
+        last_rejection: Option<Rejection>,
+    ) -> Result<Vec<u8>> {
         let status = Status {
             schema_version: SCHEMA_VERSION,
             agent: AgentId::new(self.id.as_str())?,
             at: Timestamp::now(),
-            applied_generation: None,
-            workloads: vec![WorkloadStatus {
-                service: ServiceName::new(service)?,
-                replica: 0,
-                artifact: Sha256Digest::of(b"fake"),
-                state: WorkloadState::Running,
-                pid: None,
-                restarts: 0,
-                ports: Default::default(),
-                message: Some(message),
-                health: None,
-                last_exit: None,
-                isolation: None,
-            }],
-            last_rejection: None,
+            applied_generation: applied,
+            workloads,
+            last_rejection,
             storage_problem: None,
         };
-        let payload = self.key.sign_json(payload_type::STATUS, &status);
-        mqtt.publish(&format!("verge/v1/agents/{}/status", self.id), payload)
-            .await
+        Ok(self.key.sign_json(payload_type::STATUS, &status))
+    }
+
+    /// A signed heartbeat.
+    pub fn heartbeat_payload(
+        &self,
+        uptime_secs: u64,
+        applied: Option<Generation>,
+    ) -> Result<Vec<u8>> {
+        let heartbeat = Heartbeat {
+            schema_version: SCHEMA_VERSION,
+            agent: AgentId::new(self.id.as_str())?,
+            at: Timestamp::now(),
+            uptime_secs,
+            applied_generation: applied,
+        };
+        Ok(self.key.sign_json(payload_type::HEARTBEAT, &heartbeat))
+    }
+}
+
+/// A workload reported running with no pid, health or ports.
+pub fn running(service: ServiceName, replica: u32, artifact: Sha256Digest) -> WorkloadStatus {
+    WorkloadStatus {
+        service,
+        replica,
+        artifact,
+        state: WorkloadState::Running,
+        pid: None,
+        restarts: 0,
+        ports: Default::default(),
+        message: None,
+        health: None,
+        last_exit: None,
+        isolation: None,
     }
 }
 

@@ -125,7 +125,7 @@ impl App {
         self.metrics.received.get_or_create(&Kind { kind }).inc();
         let result = match &route {
             None => match (&telemetry, &event) {
-                (Some(telemetry), _) => self.ingest_telemetry(telemetry, payload),
+                (Some(telemetry), _) => self.ingest_telemetry(telemetry, payload, now),
                 (None, Some(event)) => self.ingest_event(event, payload, now),
                 (None, None) => Err(IngestError::UnknownTopic),
             },
@@ -263,6 +263,17 @@ impl App {
         Ok(())
     }
 
+    /// Records how long ago an agent signed a message the ingest task is
+    /// handling now (`verge_ingest_lag_seconds`): the broker, the MQTT
+    /// client and the ingest queue together. Presence is left out: it is
+    /// retained and its Last Will is signed at connection time, so its
+    /// `at` is old by design. A clock ahead of ours counts as no lag.
+    pub(super) fn observe_lag(&self, at: Timestamp, now: Timestamp) {
+        self.metrics
+            .ingest_lag_seconds
+            .observe(now.saturating_since(at).as_secs_f64());
+    }
+
     /// Verifies a heartbeat or status with the agent's pinned key.
     pub(super) fn open_pinned<T: serde::de::DeserializeOwned>(
         &self,
@@ -292,6 +303,7 @@ impl App {
             payload_type::HEARTBEAT,
         )?;
         check_header(agent, &heartbeat.agent, heartbeat.schema_version)?;
+        self.observe_lag(heartbeat.at, now);
         // Health changes are noticed by the periodic health check; a heartbeat
         // alone never triggers a re-plan.
         if let Some(node) = self.nodes.records().get_mut(agent) {
@@ -317,6 +329,7 @@ impl App {
             latency::REPORT_PAYLOAD_TYPE,
         )?;
         check_header(agent, &report.agent, report.schema_version)?;
+        self.observe_lag(report.at, now);
         report.validate().map_err(IngestError::Invalid)?;
         // Reports wait in the agent's outbox while its uplink is down; samples
         // older than the window would pass for fresh ones, so they are dropped.
@@ -342,6 +355,7 @@ impl App {
             payload_type::STATUS,
         )?;
         check_header(agent, &status.agent, status.schema_version)?;
+        self.observe_lag(status.at, now);
         let changed = self.nodes.records().get_mut(agent).map(|node| {
             // Every status repeats the last rejection; report each one once.
             let previous = node.last_status.as_ref().and_then(|s| s.last_rejection.as_ref());

@@ -63,6 +63,13 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+/// Ingest lag buckets, seconds: fine between 0.1 and 2 s, where a fleet's
+/// p99 against a one-second goal falls, and out to a minute for backlogs.
+const INGEST_LAG_BUCKETS: [f64; 20] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0,
+    5.0, 10.0, 30.0, 60.0,
+];
+
 /// Every metric the controller exports.
 pub(super) struct Metrics {
     registry: Registry,
@@ -72,6 +79,7 @@ pub(super) struct Metrics {
     pub(super) verifications: Family<Outcome, Counter>,
     pub(super) published: Family<Kind, Counter>,
     pub(super) placement_seconds: Histogram,
+    pub(super) ingest_lag_seconds: Histogram,
     pub(super) requests: Family<RequestLabels, Counter>,
     pub(super) request_seconds: HistogramFamily<RouteLabel>,
     pub(super) nodes: Family<NodeLabels, Gauge>,
@@ -120,6 +128,12 @@ impl Default for Metrics {
             "Time the scheduler took for one plan",
             placement_seconds.clone(),
         );
+        let ingest_lag_seconds = Histogram::new(INGEST_LAG_BUCKETS);
+        registry.register(
+            "verge_ingest_lag_seconds",
+            "Time from an agent's signed `at` to the ingest task handling its heartbeat, status, latency report or telemetry",
+            ingest_lag_seconds.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "verge_api_requests",
@@ -167,6 +181,7 @@ impl Default for Metrics {
             verifications,
             published,
             placement_seconds,
+            ingest_lag_seconds,
             requests,
             request_seconds,
             nodes,

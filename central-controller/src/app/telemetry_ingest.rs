@@ -6,9 +6,9 @@
 //! only: it is kept to be looked at and never drives a decision (health,
 //! placement, failover read heartbeats, status and presence, all signed).
 
-use verge_shared::AgentId;
 use verge_shared::telemetry::{MAX_TELEMETRY_BYTES, TELEMETRY_SCHEMA_VERSION, Telemetry};
 use verge_shared::topic::TelemetryRoute;
+use verge_shared::{AgentId, Timestamp};
 
 use super::composition::App;
 use super::error::AppError;
@@ -25,6 +25,7 @@ impl App {
         &self,
         route: &TelemetryRoute,
         payload: &[u8],
+        now: Timestamp,
     ) -> Result<(), IngestError> {
         if self.telemetry.limit() == 0 {
             return Ok(());
@@ -48,6 +49,7 @@ impl App {
             Some(node) if node.revoked => return Err(IngestError::Revoked),
             Some(_) => {}
         }
+        self.observe_lag(telemetry.at, now);
         self.telemetry
             .push(&route.agent, Sample::of(&telemetry))
             .map_err(|NotNewer { last }| IngestError::StaleSeq {

@@ -10,6 +10,7 @@ pub mod api;
 pub mod bench;
 pub mod browser;
 pub mod cluster;
+pub mod faults;
 pub mod mqtt;
 pub mod node;
 pub mod proxy;

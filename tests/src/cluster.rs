@@ -62,6 +62,12 @@ pub struct ClusterOptions {
     /// Benchmarks pass `info` (the production default) so that they do
     /// not measure debug logging.
     pub controller_log_filter: Option<String>,
+    /// [`BrokerKind::Mosquitto`]: run it with `persistence true`, so that
+    /// retained messages, persistent sessions and their queued messages
+    /// survive [`Cluster::restart_broker`].
+    pub broker_persistence: bool,
+    /// `[nodes] telemetry_history` (the controller's default when `None`).
+    pub telemetry_history: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -76,6 +82,8 @@ impl Default for ClusterOptions {
             existing: None,
             trust_validity: Duration::from_secs(86_400),
             controller_log_filter: None,
+            broker_persistence: false,
+            telemetry_history: None,
         }
     }
 }
@@ -376,7 +384,9 @@ impl Cluster {
 
         let mut mosquitto = match options.broker {
             BrokerKind::Embedded | BrokerKind::MosquittoTls => None,
-            BrokerKind::Mosquitto => Some(start_mosquitto(dir.path(), mqtt_port).await?),
+            BrokerKind::Mosquitto => {
+                Some(start_mosquitto(dir.path(), mqtt_port, options.broker_persistence).await?)
+            }
         };
         let broker_section = match options.broker {
             BrokerKind::Embedded => format!("listen = \"{mqtt_addr}\""),
@@ -393,7 +403,7 @@ impl Cluster {
         let config = format!(
             "data_dir = \"{data}\"\n\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n\n\
              [broker]\n{broker_section}\n\n[deploy]\n{republish}\n\
-             [nodes]\n{heartbeat_timeout}failover_grace_secs = {grace}\n\n\
+             [nodes]\n{heartbeat_timeout}{history}failover_grace_secs = {grace}\n\n\
              [trust]\nbundle_file = \"{bundle}\"\n\n[tls]\nenabled = {tls}\n{ttl}\n{extra}\n",
             data = controller_data.display(),
             bundle = bundle_file.display(),
@@ -403,6 +413,10 @@ impl Cluster {
                 .map(|s| format!("client_cert_ttl_secs = {s}\n"))
                 .unwrap_or_default(),
             grace = options.failover_grace_secs,
+            history = options
+                .telemetry_history
+                .map(|n| format!("telemetry_history = {n}\n"))
+                .unwrap_or_default(),
             extra = options.controller_extra,
             republish = if options.default_intervals {
                 ""
@@ -625,6 +639,26 @@ impl Cluster {
         }
     }
 
+    /// Kills the controller with SIGKILL, as a crash or an OOM kill would
+    /// (with the embedded broker, the broker goes too).
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// [`BrokerKind::Mosquitto`]: stops the broker (SIGTERM: Mosquitto
+    /// writes its persistence file) and starts it again on the same port
+    /// with the same configuration; every client connection is closed.
+    pub async fn restart_broker(&mut self) -> Result<()> {
+        self.mosquitto
+            .as_mut()
+            .context("no Mosquitto in this cluster")?
+            .restart()
+            .await
+    }
+
     /// Starts the controller again on the same ports and data directory and
     /// waits until its API answers.
     pub async fn start_controller(&mut self) -> Result<()> {
@@ -664,16 +698,6 @@ impl Cluster {
     /// The Mosquitto process's pid (`None` with the embedded broker).
     pub fn mosquitto_pid(&self) -> Option<u32> {
         self.mosquitto.as_ref().map(|m| m.child.id())
-    }
-
-    /// Restarts Mosquitto (which closes every client connection); fails
-    /// with the embedded broker.
-    pub async fn restart_mosquitto(&mut self) -> Result<()> {
-        self.mosquitto
-            .as_mut()
-            .context("no Mosquitto in this cluster")?
-            .restart()
-            .await
     }
 
     /// The broker's log so far (Mosquitto only; empty with the embedded one).
@@ -767,13 +791,29 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) {
 }
 
 /// Starts `mosquitto` from the Debian package on `port` with a config of our
-/// own (plain TCP, anonymous), and waits until it accepts connections.
-async fn start_mosquitto(dir: &Path, port: u16) -> Result<Mosquitto> {
+/// own (plain TCP, anonymous, `$SYS` counters every second, persistence in
+/// `dir` when asked), and waits until it accepts connections.
+async fn start_mosquitto(dir: &Path, port: u16, persistence: bool) -> Result<Mosquitto> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let persistence = if persistence {
+        // Mosquitto started as root switches to the `mosquitto` user, which
+        // must reach and write its persistence directory.
+        let store = dir.join("mosquitto-persistence");
+        fs::create_dir_all(&store)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+        fs::set_permissions(&store, fs::Permissions::from_mode(0o777))?;
+        format!(
+            "persistence true\npersistence_location {}/\n",
+            store.display()
+        )
+    } else {
+        "persistence false\n".to_owned()
+    };
     let conf = dir.join("mosquitto.conf");
     fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+            "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}sys_interval 1\n\
              log_dest stderr\nlog_type error\nlog_type warning\n"
         ),
     )?;

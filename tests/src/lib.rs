@@ -11,6 +11,7 @@ pub mod bench;
 pub mod browser;
 pub mod cluster;
 pub mod fixture;
+pub mod faults;
 pub mod mqtt;
 pub mod node;
 pub mod proxy;

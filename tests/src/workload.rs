@@ -15,6 +15,31 @@ pub fn hello_artifact() -> Vec<u8> {
     std::fs::read(binary("hello-edge")).expect("hello-edge binary is readable")
 }
 
+/// The pids of every example workload process on this machine started
+/// with `--greeting greeting`, found in `/proc`: the copies that really
+/// run, whatever any agent or the API says.
+pub fn copies_running(greeting: &str) -> Vec<u32> {
+    let wanted = format!("--greeting\0{greeting}\0");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            // The agent's confinement helper carries the workload's argv
+            // until it execs it: only the workload itself counts.
+            cmdline.contains(&wanted)
+                && !cmdline.contains("exec-workload")
+                && crate::cluster::process_alive(*pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// Asks the workload listening on `port` who it is.
 pub async fn ask(port: u64) -> Result<Value> {
     let client = reqwest::Client::builder()
@@ -41,7 +66,7 @@ pub struct RunningReplica {
 /// Checks that every replica of `service` runs (API: state `running` at the
 /// node's current generation) and answers with `greeting` from the node the
 /// API names, with the pid the API names.
-async fn check_running(
+pub async fn check_running(
     api: &Api,
     service: &str,
     greeting: &str,

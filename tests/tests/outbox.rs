@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use verge_shared::telemetry::Telemetry;
 use verge_shared::{AgentId, RegionId, Topics};
+use verge_tests::faults::read_outbox;
 use verge_tests::mqtt::TestClient;
 use verge_tests::proxy::Proxy;
 use verge_tests::{Cluster, ClusterOptions};
@@ -106,17 +107,10 @@ async fn every_message_produced_during_an_outage_is_delivered_after_it() {
     let agent = cluster.agent("edge-a");
     agent.stop();
     receive_until(&mut receiver, &topic, &mut seen, TAIL, |_| false).await;
-    let state = agent.data_dir.join("state");
-    let db = sled::Config::new()
-        .path(&state)
-        .open()
-        .expect("agent state");
-    let outbox = edge_agent::outbox::Outbox::open(&db, state, u64::MAX).expect("outbox");
-    let produced = outbox.last_seq();
-    let metrics = outbox.metrics();
+    let outbox = read_outbox(&agent.data_dir).expect("read the outbox");
+    let produced = outbox.last_seq;
     let still_queued: Vec<u64> = outbox
-        .entries_from(outbox.first_key(), usize::MAX)
-        .expect("read outbox")
+        .queued
         .iter()
         .filter(|e| e.topic == topic)
         .map(|e| {
@@ -125,7 +119,7 @@ async fn every_message_produced_during_an_outage_is_delivered_after_it() {
                 .seq
         })
         .collect();
-    assert_eq!(metrics.dropped, 0, "nothing dropped within the quota");
+    assert_eq!(outbox.dropped, 0, "nothing dropped within the quota");
     let lost: Vec<u64> = (1..=produced)
         .filter(|q| !seen.contains_key(q) && !still_queued.contains(q))
         .collect();

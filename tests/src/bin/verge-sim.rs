@@ -330,7 +330,7 @@ async fn main() -> Result<()> {
             "storm" if broker == BrokerKind::Mosquitto => {
                 let sessions = fleet.sessions();
                 let began = Instant::now();
-                cluster.restart_mosquitto().await?;
+                cluster.restart_broker().await?;
                 recovery(
                     &cluster,
                     &fleet,

@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use verge_shared::messages::{
-    Presence, Resources, SCHEMA_VERSION, Status, WorkloadState, WorkloadStatus, payload_type,
+    Heartbeat, Presence, Resources, SCHEMA_VERSION, Status, WorkloadState, WorkloadStatus,
+    payload_type,
 };
-use verge_shared::{AgentId, RegionId, ServiceName, Sha256Digest, SigningKey, Timestamp};
+use verge_shared::{
+    AgentId, Generation, RegionId, ServiceName, Sha256Digest, SigningKey, Timestamp,
+};
 
 use crate::Cluster;
 use crate::mqtt::TestClient;
@@ -64,6 +67,21 @@ impl FakeNode {
         };
         let payload = self.key.sign_json(payload_type::PRESENCE, &presence);
         mqtt.publish(&format!("verge/v1/agents/{}/presence", self.id), payload)
+            .await
+    }
+
+    /// A signed heartbeat saying the node applied generation `applied`,
+    /// at QoS 0 as an agent sends it.
+    pub async fn heartbeat(&self, mqtt: &TestClient, applied: u64) -> Result<()> {
+        let heartbeat = Heartbeat {
+            schema_version: SCHEMA_VERSION,
+            agent: AgentId::new(self.id.as_str())?,
+            at: Timestamp::now(),
+            uptime_secs: 1,
+            applied_generation: Some(Generation::new(applied)),
+        };
+        let payload = self.key.sign_json(payload_type::HEARTBEAT, &heartbeat);
+        mqtt.publish_at_most_once(&format!("verge/v1/agents/{}/heartbeat", self.id), payload)
             .await
     }
 

@@ -55,6 +55,7 @@ impl App {
                     self.log_failure("plan", self.reconcile(self.now(), false).await);
                     self.observe_placement(self.now());
                     self.observe_controller(self.now());
+                    self.count_expired(self.held.expire(self.now()));
                 }
                 _ = republish_tick.tick() => {
                     self.log_failure("republish", self.republish_all(self.now()).await);

@@ -309,10 +309,18 @@ pub struct NodesConfig {
     pub heartbeat_timeout: Duration,
     /// How long an unhealthy node keeps its replicas.
     pub failover_grace: Duration,
+    /// A node that has not answered the controller's call to announce
+    /// (sent whenever it connects to the broker) within this is not
+    /// responding; agents answer within the first third of it.
+    pub announce_timeout: Duration,
     /// How many of each node's latest telemetry samples are kept in memory
     /// for the API and the console (0: none, and telemetry is not read).
     pub telemetry_history: usize,
 }
+
+/// The longest `nodes.announce_timeout_secs`: agents spread their answers
+/// over a third of it, at most `verge_shared::announce::MAX_SPREAD_MS`.
+pub const MAX_ANNOUNCE_TIMEOUT_SECS: u64 = 180;
 
 /// The most telemetry samples kept per node: at 80 bytes a sample, a day
 /// of one-minute samples, about 115 KB per node.
@@ -366,6 +374,7 @@ impl Default for NodesConfig {
             // Three of the agent's default heartbeat intervals (120 s).
             heartbeat_timeout: Duration::from_secs(360),
             failover_grace: Duration::from_secs(30),
+            announce_timeout: Duration::from_secs(30),
             // An hour at one sample a minute, 15 hours at the agent's
             // default 900 s; about 3.5 KB per node.
             telemetry_history: 60,
@@ -595,6 +604,7 @@ struct RawDeploy {
 struct RawNodes {
     heartbeat_timeout_secs: Option<u64>,
     failover_grace_secs: Option<u64>,
+    announce_timeout_secs: Option<u64>,
     telemetry_history: Option<u64>,
 }
 
@@ -790,6 +800,13 @@ impl RawConfig {
                 .nodes
                 .failover_grace_secs
                 .map_or(defaults.failover_grace, Duration::from_secs),
+            announce_timeout: Duration::from_secs(bounded(
+                &mut problems,
+                "nodes.announce_timeout_secs",
+                self.nodes.announce_timeout_secs,
+                (3, MAX_ANNOUNCE_TIMEOUT_SECS),
+                defaults.announce_timeout.as_secs(),
+            )),
             telemetry_history: usize::try_from(bounded(
                 &mut problems,
                 "nodes.telemetry_history",

@@ -155,6 +155,8 @@ async fn poll(
                     warn!(error = %e, "Could not queue a subscription.");
                 }
                 app.request_republish();
+                // After the subscriptions, so that no answer is missed.
+                app.ask_to_announce(app.now());
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 // Telemetry may fill only half of the queue, so that a burst
@@ -164,6 +166,7 @@ async fn poll(
                     && topics.telemetry_route(&publish.topic).is_some()
                 {
                     debug!(topic = %publish.topic, "The ingest queue is half full; dropped telemetry.");
+                    app.count_dropped_before_ingest("telemetry_backlog");
                     continue;
                 }
                 let message = Incoming {
@@ -172,6 +175,7 @@ async fn poll(
                 };
                 if inbox_tx.try_send(message).is_err() {
                     warn!("The ingest queue is full; dropped an agent message.");
+                    app.count_dropped_before_ingest("queue_full");
                 }
             }
             Ok(other) => debug!(event = ?other, "MQTT event."),

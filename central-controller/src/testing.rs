@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use verge_shared::messages::{
-    PortSpec, Presence, Resources, RunSpec, SCHEMA_VERSION, WorkloadState, payload_type,
+    Heartbeat, PortSpec, Presence, Resources, RunSpec, SCHEMA_VERSION, WorkloadState, payload_type,
 };
 use verge_shared::telemetry::{
     CacheMetrics, HostMetrics, OutboxMetrics, ProcessMetrics, TELEMETRY_SCHEMA_VERSION, Telemetry,
@@ -325,6 +325,20 @@ pub fn presence_at(
         limits: None,
     };
     key.sign_json(payload_type::PRESENCE, &document)
+}
+
+/// A signed heartbeat of `agent` sent at `at`, saying it applied `applied`.
+pub fn heartbeat(key: &SigningKey, agent: &str, at: Timestamp, applied: Option<u64>) -> Vec<u8> {
+    key.sign_json(
+        payload_type::HEARTBEAT,
+        &Heartbeat {
+            schema_version: SCHEMA_VERSION,
+            agent: AgentId::new(agent).expect("agent"),
+            at,
+            uptime_secs: 5,
+            applied_generation: applied.map(verge_shared::Generation::new),
+        },
+    )
 }
 
 /// A telemetry message as `agent` in `region` publishes it: sequence

@@ -150,7 +150,8 @@ pub struct NodeFilter {
     /// Nodes in this region.
     #[arg(long)]
     pub region: Option<String>,
-    /// online, offline, healthy, unhealthy, cordoned, drained or revoked.
+    /// online, offline, healthy, unhealthy, cordoned, drained, revoked or
+    /// unconfirmed (not heard from since the controller started).
     #[arg(long)]
     pub state: Option<String>,
     /// key=value: nodes carrying this label.

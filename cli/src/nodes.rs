@@ -10,7 +10,8 @@ use crate::output::{self, Format, field, items};
 /// Nodes asked for per page while listing every page.
 const PAGE: u32 = 500;
 
-/// The node's state in one word: revoked, drained, cordoned, offline, unhealthy or ready.
+/// The node's state in one word: revoked, drained, cordoned, offline,
+/// unconfirmed (not heard from since the controller started), unhealthy or ready.
 fn state(node: &Value) -> String {
     if node.get("revoked").and_then(Value::as_bool) == Some(true) {
         return "revoked".into();
@@ -23,6 +24,7 @@ fn state(node: &Value) -> String {
         node.get("healthy").and_then(Value::as_bool),
     ) {
         (Some(false), _) => "offline".into(),
+        _ if node.get("unconfirmed").and_then(Value::as_bool) == Some(true) => "unconfirmed".into(),
         (_, Some(false)) => "unhealthy".into(),
         _ => "ready".into(),
     }
@@ -63,6 +65,7 @@ fn show(node: &Value) {
             "region",
             "online",
             "healthy",
+            "unconfirmed",
             "cordon",
             "version",
             "last_seen",
@@ -208,6 +211,14 @@ mod tests {
         );
         assert_eq!(
             state(&json!({"online": false, "healthy": false})),
+            "offline"
+        );
+        assert_eq!(
+            state(&json!({"online": true, "healthy": true, "unconfirmed": true})),
+            "unconfirmed"
+        );
+        assert_eq!(
+            state(&json!({"online": false, "healthy": false, "unconfirmed": true})),
             "offline"
         );
         assert_eq!(

@@ -128,9 +128,25 @@ pub fn diff(current: &Value, new: &Value) -> Vec<String> {
     lines
 }
 
+/// Whether the replica's node has not been heard from since the controller
+/// started (its state is the stored one, not yet confirmed).
+fn unconfirmed(r: &Value) -> bool {
+    r.get("unconfirmed").and_then(Value::as_bool) == Some(true)
+}
+
+/// The replica's state, marked when it is not yet confirmed.
+fn shown_state(r: &Value) -> String {
+    let state = field(r, "state");
+    if unconfirmed(r) {
+        format!("{state} (unconfirmed)")
+    } else {
+        state
+    }
+}
+
 fn replica_line(r: &Value) -> String {
     let state = field(r, "state");
-    let mut line = format!("replica {}: {state}", field(r, "index"));
+    let mut line = format!("replica {}: {}", field(r, "index"), shown_state(r));
     if let Some(node) = r.get("node").and_then(Value::as_str) {
         line.push_str(&format!(" on {node}"));
     }
@@ -185,7 +201,7 @@ fn show(service: &Value) {
             field(r, "index"),
             field(r, "node"),
             field(r, "region"),
-            field(r, "state"),
+            shown_state(r),
             field(r, "pid"),
             field(r, "ports"),
             field(r, "restarts"),
@@ -339,7 +355,8 @@ async fn wait(
                 seen.insert(index, line.clone());
             }
             let state = field(r, "state");
-            all_running &= state == "running";
+            // A state from before the controller started does not count.
+            all_running &= state == "running" && !unconfirmed(r);
             if failed(&state) {
                 failures.push(line);
             }

@@ -272,6 +272,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         watch::channel(accepted.map(|a| Arc::new(a.desired)));
     // Probe plans, MQTT → prober (latest only).
     let probe_plan_tx = Arc::new(watch::channel(None::<Bytes>).0);
+    // The controller's calls to announce, MQTT → announce task (latest only).
+    let (announce_tx, announce_rx) = watch::channel(None::<Bytes>);
     // Log requests, MQTT → log-request task (bounded; more are dropped).
     let (log_request_tx, log_request_rx) = mpsc::channel(LOG_REQUESTS_QUEUED);
     // Heartbeats and log answers, tasks → MQTT publisher. (Status, telemetry
@@ -297,6 +299,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             status_sent_tx,
             probe_plan_tx: probe_plan_tx.clone(),
             log_request_tx,
+            announce_tx,
             unreachable: broker_spoke.clone(),
             tls: mqtt_tls,
         },
@@ -393,6 +396,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         };
         long_running.spawn(prober.run(socket, probe_plan_tx.subscribe(), stop.clone()));
     }
+    long_running.spawn(tasks::announce::run(
+        trust.clone(),
+        announce_rx,
+        outgoing_tx.clone(),
+        stop.clone(),
+    ));
     long_running.spawn(tasks::log_requests::run(
         config.clone(),
         trust,

@@ -43,8 +43,12 @@ use crate::report::Signer;
 
 /// The first reconnect delay (before jitter); doubled after each failure.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
-/// The longest reconnect delay (before jitter).
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest reconnect delay (before jitter). With the jitter (½ to 1½
+/// of it), every agent is back within 15 s of a broker's return, well
+/// inside the 30 s a returning controller (whose embedded broker went away
+/// with it) gives nodes to answer its call to announce (docs/protocol.md,
+/// "Calls to announce").
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long the goodbye (offline Presence, DISCONNECT) may take at shutdown.
 const GOODBYE_DEADLINE: Duration = Duration::from_secs(3);
 /// Requests queued towards the event loop; more are dropped, not awaited.
@@ -61,6 +65,9 @@ pub enum Outgoing {
     /// A signed answer to a log request (QoS 1, not kept in the outbox: a
     /// lost answer makes the operator's request time out, nothing more).
     LogResponse(Vec<u8>),
+    /// The answer to the controller's call to announce: a presence, a
+    /// status and a heartbeat, as on connecting.
+    Announce,
 }
 
 /// Connection settings taken from the agent configuration.
@@ -74,6 +81,8 @@ pub struct Settings {
     pub status_sent_tx: watch::Sender<Option<Instant>>,
     /// Where received log requests go (bounded; more are dropped).
     pub log_request_tx: mpsc::Sender<Bytes>,
+    /// Where the controller's calls to announce go (only the latest matters).
+    pub announce_tx: watch::Sender<Option<Bytes>>,
     /// Where received probe plans go (retained on `agents/{id}/probes`;
     /// only the latest matters).
     pub probe_plan_tx: Arc<watch::Sender<Option<Bytes>>>,
@@ -104,6 +113,7 @@ pub async fn run(
         heartbeat: settings.topics.heartbeat(&agent),
         log_request: settings.topics.log_request(&agent),
         log_response: settings.topics.log_response(&agent),
+        announce: settings.topics.announce(),
         probes: settings
             .topics
             .agent(&agent, verge_shared::topic::Channel::Probes),
@@ -154,18 +164,8 @@ pub async fn run(
                     client.try_subscribe(topics.desired.clone(), QoS::AtLeastOnce),
                     client.try_subscribe(topics.log_request.clone(), QoS::AtLeastOnce),
                     client.try_subscribe(topics.probes.clone(), QoS::AtLeastOnce),
-                    link.publish(
-                        topics.presence.clone(),
-                        QoS::AtLeastOnce,
-                        true,
-                        signer.presence(true),
-                    ),
-                    link.publish(
-                        topics.status.clone(),
-                        QoS::AtLeastOnce,
-                        false,
-                        signer.status(),
-                    ),
+                    client.try_subscribe(topics.announce.clone(), QoS::AtLeastOnce),
+                    publish_presence_and_status(&link, &signer, &topics),
                 ];
                 for e in results.into_iter().filter_map(Result::err) {
                     warn!(agent = %agent, error = %e, "Cannot queue a request after connecting.");
@@ -178,6 +178,9 @@ pub async fn run(
                 } else if publish.topic == topics.probes {
                     debug!(agent = %agent, n_bytes = publish.payload.len(), "Received a probe plan.");
                     settings.probe_plan_tx.send_replace(Some(publish.payload));
+                } else if publish.topic == topics.announce {
+                    debug!(agent = %agent, "Received a call to announce.");
+                    settings.announce_tx.send_replace(Some(publish.payload));
                 } else if publish.topic == topics.log_request {
                     if settings.log_request_tx.try_send(publish.payload).is_err() {
                         warn!(agent = %agent, "Dropped a log request: too many are waiting.");
@@ -400,6 +403,28 @@ struct OwnTopics {
     log_request: String,
     log_response: String,
     probes: String,
+    announce: String,
+}
+
+/// Queues an online Presence (retained) and a full Status: what the agent
+/// says on every connect and when the controller calls it to announce.
+fn publish_presence_and_status(
+    link: &Link,
+    signer: &Signer,
+    topics: &OwnTopics,
+) -> Result<(), ClientError> {
+    link.publish(
+        topics.presence.clone(),
+        QoS::AtLeastOnce,
+        true,
+        signer.presence(true),
+    )?;
+    link.publish(
+        topics.status.clone(),
+        QoS::AtLeastOnce,
+        false,
+        signer.status(),
+    )
 }
 
 fn arm_last_will(eventloop: &mut EventLoop, signer: &Signer, topics: &OwnTopics) {
@@ -468,6 +493,17 @@ async fn publish_loop(
                     false,
                     payload,
                 ),
+            ),
+            Outgoing::Announce => (
+                "announcement",
+                publish_presence_and_status(&link, &signer, &topics).and_then(|()| {
+                    link.publish(
+                        topics.heartbeat.clone(),
+                        QoS::AtMostOnce,
+                        false,
+                        signer.heartbeat(),
+                    )
+                }),
             ),
         };
         if let Err(e) = result {

@@ -215,6 +215,27 @@ pub const CHANNELS: &[ChannelSpec] = &[
         receivers: &[(Side::Agent, 1)],
     },
     ChannelSpec {
+        id: "announce",
+        address: "announce",
+        title: "Announce request",
+        description: "The controller asks every agent to announce itself, whenever it \
+            connects to the broker (at start and after every reconnect), to learn at once which \
+            nodes are alive. Signed by a controller key; not retained. An agent answers a \
+            request once (only one issued after the last it answered, before `expires_at`) \
+            with its presence, a status and a heartbeat after a random delay below \
+            `spread_ms`; a node that does not answer within the controller's \
+            `announce_timeout_secs` is treated as not responding.",
+        publications: &[publish(
+            "publishAnnounceRequest",
+            Side::Controller,
+            "announceRequest",
+            1,
+            false,
+            "The controller asks every agent to announce itself.",
+        )],
+        receivers: &[(Side::Agent, 1)],
+    },
+    ChannelSpec {
         id: "telemetry",
         address: "telemetry/{region}/{agent}",
         title: "Telemetry",
@@ -317,6 +338,7 @@ fn message_key(payload: &Payload) -> Option<&'static str> {
         "latency-report" => "latencyReport",
         "log-request" => "logRequest",
         "log-response" => "logResponse",
+        "announce-request" => "announceRequest",
         "telemetry" => "telemetry",
         "alarm" => "alarm",
         "fleet-event" => "fleetEvent",

@@ -12,6 +12,7 @@
 //! - [`enroll`]: enrollment and signed certificate renewal requests;
 //! - [`limits`]: every size bound as a named constant;
 //! - [`telemetry`]: telemetry and events for consumers, with sequence numbers;
+//! - [`announce`]: the controller's signed call to every agent to announce itself;
 //! - [`alarms`]: the alarm catalogue, alarm documents and the debounce rule;
 //! - [`fleet`]: the controller's fleet lifecycle events;
 //! - [`latency`]: the probe datagram, probe targets and signed latency reports;
@@ -22,6 +23,7 @@
 //!   MQTT surface (`docs/asyncapi.json`), generated from these types.
 
 pub mod alarms;
+pub mod announce;
 #[cfg(feature = "schema")]
 pub mod asyncapi;
 pub mod digest;

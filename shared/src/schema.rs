@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::alarms::{Acknowledgement, Alarm, AlarmId, AlarmReport, AlarmState, Entity};
+use crate::announce::{self, AnnounceRequest};
 use crate::dsse::{Envelope, PublicKey, Signature, SigningKey};
 use crate::fleet::{FleetEvent, FleetEventKind};
 use crate::id::{AgentId, RegionId, ServiceName};
@@ -237,6 +238,14 @@ pub const PAYLOADS: &[Payload] = &[
         logs::RESPONSE_PAYLOAD_TYPE,
         Signer::Node,
         logs::MAX_LOG_RESPONSE_BYTES,
+    ),
+    Payload::signed(
+        "announce-request",
+        "AnnounceRequest",
+        "Announce request",
+        announce::PAYLOAD_TYPE,
+        Signer::Controller,
+        announce::MAX_REQUEST_BYTES,
     ),
     Payload::plain(
         "telemetry",
@@ -465,6 +474,7 @@ pub struct Examples {
     pub latency_report: LatencyReport,
     pub log_request: LogRequest,
     pub log_response: LogResponse,
+    pub announce_request: AnnounceRequest,
     pub telemetry: Telemetry,
     pub alarm: Alarm,
     pub fleet_event: FleetEvent,
@@ -673,6 +683,12 @@ impl Examples {
             truncated: false,
             error: None,
         };
+        let announce_request = AnnounceRequest {
+            schema_version: messages::SCHEMA_VERSION,
+            issued_at: issued,
+            expires_at: at("2026-12-03T14:10:00.000Z"),
+            spread_ms: 5000,
+        };
         let telemetry = Telemetry {
             schema_version: telemetry::TELEMETRY_SCHEMA_VERSION,
             agent: edge.clone(),
@@ -809,6 +825,10 @@ impl Examples {
                 "log-response",
                 envelope(&node, logs::RESPONSE_PAYLOAD_TYPE, &log_response),
             ),
+            (
+                "announce-request",
+                envelope(&controller, announce::PAYLOAD_TYPE, &announce_request),
+            ),
         ]);
         Self {
             trust_bundle,
@@ -823,6 +843,7 @@ impl Examples {
             latency_report,
             log_request,
             log_response,
+            announce_request,
             telemetry,
             alarm,
             fleet_event,
@@ -847,6 +868,7 @@ impl Examples {
             "latency-report" => to_value(&self.latency_report),
             "log-request" => to_value(&self.log_request),
             "log-response" => to_value(&self.log_response),
+            "announce-request" => to_value(&self.announce_request),
             "telemetry" => to_value(&self.telemetry),
             "alarm" => to_value(&self.alarm),
             "fleet-event" => to_value(&self.fleet_event),
@@ -902,6 +924,7 @@ fn schema_of(name: &str) -> Option<Value> {
         "latency-report" => root_schema::<LatencyReport>(),
         "log-request" => root_schema::<LogRequest>(),
         "log-response" => root_schema::<LogResponse>(),
+        "announce-request" => root_schema::<AnnounceRequest>(),
         "telemetry" => root_schema::<Telemetry>(),
         "alarm" => root_schema::<Alarm>(),
         "fleet-event" => root_schema::<FleetEvent>(),

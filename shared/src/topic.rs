@@ -17,6 +17,7 @@
 //! | `{prefix}/agents/{id}/probes` | controller → agent | 1 | yes |
 //! | `{prefix}/alarms/{region}/{alarm}/{entity}` | controller → consumers | 1 | yes, while raised |
 //! | `{prefix}/fleet/events/{region}` | controller → consumers | 1 | no |
+//! | `{prefix}/announce` | controller → every agent | 1 | no |
 //!
 //! `{region}` in the last two is [`FLEET_SEGMENT`] for what belongs to no
 //! one region (services, releases, the controller itself).
@@ -225,6 +226,12 @@ impl Topics {
         )
     }
 
+    /// Where the controller asks every agent to announce itself
+    /// ([`crate::announce`]).
+    pub fn announce(&self) -> String {
+        format!("{}/announce", self.prefix)
+    }
+
     pub fn log_request(&self, agent: &AgentId) -> String {
         self.agent(agent, Channel::LogRequest)
     }
@@ -272,6 +279,8 @@ mod tests {
         assert_eq!(t.telemetry(&r, &a), "verge/v1/telemetry/eu-west/edge-1");
         assert_eq!(t.events(&r, &a), "verge/v1/events/eu-west/edge-1");
         assert_eq!(t.all_telemetry(), "verge/v1/telemetry/+/+");
+        assert_eq!(t.announce(), "verge/v1/announce");
+        assert_eq!(t.route(&t.announce()), None, "not an agent's topic");
         let web = crate::ServiceName::new("web").expect("name");
         assert_eq!(
             t.alarm(

@@ -131,6 +131,15 @@ impl TestClient {
         Ok(())
     }
 
+    /// Publishes `payload` on `topic` with QoS 0 (as agents send
+    /// heartbeats), not retained.
+    pub async fn publish_at_most_once(&self, topic: &str, payload: Vec<u8>) -> Result<()> {
+        self.client
+            .publish(topic, QoS::AtMostOnce, false, payload)
+            .await?;
+        Ok(())
+    }
+
     /// Publishes `payload` on `topic` with QoS 1 and the retain flag.
     pub async fn publish_retained(&self, topic: &str, payload: Vec<u8>) -> Result<()> {
         self.client

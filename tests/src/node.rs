@@ -96,6 +96,14 @@ impl FakeNode {
         Ok(self.key.sign_json(payload_type::PRESENCE, &presence))
     }
 
+    /// A signed heartbeat saying the node applied generation `applied`,
+    /// at QoS 0 as an agent sends it.
+    pub async fn heartbeat(&self, mqtt: &TestClient, applied: u64) -> Result<()> {
+        let payload = self.heartbeat_payload(1, Some(Generation::new(applied)))?;
+        mqtt.publish_at_most_once(&self.topic(Channel::Heartbeat)?, payload)
+            .await
+    }
+
     /// A signed status: `applied` (the generation acknowledged), what runs,
     /// and the last rejected desired state.
     pub fn status_payload(

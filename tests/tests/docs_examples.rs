@@ -41,7 +41,7 @@ use verge_tests::{Cluster, ClusterOptions, wait_for};
 const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Every kind of example the test knows how to exercise.
-const KINDS: [&str; 20] = [
+const KINDS: [&str; 21] = [
     "controller config",
     "request PUT /api/v1/services/{name}",
     "response error",
@@ -58,6 +58,7 @@ const KINDS: [&str; 20] = [
     "document Delivery",
     "document Assignment",
     "document Telemetry",
+    "document AnnounceRequest",
     "telegraf config",
     "release spec",
     "trust bundle spec",
@@ -381,6 +382,23 @@ fn the_telemetry_example_is_a_telemetry_document() {
             parsed.schema_version,
             verge_shared::telemetry::TELEMETRY_SCHEMA_VERSION
         );
+        assert_keys_in(&example, &serde_json::to_value(&parsed).expect("json"));
+    }
+}
+
+/// The call-to-announce example is a consistent `AnnounceRequest` and
+/// shows no key the type does not have.
+#[test]
+fn the_announce_example_is_an_announce_request() {
+    use verge_shared::announce::AnnounceRequest;
+    let examples = of_kind("document AnnounceRequest");
+    assert_eq!(examples.len(), 1, "docs/protocol.md's announce example");
+    for example in examples {
+        let parsed: AnnounceRequest = serde_json::from_value(example.json())
+            .unwrap_or_else(|e| panic!("{}: not an AnnounceRequest: {e}", example.at()));
+        parsed
+            .validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", example.at()));
         assert_keys_in(&example, &serde_json::to_value(&parsed).expect("json"));
     }
 }

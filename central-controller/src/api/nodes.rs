@@ -74,7 +74,7 @@ pub(super) fn parse(
 #[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes",
     params(
         ("region" = Option<String>, Query, description = "Nodes in this region"),
-        ("state" = Option<String>, Query, description = "`online`, `offline`, `healthy`, `unhealthy`, `cordoned`, `drained` or `revoked`"),
+        ("state" = Option<String>, Query, description = "`online`, `offline`, `healthy`, `unhealthy`, `cordoned`, `drained`, `revoked` or `unconfirmed` (not heard from since the controller started)"),
         ("label" = Option<String>, Query, description = "`key=value`: nodes carrying this label with this value"),
         ("service" = Option<String>, Query, description = "Nodes reporting a workload of this service"),
         ("prefix" = Option<String>, Query, description = "Nodes whose id starts with this (1 to 64 characters)"),

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use verge_shared::alarms::{Alarm, AlarmId, AlarmReport, AlarmState, Entity};
 use verge_shared::fleet::{FleetEvent, FleetEventKind};
-use verge_shared::messages::{
-    Event, EventKind, Heartbeat, Presence, Resources, SCHEMA_VERSION, payload_type,
-};
+use verge_shared::messages::{Event, EventKind, Presence, Resources, SCHEMA_VERSION, payload_type};
 use verge_shared::{AgentId, RegionId, ServiceName, SigningKey, Timestamp};
 
 use super::*;
@@ -348,16 +346,7 @@ async fn a_node_offline_is_alarmed_and_cleared_when_it_returns_and_a_restart_kee
 }
 
 fn heartbeat(key: &SigningKey, at: Timestamp) -> Vec<u8> {
-    key.sign_json(
-        payload_type::HEARTBEAT,
-        &Heartbeat {
-            schema_version: SCHEMA_VERSION,
-            agent: agent("edge-a"),
-            at,
-            uptime_secs: 5,
-            applied_generation: None,
-        },
-    )
+    crate::testing::heartbeat(key, "edge-a", at, None)
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use super::changes::Changes;
 use super::clock::Clock;
 use super::deployment::Deployment;
 use super::events::{EVENT_HISTORY, EventLog};
+use super::held::Held;
 use super::identity::Identity;
 use super::metrics::{Kind, Metrics};
 use super::nodes::Nodes;
@@ -51,6 +52,7 @@ pub struct App {
     pub(super) telemetry: TelemetryHistory,
     pub(super) events: EventLog,
     pub(super) alarms: Alarms,
+    pub(super) held: Held,
 }
 
 impl App {
@@ -101,6 +103,7 @@ impl App {
             telemetry,
             events: EventLog::new(EVENT_HISTORY),
             alarms,
+            held: Held::default(),
         }))
     }
 

@@ -1,8 +1,10 @@
 //! Node health from the controller's clock: healthy, schedulable, or why not.
 //!
-//! Healthy = online AND heard from within the heartbeat timeout. Schedulable =
-//! healthy, or unhealthy for less than the failover grace, so that a quick
-//! agent restart does not move its replicas.
+//! Healthy = online AND heard from within the heartbeat timeout AND, when
+//! the controller asked every agent to announce itself and this node has
+//! not answered yet, before the answer's deadline. Schedulable = healthy, or
+//! unhealthy for less than the failover grace, so that a quick agent
+//! restart does not move its replicas.
 
 use std::time::Duration;
 
@@ -20,15 +22,18 @@ pub struct Health {
 
 /// Evaluates `node` at `now`. `heard_from` is when the controller last heard
 /// from it (never earlier than the controller's own start, so that a
-/// controller restart gives every node a fresh timeout).
+/// controller restart gives every node a fresh timeout); `answer_by`, when
+/// the node owes an answer to a call to announce, is when that answer is due.
 pub fn evaluate(
     node: &NodeRecord,
     heard_from: Timestamp,
+    answer_by: Option<Timestamp>,
     now: Timestamp,
     heartbeat_timeout: Duration,
     failover_grace: Duration,
 ) -> Health {
-    let stale_at = heard_from.saturating_add(heartbeat_timeout);
+    let timed_out_at = heard_from.saturating_add(heartbeat_timeout);
+    let stale_at = answer_by.map_or(timed_out_at, |due| due.min(timed_out_at));
     let healthy = node.online && now < stale_at;
     if healthy {
         return Health {
@@ -89,7 +94,7 @@ mod tests {
         let timeout = Duration::from_secs(30);
         let grace = Duration::from_secs(30);
         let n = node(true, None);
-        let h = evaluate(&n, at(0), at(10 * SEC), timeout, grace);
+        let h = evaluate(&n, at(0), None, at(10 * SEC), timeout, grace);
         assert_eq!(
             h,
             Health {
@@ -97,7 +102,7 @@ mod tests {
                 schedulable: Ok(())
             }
         );
-        let h = evaluate(&n, at(0), at(40 * SEC), timeout, grace);
+        let h = evaluate(&n, at(0), None, at(40 * SEC), timeout, grace);
         assert_eq!(
             h,
             Health {
@@ -105,8 +110,43 @@ mod tests {
                 schedulable: Ok(())
             }
         );
-        let h = evaluate(&n, at(0), at(61 * SEC), timeout, grace);
+        let h = evaluate(&n, at(0), None, at(61 * SEC), timeout, grace);
         assert_eq!(h.schedulable, Err(Unschedulable::NotResponding));
+    }
+
+    #[test]
+    fn an_unanswered_call_to_announce_ends_health_at_its_deadline() {
+        let timeout = Duration::from_secs(360);
+        let grace = Duration::from_secs(30);
+        let n = node(true, None);
+        let due = Some(at(30 * SEC));
+        assert!(evaluate(&n, at(0), due, at(30 * SEC - 1), timeout, grace).healthy);
+        let h = evaluate(&n, at(0), due, at(30 * SEC), timeout, grace);
+        assert_eq!(
+            h,
+            Health {
+                healthy: false,
+                schedulable: Ok(())
+            },
+            "not responding from the deadline, in grace"
+        );
+        assert_eq!(
+            evaluate(&n, at(0), due, at(60 * SEC), timeout, grace).schedulable,
+            Err(Unschedulable::NotResponding),
+            "replicas move at the deadline plus the grace"
+        );
+        let later = evaluate(
+            &n,
+            at(0),
+            Some(at(400 * SEC)),
+            at(361 * SEC),
+            timeout,
+            grace,
+        );
+        assert!(
+            !later.healthy,
+            "a later deadline never extends the heartbeat timeout"
+        );
     }
 
     #[test]
@@ -115,17 +155,17 @@ mod tests {
         let grace = Duration::from_secs(10);
         let n = node(false, Some(100 * SEC));
         assert_eq!(
-            evaluate(&n, at(100 * SEC), at(105 * SEC), timeout, grace).schedulable,
+            evaluate(&n, at(100 * SEC), None, at(105 * SEC), timeout, grace).schedulable,
             Ok(())
         );
         assert_eq!(
-            evaluate(&n, at(100 * SEC), at(111 * SEC), timeout, grace).schedulable,
+            evaluate(&n, at(100 * SEC), None, at(111 * SEC), timeout, grace).schedulable,
             Err(Unschedulable::Offline)
         );
         // Never seen online: no grace at all.
         let n = node(false, Some(0));
         assert_eq!(
-            evaluate(&n, at(100 * SEC), at(100 * SEC), timeout, grace).schedulable,
+            evaluate(&n, at(100 * SEC), None, at(100 * SEC), timeout, grace).schedulable,
             Err(Unschedulable::Offline)
         );
     }
@@ -135,8 +175,8 @@ mod tests {
         let timeout = Duration::from_secs(30);
         let grace = Duration::from_secs(20);
         let n = node(true, None);
-        assert!(evaluate(&n, at(0), at(30 * SEC - 1), timeout, grace).healthy);
-        let h = evaluate(&n, at(0), at(30 * SEC), timeout, grace);
+        assert!(evaluate(&n, at(0), None, at(30 * SEC - 1), timeout, grace).healthy);
+        let h = evaluate(&n, at(0), None, at(30 * SEC), timeout, grace);
         assert_eq!(
             h,
             Health {
@@ -146,11 +186,11 @@ mod tests {
             "silent for the whole timeout: unhealthy, in grace"
         );
         assert_eq!(
-            evaluate(&n, at(0), at(50 * SEC - 1), timeout, grace).schedulable,
+            evaluate(&n, at(0), None, at(50 * SEC - 1), timeout, grace).schedulable,
             Ok(())
         );
         assert_eq!(
-            evaluate(&n, at(0), at(50 * SEC), timeout, grace).schedulable,
+            evaluate(&n, at(0), None, at(50 * SEC), timeout, grace).schedulable,
             Err(Unschedulable::NotResponding)
         );
     }
@@ -160,7 +200,7 @@ mod tests {
         let timeout = Duration::from_secs(30);
         let grace = Duration::from_secs(10);
         let n = node(false, Some(100 * SEC));
-        let h = evaluate(&n, at(100 * SEC), at(100 * SEC), timeout, grace);
+        let h = evaluate(&n, at(100 * SEC), None, at(100 * SEC), timeout, grace);
         assert_eq!(
             h,
             Health {
@@ -169,21 +209,21 @@ mod tests {
             }
         );
         assert_eq!(
-            evaluate(&n, at(100 * SEC), at(110 * SEC - 1), timeout, grace).schedulable,
+            evaluate(&n, at(100 * SEC), None, at(110 * SEC - 1), timeout, grace).schedulable,
             Ok(())
         );
         assert_eq!(
-            evaluate(&n, at(100 * SEC), at(110 * SEC), timeout, grace).schedulable,
+            evaluate(&n, at(100 * SEC), None, at(110 * SEC), timeout, grace).schedulable,
             Err(Unschedulable::Offline)
         );
         // Offline without a recorded time: the grace runs from the last contact.
         let n = node(false, None);
         assert_eq!(
-            evaluate(&n, at(50 * SEC), at(59 * SEC), timeout, grace).schedulable,
+            evaluate(&n, at(50 * SEC), None, at(59 * SEC), timeout, grace).schedulable,
             Ok(())
         );
         assert_eq!(
-            evaluate(&n, at(50 * SEC), at(60 * SEC), timeout, grace).schedulable,
+            evaluate(&n, at(50 * SEC), None, at(60 * SEC), timeout, grace).schedulable,
             Err(Unschedulable::Offline)
         );
     }

@@ -12,6 +12,7 @@ use verge_shared::topic::Channel;
 use verge_shared::{AgentId, Envelope, Timestamp, VerifyError, limits};
 
 use super::composition::App;
+use super::held::HeldMessage;
 use super::logs::LogResponseError;
 use super::metrics::{Kind, Outcome, Reason};
 use crate::store::{Durability, NodeRecord, StoreError};
@@ -104,8 +105,15 @@ pub(super) fn check_versioned(
 
 impl App {
     /// Handles one message from the broker. Never fails: problems are logged
-    /// at warn and counted.
+    /// at warn and counted. A signed message from an agent whose presence
+    /// has not been processed yet is held (`held.rs`) and handled right
+    /// after that presence.
     pub fn ingest(&self, topic: &str, payload: &[u8], now: Timestamp) {
+        self.handle(topic, payload, now, false);
+    }
+
+    /// [`App::ingest`], or with `replay` a held message handled again.
+    fn handle(&self, topic: &str, payload: &[u8], now: Timestamp, replay: bool) {
         let topics = &self.settings.topics;
         let route = topics.route(topic);
         let telemetry = match route {
@@ -122,7 +130,9 @@ impl App {
             (None, None, Some(_)) => "event",
             (None, None, None) => "unknown",
         };
-        self.metrics.received.get_or_create(&Kind { kind }).inc();
+        if !replay {
+            self.metrics.received.get_or_create(&Kind { kind }).inc();
+        }
         let result = match &route {
             None => match (&telemetry, &event) {
                 (Some(telemetry), _) => self.ingest_telemetry(telemetry, payload, now),
@@ -142,6 +152,19 @@ impl App {
                     .map_err(IngestError::from),
             },
         };
+        // Signed messages before their agent's presence wait for it;
+        // telemetry is informational and comes again next interval.
+        let signed_by = match (&route, &event) {
+            (Some(r), _) => Some(&r.agent),
+            (None, Some(e)) => Some(&e.agent),
+            (None, None) => None,
+        };
+        if !replay
+            && matches!(result, Err(IngestError::UnknownAgent))
+            && signed_by.is_some_and(|agent| self.hold(agent, topic, payload, now))
+        {
+            return;
+        }
         // Telemetry is unsigned: it counts no verification.
         let verified = match &result {
             _ if telemetry.is_some() => None,
@@ -155,24 +178,87 @@ impl App {
                 .get_or_create(&Outcome { result })
                 .inc();
         }
-        if let Err(e) = result {
+        match result {
+            Ok(()) => {
+                if let Some(r) = route.as_ref().filter(|r| r.channel == Channel::Presence) {
+                    self.replay_held(&r.agent, now);
+                }
+            }
+            Err(e) => {
+                let agent = match (&route, telemetry.as_ref().or(event.as_ref())) {
+                    (Some(r), _) => r.agent.as_str(),
+                    (None, Some(t)) => t.agent.as_str(),
+                    (None, None) => "?",
+                };
+                self.count_refusal(agent, topic, payload.len(), &e);
+            }
+        }
+    }
+
+    /// Counts a message the MQTT client dropped before ingest because its
+    /// queue was full (`reason`: `queue_full`, or `telemetry_backlog` for
+    /// telemetry beyond half of it).
+    pub fn count_dropped_before_ingest(&self, reason: &'static str) {
+        self.metrics.refused.get_or_create(&Reason { reason }).inc();
+        self.n_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_refusal(&self, agent: &str, topic: &str, bytes: usize, e: &IngestError) {
+        self.metrics
+            .refused
+            .get_or_create(&Reason { reason: e.reason() })
+            .inc();
+        self.n_rejected.fetch_add(1, Ordering::Relaxed);
+        let topic: String = topic.chars().take(200).collect();
+        // Redelivered telemetry is routine after every reconnect.
+        if matches!(e, IngestError::StaleSeq { .. }) {
+            debug!(agent, topic, error = %e, "Ignored an agent message.");
+        } else {
+            warn!(agent, topic, bytes, error = %e, "Ignored an agent message.");
+        }
+    }
+
+    /// Holds a message from `agent` until its presence; `false` when the
+    /// held messages' bounds leave no room for it.
+    fn hold(&self, agent: &AgentId, topic: &str, payload: &[u8], now: Timestamp) -> bool {
+        let outcome = self.held.hold(HeldMessage {
+            agent: agent.clone(),
+            topic: topic.to_owned(),
+            payload: payload.to_vec(),
+            received: now,
+        });
+        self.count_expired(outcome.expired);
+        if outcome.held {
+            self.metrics.held.inc();
+            debug!(agent = %agent, topic, "Held a message that came before its agent's presence.");
+        }
+        outcome.held
+    }
+
+    /// Counts held messages whose agent's presence never came.
+    pub(super) fn count_expired(&self, expired: usize) {
+        if expired > 0 {
             self.metrics
                 .refused
-                .get_or_create(&Reason { reason: e.reason() })
-                .inc();
-            self.n_rejected.fetch_add(1, Ordering::Relaxed);
-            let agent = match (&route, telemetry.as_ref().or(event.as_ref())) {
-                (Some(r), _) => r.agent.as_str(),
-                (None, Some(t)) => t.agent.as_str(),
-                (None, None) => "?",
-            };
-            let topic: String = topic.chars().take(200).collect();
-            // Redelivered telemetry is routine after every reconnect.
-            if matches!(e, IngestError::StaleSeq { .. }) {
-                debug!(agent, topic, error = %e, "Ignored an agent message.");
-            } else {
-                warn!(agent, topic, bytes = payload.len(), error = %e, "Ignored an agent message.");
-            }
+                .get_or_create(&Reason {
+                    reason: "held_expired",
+                })
+                .inc_by(expired as u64);
+            self.n_rejected.fetch_add(expired as u64, Ordering::Relaxed);
+            warn!(
+                messages = expired,
+                "Dropped agent messages whose agent's presence did not come within the hold time."
+            );
+        }
+    }
+
+    /// Handles what `agent` sent before its presence, in arrival order, as
+    /// heard at `now` (the presence's time, so that the node's last contact
+    /// never goes back).
+    fn replay_held(&self, agent: &AgentId, now: Timestamp) {
+        for message in self.held.take(agent) {
+            self.metrics.replayed.inc();
+            self.handle(&message.topic, &message.payload, now, true);
         }
     }
 

@@ -75,6 +75,8 @@ pub(super) struct Metrics {
     registry: Registry,
     pub(super) received: Family<Kind, Counter>,
     pub(super) refused: Family<Reason, Counter>,
+    pub(super) held: Counter,
+    pub(super) replayed: Counter,
     pub(super) consumer_refusals: Family<Reason, Counter>,
     pub(super) verifications: Family<Outcome, Counter>,
     pub(super) published: Family<Kind, Counter>,
@@ -103,6 +105,18 @@ impl Default for Metrics {
             "verge_agent_messages_refused",
             "Agent messages ignored, by reason",
             refused.clone(),
+        );
+        let held = Counter::default();
+        registry.register(
+            "verge_agent_messages_held",
+            "Agent messages that arrived before their agent's presence and were held for it",
+            held.clone(),
+        );
+        let replayed = Counter::default();
+        registry.register(
+            "verge_agent_messages_replayed",
+            "Held agent messages handled after their agent's presence",
+            replayed.clone(),
         );
         let consumer_refusals = Family::<Reason, Counter>::default();
         registry.register(
@@ -177,6 +191,8 @@ impl Default for Metrics {
             registry,
             received,
             refused,
+            held,
+            replayed,
             consumer_refusals,
             verifications,
             published,

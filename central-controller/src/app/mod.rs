@@ -22,6 +22,7 @@
 //! | telemetry | `telemetry.rs` | each node's latest telemetry samples (informational only) |
 //! | events | `events.rs` | the latest agents' and fleet events, one id sequence |
 //! | alarms | `alarms.rs` | active alarms, their history, instance counter, suppressions, hysteresis |
+//! | held messages | `held.rs` | agents' messages that came before their presence, until it is in |
 //!
 //! `composition.rs` holds [`App`] itself: the parts plus the store, the
 //! signing key, the clock and the outbox that every use case shares.
@@ -38,7 +39,8 @@
 //! `console.rs` (console sign-in and sessions), `consumers.rs` (read-only
 //! consumer identities and the broker's access files), `telemetry_ingest.rs`
 //! (agents' telemetry into its part, and a node's history read back),
-//! `events_ingest.rs` (agents' signed events), `fleet_events.rs` (the
+//! `events_ingest.rs` (agents' signed events), `liveness.rs` (the call to
+//! every agent to announce itself on each connection to the broker), `fleet_events.rs` (the
 //! controller's lifecycle events) and `alarm_cases.rs` (raise, clear,
 //! observe, publish, list, acknowledge and suppress alarms).
 //! They import `App` from `composition.rs` and what else they
@@ -85,6 +87,10 @@
 //!     the deployment plan are read and released before it. It may be
 //!     taken under 1 (a plan observes node health). Publishing, events and
 //!     watch changes follow after it is released.
+//! 15. `held.inner`: a leaf, held for one hold, take or expiry with
+//!     nothing else; held messages are replayed after it is released.
+//! 16. `nodes.asked_at`: a leaf, held to set or read when every agent
+//!     was last called to announce itself (it may be read under 3).
 
 // Leaves: shared types, the error, the clock, pure steps.
 mod clock;
@@ -98,6 +104,7 @@ mod alarms;
 mod changes;
 mod deployment;
 mod events;
+mod held;
 mod identity;
 mod metrics;
 mod nodes;
@@ -118,6 +125,7 @@ mod enroll;
 mod events_ingest;
 mod fleet_events;
 mod ingest;
+mod liveness;
 mod logs;
 mod monitoring;
 mod node_list;

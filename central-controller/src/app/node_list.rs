@@ -28,12 +28,17 @@ pub enum NodeState {
     Cordoned,
     Drained,
     Revoked,
+    /// Not heard from since the controller started: shown from stored state.
+    Unconfirmed,
 }
 
 impl NodeState {
-    pub const NAMES: &str = "online, offline, healthy, unhealthy, cordoned, drained, revoked";
+    pub const NAMES: &str =
+        "online, offline, healthy, unhealthy, cordoned, drained, revoked, unconfirmed";
 
-    fn holds(self, node: &NodeRecord, health: &Health) -> bool {
+    /// Whether `node`, with `health` and (when `unconfirmed`) not heard
+    /// from since the controller started, is in this state.
+    fn holds(self, node: &NodeRecord, health: &Health, unconfirmed: bool) -> bool {
         match self {
             NodeState::Online => node.online,
             NodeState::Offline => !node.online,
@@ -42,6 +47,7 @@ impl NodeState {
             NodeState::Cordoned => node.cordon == Some(Cordon::Cordoned),
             NodeState::Drained => node.cordon == Some(Cordon::Drained),
             NodeState::Revoked => node.revoked,
+            NodeState::Unconfirmed => unconfirmed,
         }
     }
 }
@@ -58,6 +64,7 @@ impl FromStr for NodeState {
             "cordoned" => NodeState::Cordoned,
             "drained" => NodeState::Drained,
             "revoked" => NodeState::Revoked,
+            "unconfirmed" => NodeState::Unconfirmed,
             other => return Err(format!("{other:?} is not one of {}", NodeState::NAMES)),
         })
     }
@@ -78,7 +85,9 @@ pub struct NodeFilter {
 }
 
 impl NodeFilter {
-    fn matches(&self, node: &NodeRecord, health: impl FnOnce() -> Health) -> bool {
+    /// Whether `node` passes; `state` gives its health and whether it is
+    /// unconfirmed, asked only when a state filter needs them.
+    fn matches(&self, node: &NodeRecord, state: impl FnOnce() -> (Health, bool)) -> bool {
         self.region.as_ref().is_none_or(|r| &node.region == r)
             && self
                 .label
@@ -93,7 +102,10 @@ impl NodeFilter {
                 .prefix
                 .as_deref()
                 .is_none_or(|p| node.id.as_str().starts_with(p))
-            && self.state.is_none_or(|state| state.holds(node, &health()))
+            && self.state.is_none_or(|wanted| {
+                let (health, unconfirmed) = state();
+                wanted.holds(node, &health, unconfirmed)
+            })
     }
 }
 
@@ -137,7 +149,11 @@ impl App {
                 .range((start, Bound::Unbounded))
                 .take_while(|(id, _)| id.as_str().starts_with(prefix))
                 .map(|(_, node)| node)
-                .filter(|node| filter.matches(node, || self.nodes.health(node, now)));
+                .filter(|node| {
+                    filter.matches(node, || {
+                        (self.nodes.health(node, now), self.nodes.unconfirmed(node))
+                    })
+                });
             let records: Vec<NodeRecord> = matching
                 .by_ref()
                 .take(limit.unwrap_or(usize::MAX))

@@ -68,6 +68,7 @@ impl App {
         self.log_failure("plan", self.reconcile(now, false).await);
         self.observe_placement(now);
         self.observe_controller(now);
+        self.count_expired(self.held.expire(now));
     }
 
     /// What the loop does on each republish tick: every stored desired

@@ -45,14 +45,19 @@ fn announce(mf: &MemoryFixture, agents: &[&str]) -> BTreeMap<String, SigningKey>
         .iter()
         .map(|id| {
             let key = SigningKey::generate().expect("key").0;
-            mf.fx.app.ingest(
-                &format!("verge/v1/agents/{id}/presence"),
-                &presence(&key, id, "eu"),
-                mf.clock.now(),
-            );
+            announce_with(mf, id, &key);
             ((*id).to_owned(), key)
         })
         .collect()
+}
+
+/// A presence of `id` (online, region `eu`) signed with `key`, at the clock's time.
+fn announce_with(mf: &MemoryFixture, id: &str, key: &SigningKey) {
+    mf.fx.app.ingest(
+        &format!("verge/v1/agents/{id}/presence"),
+        &presence(key, id, "eu"),
+        mf.clock.now(),
+    );
 }
 
 /// A fleet of `agents` (online, region `eu`) and an uploaded release of
@@ -89,11 +94,7 @@ async fn tick(mf: &MemoryFixture, keys: &BTreeMap<String, SigningKey>, alive: &s
 /// A presence from every agent in `keys` at the clock's time (it counts as hearing from them).
 fn keep_alive(mf: &MemoryFixture, keys: &BTreeMap<String, SigningKey>, only: &[&str]) {
     for id in only {
-        mf.fx.app.ingest(
-            &format!("verge/v1/agents/{id}/presence"),
-            &presence(&keys[*id], id, "eu"),
-            mf.clock.now(),
-        );
+        announce_with(mf, id, &keys[*id]);
     }
 }
 
@@ -355,5 +356,133 @@ async fn of_two_writers_who_read_the_same_revision_only_the_first_lands() {
     assert!(
         matches!(gone, Err(AppError::PreconditionFailed { .. })),
         "{gone:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_heartbeat_before_its_presence_is_held_and_handled_after_it() {
+    let mf = memory_fixture();
+    let key = SigningKey::generate().expect("key").0;
+    let at = mf.clock.now();
+    mf.fx.app.ingest(
+        "verge/v1/agents/edge-a/heartbeat",
+        &crate::testing::heartbeat(&key, "edge-a", at, Some(3)),
+        at,
+    );
+    assert!(
+        mf.fx.app.node("edge-a").is_err(),
+        "not registered before its presence"
+    );
+    mf.clock.advance(ONE_SECOND);
+    announce_with(&mf, "edge-a", &key);
+
+    let view = mf.fx.app.node("edge-a").expect("registered");
+    assert_eq!(
+        view.applied_generation.map(|g| g.get()),
+        Some(3),
+        "the held heartbeat was handled after the presence"
+    );
+    assert_eq!(
+        view.last_seen,
+        Some(mf.clock.now()),
+        "last contact never goes back"
+    );
+    assert_eq!(mf.fx.app.rejected_messages(), 0, "nothing dropped");
+}
+
+#[tokio::test]
+async fn a_message_whose_presence_never_comes_is_dropped_after_the_hold_and_counted() {
+    let mf = memory_fixture();
+    let key = SigningKey::generate().expect("key").0;
+    let at = mf.clock.now();
+    mf.fx.app.ingest(
+        "verge/v1/agents/edge-a/heartbeat",
+        &crate::testing::heartbeat(&key, "edge-a", at, None),
+        at,
+    );
+    assert_eq!(mf.fx.app.rejected_messages(), 0, "held, not yet refused");
+    mf.clock.advance(Duration::from_secs(31));
+    let later = mf.clock.now();
+    mf.fx.app.count_expired(mf.fx.app.held.expire(later));
+    assert_eq!(
+        mf.fx.app.rejected_messages(),
+        1,
+        "refused once the hold ran out"
+    );
+    announce_with(&mf, "edge-a", &key);
+    assert_eq!(
+        mf.fx.app.node("edge-a").expect("node").applied_generation,
+        None,
+        "an expired message is not replayed"
+    );
+}
+
+#[tokio::test]
+async fn after_a_restart_nodes_are_unconfirmed_until_heard_and_silent_ones_fail_the_call_to_announce()
+ {
+    let (mf, digest, keys) = fleet(&["edge-a", "edge-b"]).await;
+    deploy(&mf, &digest, 2).await;
+    mf.clock.advance(ONE_SECOND);
+    let mut again = crate::testing::memory_fixture_on(
+        std::sync::Arc::clone(&mf.store),
+        std::sync::Arc::clone(&mf.clock),
+        |_| {},
+    );
+    again
+        .fx
+        .app
+        .reconcile(again.clock.now(), true)
+        .await
+        .expect("plan");
+    for id in ["edge-a", "edge-b"] {
+        let view = again.fx.app.node(id).expect("node");
+        assert!(
+            view.online && view.healthy && view.unconfirmed,
+            "{id} as stored, marked: {view:?}"
+        );
+    }
+    let service = again.fx.app.service("web").expect("service");
+    assert!(
+        service.replicas.iter().all(|r| r.unconfirmed),
+        "{service:?}"
+    );
+    again.fx.sent();
+
+    again.fx.app.ask_to_announce(again.clock.now());
+    let calls: Vec<Outgoing> = again
+        .fx
+        .sent()
+        .into_iter()
+        .filter(|m| m.topic == "verge/v1/announce")
+        .collect();
+    assert_eq!(calls.len(), 1, "one call for the whole fleet");
+    assert!(!calls[0].retain, "a call is not retained");
+    let request: verge_shared::announce::AnnounceRequest =
+        verge_shared::Envelope::parse(&calls[0].payload, verge_shared::announce::MAX_REQUEST_BYTES)
+            .expect("envelope")
+            .open(
+                verge_shared::announce::PAYLOAD_TYPE,
+                &again.fx.app.public_key(),
+            )
+            .expect("signed by the controller");
+    assert_eq!(request.spread_ms, 10_000, "a third of the 30 s deadline");
+
+    again.clock.advance(ONE_SECOND);
+    announce_with(&again, "edge-a", &keys["edge-a"]);
+    assert!(!again.fx.app.node("edge-a").expect("node").unconfirmed);
+    again.clock.advance(Duration::from_secs(28));
+    assert!(
+        again.fx.app.node("edge-b").expect("node").healthy,
+        "still within the deadline"
+    );
+    again.clock.advance(ONE_SECOND);
+    let (a, b) = (
+        again.fx.app.node("edge-a").expect("node"),
+        again.fx.app.node("edge-b").expect("node"),
+    );
+    assert!(a.healthy, "answered: {a:?}");
+    assert!(
+        !b.healthy && b.unconfirmed,
+        "silent 30 s after the call: {b:?}"
     );
 }

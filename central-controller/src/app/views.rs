@@ -63,6 +63,9 @@ pub struct ReplicaView {
     pub last_exit: Option<ExitInfo>,
     /// The user and limit mechanism the agent runs it with.
     pub isolation: Option<Isolation>,
+    /// Its node has not been heard from since the controller started: the
+    /// state shown is the last one stored before, not yet confirmed.
+    pub unconfirmed: bool,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -85,6 +88,12 @@ pub struct NodeView {
     pub capacity: Resources,
     pub online: bool,
     pub healthy: bool,
+    /// Not heard from since the controller started: `online`, `healthy`
+    /// and the workloads are what was stored before, not yet confirmed.
+    /// Cleared by the node's first message; a node that does not answer
+    /// the controller's call to announce within `announce_timeout_secs`
+    /// turns unhealthy.
+    pub unconfirmed: bool,
     pub last_seen: Option<Timestamp>,
     pub key_id: KeyId,
     /// The agent's software version, from its presence.
@@ -116,6 +125,7 @@ fn replica_view(
     index: u32,
     node: Option<&NodeRecord>,
     desired: Option<&DesiredRecord>,
+    unconfirmed: bool,
 ) -> ReplicaView {
     let desired_generation = desired.map(|d| d.generation);
     let status = node.and_then(|n| n.last_status.as_ref());
@@ -152,6 +162,7 @@ fn replica_view(
         health: current.and_then(|w| w.health),
         last_exit: current.and_then(|w| w.last_exit.clone()),
         isolation: current.and_then(|w| w.isolation.clone()),
+        unconfirmed,
     }
 }
 
@@ -171,6 +182,7 @@ fn unplaced(index: u32, reason: String) -> ReplicaView {
         health: None,
         last_exit: None,
         isolation: None,
+        unconfirmed: false,
     }
 }
 
@@ -186,7 +198,9 @@ impl App {
             let view = match decision.and_then(|d| d.node.as_ref()) {
                 Some(node_id) => {
                     let desired = self.store.desired_state(node_id)?;
-                    replica_view(service, index, nodes.get(node_id), desired.as_ref())
+                    let node = nodes.get(node_id);
+                    let unconfirmed = node.is_some_and(|n| self.nodes.unconfirmed(n));
+                    replica_view(service, index, node, desired.as_ref(), unconfirmed)
                 }
                 None => unplaced(
                     index,
@@ -240,6 +254,7 @@ impl App {
             capacity: node.capacity,
             online: node.online,
             healthy: self.nodes.health(node, now).healthy,
+            unconfirmed: self.nodes.unconfirmed(node),
             last_seen: node.last_seen,
             key_id: node.public_key.key_id(),
             version: node.version.clone(),

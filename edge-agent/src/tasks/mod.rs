@@ -4,6 +4,7 @@
 //! - [`intake`]: deliveries → verified, persisted desired states;
 //! - [`status`]: board changes → one queued Status per burst;
 //! - [`log_requests`]: log requests → signed answers;
+//! - [`announce`]: the controller's calls to announce → presence, status, heartbeat;
 //! - [`reconcile`]: the reconcile loop, after the start-up wait;
 //! - [`heartbeat`]: the heartbeat timer and its skip rule;
 //! - [`alarms`]: observed conditions → signed alarm raise and clear events.
@@ -16,6 +17,7 @@
 //! channels and shared parts it is given: no task imports another.
 
 pub mod alarms;
+pub mod announce;
 pub mod heartbeat;
 pub mod intake;
 pub mod log_requests;

@@ -135,7 +135,7 @@ fn row(node: &NodeView, now: verge_shared::Timestamp) -> Markup {
         tr data-node=(node.id) {
             th scope="row" { a href={ "/nodes/" (node.id) } { (node.id) } }
             td { (node.region) }
-            td { (state_badge(node_state(node))) }
+            td { (state_badge(node_state(node))) (unconfirmed(node)) }
             td { @match node.last_seen { Some(at) => (ago(at, now)), None => span.dim { "never" } } }
             td { (node.version) }
             td { (generations(node)) }
@@ -145,6 +145,16 @@ fn row(node: &NodeView, now: verge_shared::Timestamp) -> Markup {
                 @if let Some(r) = &node.last_rejection { (badge("bad", &format!("refused: {}", word(&r.reason)))) " " }
                 @if let Some(p) = &node.storage_problem { (badge("bad", &format!("storage: {}", word(&p.reason)))) }
             }
+        }
+    }
+}
+
+/// A badge on a node not heard from since the controller started: what the
+/// page shows of it is what was stored before.
+fn unconfirmed(node: &NodeView) -> Markup {
+    html! {
+        @if node.unconfirmed {
+            " " span title="Not heard from since the controller started: shown as stored, not yet confirmed." { (badge("warn", "unconfirmed")) }
         }
     }
 }
@@ -194,7 +204,7 @@ pub(super) async fn detail(
         }
         section #node-facts data-live aria-label="Node" {
             dl.facts {
-                dt { "State" } dd #node-state { (state_badge(node_state(&node))) }
+                dt { "State" } dd #node-state { (state_badge(node_state(&node))) (unconfirmed(&node)) }
                 dt { "Region" } dd { a href={ "/nodes?region=" (node.region) } { (node.region) } }
                 dt { "Last seen" } dd { @match node.last_seen { Some(at) => (ago(at, now)), None => "never" } }
                 dt { "Generation applied / desired" } dd { (generations(&node)) }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use central_controller::testing::presence_at;
 use edge_agent::intake::{self, Context, Decision, ResolvedState};
 use edge_agent::reconcile;
+use verge_shared::announce::AnnounceRequest;
 use verge_shared::messages::{
     Heartbeat, Rejection, SCHEMA_VERSION, Status, Workload, WorkloadState, WorkloadStatus,
     payload_type,
@@ -43,6 +44,8 @@ pub struct SimAgent {
     pub next_heartbeat: Duration,
     pub started_at: Duration,
     pub n_rejected: u64,
+    /// When the last call to announce that was answered was issued.
+    last_announce: Option<Timestamp>,
 }
 
 /// A report the agent publishes: topic, payload, retained.
@@ -65,6 +68,7 @@ impl SimAgent {
             next_heartbeat: Duration::ZERO,
             started_at: Duration::ZERO,
             n_rejected: 0,
+            last_announce: None,
         }
     }
 
@@ -115,6 +119,21 @@ impl SimAgent {
             Ok(Decision::IgnoreSame) => None,
             Err(rejection) => Some(self.rejected(rejection, topics)),
         }
+    }
+
+    /// The controller's call to announce, checked as the agent checks it
+    /// (signed by a controller key, not expired, newer than the last one
+    /// answered): the spread to answer within, if it is to be answered.
+    pub fn on_announce(
+        &mut self,
+        payload: &[u8],
+        trust: &TrustBundle,
+        now: Timestamp,
+    ) -> Option<u32> {
+        let request =
+            AnnounceRequest::open(payload, &trust.controllers, now, self.last_announce).ok()?;
+        self.last_announce = Some(request.issued_at);
+        Some(request.spread_ms)
     }
 
     fn rejected(&mut self, rejection: Rejection, topics: &Topics) -> Report {

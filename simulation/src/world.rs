@@ -93,6 +93,8 @@ enum Timer {
     Connect(usize),
     Boot(usize),
     Will(usize),
+    /// The agent answers the controller's call to announce.
+    Announce(usize),
     ControllerStart,
 }
 
@@ -460,6 +462,18 @@ impl World {
                     self.publish_to_controller(&will);
                 }
             }
+            Timer::Announce(i) => {
+                let now = self.mf.clock.now();
+                let agent = &self.agents[i];
+                let answer = [
+                    agent.presence(&self.topics, true, now),
+                    agent.status(&self.topics, now),
+                    agent.heartbeat(&self.topics, self.t - agent.started_at, now),
+                ];
+                for report in answer {
+                    self.report_from(i, report);
+                }
+            }
             Timer::ControllerStart => {
                 self.note("controller start".into());
                 self.mf = self.mf.restarted(|_| {});
@@ -472,6 +486,9 @@ impl World {
                         .is_some_and(|r| r.channel == Channel::Presence)
                 });
                 let now = self.mf.clock.now();
+                // On its connection to the broker it calls every agent to
+                // announce itself, then its loop starts.
+                self.mf.fx.app.ask_to_announce(now);
                 self.mf.fx.app.replan(now).await;
                 self.mf.fx.app.republish_tick(now).await;
                 self.drain_controller();
@@ -519,6 +536,13 @@ impl World {
                     return;
                 }
                 let now = self.mf.clock.now();
+                if topic == self.topics.announce() {
+                    if let Some(spread_ms) = self.agents[i].on_announce(payload, &self.trust, now) {
+                        let delay = self.rng.gen_range(0..=u64::from(spread_ms));
+                        self.schedule(self.t + Duration::from_millis(delay), Timer::Announce(i));
+                    }
+                    return;
+                }
                 let before = self.agents[i].n_rejected;
                 let before_accepted = self.agents[i].accepted_log.len();
                 let report = self.agents[i].on_desired(payload, &self.trust, &self.topics, now);
@@ -565,6 +589,13 @@ impl World {
     fn drain_controller(&mut self) {
         for out in self.mf.fx.sent() {
             let mut to = Vec::new();
+            if out.topic == self.topics.announce() {
+                to.extend(
+                    (0..self.agents.len())
+                        .filter(|&i| self.agents[i].connected)
+                        .map(Peer::Agent),
+                );
+            }
             if let Some(route) = self.topics.route(&out.topic)
                 && route.channel == Channel::Desired
             {

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use verge_tests::mqtt::TestClient;
 use verge_tests::node::{FakeNode, registered};
 use verge_tests::{Cluster, ClusterOptions, wait_for};
@@ -83,7 +82,7 @@ async fn nodes_starting_at_once_lose_no_message_sent_before_their_presence_is_in
                 .count() as u64;
             let with_heartbeat = list
                 .iter()
-                .filter(|n| n["applied_generation"] == Value::from(APPLIED))
+                .filter(|n| n["applied_generation"] == APPLIED)
                 .count() as u64;
             if with_status == NODES && with_heartbeat == NODES {
                 Ok((with_status, with_heartbeat))

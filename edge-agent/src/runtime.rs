@@ -28,7 +28,8 @@ use verge_shared::{AgentId, RegionId, ServiceName};
 use crate::confine::Launcher;
 use crate::report::Board;
 use crate::supervise::{
-    self, Controls, Launch, Os, ProcessId, RestartTiming, read_pid_file, service_of, supervise,
+    self, Controls, Launch, Os, ProcessId, RestartTiming, port_env_name, read_pid_file, service_of,
+    supervise,
 };
 
 /// The record of what runs in a workload directory.
@@ -315,11 +316,6 @@ impl ProcessRuntime {
             },
         );
     }
-}
-
-/// `VERGE_PORT_<NAME>`, upper-cased with '-' as '_'.
-pub fn port_env_name(name: &str) -> String {
-    format!("VERGE_PORT_{}", name.to_ascii_uppercase().replace('-', "_"))
 }
 
 impl Runtime for ProcessRuntime {

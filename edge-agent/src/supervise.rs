@@ -33,7 +33,11 @@ use crate::confine::Launcher;
 use crate::health::{self, ExecCommand};
 use crate::logs;
 use crate::report::Board;
-use crate::runtime::port_env_name;
+
+/// `VERGE_PORT_<NAME>`, upper-cased with '-' as '_'.
+pub fn port_env_name(name: &str) -> String {
+    format!("VERGE_PORT_{}", name.to_ascii_uppercase().replace('-', "_"))
+}
 
 /// How often an adopted process is checked for life where no pidfd can
 /// tell when it ends.

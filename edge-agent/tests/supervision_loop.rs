@@ -14,7 +14,7 @@ use std::time::Duration;
 use edge_agent::confine::Launcher;
 use edge_agent::fake::{self, FakeProcesses};
 use edge_agent::report::Board;
-use edge_agent::runtime::port_env_name;
+use edge_agent::supervise::port_env_name;
 use edge_agent::supervise::{
     Controls, Exit, Launch, NewPorts, PID_FILE, ProcessId, RestartTiming, supervise,
 };

@@ -579,6 +579,7 @@ fn sample_topics() -> Vec<(String, String)> {
         ),
         ("fleet_events", t.fleet_events(Some(&region))),
         ("fleet_events", t.fleet_events(None)),
+        ("announce", t.announce()),
         ("log_request", t.log_request(&agent)),
         ("log_response", t.log_response(&agent)),
     ];

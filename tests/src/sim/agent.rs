@@ -19,7 +19,7 @@ use verge_shared::topic::{Channel, Topics};
 use verge_shared::trust::TrustBundle;
 use verge_shared::{AgentId, Generation, RegionId, Timestamp, limits};
 
-use super::{Counters, Intervals};
+use super::tally::{Counters, Intervals};
 use crate::node::{FakeNode, running};
 
 /// Requests queued towards one session's event loop; more are counted as

@@ -793,6 +793,11 @@ impl Group {
     ) -> Self {
         let input = service.input;
         let targets = input.target_range(replica);
+        let fits = |i: &usize| {
+            states[*i]
+                .static_misfit(service, targets.clone(), Mode::New)
+                .is_none()
+        };
         // Start from the smallest set that can hold every passing node.
         let pool: Cow<'_, [usize]> = match (&service.allowed, targets.clone().next()) {
             // Only health and cordon filter: the same pool for every such
@@ -805,11 +810,7 @@ impl Group {
             (Some(allowed), _) => allowed
                 .iter()
                 .flat_map(|r| index.by_region[*r].iter().copied())
-                .filter(|i| {
-                    states[*i]
-                        .static_misfit(service, targets.clone(), Mode::New)
-                        .is_none()
-                })
+                .filter(fits)
                 .collect::<Vec<_>>()
                 .into(),
             (None, Some(first)) => index
@@ -820,11 +821,7 @@ impl Group {
                     service.limit(Mode::New),
                 )
                 .into_iter()
-                .filter(|i| {
-                    states[*i]
-                        .static_misfit(service, targets.clone(), Mode::New)
-                        .is_none()
-                })
+                .filter(fits)
                 .collect::<Vec<_>>()
                 .into(),
         };
